@@ -1,0 +1,30 @@
+# The two commands of the README. Each sets itself up on a fresh machine (Python 3.11, no conda):
+# a virtual environment in .venv with the CPU wheel of torch, then the package in editable mode.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CORES  ?= 2
+
+.PHONY: run test test-all setup clean
+
+run: $(STAMP)  ## the full pipeline on the bundled data, ending in results/report.html
+	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES)
+
+test: $(STAMP)  ## the fast test suite (what CI runs)
+	$(BIN)/pytest -n $(CORES)
+
+test-all: $(STAMP)  ## the fast and the slow tests
+	$(BIN)/pytest -n $(CORES) -m "not gpu"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]' pytest-xdist
+	touch $@
+
+clean:
+	rm -rf results/data results/logs results/benchmarks results/report.html .snakemake

@@ -1,0 +1,121 @@
+"""Command line: ``python -m alphastomics <stage> --config FILE [--set section.key=value ...]``.
+
+Stages: fetch-data | preprocess | train | sample | evaluate | report | params | bench.
+``python -m alphastomics.main`` is the same entry point (the design note's spelling).
+A user error (bad config, bad input file) prints one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from alphastomics import AlphaSTomicsError, __version__
+
+
+def _common(p: argparse.ArgumentParser, config_required: bool = False) -> None:
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        required=config_required,
+        metavar="FILE",
+        help="YAML config; repeat to merge several (later wins)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key, e.g. --set training.learning_rate=1e-4 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m alphastomics", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"alphastomics {__version__}")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    p = sub.add_parser("fetch-data", help="get raw data (bdtnp download + checksum, synthetic generation)")
+    _common(p)
+    p.add_argument("--out", required=True, type=Path, help="raw data folder to write")
+    p.add_argument("--local-copy", type=Path, help="bdtnp: folder with dge.txt and geometry.txt (no download)")
+
+    p = sub.add_parser("preprocess", help="raw data -> Parquet + manifest.json")
+    _common(p)
+    p.add_argument("--raw", required=True, type=Path, help="folder written by fetch-data")
+    p.add_argument("--out", required=True, type=Path, help="processed data folder to write")
+
+    p = sub.add_parser("train", help="train the denoiser (resumes from the latest checkpoint in --out)")
+    _common(p)
+    p.add_argument("--data_dir", "--data-dir", dest="data_dir", required=True, type=Path)
+    p.add_argument("--out", type=Path, default=Path("runs/train"), help="run folder (checkpoints, logs)")
+    p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, help="= training.batch_size")
+    p.add_argument("--max_steps", "--max-steps", dest="max_steps", type=int, help="= training.max_steps")
+
+    p = sub.add_parser("sample", help="generate held-out sections with a trained model")
+    _common(p)
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--data_dir", "--data-dir", dest="data_dir", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="samples Parquet file to write")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+
+    p = sub.add_parser("evaluate", help="score samples against the truth; write metrics.json + sections.csv")
+    _common(p)
+    p.add_argument("--samples", required=True, type=Path)
+    p.add_argument("--data_dir", "--data-dir", dest="data_dir", required=True, type=Path)
+    p.add_argument("--checkpoint", type=Path, help="for diagnostics (attention sinks, gates)")
+    p.add_argument("--train-summary", type=Path, help="train_summary.json (cost figures)")
+    p.add_argument("--out", required=True, type=Path, help="folder to write")
+
+    p = sub.add_parser("report", help="the comparison HTML page")
+    _common(p)
+    p.add_argument("--runs", required=True, type=Path, nargs="+", help="run folders (with eval/ and train/)")
+    p.add_argument("--out", required=True, type=Path)
+
+    p = sub.add_parser("params", help="parameter table of every attention variant")
+    _common(p)
+
+    p = sub.add_parser("bench", help="benchmarks that print tables")
+    _common(p)
+    p.add_argument("what", choices=["attention", "train-step", "sampling", "preprocess", "all"])
+    p.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    return parser
+
+
+# stage -> (module, function); each function takes (args, cfg) and imports its heavy dependencies itself.
+STAGES = {
+    "fetch-data": ("alphastomics.datasets", "main"),
+    "preprocess": ("alphastomics.preprocess", "main"),
+    "train": ("alphastomics.train", "main"),
+    "sample": ("alphastomics.sample", "main"),
+    "evaluate": ("alphastomics.evaluate", "main"),
+    "report": ("alphastomics.report", "main"),
+    "params": ("alphastomics.model", "params_main"),
+    "bench": ("alphastomics.bench", "main"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from alphastomics.config import load_config
+
+    args = build_parser().parse_args(argv)
+    overrides = list(args.overrides)
+    if getattr(args, "batch_size", None) is not None:
+        overrides.append(f"training.batch_size={args.batch_size}")
+    if getattr(args, "max_steps", None) is not None:
+        overrides.append(f"training.max_steps={args.max_steps}")
+    module, func = STAGES[args.stage]
+    try:
+        cfg = load_config(args.config, overrides)
+        return getattr(importlib.import_module(module), func)(args, cfg) or 0
+    except AlphaSTomicsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

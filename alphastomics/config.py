@@ -1,0 +1,312 @@
+"""Typed, frozen configuration, built from YAML at one boundary.
+
+Every default lives here and nowhere else. ``load_config`` rejects unknown keys and wrong types with a
+sentence that names the file, the key and the fix. Section names follow the design note
+("Gated Attention for AlphaSTomics"): ``TransformerLayer_setting`` and ``training`` keep its key names so its
+ablation YAML works as written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from alphastomics import AlphaSTomicsError
+
+Source = Literal["bdtnp", "synthetic", "h5ad", "csv"]
+GateType = Literal["headwise", "elementwise", "none"]
+Mode = Literal["expr_to_pos", "pos_to_expr", "joint"]
+
+
+class ConfigError(AlphaSTomicsError, ValueError):
+    """A config file or override is wrong; the message says where and how to fix it."""
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Deterministic layered tissue with known ground truth (``source: synthetic``)."""
+
+    num_sections: int = 6
+    min_cells: int = 500
+    max_cells: int = 1200
+    num_genes: int = 100
+    num_cell_types: int = 6
+    dims: Literal[2, 3] = 2
+    noise: float = 0.3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Where raw data come from and how they become sections and splits."""
+
+    name: str = "bdtnp"
+    source: Source = "bdtnp"
+    # h5ad / csv: one file, or a directory of files (one per section); bdtnp: optional local copy of the
+    # two text files (dge.txt, geometry.txt), used instead of downloading when given.
+    path: str | None = None
+    coordinate_key: str = "spatial"  # h5ad: obsm key
+    section_key: str | None = "section"  # h5ad obs column / csv column (csv default cell_section)
+    cell_type_key: str | None = "cell_type"
+    layer: str | None = None  # h5ad: layer holding expression (None = X)
+    genes_file: str | None = None  # optional gene list (one name per line) to keep
+    # Sections for data without them (bdtnp): cut into K parallel slabs along one axis.
+    num_slabs: int = 8
+    slab_axis: Literal["x", "y", "z"] = "x"
+    # Held-out sections by section, never by cell. Explicit lists win over fractions.
+    val_sections: tuple[str, ...] = ()
+    test_sections: tuple[str, ...] = ()
+    val_fraction: float = 0.15
+    test_fraction: float = 0.25
+    split_seed: int = 0
+    normalization: Literal["auto", "counts", "normalized"] = "auto"
+    target_sum: float = 1.0e4
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How Parquet sections become batches."""
+
+    max_cells: int = 1024  # a training example is a section or a subset of at most this many cells
+    crop: Literal["contiguous", "random", "mixed"] = "mixed"
+    rotate: bool = True
+    reflect: bool = True
+    num_workers: int = 0
+    pin_memory: bool = True
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The denoiser; YAML section ``TransformerLayer_setting`` (design-note key names)."""
+
+    d_model: int = 256
+    num_layers: int = 6
+    num_heads: int = 8
+    ff_mult: int = 4
+    dropout: float = 0.1
+    use_gated_attention: bool = True  # false = the linear-attention baseline (LUNA)
+    gate_type: GateType = "headwise"
+    use_qk_norm: bool = True
+    time_embed_dim: int = 128
+    num_position_frequencies: int = 8
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    mode: Mode = "expr_to_pos"
+    num_timesteps: int = 1000
+    sampling_steps: int = 50
+    sampler: Literal["ddim", "ancestral"] = "ddim"
+    ddim_eta: float = 0.0
+    expression_loss_weight: float = 1.0
+    position_loss_weight: float = 1.0
+    # Masked diffusion (design note): hide a fraction of expression features, reconstruct clean x0.
+    mask_fraction: float = 0.0
+    mask_loss_weight: float = 1.0
+    distance_chunk_size: int = 1024  # bounds memory of the pairwise-distance loss
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """YAML section ``training`` (design-note key names kept)."""
+
+    batch_size: int = 4
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float = 1.0
+    learning_rate: float = 3.0e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    max_steps: int = 2000
+    min_lr_ratio: float = 0.1
+    ema_decay: float = 0.999
+    val_every: int = 100
+    val_batches: int = 8
+    checkpoint_every: int = 200
+    early_stopping_patience: int = 0  # validations without improvement; 0 disables
+    max_nonfinite_steps: int = 5
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False
+    log_every: int = 10
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    knn_k: int = 10
+    neighborhood_k: int = 15  # neighbours used for cell-type composition clustering
+    num_random_references: int = 5
+    diagnostics_max_cells: int = 2048  # attention maps are N x N: diagnostics run on at most this many
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    TransformerLayer_setting: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def model(self) -> ModelConfig:
+        return self.TransformerLayer_setting
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+# --------------------------------------------------------------------------------------------------------
+# YAML boundary
+
+_FLOAT_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{where}' must be a mapping of keys, got {type(value).__name__}")
+        return _build(tp, value, where, source)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        return _coerce(value, rest[0], where, source)
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{source}: '{where}' is {value!r}; use one of {choices}")
+        return value
+    if origin is tuple:
+        if isinstance(value, (str, int)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: '{where}' must be a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{where}[{i}]", source) for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: '{where}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: '{where}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        # PyYAML reads 1e-4 (no dot) as a string; accept any numeric literal, reject other strings.
+        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            value = float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{source}: '{where}' must be a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{source}: '{where}' must be a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{source}: '{where}' has unsupported type {tp!r}")  # pragma: no cover
+
+
+def _build(cls: type, values: dict[str, Any], where: str, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            known = ", ".join(sorted(names))
+            raise ConfigError(f"{source}: unknown key '{path}'; remove it or use one of: {known}")
+        kwargs[key] = _coerce(value, hints[key], path, source)
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``'training.learning_rate=1e-4'`` -> ``{'training': {'learning_rate': '1e-4'}}`` (value read as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    path, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    out: dict[str, Any] = {}
+    node = out
+    keys = path.strip().split(".")
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+    return out
+
+
+def load_config(
+    paths: str | Path | list[str | Path] | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> Config:
+    """Merge YAML files (later wins), then ``section.key=value`` overrides, into a validated Config."""
+    if paths is None:
+        paths = []
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    merged: dict[str, Any] = {}
+    sources = []
+    for p in paths:
+        p = Path(p)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found; pass an existing YAML file to --config")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            line = getattr(getattr(err, "problem_mark", None), "line", None)
+            at = f" (line {line + 1})" if line is not None else ""
+            raise ConfigError(f"{p}: not valid YAML{at}; fix the syntax") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(data).__name__}")
+        merged = _merge(merged, data)
+        sources.append(str(p))
+    if isinstance(overrides, dict):
+        merged = _merge(merged, overrides)
+        sources.append("overrides")
+    else:
+        for text in overrides or []:
+            merged = _merge(merged, parse_override(text))
+        if overrides:
+            sources.append("--set")
+    return _build(Config, merged, "", " + ".join(sources) or "config")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain dict (lists for tuples) that ``load_config`` reads back to an equal Config."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(cfg)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "checkpoint") -> Config:
+    return _build(Config, data, "", source)
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
