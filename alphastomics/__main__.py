@@ -1,6 +1,6 @@
 """Command line: ``python -m alphastomics <stage> --config FILE [--set section.key=value ...]``.
 
-Stages: fetch-data | preprocess | train | sample | evaluate | report | params | bench.
+Stages: fetch-data | preprocess | train | sample | evaluate | report | baseline | params | bench.
 ``python -m alphastomics.main`` is the same entry point (the design note's spelling).
 A user error (bad config, bad input file) prints one line and exits with status 2.
 """
@@ -76,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", required=True, type=Path, nargs="+", help="run folders (with eval/ and train/)")
     p.add_argument("--out", required=True, type=Path)
 
+    p = sub.add_parser("baseline", help="a peer method (knn, tangram, novosparc, celery) on held-out sections")
+    _common(p)
+    p.add_argument("--method", required=True, choices=["knn", "tangram", "novosparc", "celery"])
+    p.add_argument("--data_dir", "--data-dir", dest="data_dir", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="samples Parquet file to write (same format as sample)")
+    p.add_argument("--split", default="test", choices=["val", "test"])
+    p.add_argument("--seed", type=int, default=0)
+
     p = sub.add_parser("params", help="parameter table of every attention variant")
     _common(p)
 
@@ -94,6 +102,7 @@ STAGES = {
     "sample": ("alphastomics.sample", "main"),
     "evaluate": ("alphastomics.evaluate", "main"),
     "report": ("alphastomics.report", "main"),
+    "baseline": ("alphastomics.peers", "main"),
     "params": ("alphastomics.model", "params_main"),
     "bench": ("alphastomics.bench", "main"),
 }
