@@ -1,0 +1,135 @@
+"""The YAML boundary: defaults, merging, overrides, and the errors users see."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alphastomics.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    dump_config,
+    load_config,
+    parse_override,
+    to_dict,
+)
+
+# The design note's ablation block, as written there.
+DESIGN_NOTE_BLOCK = """
+TransformerLayer_setting:
+  num_layers: 6
+  num_heads: 8
+  dropout: 0.1
+  use_gated_attention: true
+  gate_type: "headwise"
+  use_qk_norm: true
+training:
+  batch_size: 1024
+  accumulate_grad_batches: 4
+  gradient_clip_val: 0.5
+  learning_rate: 1e-4
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_files():
+    assert load_config() == Config()
+
+
+def test_design_note_block_loads_as_written(tmp_path):
+    cfg = load_config(write(tmp_path, DESIGN_NOTE_BLOCK))
+    assert cfg.model.gate_type == "headwise" and cfg.model.use_qk_norm and cfg.model.use_gated_attention
+    assert cfg.training.batch_size == 1024 and cfg.training.accumulate_grad_batches == 4
+    # PyYAML reads 1e-4 (no dot) as the string '1e-4'; the boundary makes it the float it means.
+    assert yaml.safe_load("x: 1e-4")["x"] == "1e-4"
+    assert cfg.training.learning_rate == pytest.approx(1e-4)
+    assert isinstance(cfg.training.learning_rate, float)
+
+
+def test_configs_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Config().training.batch_size = 3  # type: ignore[misc]
+
+
+def test_later_files_and_overrides_win(tmp_path):
+    a = write(tmp_path, "training: {batch_size: 8, max_steps: 10}\n", "a.yaml")
+    b = write(tmp_path, "training: {batch_size: 16}\n", "b.yaml")
+    cfg = load_config([a, b], ["training.max_steps=20", "TransformerLayer_setting.gate_type=elementwise"])
+    assert cfg.training.batch_size == 16  # b over a
+    assert cfg.training.max_steps == 20  # --set over files
+    assert cfg.model.gate_type == "elementwise"
+
+
+def test_round_trip_through_dict_and_yaml(tmp_path):
+    cfg = load_config(overrides=["dataset.test_sections=[s1, s2]", "diffusion.mode=joint"])
+    assert config_from_dict(to_dict(cfg)) == cfg
+    dump_config(cfg, tmp_path / "out.yaml")
+    assert load_config(tmp_path / "out.yaml") == cfg
+    assert cfg.dataset.test_sections == ("s1", "s2")
+
+
+@pytest.mark.parametrize(
+    "text, fragments",
+    [
+        ("training: {batch_sise: 4}\n", ["unknown key 'training.batch_sise'", "batch_size"]),
+        ("trainig: {batch_size: 4}\n", ["unknown key 'trainig'", "training"]),
+        ("training: {batch_size: four}\n", ["'training.batch_size' must be an integer", "'four'"]),
+        ("training: {batch_size: 4.5}\n", ["'training.batch_size' must be an integer"]),
+        ("training: {learning_rate: fast}\n", ["'training.learning_rate' must be a finite number"]),
+        ("training: {learning_rate: .nan}\n", ["'training.learning_rate' must be a finite number"]),
+        ("TransformerLayer_setting: {gate_type: headwize}\n", ["'headwize'", "'headwise'", "'elementwise'"]),
+        ("TransformerLayer_setting: {use_qk_norm: 'yes'}\n", ["must be true or false"]),
+        ("training: 3\n", ["'training' must be a mapping"]),
+        ("- a\n- b\n", ["top level must be a mapping"]),
+        ("training: {batch_size: [\n", ["not valid YAML", "line"]),
+    ],
+)
+def test_bad_config_is_one_sentence_naming_file_and_key(tmp_path, text, fragments):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(path) in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_missing_file_and_malformed_override(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("training.batch_size")
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path):
+    path = write(tmp_path, "training: {batch_sise: 4}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "alphastomics", "params", "--config", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert proc.stderr.startswith("error: ") and "unknown key 'training.batch_sise'" in proc.stderr
+
+
+@pytest.mark.parametrize("module", ["alphastomics", "alphastomics.main"])
+def test_every_stage_has_help(module):
+    from alphastomics.__main__ import STAGES
+
+    for stage in STAGES:
+        proc = subprocess.run([sys.executable, "-m", module, stage, "--help"], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert "--config" in proc.stdout
