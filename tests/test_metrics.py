@@ -1,0 +1,292 @@
+"""Metrics against hand-computed values on tiny point sets, and against scipy / scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.spatial import procrustes
+from scipy.stats import special_ortho_group
+from sklearn.metrics import adjusted_rand_score
+
+from alphastomics import AlphaSTomicsError
+from alphastomics import metrics as M
+
+
+def cloud(n: int = 60, d: int = 3, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, d))
+
+
+def similarity(x: np.ndarray, *, seed: int, reflect: bool, scale: float = 1.0) -> np.ndarray:
+    """x rotated (and maybe reflected), scaled and translated."""
+    d = x.shape[1]
+    r = special_ortho_group.rvs(d, random_state=seed)
+    if reflect:
+        r = r @ np.diag([-1.0] + [1.0] * (d - 1))
+    return scale * x @ r + np.arange(1, d + 1) * 7.5
+
+
+# ---------------------------------------------------------------------------------------------- invariances
+
+
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("reflect", [False, True])
+def test_perfect_prediction_is_perfect_under_rigid_motions(d: int, reflect: bool) -> None:
+    true = cloud(d=d)
+    pred = similarity(true, seed=d, reflect=reflect)
+    assert M.knn_preservation(pred, true, k=10) == 1.0
+    assert M.procrustes_rmsd(pred, true) == pytest.approx(0.0, abs=1e-10)
+    assert M.procrustes_rssd(pred, true) == pytest.approx(0.0, abs=1e-10)
+    assert M.distance_mse(pred, true) == pytest.approx(0.0, abs=1e-20)
+    assert M.distance_pearson(pred, true) == pytest.approx(1.0)
+    assert M.distance_spearman(pred, true) == pytest.approx(1.0)
+
+
+def test_distance_mse_is_zero_under_scaling_but_plain_procrustes_is_not() -> None:
+    true = cloud()
+    pred = similarity(true, seed=3, reflect=True, scale=2.5)
+    assert M.distance_mse(pred, true) == pytest.approx(0.0, abs=1e-20)
+    assert M.procrustes_rmsd(pred, true, scaled=True) == pytest.approx(0.0, abs=1e-10)
+    # Unscaled: pred is 2.5x too large, so after optimal rotation every cell is off by 1.5 |t_i - mean|.
+    t = true - true.mean(axis=0)
+    expected = 1.5 * np.sqrt((t**2).sum(axis=1).mean())
+    assert M.procrustes_rmsd(pred, true) == pytest.approx(expected)
+
+
+def test_unit_rms_radius() -> None:
+    x = M.unit_rms(cloud(seed=4) * 9 + 3)
+    assert np.allclose(x.mean(axis=0), 0.0)
+    assert np.sqrt((x**2).sum(axis=1).mean()) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------------------------- hand values
+
+
+def test_distance_mse_hand_computed() -> None:
+    # Any 2-cell cloud at unit RMS radius has its one distance = 2, so three cells are needed.
+    true = np.array([[-1.0, 0.0], [1.0, 0.0], [0.0, 0.0]])  # RMS radius sqrt(2/3)
+    pred = np.array([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # centre (0, 1/3); squared radii 10/9,10/9,4/9
+    # scaled true: factor sqrt(3/2) -> distances sqrt(3/2)*(2, 1, 1) for pairs (01, 02, 12)
+    # scaled pred: radius^2 = (10/9+10/9+4/9)/3 = 8/9 -> factor 3/sqrt(8); distances (2, sqrt2, sqrt2) * 3/sqrt8
+    dt = np.sqrt(1.5) * np.array([2.0, 1.0, 1.0])
+    dp = 3 / np.sqrt(8) * np.array([2.0, np.sqrt(2), np.sqrt(2)])
+    assert M.distance_mse(pred, true) == pytest.approx(np.mean((dp - dt) ** 2))
+
+
+def test_knn_known_permutation() -> None:
+    # Six points on a line in well-separated pairs, so every neighbour set is unambiguous.
+    true = np.array([[0.0, 0], [1, 0], [10, 0], [11, 0], [20, 0], [21, 0]])
+    # Swap cells 1 and 2: 0's nearest is now cell 2 (was 1); 3's nearest is 1 (was 2); 4, 5 unchanged;
+    # cell 1 sits at 10 next to 3 (was 0); cell 2 sits at 1 next to 0 (was 3). Overlap: 0,0,0,0,1,1 -> 2/6.
+    pred = true[[0, 2, 1, 3, 4, 5]]
+    assert M.knn_preservation(pred, true, k=1) == pytest.approx(2 / 6)
+    # k = 2 on the same sets, by hand: pred kNN vs true kNN per cell
+    # true: 0:{1,2} 1:{0,2} 2:{3,1} 3:{2,4}? 3 at 11: 2 (1), 4 (9) -> {2,4}; 4:{5,3}; 5:{4,3}
+    # pred positions: 0@0, 2@1, 1@10, 3@11, 4@20, 5@21
+    # pred: 0:{2,1} 2:{0,1} 1:{3,2} 3:{1,4} 4:{5,3} 5:{4,3}
+    # overlaps: 0:{1,2}&{2,1}=2, 1:{0,2}&{3,2}=1, 2:{3,1}&{0,1}=1, 3:{2,4}&{1,4}=1, 4:2, 5:2 -> 9/12
+    assert M.knn_preservation(pred, true, k=2) == pytest.approx(9 / 12)
+
+
+def test_knn_excludes_self_even_for_duplicate_points() -> None:
+    x = np.array([[0.0, 0.0], [0.0, 0.0], [5.0, 0.0], [9.0, 0.0]])
+    idx = M.knn_indices(x, 2)
+    assert all(i not in idx[i] for i in range(len(x)))
+    assert set(idx[0]) == {1, 2} and set(idx[1]) == {0, 2}
+
+
+def test_procrustes_hand_computed() -> None:
+    true = np.array([[1.0, 0.0], [-1.0, 0.0]])
+    pred = np.array([[0.0, 3.0], [0.0, -3.0]])  # rotated by 90 degrees, 3x longer
+    # rotation aligns it to (3,0),(-3,0): each cell 2 away -> RSSD sqrt(8), RMSD 2; scaled: exact
+    assert M.procrustes_rssd(pred, true) == pytest.approx(np.sqrt(8))
+    assert M.procrustes_rmsd(pred, true) == pytest.approx(2.0)
+    assert M.procrustes_rmsd(pred, true, scaled=True) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_procrustes_allows_reflection() -> None:
+    true = cloud(d=2, seed=8)
+    mirror = true * np.array([-1.0, 1.0])  # not reachable by a rotation
+    assert M.procrustes_rmsd(mirror, true) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_scaled_procrustes_matches_scipy_disparity() -> None:
+    true = cloud(seed=1)
+    pred = similarity(true, seed=2, reflect=False, scale=0.7) + cloud(seed=3) * 0.4
+    _, _, disparity = procrustes(true, pred)  # both scaled to unit Frobenius norm
+    t = true - true.mean(axis=0)
+    ours = M.procrustes_rssd(pred, true, scaled=True) ** 2 / (t**2).sum()
+    assert ours == pytest.approx(disparity, rel=1e-9)
+
+
+def test_distance_correlations_match_scipy() -> None:
+    true, pred = cloud(seed=5), cloud(seed=5) + 0.3 * cloud(seed=6)
+    from scipy.spatial.distance import pdist
+
+    assert M.distance_pearson(pred, true) == pytest.approx(stats.pearsonr(pdist(pred), pdist(true))[0])
+    assert M.distance_spearman(pred, true) == pytest.approx(stats.spearmanr(pdist(pred), pdist(true))[0])
+
+
+def test_pair_subsampling_is_seeded_and_close_to_exact() -> None:
+    true, pred = cloud(n=300, seed=5), cloud(n=300, seed=5) + 0.5 * cloud(n=300, seed=6)
+    exact = M.distance_pearson(pred, true)
+    a = M.distance_pearson(pred, true, max_pairs=20_000, seed=1)
+    assert a == M.distance_pearson(pred, true, max_pairs=20_000, seed=1)
+    assert a != exact and a == pytest.approx(exact, abs=0.02)
+
+
+def test_random_placement_is_a_permutation() -> None:
+    true = cloud(seed=2)
+    r = M.random_placement(true, np.random.default_rng(0))
+    assert sorted(map(tuple, r)) == sorted(map(tuple, true))
+    assert M.knn_preservation(r, true) < 0.5
+
+
+# ---------------------------------------------------------------------------------------------- Moran's I
+
+
+def test_morans_i_checkerboard_is_negative_hand_value() -> None:
+    # 4 x 4 grid, x spacing 1, y spacing 1.1 (no ties that change a neighbour's value), k = 4.
+    # Interior (4 cells): 4 rook neighbours of opposite sign -> z*lag = -1. Edge cells (8): 3 rook (opposite)
+    # + one diagonal (same sign) -> -1/2. Corners (4): right, up, diagonal, two-right -> 0. I = -8/16.
+    xs, ys = np.meshgrid(np.arange(4.0), np.arange(4.0) * 1.1, indexing="ij")
+    pos = np.c_[xs.ravel(), ys.ravel()]
+    ii, jj = np.meshgrid(np.arange(4), np.arange(4), indexing="ij")
+    checker = (-1.0) ** (ii + jj).ravel()
+    assert M.morans_i(pos, checker, k=4)[0] == pytest.approx(-0.5)
+
+
+def test_morans_i_gradient_is_positive_hand_value() -> None:
+    # Five cells on a line, value = position, k = 2: z = -2..2, sum z^2 = 10;
+    # neighbour means: -0.5, -1, 0, 1, 0.5 -> sum z*lag = 1 + 1 + 0 + 1 + 1 = 4 -> I = 0.4.
+    pos = np.c_[np.arange(5.0), np.zeros(5)]
+    assert M.morans_i(pos, np.arange(5.0), k=2)[0] == pytest.approx(0.4)
+
+
+def test_morans_i_equals_dense_weight_formula() -> None:
+    pos, vals = cloud(n=40, d=2, seed=9), cloud(n=40, d=5, seed=10)
+    k = 6
+    idx = M.knn_indices(pos, k)
+    w = np.zeros((40, 40))
+    w[np.repeat(np.arange(40), k), idx.ravel()] = 1.0 / k
+    z = vals - vals.mean(axis=0)
+    dense = [len(z) / w.sum() * z[:, g] @ w @ z[:, g] / (z[:, g] @ z[:, g]) for g in range(5)]
+    assert np.allclose(M.morans_i(pos, vals, k=k), dense)
+
+
+def test_morans_i_constant_gene_is_nan_and_correlation_ignores_it() -> None:
+    pos = cloud(n=50, d=2, seed=1)
+    vals = np.c_[pos[:, 0], pos[:, 1] ** 2, np.ones(50), np.random.default_rng(0).normal(size=50)]
+    mi = M.morans_i(pos, vals, k=5)
+    assert np.isnan(mi[2]) and np.isfinite(mi[[0, 1, 3]]).all()
+    assert M.morans_i_correlation(pos, pos, vals, k=5) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------------------------- cell types
+
+
+def typed_tissue(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    pos = rng.uniform(0, 3, size=(150, 2))
+    labels = np.array(["a", "b", "c"])[np.minimum((pos[:, 0]).astype(int), 2)]  # three vertical bands
+    return pos, labels
+
+
+def test_neighborhood_ari_nmi_perfect_and_matches_sklearn() -> None:
+    pos, labels = typed_tissue()
+    moved = similarity(pos, seed=1, reflect=True)
+    assert M.neighborhood_ari(moved, pos, labels) == pytest.approx(1.0)
+    assert M.neighborhood_nmi(moved, pos, labels) == pytest.approx(1.0)
+    shuffled = M.random_placement(pos, np.random.default_rng(1))
+    a = M.neighborhood_clusters(shuffled, labels, k=15, seed=0)
+    b = M.neighborhood_clusters(pos, labels, k=15, seed=0)
+    assert M.neighborhood_ari(shuffled, pos, labels) == pytest.approx(adjusted_rand_score(b, a))
+    assert M.neighborhood_ari(shuffled, pos, labels) < 0.3
+
+
+def test_ari_of_identical_labelings_is_one() -> None:
+    labels = np.array([0, 0, 1, 1, 2, 2, 2])
+    assert adjusted_rand_score(labels, labels) == 1.0
+    relabelled = np.array([5, 5, 3, 3, 9, 9, 9])
+    assert adjusted_rand_score(labels, relabelled) == 1.0
+
+
+def test_neighborhood_composition_hand_values() -> None:
+    pos = np.array([[0.0, 0], [1, 0], [2.2, 0], [10, 0]])
+    labels = np.array(["x", "y", "y", "x"])
+    comp = M.neighborhood_composition(pos, labels, k=2)
+    # 0: {1,2} -> y,y; 1: {0,2} -> x,y; 2: {1,0} -> y,x; 3: {2,1} -> y,y
+    assert np.allclose(comp, [[0, 1], [0.5, 0.5], [0.5, 0.5], [0, 1]])
+
+
+def test_single_type_gives_nan() -> None:
+    pos = cloud(n=20, d=2)
+    assert np.isnan(M.neighborhood_ari(pos, pos, np.array(["a"] * 20)))
+
+
+# ---------------------------------------------------------------------------------------------- expression
+
+
+def test_expression_metrics_hand_values() -> None:
+    true = np.array([[1.0, 0.0, 2.0], [2.0, 0.0, 2.0], [3.0, 0.0, 2.0]])  # genes 2, 3 have no variance
+    pred = np.array([[3.0, 1.0, 2.0], [2.0, 1.0, 2.0], [1.0, 1.0, 2.0]])
+    assert M.expression_mse(pred, true) == pytest.approx((4 + 0 + 4 + 1 + 1 + 1) / 9)
+    assert M.expression_pearson(pred, true) == pytest.approx(-1.0)  # only gene 1 counts
+    flat = true.copy()
+    flat[:, 0] = 5.0  # a constant prediction for a varying gene counts as r = 0
+    assert M.expression_pearson(flat, true) == 0.0
+
+
+def test_expression_pearson_matches_scipy_mean() -> None:
+    true, pred = cloud(n=30, d=4, seed=1), cloud(n=30, d=4, seed=1) + cloud(n=30, d=4, seed=2)
+    expected = np.mean([stats.pearsonr(pred[:, g], true[:, g])[0] for g in range(4)])
+    assert M.expression_pearson(pred, true) == pytest.approx(expected)
+
+
+# ---------------------------------------------------------------------------------------------- diagnostics
+
+
+def test_attention_sink_hand_built() -> None:
+    n = 4
+    attn = np.zeros((1, 2, n, n))
+    attn[0, 0] = 1.0 / n  # head 0 uniform: share 1/4
+    attn[0, 1, :, 2] = 0.7  # head 1: every query puts 0.7 on cell 2, 0.1 elsewhere
+    attn[0, 1, :, [0, 1, 3]] = 0.1
+    out = M.attention_sink(attn)
+    assert out["share"][0].tolist() == pytest.approx([0.25, 0.7])
+    assert out["index"][0, 1] == 2 and out["n"].tolist() == [4]
+
+
+def test_attention_sink_ignores_padding() -> None:
+    # 3 real cells + 1 padding row/column; the padding query attends only to cell 0 and must not count.
+    attn = np.full((1, 1, 4, 4), 0.0)
+    attn[0, 0, :3, :3] = [[0.5, 0.25, 0.25], [0.2, 0.6, 0.2], [0.1, 0.6, 0.3]]
+    attn[0, 0, 3, 0] = 1.0
+    out = M.attention_sink(attn, np.array([[True, True, True, False]]))
+    assert out["share"][0, 0] == pytest.approx(1.45 / 3) and out["index"][0, 0] == 1
+
+
+def test_gate_stats_fixed_bins() -> None:
+    gate = np.array([[[0.05], [0.15], [0.15], [0.95], [0.5]]])
+    mask = np.array([[True, True, True, True, False]])
+    out = M.gate_stats(gate, mask)
+    assert out["counts"] == [1, 2, 0, 0, 0, 0, 0, 0, 0, 1]
+    assert out["mean"] == pytest.approx(0.325)
+    assert out["std"] == pytest.approx(np.std([0.05, 0.15, 0.15, 0.95]))
+
+
+def test_weighted_mean_skips_nan() -> None:
+    assert M.weighted_mean([1.0, 3.0, np.nan], [1, 3, 10]) == pytest.approx(2.5)
+    assert np.isnan(M.weighted_mean([np.nan], [1]))
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def test_bad_input_errors() -> None:
+    with pytest.raises(AlphaSTomicsError, match="same shape"):
+        M.knn_preservation(cloud(n=10), cloud(n=11))
+    with pytest.raises(AlphaSTomicsError, match="NaN or inf"):
+        M.distance_mse(np.full((3, 2), np.nan), np.zeros((3, 2)))
+    with pytest.raises(AlphaSTomicsError, match="at least 2"):
+        M.procrustes_rmsd(np.zeros((1, 2)), np.zeros((1, 2)))
