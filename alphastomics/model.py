@@ -1,0 +1,296 @@
+"""The denoiser: a diffusion transformer over the set of cells of one section, predicting x0.
+
+Cells are tokens; attention runs across cells (``alphastomics.attention``), there is no positional index
+over cells, so the model is permutation-equivariant. Positions enter every block as "direction + distance"
+features of the coordinates centred over real cells (LUNA, Yu et al. 2025; the design note), and each block
+refines the coordinates (iterative refinement). Diffusion time enters every block through adaptive
+LayerNorm with zero-initialised residual gates (adaLN-Zero, Peebles & Xie, "Scalable Diffusion Models with
+Transformers", ICCV 2023), with one time embedding per modality so the conditioning modality can be clean.
+
+Shape legend:
+    B  batch (sections)            N  cells (tokens)            G  genes
+    D  coordinate dims (2 or 3)    H  attention heads           C  model width (d_model)
+    F  position features
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from alphastomics.attention import Attention
+from alphastomics.config import Config, ModelConfig
+
+Diagnostics = dict[str, Tensor | None]
+
+
+def masked_centre(x: Tensor, mask: Tensor) -> Tensor:
+    """Subtract the mean over real cells; padding rows become zero. x (B, N, D), mask (B, N)."""
+    m = mask[..., None].to(x.dtype)
+    mean = (x * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)
+    return (x - mean) * m
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """Sinusoidal features (B, dim) of t in [0, 1] (scaled to 0..1000 as in DDPM/DiT)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return F.pad(emb, (0, dim % 2))
+
+
+def position_features(positions: Tensor, mask: Tensor, num_frequencies: int) -> Tensor:
+    """Direction + distance features of coordinates centred over real cells -> (B, N, F).
+
+    F = 2 D + 1 + 2 num_frequencies: the centred coordinates, the unit direction, the radius and Fourier
+    features of the radius (octaves of pi), so both coarse and fine radial structure are visible.
+    """
+    p = masked_centre(positions, mask)
+    # The epsilon keeps the gradient of |p| finite for a cell at the centre.
+    r = torch.sqrt((p * p).sum(-1, keepdim=True) + 1e-8)  # (B, N, 1)
+    freqs = math.pi * 2.0 ** torch.arange(num_frequencies, device=p.device, dtype=p.dtype)
+    angles = r * freqs  # (B, N, num_frequencies)
+    feats = torch.cat([p, p / r, r, torch.sin(angles), torch.cos(angles)], dim=-1)
+    return feats * mask[..., None].to(p.dtype)
+
+
+def position_feature_dim(dims: int, num_frequencies: int) -> int:
+    return 2 * dims + 1 + 2 * num_frequencies
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale) + shift
+
+
+class TimeEmbedding(nn.Module):
+    """t (B,) in [0, 1] -> (B, C): sinusoidal features, then an MLP."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dim = cfg.time_embed_dim
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.time_embed_dim, cfg.d_model), nn.SiLU(), nn.Linear(cfg.d_model, cfg.d_model)
+        )
+
+    def forward(self, t: Tensor) -> Tensor:
+        return self.mlp(timestep_embedding(t, self.dim))
+
+
+class GatedSelfAttentionModel(nn.Module):
+    """The design note's block interface: attention across cells with position and time conditioning.
+
+    ``(expression_features (B,N,C), diffusion_time (B,C), positions (B,N,D), mask (B,N)) ->
+    (expression_features, positions, diffusion_time)``. The time features are conditioning: each block
+    reads them through its own adaLN and passes them on unchanged.
+    """
+
+    def __init__(self, cfg: ModelConfig, dims: int) -> None:
+        super().__init__()
+        c = cfg.d_model
+        self.num_frequencies = cfg.num_position_frequencies
+        self.pos_embed = nn.Linear(position_feature_dim(dims, cfg.num_position_frequencies), c)
+        self.norm = nn.LayerNorm(c, elementwise_affine=False, eps=1e-6)
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(c, 3 * c))  # shift, scale, residual gate
+        self.attn = Attention(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.pos_norm = nn.LayerNorm(c, eps=1e-6)
+        self.pos_update = nn.Linear(c, dims)
+
+    def forward(
+        self, h: Tensor, time: Tensor, positions: Tensor, mask: Tensor, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor, Diagnostics | None]:
+        h = h + self.pos_embed(position_features(positions, mask, self.num_frequencies))
+        shift, scale, gate = self.modulation(time)[:, None].chunk(3, dim=-1)  # (B, 1, C) each
+        x = modulate(self.norm(h), shift, scale)
+        diag = None
+        if need_weights:
+            y, diag = self.attn(x, mask, need_weights=True)
+        else:
+            y = self.attn(x, mask)
+        h = h + gate * self.dropout(y)
+        positions = masked_centre(positions + self.pos_update(self.pos_norm(h)), mask)
+        return h, positions, time, diag
+
+
+class TransformerLayer(nn.Module):
+    """GatedSelfAttentionModel + a time-modulated feed-forward; same interface as the block."""
+
+    def __init__(self, cfg: ModelConfig, dims: int) -> None:
+        super().__init__()
+        c = cfg.d_model
+        self.attention = GatedSelfAttentionModel(cfg, dims)
+        self.norm = nn.LayerNorm(c, elementwise_affine=False, eps=1e-6)
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(c, 3 * c))
+        self.ff = nn.Sequential(
+            nn.Linear(c, cfg.ff_mult * c),
+            nn.GELU(approximate="tanh"),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.ff_mult * c, c),
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self, h: Tensor, time: Tensor, positions: Tensor, mask: Tensor, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor, Diagnostics | None]:
+        h, positions, time, diag = self.attention(h, time, positions, mask, need_weights)
+        shift, scale, gate = self.modulation(time)[:, None].chunk(3, dim=-1)
+        h = h + gate * self.dropout(self.ff(modulate(self.norm(h), shift, scale)))
+        return h, positions, time, diag
+
+
+class Denoiser(nn.Module):
+    """Predicts clean expression (B,N,G) and clean centred coordinates (B,N,D) from noisy ones."""
+
+    def __init__(self, cfg: ModelConfig, n_genes: int, dims: int) -> None:
+        super().__init__()
+        c = cfg.d_model
+        self.cfg, self.n_genes, self.dims = cfg, n_genes, dims
+        self.expression_in = nn.Linear(n_genes, c)
+        self.expression_time = TimeEmbedding(cfg)
+        self.position_time = TimeEmbedding(cfg)
+        self.layers = nn.ModuleList(TransformerLayer(cfg, dims) for _ in range(cfg.num_layers))
+        self.final_norm = nn.LayerNorm(c, elementwise_affine=False, eps=1e-6)
+        self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(c, 2 * c))
+        self.expression_out = nn.Linear(c, n_genes)
+        self.position_out = nn.Linear(c, dims)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # Xavier everywhere, then DiT's choices: small normal time MLPs, and zeros for every adaLN
+        # modulation and every output layer, so each block starts as the identity and the first
+        # prediction is x0 = (gene mean, current coordinates): stable from step one at any depth.
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for emb in (self.expression_time, self.position_time):
+            for module in emb.mlp:
+                if isinstance(module, nn.Linear):
+                    nn.init.normal_(module.weight, std=0.02)
+        zero = [self.final_modulation[-1], self.expression_out, self.position_out]
+        for layer in self.layers:
+            zero += [layer.modulation[-1], layer.attention.modulation[-1], layer.attention.pos_update]
+        for module in zero:
+            nn.init.zeros_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def forward(
+        self,
+        expression: Tensor,
+        positions: Tensor,
+        t: Tensor,
+        mask: Tensor,
+        *,
+        expression_t: Tensor | None = None,
+        position_t: Tensor | None = None,
+        return_diagnostics: bool = False,
+    ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, list[Diagnostics]]:
+        """expression (B,N,G), positions (B,N,D), t (B,) in [0, 1], mask (B,N) -> x0 of both modalities.
+
+        ``expression_t`` / ``position_t`` override ``t`` per modality (t = 0: that modality is clean).
+        """
+        b = expression.shape[0]
+        t = torch.as_tensor(t, dtype=torch.float32, device=expression.device).expand(b)
+        t_expr = t if expression_t is None else torch.as_tensor(expression_t, device=t.device).expand(b)
+        t_pos = t if position_t is None else torch.as_tensor(position_t, device=t.device).expand(b)
+        time = self.expression_time(t_expr) + self.position_time(t_pos)  # (B, C)
+        m = mask[..., None].to(expression.dtype)
+        h = self.expression_in(expression * m)  # (B, N, C)
+        pos = masked_centre(positions, mask)
+        diagnostics = []
+        for layer in self.layers:
+            h, pos, time, diag = layer(h, time, pos, mask, need_weights=return_diagnostics)
+            diagnostics.append(diag)
+        shift, scale = self.final_modulation(time)[:, None].chunk(2, dim=-1)
+        x = modulate(self.final_norm(h), shift, scale)
+        expression_x0 = self.expression_out(x) * m
+        positions_x0 = masked_centre(pos + self.position_out(x), mask)
+        if return_diagnostics:
+            return expression_x0, positions_x0, diagnostics
+        return expression_x0, positions_x0
+
+
+# --------------------------------------------------------------------------------------------------------
+# `python -m alphastomics params`: parameter table of the ablation
+
+# name -> (use_gated_attention, gate_type, use_qk_norm): the design note's four rows + a softmax control.
+ABLATION_VARIANTS: dict[str, tuple[bool, str, bool]] = {
+    "linear": (False, "none", False),
+    "gated_headwise_qknorm": (True, "headwise", True),
+    "gated_elementwise_qknorm": (True, "elementwise", True),
+    "gated_headwise": (True, "headwise", False),
+    "softmax_qknorm": (True, "none", True),
+}
+
+# The design note's claims per attention layer at d_model 256, 8 heads (relative to linear).
+_CLAIMED_OVERHEAD = {"gated_headwise_qknorm": "+4 %", "gated_elementwise_qknorm": "+50 %", "gated_headwise": "+4 %"}
+
+
+def variant_config(cfg: ModelConfig, name: str) -> ModelConfig:
+    gated, gate, qk = ABLATION_VARIANTS[name]
+    return dataclasses.replace(cfg, use_gated_attention=gated, gate_type=gate, use_qk_norm=qk)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def parameter_table(cfg: ModelConfig, n_genes: int, dims: int) -> list[dict[str, Any]]:
+    """Per variant: attention parameters per layer, parameters per layer, total, overheads vs linear."""
+    rows = []
+    for name in ABLATION_VARIANTS:
+        model = Denoiser(variant_config(cfg, name), n_genes, dims)
+        layer = model.layers[0]
+        rows.append(
+            {
+                "variant": name,
+                "attention_per_layer": count_parameters(layer.attention.attn),
+                "layer": count_parameters(layer),
+                "total": count_parameters(model),
+            }
+        )
+    base = rows[0]
+    for row in rows:
+        for key in ("attention_per_layer", "total"):
+            row[f"{key}_vs_linear"] = row[key] / base[key] - 1.0
+        row["claimed"] = _CLAIMED_OVERHEAD.get(row["variant"], "")
+    return rows
+
+
+def _genes_and_dims(cfg: Config) -> tuple[int, int]:
+    # Only the input/output heads depend on these; attention counts do not.
+    if cfg.dataset.source == "synthetic":
+        return cfg.dataset.synthetic.num_genes, cfg.dataset.synthetic.dims
+    return 84, 3  # bdtnp (the bundled atlas): 84 genes, 3D
+
+
+def format_parameter_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'variant':<26}{'attn/layer':>12}{'vs linear':>11}{'claimed':>9}"
+        f"{'layer':>10}{'total':>11}{'vs linear':>11}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['variant']:<26}{r['attention_per_layer']:>12,}{r['attention_per_layer_vs_linear']:>+10.1%} "
+            f"{r['claimed']:>8}{r['layer']:>10,}{r['total']:>11,}{r['total_vs_linear']:>+10.1%} "
+        )
+    return "\n".join(lines)
+
+
+def params_main(args: Any, cfg: Config) -> int:
+    n_genes, dims = _genes_and_dims(cfg)
+    m = cfg.model
+    print(
+        f"d_model {m.d_model}, {m.num_heads} heads, {m.num_layers} layers, ff_mult {m.ff_mult}; "
+        f"G = {n_genes} genes, D = {dims} (dataset '{cfg.dataset.name}')"
+    )
+    print(format_parameter_table(parameter_table(m, n_genes, dims)))
+    return 0
