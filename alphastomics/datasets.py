@@ -1,0 +1,564 @@
+"""Raw data: the ``fetch-data`` stage and the readers that ``preprocess`` uses.
+
+Sources (``dataset.source``):
+- ``bdtnp``: the BDTNP Drosophila embryo atlas (Fowlkes et al., Cell 2008; 3,039 cells x 84 genes, 3D) as
+  published in the PyPI source archive ``novosparc==0.4.4`` (Nitzan et al., Nature 2019), checksum-verified;
+- ``synthetic``: a seeded multi-section layered tissue with known cell types, written as an ``.h5ad``;
+- ``h5ad``: AnnData files (scanpy conventions: ``obsm[coordinate_key]``, ``obs[section_key]``,
+  ``obs[cell_type_key]``, expression in ``X`` or ``layers[layer]``), one file or a folder of one per section;
+- ``csv``: LUNA-style tables (Yu et al. 2025): ``coord_X``, ``coord_Y``[, ``coord_Z``], ``cell_section``,
+  ``cell_class``, then one column per gene.
+
+``open_raw`` turns a fetched folder into ``RawData``: sections whose coordinates are in memory and whose
+expression rows are read on demand, so preprocessing holds one section of expression at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from alphastomics import AlphaSTomicsError
+from alphastomics.config import DatasetConfig, SyntheticConfig
+
+NOVOSPARC_URLS = ("https://pypi.org/pypi/novosparc/0.4.4/json", "https://pypi.org/pypi/novosparc/json")
+NOVOSPARC_ARCHIVE = "novosparc-0.4.4.tar.gz"
+NOVOSPARC_SHA256 = "ddd6a1aec2000e95c4f1e5245551b59470d81548b9338ab241767de6cc61adc4"
+BDTNP_FILES = {  # sha256 from ../shared/data/bdtnp/README.md
+    "dge.txt": "54f92f3e20e392f23b39b87d5b8d19a2158fed761f1ce7a0a5b7fb4ec176d388",
+    "geometry.txt": "7db4e560581020bf647df915d39941f8ec3d472c351883aeff836d7aa6069762",
+}
+SYNTHETIC_FILE = "synthetic.h5ad"
+FETCH_JSON = "fetch.json"
+READ_CHUNK_ROWS = 65536  # rows per h5 read when a section's rows are not contiguous
+
+
+class DataError(AlphaSTomicsError, ValueError):
+    """Bad input data; the message names the file, the field and the fix."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Small helpers shared with preprocess
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_dir(out: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out``; rename it to ``out`` on success, delete it on any error."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the final folder should look like any other
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        # os.replace cannot replace a non-empty folder: move the old one aside first, drop it after.
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "x")
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------------
+# fetch-data
+
+
+def _verify(path: Path, expected: str, what: str, fix: str) -> str:
+    actual = sha256_file(path)
+    if actual != expected:
+        raise DataError(f"{what}: sha256 mismatch (expected {expected}, got {actual}); {fix}")
+    return actual
+
+
+def _download_archive(dest: Path) -> str:
+    """Download the novosparc sdist into ``dest``; return its URL. The checksum is verified by the caller."""
+    url = None
+    for index in NOVOSPARC_URLS:
+        try:
+            with urllib.request.urlopen(index, timeout=60) as r:
+                meta = json.load(r)
+        except OSError:
+            continue
+        files = meta.get("urls", []) + meta.get("releases", {}).get("0.4.4", [])
+        url = next((u["url"] for u in files if u.get("filename") == NOVOSPARC_ARCHIVE), None)
+        if url:
+            break
+    if url is None:
+        raise DataError(
+            f"{NOVOSPARC_URLS[0]}: cannot find {NOVOSPARC_ARCHIVE} on PyPI; check the network or pass "
+            "--local-copy DIR with dge.txt and geometry.txt"
+        )
+    with urllib.request.urlopen(url, timeout=300) as r, open(dest, "wb") as f:
+        shutil.copyfileobj(r, f, 1 << 20)
+    return url
+
+
+def fetch_bdtnp(out: Path, local_copy: Path | None = None) -> dict[str, Any]:
+    """Write ``dge.txt``, ``geometry.txt`` and ``fetch.json`` to ``out``, every file checksum-verified."""
+    with atomic_dir(out) as tmp:
+        if local_copy is not None:
+            local_copy = Path(local_copy)
+            for name, sha in BDTNP_FILES.items():
+                src = local_copy / name
+                if not src.is_file():
+                    raise DataError(f"{src}: file not found; pass a folder holding dge.txt and geometry.txt")
+                shutil.copyfile(src, tmp / name)
+                _verify(tmp / name, sha, str(src), "use an unmodified copy of the novosparc 0.4.4 file")
+            origin = str(local_copy.resolve())
+        else:
+            archive = tmp / NOVOSPARC_ARCHIVE
+            origin = _download_archive(archive)
+            _verify(archive, NOVOSPARC_SHA256, origin, "the download is corrupt or changed; retry")
+            with tarfile.open(archive) as tar:
+                for name in BDTNP_FILES:
+                    member = tar.getmember(f"novosparc-0.4.4/novosparc/datasets/bdtnp/{name}")
+                    with tar.extractfile(member) as src, open(tmp / name, "wb") as dst:  # type: ignore[union-attr]
+                        shutil.copyfileobj(src, dst)
+            archive.unlink()
+            for name, sha in BDTNP_FILES.items():
+                _verify(tmp / name, sha, f"{origin}:{name}", "the archive content changed; report it")
+        info = {"source": "bdtnp", "origin": origin, "files": dict(BDTNP_FILES)}
+        _write_json(tmp / FETCH_JSON, info)
+    return info
+
+
+def fetch_user_files(out: Path, dcfg: DatasetConfig) -> dict[str, Any]:
+    """Link (or copy) the configured h5ad/csv file(s) into ``out`` so preprocess reads only ``out``."""
+    if not dcfg.path:
+        raise DataError(f"dataset.path: not set for source '{dcfg.source}'; set it to a .{dcfg.source} file or folder")
+    src = Path(dcfg.path)
+    if src.is_dir():
+        files = sorted(p for p in src.iterdir() if p.suffix == f".{dcfg.source}" and p.is_file())
+    elif src.is_file():
+        files = [src]
+    else:
+        raise DataError(f"{src}: dataset.path does not exist; point it at a .{dcfg.source} file or folder")
+    if not files:
+        raise DataError(f"{src}: no .{dcfg.source} files in the folder; add them or fix dataset.path")
+    with atomic_dir(out) as tmp:
+        for f in files:
+            if f.stat().st_size == 0:
+                raise DataError(f"{f}: the file is empty; remove it or give a non-empty file")
+            try:
+                os.link(f, tmp / f.name)  # no copy of large files on the same file system
+            except OSError:
+                shutil.copyfile(f, tmp / f.name)
+        info = {
+            "source": dcfg.source,
+            "origin": str(src.resolve()),
+            "files": {f.name: sha256_file(tmp / f.name) for f in files},
+        }
+        _write_json(tmp / FETCH_JSON, info)
+    return info
+
+
+def fetch_synthetic(out: Path, scfg: SyntheticConfig) -> dict[str, Any]:
+    with atomic_dir(out) as tmp:
+        generate_synthetic(scfg).write_h5ad(tmp / SYNTHETIC_FILE)
+        info = {
+            "source": "synthetic",
+            "origin": f"alphastomics.synthetic seed={scfg.seed}",
+            "files": {SYNTHETIC_FILE: sha256_file(tmp / SYNTHETIC_FILE)},
+        }
+        _write_json(tmp / FETCH_JSON, info)
+    return info
+
+
+# --------------------------------------------------------------------------------------------------------
+# Synthetic layered tissue (known ground truth: tissue-frame coordinates and cell types)
+
+
+def _random_rotation(rng: np.random.Generator, dims: int) -> np.ndarray:
+    # QR of a Gaussian matrix with the sign fix gives a Haar-uniform orthogonal matrix (Mezzadri 2007)
+    q, r = np.linalg.qr(rng.standard_normal((dims, dims)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def generate_synthetic(scfg: SyntheticConfig) -> Any:
+    """AnnData of ``num_sections`` tissue sections: counts in X, obsm['spatial'], obs section/cell_type.
+
+    Each section is an ellipse (2D) or ellipsoid (3D) of random size, rotation and offset. Cell types are
+    wavy layers along the tissue's y axis; marker genes rise in one type, gradient genes follow a tissue
+    axis, the rest are background; counts are Poisson-gamma (negative binomial, dispersion = ``noise``).
+    The tissue-frame coordinates (ground truth before rotation) are kept in ``obsm['tissue_frame']``.
+    """
+    import anndata as ad
+
+    rng = np.random.default_rng(scfg.seed)
+    k, g, d = scfg.num_cell_types, scfg.num_genes, scfg.dims
+    if k < 1 or g < 2 or scfg.num_sections < 1 or not 2 <= scfg.min_cells <= scfg.max_cells:
+        raise DataError("config: dataset.synthetic needs num_cell_types >= 1, num_genes >= 2, num_sections >= 1,"
+                        " 2 <= min_cells <= max_cells; fix those values")
+    per_type = max(1, g // (3 * k))
+    n_marker = min(g, per_type * k)
+    n_grad = min(g - n_marker, max(1, g // 4))
+    names = [f"marker{j // per_type}_{j % per_type}" for j in range(n_marker)]
+    names += [f"grad{j}" for j in range(n_grad)] + [f"gene{j}" for j in range(g - n_marker - n_grad)]
+    base = rng.normal(0.0, 0.5, g)
+    marker = np.zeros((k, g))
+    for j in range(n_marker):
+        marker[j // per_type, j] = 2.0
+    direction = rng.standard_normal((n_grad, d))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    amplitude = rng.uniform(1.0, 2.0, n_grad)
+    semi_axes = np.array([1.0, 0.6, 0.5][:d])
+    xs, frames, sections, types, ids, coords = [], [], [], [], [], []
+    for s in range(scfg.num_sections):
+        n = int(rng.integers(scfg.min_cells, scfg.max_cells + 1))
+        u = rng.standard_normal((n, d))
+        u *= (rng.uniform(size=(n, 1)) ** (1.0 / d)) / np.linalg.norm(u, axis=1, keepdims=True)  # uniform ball
+        layer = (u[:, 1] + 1.0) / 2.0 * k + 0.25 * k * np.sin(np.pi * u[:, 0]) / 2.0
+        t = np.clip(np.floor(layer), 0, k - 1).astype(np.int64)
+        log_mu = base + marker[t]
+        log_mu[:, n_marker : n_marker + n_grad] += amplitude * (u @ direction.T)
+        rate = np.exp(log_mu)
+        library = np.exp(rng.normal(np.log(20.0 * g), scfg.noise, (n, 1)))
+        rate *= library / rate.sum(axis=1, keepdims=True)
+        if scfg.noise > 0:
+            rate *= rng.gamma(1.0 / scfg.noise, scfg.noise, rate.shape)
+        xs.append(rng.poisson(rate).astype(np.float32))
+        size = rng.uniform(0.8, 1.25) * 100.0  # about microns
+        frame = u * semi_axes
+        coords.append(frame * size @ _random_rotation(rng, d).T + rng.uniform(-500, 500, d))
+        frames.append(frame)
+        sections += [f"section{s:02d}"] * n
+        types += [f"type{i}" for i in t]
+        ids += [f"s{s:02d}_c{i:05d}" for i in range(n)]
+    obs = pd.DataFrame({"section": pd.Categorical(sections), "cell_type": pd.Categorical(types)}, index=ids)
+    adata = ad.AnnData(np.concatenate(xs), obs=obs, var=pd.DataFrame(index=names))
+    adata.obsm["spatial"] = np.concatenate(coords)
+    adata.obsm["tissue_frame"] = np.concatenate(frames)
+    return adata
+
+
+
+def main(args: Any, cfg: Any) -> int:
+    """``fetch-data``: get the raw files of ``cfg.dataset`` into ``args.out``."""
+    d: DatasetConfig = cfg.dataset
+    if d.source == "bdtnp":
+        local = args.local_copy or (Path(d.path) if d.path else None)
+        info = fetch_bdtnp(args.out, local)
+    elif d.source == "synthetic":
+        info = fetch_synthetic(args.out, d.synthetic)
+    else:
+        info = fetch_user_files(args.out, d)
+    print(f"fetch-data: {d.name} ({d.source}) -> {args.out}: {', '.join(info['files'])}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# Readers: RawData = sections with coordinates in memory and expression read on demand
+
+
+@dataclass
+class RawSection:
+    name: str
+    file: str  # for error messages
+    coords: np.ndarray  # (n, D) float64
+    cell_ids: np.ndarray  # (n,) str
+    cell_types: np.ndarray | None  # (n,) object (str or None)
+    load: Callable[[], np.ndarray]  # -> (n, G) float32, a fresh array the caller may modify
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.coords)
+
+
+@dataclass
+class RawData:
+    source: str
+    genes: list[str]
+    dims: int
+    sections: list[RawSection]
+    checksums: dict[str, str]
+    slab_cut: bool = False  # sections made by cutting one specimen (bdtnp): split rule alternates slabs
+    expression_field: str = "X"
+
+
+def _take_rows(read: Callable[[int, int], np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (sorted) of a matrix read by contiguous spans, one chunk at a time."""
+    lo, hi = int(rows[0]), int(rows[-1]) + 1
+    if hi - lo == len(rows):
+        return read(lo, hi)
+    parts = []
+    for start in range(lo, hi, READ_CHUNK_ROWS):
+        stop = min(start + READ_CHUNK_ROWS, hi)
+        sel = rows[(rows >= start) & (rows < stop)]
+        if len(sel):
+            parts.append(read(start, stop)[sel - start])
+    return np.concatenate(parts)
+
+
+def _as_dense_f32(block: Any) -> np.ndarray:
+    if hasattr(block, "toarray"):
+        block = block.toarray()
+    return np.array(block, dtype=np.float32, copy=True, order="C")
+
+
+def _check_coords(coords: Any, file: str, field: str) -> np.ndarray:
+    coords = np.asarray(coords, dtype=np.float64)
+    if coords.ndim != 2 or coords.shape[1] not in (2, 3):
+        shape = "x".join(map(str, coords.shape))
+        raise DataError(f"{file}: {field} has shape {shape}; coordinates must be (cells, 2) or (cells, 3)")
+    bad = ~np.isfinite(coords).all(axis=1)
+    if bad.any():
+        raise DataError(
+            f"{file}: {field} has {int(bad.sum())} cells with NaN/inf coordinates (first row {int(np.argmax(bad))});"
+            " remove those cells or fix their coordinates"
+        )
+    return coords
+
+
+def _sections_of(
+    file: str, n: int, obs: pd.DataFrame | None, section_key: str | None, default: str
+) -> dict[str, np.ndarray]:
+    """Section name -> sorted row indices (one section named ``default`` when there is no section column)."""
+    if n == 0:
+        raise DataError(f"{file}: the file has no cells; remove it or give a file with cells")
+    if obs is None or not section_key or section_key not in obs.columns:
+        return {default: np.arange(n)}
+    labels = obs[section_key].astype(str).to_numpy()
+    names, inverse = np.unique(labels, return_inverse=True)
+    return {str(s): np.flatnonzero(inverse == i) for i, s in enumerate(names)}
+
+
+def _read_h5ad_file(path: Path, dcfg: DatasetConfig, one_file: bool) -> tuple[list[str], list[RawSection], str]:
+    import anndata.io as adio
+    import h5py
+
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty; remove it or give a non-empty .h5ad file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise DataError(f"{path}: not a readable .h5ad (HDF5) file; re-export it with anndata") from None
+    obs = adio.read_elem(f["obs"]) if "obs" in f else None
+    genes = [str(g) for g in adio.read_elem(f["var"]).index] if "var" in f else []
+    field = "X" if dcfg.layer is None else f"layers['{dcfg.layer}']"
+    elem_path = "X" if dcfg.layer is None else f"layers/{dcfg.layer}"
+    if elem_path not in f:
+        raise DataError(f"{path}: {field} not found; set dataset.layer to an existing layer (or null for X)")
+    key = dcfg.coordinate_key
+    if "obsm" not in f or key not in f["obsm"]:
+        have = ", ".join(f["obsm"].keys()) if "obsm" in f else "nothing"
+        raise DataError(f"{path}: obsm['{key}'] not found (obsm has: {have}); set dataset.coordinate_key")
+    coords = _check_coords(adio.read_elem(f["obsm"][key]), str(path), f"obsm['{key}']")
+    elem = f[elem_path]
+    if isinstance(elem, h5py.Dataset):
+        matrix: Any = elem
+    else:
+        matrix = adio.sparse_dataset(elem)
+    n = matrix.shape[0]
+    if n != len(coords):
+        raise DataError(f"{path}: obsm['{key}'] has {len(coords)} rows but {field} has {n}; fix the file")
+    ids = obs.index.astype(str).to_numpy() if obs is not None else np.array([f"cell{i}" for i in range(n)])
+    ct_key = dcfg.cell_type_key
+    types = None
+    if obs is not None and ct_key and ct_key in obs.columns:
+        col = obs[ct_key]
+        types = np.array([None if pd.isna(v) else str(v) for v in col], dtype=object)
+    groups = _sections_of(str(path), n, obs, dcfg.section_key if one_file else None, path.stem)
+
+    def loader(rows: np.ndarray) -> Callable[[], np.ndarray]:
+        return lambda: _as_dense_f32(_take_rows(lambda a, b: matrix[a:b], rows))
+
+    sections = [
+        RawSection(name, str(path), coords[rows], ids[rows], None if types is None else types[rows], loader(rows))
+        for name, rows in groups.items()
+    ]
+    return genes, sections, field
+
+
+def _read_csv_file(path: Path, dcfg: DatasetConfig, one_file: bool) -> tuple[list[str], list[RawSection], str]:
+    try:
+        df = pd.read_csv(path, keep_default_na=False, na_values=["NaN", "nan", ""], low_memory=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty; remove it or give a LUNA-style csv with cells") from None
+    coord_cols = [c for c in ("coord_X", "coord_Y", "coord_Z") if c in df.columns]
+    if coord_cols[:2] != ["coord_X", "coord_Y"]:
+        raise DataError(f"{path}: columns coord_X/coord_Y not found; name the coordinate columns coord_X, coord_Y[, coord_Z]")
+    extra = [c for c in df.columns if c.startswith("coord_") and c not in coord_cols]
+    if extra:
+        raise DataError(f"{path}: extra coordinate column(s) {extra}; only 2D or 3D coordinates are supported")
+    coords = _check_coords(df[coord_cols].to_numpy(dtype=np.float64), str(path), "/".join(coord_cols))
+    section_key = "cell_section" if dcfg.section_key in (None, "section") else dcfg.section_key
+    ct_key = "cell_class" if dcfg.cell_type_key in (None, "cell_type") else dcfg.cell_type_key
+    meta = set(coord_cols) | {section_key, ct_key, "cell_id", "Unnamed: 0"}
+    genes = [str(c) for c in df.columns if c not in meta]
+    try:
+        expr = df[genes].to_numpy(dtype=np.float32)
+    except ValueError:
+        raise DataError(f"{path}: gene columns must be numeric; remove non-numeric columns other than {sorted(meta)}") from None
+    ids = df["cell_id"].astype(str).to_numpy() if "cell_id" in df.columns else np.array([f"{path.stem}_{i}" for i in range(len(df))])
+    types = np.array([None if v == "" else str(v) for v in df[ct_key]], dtype=object) if ct_key in df.columns else None
+    groups = _sections_of(str(path), len(df), df if one_file else None, section_key, path.stem)
+    sections = [
+        RawSection(name, str(path), coords[rows], ids[rows], None if types is None else types[rows],
+                   (lambda r=rows: np.array(expr[r], dtype=np.float32)))
+        for name, rows in groups.items()
+    ]
+    return genes, sections, "gene columns"
+
+
+def _read_bdtnp(raw: Path, dcfg: DatasetConfig) -> RawData:
+    dge_path, geo_path = raw / "dge.txt", raw / "geometry.txt"
+    # one gene is literally named "nan": without keep_default_na=False pandas would turn it into NaN
+    dge = pd.read_csv(dge_path, sep="\t", keep_default_na=False)
+    geo = pd.read_csv(geo_path, sep=" ", nrows=len(dge))  # only the first 3,039 rows pair with dge.txt
+    coords = _check_coords(geo[["xcoord", "ycoord", "zcoord"]].to_numpy(), str(geo_path), "xcoord/ycoord/zcoord")
+    expr = dge.to_numpy(dtype=np.float32)
+    k = dcfg.num_slabs
+    if not 2 <= k <= len(dge) // 2:
+        raise DataError(f"config: dataset.num_slabs is {k}; use 2 .. {len(dge) // 2} slabs")
+    axis = "xyz".index(dcfg.slab_axis)
+    # equal-count slabs: the embryo is an ellipsoid, equal-width slabs would leave the tips nearly empty
+    order = np.argsort(coords[:, axis], kind="stable")
+    slab = np.empty(len(order), dtype=np.int64)
+    slab[order] = np.arange(len(order)) * k // len(order)
+    ids = np.array([f"cell{i:04d}" for i in range(len(dge))])
+    sections = []
+    for s in range(k):
+        rows = np.flatnonzero(slab == s)
+        sections.append(RawSection(f"slab{s:02d}", str(dge_path), coords[rows], ids[rows], None,
+                                   (lambda r=rows: np.array(expr[r], dtype=np.float32))))
+    return RawData("bdtnp", [str(g) for g in dge.columns], 3, sections, {}, slab_cut=True)
+
+
+def _shared_genes(per_file: list[tuple[Path, list[str]]]) -> list[str]:
+    shared = set(per_file[0][1])
+    for _, genes in per_file[1:]:
+        shared &= set(genes)
+    if not shared:
+        names = ", ".join(p.name for p, _ in per_file)
+        raise DataError(f"{per_file[0][0].parent}: no gene is shared by all files ({names}); use files measuring common genes")
+    return [g for g in per_file[0][1] if g in shared]  # order of the first file
+
+
+def _select_genes(raw: RawData, genes: list[str], col_of: dict[str, dict[str, int]]) -> None:
+    """Restrict every section to ``genes`` (in that order); ``col_of[file][gene]`` = column in that file."""
+    for sec in raw.sections:
+        cols = np.array([col_of[sec.file][g] for g in genes])
+        if len(cols) != len(col_of[sec.file]) or not np.array_equal(cols, np.arange(len(cols))):
+            sec.load = (lambda load=sec.load, c=cols: np.ascontiguousarray(load()[:, c]))
+    raw.genes = list(genes)
+
+
+def read_gene_list(path: str | Path, available: list[str]) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: dataset.genes_file not found; fix the path or set it to null")
+    wanted = [g.strip() for g in path.read_text().splitlines() if g.strip()]
+    if not wanted:
+        raise DataError(f"{path}: dataset.genes_file names no genes; put one gene name per line")
+    have = set(available)
+    missing = [g for g in wanted if g not in have]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise DataError(f"{path}: {len(missing)} gene(s) absent from the data ({shown}); remove them from the gene list")
+    return wanted
+
+
+def open_raw(raw: Path, dcfg: DatasetConfig) -> RawData:
+    """Read a folder written by ``fetch-data`` (``fetch.json`` names the files and their checksums)."""
+    raw = Path(raw)
+    info_path = raw / FETCH_JSON
+    if not info_path.is_file():
+        raise DataError(f"{info_path}: not found; run `python -m alphastomics fetch-data --out {raw}` first")
+    info = json.loads(info_path.read_text())
+    if info.get("source") != dcfg.source:
+        raise DataError(f"{info_path}: source is '{info.get('source')}' but dataset.source is '{dcfg.source}'; rerun fetch-data")
+    checksums = {}
+    for name, sha in info["files"].items():
+        if not (raw / name).is_file():
+            raise DataError(f"{raw / name}: listed in fetch.json but missing; rerun fetch-data")
+        checksums[name] = _verify(raw / name, sha, str(raw / name), "the raw file changed since fetch-data; rerun it")
+    files = [raw / n for n in info["files"]]
+    if dcfg.source == "bdtnp":
+        data = _read_bdtnp(raw, dcfg)
+        col_of = {s.file: {g: i for i, g in enumerate(data.genes)} for s in data.sections}
+    else:
+        if dcfg.source == "synthetic":  # the generator writes scanpy-default keys whatever the config says
+            dcfg = replace(dcfg, coordinate_key="spatial", section_key="section", cell_type_key="cell_type", layer=None)
+        reader = _read_csv_file if dcfg.source == "csv" else _read_h5ad_file
+        per_file, sections, field = [], [], "X"
+        for f in files:
+            genes, secs, field = reader(f, dcfg, one_file=len(files) == 1)
+            per_file.append((f, genes))
+            sections += secs
+        dims = {s.coords.shape[1] for s in sections}
+        if len(dims) > 1:
+            raise DataError(f"{raw}: files mix 2D and 3D coordinates; give all sections the same dimensions")
+        genes = _shared_genes(per_file)
+        data = RawData(dcfg.source, genes, dims.pop(), sections, {}, expression_field=field)
+        col_of = {str(f): {g: i for i, g in enumerate(gs)} for f, gs in per_file}
+    names = [s.name for s in data.sections]
+    if len(set(names)) != len(names):
+        raise DataError(f"{raw}: section names repeat across files; give each file distinct section names")
+    if dcfg.genes_file:
+        _select_genes(data, read_gene_list(dcfg.genes_file, data.genes), col_of)
+    elif dcfg.source != "bdtnp":
+        _select_genes(data, data.genes, col_of)
+    data.checksums = checksums
+    return data
+
+
+def from_anndata(adata: Any, dcfg: DatasetConfig, name: str = "anndata") -> RawData:
+    """Wrap an in-memory AnnData (scanpy conventions) as RawData, rows sliced per section on demand."""
+    where = f"<AnnData {name}>"
+    key = dcfg.coordinate_key
+    if key not in adata.obsm:
+        raise DataError(f"{where}: obsm['{key}'] not found (obsm has: {', '.join(adata.obsm) or 'nothing'}); set dataset.coordinate_key")
+    coords = _check_coords(adata.obsm[key], where, f"obsm['{key}']")
+    if dcfg.layer is not None and dcfg.layer not in adata.layers:
+        raise DataError(f"{where}: layers['{dcfg.layer}'] not found; set dataset.layer to an existing layer (or null for X)")
+    matrix = adata.X if dcfg.layer is None else adata.layers[dcfg.layer]
+    obs = adata.obs
+    types = None
+    if dcfg.cell_type_key and dcfg.cell_type_key in obs.columns:
+        types = np.array([None if pd.isna(v) else str(v) for v in obs[dcfg.cell_type_key]], dtype=object)
+    ids = obs.index.astype(str).to_numpy()
+    groups = _sections_of(where, adata.n_obs, obs, dcfg.section_key, name)
+    sections = [
+        RawSection(s, where, coords[r], ids[r], None if types is None else types[r],
+                   (lambda r=r: _as_dense_f32(matrix[r])))
+        for s, r in groups.items()
+    ]
+    genes = [str(g) for g in adata.var_names]
+    data = RawData("h5ad", genes, coords.shape[1], sections, {}, expression_field="X" if dcfg.layer is None else f"layers['{dcfg.layer}']")
+    if dcfg.genes_file:
+        _select_genes(data, read_gene_list(dcfg.genes_file, genes), {where: {g: i for i, g in enumerate(genes)}})
+    return data

@@ -1,0 +1,243 @@
+"""The ``preprocess`` stage: raw sections -> ``cells.parquet`` + ``manifest.json`` (docs/architecture.md).
+
+Expression: counts (all values integers >= 0) are library-size normalised to ``target_sum`` and log1p'd
+(the scanpy ``normalize_total`` + ``log1p`` recipe); already-normalised values are kept; then every gene is
+standardised with mean/std from **training sections only**, so nothing about held-out sections leaks into
+the model. Coordinates are centred per section and divided by one global scale (RMS radius of the training
+cells), which keeps aspect ratios and maps back to the original units.
+
+Memory: the data are streamed section by section in three passes (validate/detect, training statistics,
+write), each holding one section's expression matrix, normalised in place; a data set is never held twice.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from alphastomics import __version__
+from alphastomics.config import DatasetConfig, to_dict
+from alphastomics.datasets import DataError, RawData, atomic_dir, from_anndata, open_raw
+
+FORMAT = 1
+SPLITS = ("train", "val", "test")
+STD_FLOOR = 1e-6  # genes constant over training cells are divided by 1, not by ~0
+
+
+def assign_splits(names: list[str], dcfg: DatasetConfig, slab_cut: bool, where: str) -> dict[str, str]:
+    """Section -> split. Explicit lists win; slab-cut data hold out odd slabs; else a seeded shuffle."""
+    if len(names) < 2:
+        raise DataError(
+            f"{where}: only one section ('{names[0]}'); splits are by section, never by cell, so at least 2 "
+            "sections are needed: set dataset.section_key to an obs column with several sections or give one file per section"
+        )
+    known = set(names)
+    if dcfg.val_sections or dcfg.test_sections:
+        for key, listed in (("val_sections", dcfg.val_sections), ("test_sections", dcfg.test_sections)):
+            unknown = [s for s in listed if s not in known]
+            if unknown:
+                raise DataError(f"config: dataset.{key} names unknown section(s) {unknown}; use names from {sorted(known)[:8]}")
+        both = set(dcfg.val_sections) & set(dcfg.test_sections)
+        if both:
+            raise DataError(f"config: section(s) {sorted(both)} in both dataset.val_sections and test_sections; list each once")
+        split = {s: "val" if s in dcfg.val_sections else "test" if s in dcfg.test_sections else "train" for s in names}
+        if "train" not in split.values():
+            raise DataError("config: dataset.val_sections + test_sections hold out every section; leave one for training")
+        return split
+    if slab_cut:
+        # Adjacent-slab hold-out, like adjacent tissue sections: odd slabs are held out, alternating
+        # test, val, test, ... (slab01 test, slab03 val, slab05 test, slab07 val); even slabs train.
+        split = {}
+        for i, s in enumerate(names):
+            split[s] = "train" if i % 2 == 0 else ("test" if (i // 2) % 2 == 0 else "val")
+        return split
+    rng = np.random.default_rng(dcfg.split_seed)
+    order = [names[i] for i in rng.permutation(len(names))]
+    n = len(names)
+    n_test = max(1, int(round(dcfg.test_fraction * n)))
+    n_val = int(round(dcfg.val_fraction * n))
+    n_val = min(n_val, n - n_test - 1)  # keep at least one training section
+    n_test = min(n_test, n - 1)
+    split = {s: "train" for s in names}
+    for s in order[:n_test]:
+        split[s] = "test"
+    for s in order[n_test : n_test + max(n_val, 0)]:
+        split[s] = "val"
+    return split
+
+
+def _normalise(x: np.ndarray, counts: bool, target_sum: float) -> np.ndarray:
+    """In place: library-size normalise + log1p when ``counts`` (cells with no counts stay zero)."""
+    if counts:
+        lib = x.sum(axis=1, keepdims=True, dtype=np.float64)
+        x *= (target_sum / np.maximum(lib, 1e-12)).astype(np.float32)
+        np.log1p(x, out=x)
+    return x
+
+
+def _check_section(raw: RawData, i: int, x: np.ndarray) -> None:
+    sec = raw.sections[i]
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).any(axis=1).sum())
+        raise DataError(
+            f"{sec.file}: {raw.expression_field} has NaN/inf in {bad} cells of section '{sec.name}'; "
+            "remove those cells or fill the values"
+        )
+
+
+def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, Any]:
+    """Normalise, split and write ``raw`` to ``out`` atomically; return the manifest."""
+    out = Path(out)
+    secs = raw.sections
+    for s in secs:
+        if s.n_cells < 2:
+            raise DataError(f"{s.file}: section '{s.name}' has {s.n_cells} cell(s); remove it or merge it, a section needs >= 2 cells")
+    split = assign_splits([s.name for s in secs], dcfg, raw.slab_cut, secs[0].file)
+    train = [i for i, s in enumerate(secs) if split[s.name] == "train"]
+    g = len(raw.genes)
+
+    # Pass 1: validate, detect counts vs normalised values.
+    is_counts, nonneg = True, True
+    for i in range(len(secs)):
+        x = secs[i].load()
+        if x.shape[1] != g:
+            raise DataError(f"{secs[i].file}: {raw.expression_field} has {x.shape[1]} genes, expected {g}; fix the file")
+        _check_section(raw, i, x)
+        nonneg &= bool((x >= 0).all())
+        is_counts &= nonneg and bool((x == np.floor(x)).all())
+        del x
+    mode = dcfg.normalization
+    if mode == "auto":
+        mode = "counts" if is_counts else "normalized"
+    if mode == "counts" and not nonneg:
+        raise DataError(f"{secs[0].file}: {raw.expression_field} has negative values but dataset.normalization is "
+                        "'counts'; set it to 'normalized' or 'auto'")
+    counts = mode == "counts"
+
+    # Pass 2: per-gene mean/std over training cells (Chan et al. pairwise merge of per-section moments).
+    n_tot, mean, m2 = 0, np.zeros(g), np.zeros(g)
+    for i in train:
+        x = _normalise(secs[i].load(), counts, dcfg.target_sum)
+        n_b, mean_b = len(x), x.mean(axis=0, dtype=np.float64)
+        m2_b = ((x - mean_b.astype(np.float32)) ** 2).sum(axis=0, dtype=np.float64)
+        delta = mean_b - mean
+        mean = mean + delta * n_b / (n_tot + n_b)
+        m2 = m2 + m2_b + delta**2 * n_tot * n_b / (n_tot + n_b)
+        n_tot += n_b
+        del x
+    std = np.sqrt(m2 / n_tot)
+    std = np.where(std < STD_FLOOR, 1.0, std)
+
+    # Coordinates: per-section centre; one scale = RMS radius of centred training cells.
+    dims = raw.dims
+    centers = {s.name: s.coords.mean(axis=0) for s in secs}
+    sq = sum(float(((secs[i].coords - centers[secs[i].name]) ** 2).sum()) for i in train)
+    scale = float(np.sqrt(sq / n_tot))
+    if not scale > 0:
+        raise DataError(f"{secs[0].file}: training cells all sit at one point; coordinates need a spread")
+
+    cell_types = sorted({t for s in secs if s.cell_types is not None for t in s.cell_types if t is not None})
+    all_ids = np.concatenate([s.cell_ids for s in secs])
+    prefix_ids = len(np.unique(all_ids)) != len(all_ids)  # make ids unique as "section:id" only when needed
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "package_version": __version__,
+        "dataset": dcfg.name,
+        "source": raw.source,
+        "genes": list(raw.genes),
+        "n_genes": g,
+        "dims": dims,
+        "n_cells": int(sum(s.n_cells for s in secs)),
+        "sections": [s.name for s in secs],
+        "splits": {k: [s.name for s in secs if split[s.name] == k] for k in SPLITS},
+        "cells_per_section": {s.name: s.n_cells for s in secs},
+        "cell_types": cell_types or None,
+        "normalization": {
+            "input": "counts" if is_counts else "normalized",
+            "applied": "library_size_log1p" if counts else "none",
+            "target_sum": dcfg.target_sum if counts else None,
+            "gene_mean": mean.tolist(),
+            "gene_std": std.tolist(),
+        },
+        "coordinates": {"scale": scale, "centers": {k: [*map(float, v), *[0.0] * (3 - dims)] for k, v in centers.items()}},
+        "source_checksums": dict(raw.checksums),
+        "parameters": to_dict(dcfg),
+    }
+    schema = pa.schema(
+        [
+            ("cell_id", pa.string()),
+            ("section", pa.dictionary(pa.int32(), pa.string())),
+            ("split", pa.dictionary(pa.int8(), pa.string())),
+            ("x", pa.float32()),
+            ("y", pa.float32()),
+            ("z", pa.float32()),
+            ("cell_type", pa.dictionary(pa.int32(), pa.string())),
+            ("expression", pa.list_(pa.float32(), g)),
+        ],
+        metadata={
+            "alphastomics.genes": json.dumps(list(raw.genes)),
+            "alphastomics.parameters": json.dumps(to_dict(dcfg)),
+        },
+    )
+    section_dict = pa.array([s.name for s in secs], pa.string())
+    split_dict = pa.array(list(SPLITS), pa.string())
+    type_dict = pa.array(cell_types, pa.string())
+    type_code = {t: i for i, t in enumerate(cell_types)}
+    mean32, inv_std32 = mean.astype(np.float32), (1.0 / std).astype(np.float32)
+
+    # Pass 3: normalise + standardise in place, one row group per section.
+    with atomic_dir(out) as tmp:
+        with pq.ParquetWriter(tmp / "cells.parquet", schema, compression="zstd") as writer:
+            for i, s in enumerate(secs):
+                x = _normalise(s.load(), counts, dcfg.target_sum)
+                x -= mean32
+                x *= inv_std32
+                n = s.n_cells
+                pos = ((s.coords - centers[s.name]) / scale).astype(np.float32)
+                z = pos[:, 2] if dims == 3 else np.zeros(n, np.float32)
+                if s.cell_types is None:
+                    ct = pa.DictionaryArray.from_arrays(pa.nulls(n, pa.int32()), type_dict)
+                else:
+                    codes = pa.array([type_code.get(t) for t in s.cell_types], pa.int32())
+                    ct = pa.DictionaryArray.from_arrays(codes, type_dict)
+                ids = [f"{s.name}:{c}" for c in s.cell_ids] if prefix_ids else list(s.cell_ids)
+                table = pa.table(
+                    [
+                        pa.array(ids, pa.string()),
+                        pa.DictionaryArray.from_arrays(pa.array(np.full(n, i, np.int32)), section_dict),
+                        pa.DictionaryArray.from_arrays(pa.array(np.full(n, SPLITS.index(split[s.name]), np.int8)), split_dict),
+                        pa.array(pos[:, 0]),
+                        pa.array(pos[:, 1]),
+                        pa.array(z),
+                        ct,
+                        pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), g),
+                    ],
+                    schema=schema,
+                )
+                writer.write_table(table, row_group_size=n)
+                del x, table
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def preprocess(raw_dir: Path, dcfg: DatasetConfig, out: Path) -> dict[str, Any]:
+    """Preprocess a folder written by ``fetch-data``."""
+    return write_processed(open_raw(raw_dir, dcfg), dcfg, out)
+
+
+def preprocess_anndata(adata: Any, dcfg: DatasetConfig, out_dir: Path) -> dict[str, Any]:
+    """Preprocess an in-memory AnnData (keys from ``dcfg``); the Python API used by tests and notebooks."""
+    return write_processed(from_anndata(adata, dcfg), dcfg, out_dir)
+
+
+def main(args: Any, cfg: Any) -> int:
+    m = preprocess(args.raw, cfg.dataset, args.out)
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in m["splits"].items())
+    print(f"preprocess: {m['n_cells']} cells x {m['n_genes']} genes, {m['dims']}D, sections {sizes}, "
+          f"input {m['normalization']['input']} -> {args.out}")
+    return 0
