@@ -1,0 +1,679 @@
+"""The training loop: plain PyTorch (DiT ``train.py`` / nanoGPT style), DDP when launched by torchrun.
+
+``train(cfg, data_dir, out_dir)`` reads the order of its stages top to bottom: distributed set-up, seeds,
+data, model + EMA, optimiser, resume, then the loop (accumulate, clip, step, EMA, log, validate,
+checkpoint). Everything a rerun needs to continue bit for bit lives in ``checkpoints/latest.pt``: the batch
+of step s depends only on (seed, s, rank, world_size) and every random draw of a step is seeded from the
+same tuple, so a resumed run on the CPU ends with the same metrics and weights as an uninterrupted one.
+Files written are described in ``docs/architecture.md`` ("Training outputs") and ``docs/training.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import random
+import resource
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from alphastomics import AlphaSTomicsError
+from alphastomics.config import Config, TrainConfig, config_from_dict, to_dict
+
+# Fields of metrics.jsonl that measure the machine, not the model: they differ between two runs of the same
+# config, so reproducibility checks drop them.
+TIMING_FIELDS = ("cells_per_s", "peak_mem_mb", "elapsed_s")
+
+# Stream offsets of the seeds derived from training.seed, so that the draws of different purposes never
+# share a stream.
+_DROPOUT_STREAM, _NOISE_STREAM, _VAL_STREAM, _DIAG_STREAM = 1, 2, 3, 4
+
+
+class TrainingError(AlphaSTomicsError):
+    """Training cannot continue (non-finite losses, a run folder made by another config, ...)."""
+
+
+class Interrupted(Exception):
+    """A SIGTERM/SIGUSR1 arrived; the state was checkpointed and the process should exit 128 + signum."""
+
+    def __init__(self, signum: int, step: int, path: Path) -> None:
+        super().__init__(f"stopped by signal {signal.Signals(signum).name} after step {step}; state saved to {path}")
+        self.signum = signum
+
+
+# --------------------------------------------------------------------------------------------------------
+# Small helpers (tested one by one in tests/test_train.py)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of optimiser step ``step`` (0-based): linear warm-up, then cosine to min_lr_ratio * lr.
+
+    warm-up: lr * (step + 1) / warmup_steps; after it, lr * (r + (1 - r) * (1 + cos(pi * p)) / 2) with
+    p = (step - warmup) / (max_steps - warmup) and r = min_lr_ratio.
+    """
+    base = cfg.learning_rate
+    if step < cfg.warmup_steps:
+        return base * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    r = cfg.min_lr_ratio
+    return base * (r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """min(decay, (1 + step) / (10 + step)): early EMA follows the weights; 0.999 from the start would keep
+    the random initialisation in the EMA for thousands of steps, longer than a short CPU run lasts."""
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter; buffers are copied."""
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def step_seed(seed: int, step: int, rank: int, stream: int) -> int:
+    """A 63-bit seed that depends only on its arguments (not on what ran before: resumable)."""
+    return int(np.random.SeedSequence([seed, step, rank, stream]).generate_state(2, dtype=np.uint64)[0] >> 1)
+
+
+def accumulate_gradients(
+    loss_fn: Callable[[Any, int], dict[str, torch.Tensor]],
+    micro_batches: list[Any],
+    sync: Callable[[bool], contextlib.AbstractContextManager] | None = None,
+) -> dict[str, float]:
+    """Backward every micro-batch with its loss divided by their number: the gradients equal those of one
+    batch holding them all when the loss is a mean over sections (tests/test_train.py checks this).
+
+    ``loss_fn(batch, i)`` returns the diffusion loss dict; ``sync(is_last)`` is DDP's no_sync for all but the
+    last micro-batch. Returns the loss terms averaged over micro-batches (nan when any was non-finite).
+    """
+    n = len(micro_batches)
+    totals: dict[str, float] = {}
+    for i, batch in enumerate(micro_batches):
+        ctx = sync(i == n - 1) if sync is not None else contextlib.nullcontext()
+        with ctx:
+            losses = loss_fn(batch, i)
+            (losses["loss"] / n).backward()
+        for key, value in losses.items():
+            totals[key] = totals.get(key, 0.0) + float(value.detach()) / n
+    return totals
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(all parameters, parameters inside attention modules)."""
+    from alphastomics.attention import Attention
+
+    total = sum(p.numel() for p in model.parameters())
+    attention = sum(p.numel() for m in model.modules() if isinstance(m, Attention) for p in m.parameters())
+    return total, attention
+
+
+def variant_settings(cfg: Config) -> dict[str, Any]:
+    m = cfg.model
+    return {
+        "use_gated_attention": m.use_gated_attention,
+        "gate_type": m.gate_type,
+        "use_qk_norm": m.use_qk_norm,
+        "d_model": m.d_model,
+        "num_layers": m.num_layers,
+        "num_heads": m.num_heads,
+        "mode": cfg.diffusion.mode,
+    }
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # ru_maxrss is in KiB on Linux: the peak resident set of this process.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if device.type == "cpu":
+        return batch
+    return batch.to(device, non_blocking=True)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Checkpoints and the model they rebuild
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"{path}: checkpoint not found; pass the final.pt written by the train stage")
+    try:
+        # Our own file, with numpy/python RNG states inside: weights_only would refuse them.
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise TrainingError(f"{path}: not a readable checkpoint ({type(err).__name__}); rerun train") from None
+
+
+def build_model(cfg: Config, n_genes: int, dims: int) -> nn.Module:
+    from alphastomics.model import Denoiser
+
+    return Denoiser(cfg.model, n_genes, dims)
+
+
+def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Config, dict]:
+    """Rebuild the denoiser from a checkpoint alone, with its EMA weights, in eval mode."""
+    ckpt = load_checkpoint(checkpoint_path)
+    for key in ("config", "ema", "n_genes", "dims"):
+        if key not in ckpt:
+            raise TrainingError(f"{checkpoint_path}: checkpoint has no '{key}'; rerun train with this version")
+    cfg = config_from_dict(ckpt["config"], source=str(checkpoint_path))
+    model = build_model(cfg, ckpt["n_genes"], ckpt["dims"])
+    model.load_state_dict(ckpt["ema"])
+    model.to(device).eval()
+    return model, cfg, ckpt
+
+
+# --------------------------------------------------------------------------------------------------------
+# Distributed set-up: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; without them this is one process.
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_choice: str) -> tuple[Dist, torch.device]:
+    env = os.environ
+    d = Dist(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+    want_cuda = device_choice == "cuda" or (device_choice == "auto" and torch.cuda.is_available())
+    if device_choice == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("training.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    if want_cuda:
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if d.enabled and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if want_cuda else "gloo")
+    return d, device
+
+
+# --------------------------------------------------------------------------------------------------------
+# Data: thin adapters over alphastomics.data, so the loop reads as prose.
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Item i = the micro-batches of optimiser step start + i; a DataLoader then overlaps loading (workers)
+    with compute while the content stays a pure function of the step (resumable)."""
+
+    def __init__(self, data: Any, cfg: Config, start: int, d: Dist) -> None:
+        self.data, self.cfg, self.start, self.d = data, cfg, start, d
+
+    def __len__(self) -> int:
+        return max(0, self.cfg.training.max_steps - self.start)
+
+    def __getitem__(self, i: int) -> list[Any]:
+        t = self.cfg.training
+        step = self.start + i
+        micro = t.accumulate_grad_batches
+        return [
+            self.data.train_batch(
+                step * micro + k, batch_size=t.batch_size, seed=t.seed, rank=self.d.rank, world_size=self.d.world_size
+            )
+            for k in range(micro)
+        ]
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def step_loader(data: Any, cfg: Config, start: int, d: Dist, device: torch.device) -> Iterator[list[Any]]:
+    loader = torch.utils.data.DataLoader(
+        _StepBatches(data, cfg, start, d),
+        batch_size=None,
+        shuffle=False,
+        num_workers=cfg.data.num_workers,
+        pin_memory=cfg.data.pin_memory and device.type == "cuda",
+        collate_fn=_identity,
+    )
+    return iter(loader)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Validation and diagnostics
+
+
+@torch.no_grad()
+def validation_loss(model: nn.Module, diffusion: Any, batches: list[Any], seed: int, device: torch.device,
+                    autocast: Callable[[], contextlib.AbstractContextManager]) -> dict[str, float]:
+    """Mean loss terms over the validation batches, each with the same seeded noise at every validation, so
+    that values are comparable across steps."""
+    was_training = model.training
+    model.eval()
+    totals: dict[str, float] = {}
+    for i, batch in enumerate(batches):
+        gen = torch.Generator(device=device).manual_seed(step_seed(seed, i, 0, _VAL_STREAM))
+        with autocast():
+            losses = diffusion.training_losses(model, _to_device(batch, device), generator=gen)
+        for key, value in losses.items():
+            totals[key] = totals.get(key, 0.0) + float(value) / len(batches)
+    model.train(was_training)
+    return totals
+
+
+@torch.no_grad()
+def gate_statistics(model: nn.Module, batch: Any, device: torch.device) -> dict[str, list[float]]:
+    """Gate score mean/std per layer over real cells (design note: healthy ~0.5 / ~0.2); empty without gates.
+
+    Runs the diagnostics path once on a clean batch at mid diffusion time; cheap next to a training step
+    when done every log_every steps.
+    """
+    batch = _to_device(batch, device)
+    was_training = model.training
+    model.eval()
+    t = torch.full((batch.mask.shape[0],), 0.5, device=device)
+    _, _, diagnostics = model(batch.expression, batch.positions, t, batch.mask, return_diagnostics=True)
+    model.train(was_training)
+    means, stds = [], []
+    for layer in diagnostics:
+        gate = layer.get("gate")
+        if gate is None:
+            continue
+        real = gate[batch.mask].float()  # (cells, H or D)
+        means.append(round(float(real.mean()), 6))
+        stds.append(round(float(real.std()), 6))
+    return {"gate_mean": means, "gate_std": stds} if means else {}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Run-folder bookkeeping
+
+
+@dataclass
+class RunState:
+    """Loop state that is not weights: saved in checkpoints as ``state``."""
+
+    best_val_loss: float = math.inf
+    bad_validations: int = 0
+    nonfinite_in_row: int = 0
+    nonfinite_total: int = 0
+    cells_seen: int = 0
+    elapsed_s: float = 0.0
+    stopped_early: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _config_difference(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _config_difference(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def _check_same_config(path: Path, ckpt_cfg: dict[str, Any], cfg: Config) -> None:
+    diff = _config_difference(ckpt_cfg, to_dict(cfg))
+    if diff:
+        raise TrainingError(
+            f"{path}: written by a different config ({', '.join(diff[:5])} differ); "
+            f"use a new --out folder or delete {path.parent if path.name == 'latest.pt' else path}"
+        )
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop metric lines written after the checkpoint we resume from (a kill between two checkpoints), so
+    the resumed file equals the uninterrupted one."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= last_step]
+    _atomic_write_text(path, "".join(ln + "\n" for ln in lines))
+
+
+class Progress:
+    """A one-line bar on a terminal, plain log lines otherwise (SLURM logs, Snakemake logs)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled = total, enabled
+        self.tty = enabled and sys.stderr.isatty()
+
+    def update(self, step: int, text: str, log_line: bool) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            width = 30
+            done = int(width * step / max(1, self.total))
+            sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {step}/{self.total} {text}\x1b[K")
+            sys.stderr.flush()
+        elif log_line:
+            print(f"step {step}/{self.total} {text}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+class SignalFlag:
+    """SIGTERM / SIGUSR1 (SLURM time limit, preemption) only set a flag; the loop saves at the next step
+    boundary, so a checkpoint is never written from inside a half-finished step."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "SignalFlag":
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The training run
+
+
+def train(cfg: Config, data_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Train one variant; returns the summary (also written to out_dir/train_summary.json on rank 0)."""
+    from alphastomics.data import ProcessedData
+    from alphastomics.diffusion import Diffusion
+
+    t_cfg = cfg.training
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    latest_path, final_path = ckpt_dir / "latest.pt", out_dir / "final.pt"
+    metrics_path, summary_path = out_dir / "metrics.jsonl", out_dir / "train_summary.json"
+
+    # -- 0. A finished run of the same config is not trained again.
+    if final_path.exists():
+        _check_same_config(final_path, load_checkpoint(final_path)["config"], cfg)
+        print(f"{final_path} already exists for this config; nothing to do", file=sys.stderr)
+        return json.loads(summary_path.read_text()) if summary_path.exists() else {}
+
+    # -- 1. Processes and device.
+    d, device = setup_distributed(t_cfg.device)
+    use_bf16 = t_cfg.precision == "bf16" or (t_cfg.precision == "auto" and device.type == "cuda")
+
+    def autocast() -> contextlib.AbstractContextManager:
+        if not use_bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+    # -- 2. Seeds everywhere (per-step seeds below make the draws independent of history).
+    random.seed(t_cfg.seed + d.rank)
+    np.random.seed(t_cfg.seed + d.rank)
+    torch.manual_seed(t_cfg.seed)  # same initial weights on every rank
+
+    # -- 3. Data.
+    data = ProcessedData(data_dir, cfg)
+    manifest = data.manifest
+    n_genes, dims = int(manifest["n_genes"]), int(manifest["dims"])
+    val_batches = list(data.eval_batches("val", max_cells=cfg.data.max_cells))[: t_cfg.val_batches]
+
+    # -- 4. Model, EMA copy, diffusion.
+    model = build_model(cfg, n_genes, dims).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    diffusion = Diffusion(cfg.diffusion)
+    params_total, params_attention = count_parameters(model)
+
+    # -- 5. Optimiser: AdamW, weight decay on matrices only (norm gains and biases are not shrunk).
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": t_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=t_cfg.learning_rate,
+        betas=(0.9, 0.95),
+        fused=device.type == "cuda",
+    )
+
+    # -- 6. Resume from checkpoints/latest.pt when the same command runs again.
+    start_step, state = 0, RunState()
+    if latest_path.exists():
+        ckpt = load_checkpoint(latest_path)
+        _check_same_config(latest_path, ckpt["config"], cfg)
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        _set_rng_state(ckpt["rng"])
+        state = RunState(**ckpt["state"])
+        start_step = int(ckpt["step"])
+        if d.is_main:
+            _truncate_metrics(metrics_path, start_step)
+            print(f"resuming from {latest_path} at step {start_step}", file=sys.stderr)
+    elif d.is_main and metrics_path.exists():
+        metrics_path.unlink()  # a run that died before its first checkpoint starts over
+
+    # -- 7. Wrap for speed (compile) and for several processes (DDP).
+    net: nn.Module = model
+    if t_cfg.compile:
+        net = torch.compile(net)
+    if d.enabled:
+        # In expr_to_pos / pos_to_expr one output head gets no gradient: DDP must be told.
+        net = nn.parallel.DistributedDataParallel(
+            net,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.diffusion.mode != "joint",
+        )
+
+    def save(path: Path, step: int) -> None:
+        if not d.is_main:
+            return
+        _atomic_torch_save(
+            {
+                "config": to_dict(cfg),
+                "model": model.state_dict(),
+                "ema": ema.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "rng": _rng_state(),
+                "n_genes": n_genes,
+                "dims": dims,
+                "manifest": manifest,
+                "state": vars(state),
+            },
+            path,
+        )
+
+    def log(record: dict[str, Any]) -> None:
+        if d.is_main:
+            metrics_path.parent.mkdir(parents=True, exist_ok=True)
+            with metrics_path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def all_ranks_max(values: list[float]) -> list[float]:
+        if not d.enabled:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor.tolist()
+
+    # -- 8. The loop.
+    progress = Progress(t_cfg.max_steps, enabled=d.is_main)
+    batches = step_loader(data, cfg, start_step, d, device)
+    t_window, cells_window = time.perf_counter(), 0
+    t_start_session = time.perf_counter()
+    elapsed_before = state.elapsed_s
+    model.train()
+    step = start_step
+    with SignalFlag() as flag:
+        while step < t_cfg.max_steps:
+            micro_batches = [_to_device(b, device) for b in next(batches)]
+            lr = lr_at(step, t_cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            # Dropout draws from the global generator: reseed it per step so a resumed run draws the same.
+            torch.manual_seed(step_seed(t_cfg.seed, step, d.rank, _DROPOUT_STREAM))
+
+            def loss_fn(batch: Any, k: int) -> dict[str, torch.Tensor]:
+                gen = torch.Generator(device=device).manual_seed(
+                    step_seed(t_cfg.seed, step * t_cfg.accumulate_grad_batches + k, d.rank, _NOISE_STREAM)
+                )
+                with autocast():
+                    return diffusion.training_losses(net, batch, generator=gen)
+
+            def sync(is_last: bool) -> contextlib.AbstractContextManager:
+                return contextlib.nullcontext() if is_last or not d.enabled else net.no_sync()
+
+            losses = accumulate_gradients(loss_fn, micro_batches, sync)
+            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), t_cfg.gradient_clip_val))
+            local_bad = 0.0 if math.isfinite(losses["loss"]) and math.isfinite(grad_norm) else 1.0
+            bad, signum = all_ranks_max([local_bad, float(flag.signum)])
+
+            # -- 8a. A non-finite loss or gradient never reaches the weights: skip the step and count it.
+            if bad:
+                optimizer.zero_grad(set_to_none=True)
+                state.nonfinite_in_row += 1
+                state.nonfinite_total += 1
+                log({"step": step + 1, "nonfinite": True, "nonfinite_in_row": state.nonfinite_in_row,
+                     "loss": None if not math.isfinite(losses["loss"]) else losses["loss"]})
+                if state.nonfinite_in_row >= t_cfg.max_nonfinite_steps:
+                    kept = f"the last good checkpoint is {latest_path}" if latest_path.exists() else "no checkpoint yet"
+                    raise TrainingError(
+                        f"{out_dir}: loss or gradient non-finite for {state.nonfinite_in_row} steps in a row "
+                        f"(last at step {step + 1}); {kept}; lower training.learning_rate or "
+                        f"training.gradient_clip_val, or check the data for NaN"
+                    )
+            else:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                update_ema(ema, model, ema_decay_at(step, t_cfg.ema_decay))
+                state.nonfinite_in_row = 0
+            n_cells = sum(int(b.mask.sum()) for b in micro_batches) * d.world_size
+            state.cells_seen += n_cells
+            cells_window += n_cells
+            step += 1
+
+            # -- 8b. Log every log_every steps (and the last one).
+            if not bad and (step % t_cfg.log_every == 0 or step == t_cfg.max_steps):
+                now = time.perf_counter()
+                record = {"step": step, **{k: round(v, 8) for k, v in losses.items()}, "lr": lr,
+                          "grad_norm": round(grad_norm, 8)}
+                if d.is_main:
+                    record.update(gate_statistics(model, micro_batches[0], device))
+                record.update(
+                    cells_per_s=round(cells_window / max(now - t_window, 1e-9), 2),
+                    peak_mem_mb=round(peak_memory_mb(device), 1),
+                    elapsed_s=round(elapsed_before + now - t_start_session, 3),
+                )
+                log(record)
+                progress.update(step, f"loss {losses['loss']:.4f} lr {lr:.2e}", log_line=True)
+                t_window, cells_window = now, 0
+            else:
+                progress.update(step, f"loss {losses['loss']:.4f}", log_line=False)
+
+            # -- 8c. Validate on the validation sections (EMA weights: those are what sample uses).
+            if val_batches and (step % t_cfg.val_every == 0 or step == t_cfg.max_steps):
+                val = validation_loss(ema, diffusion, val_batches, t_cfg.seed, device, autocast)
+                log({"step": step, **{f"val_{k}": round(v, 8) for k, v in val.items()}})
+                if val["loss"] < state.best_val_loss:
+                    state.best_val_loss, state.bad_validations = val["loss"], 0
+                else:
+                    state.bad_validations += 1
+                if t_cfg.early_stopping_patience and state.bad_validations >= t_cfg.early_stopping_patience:
+                    state.stopped_early = True
+
+            # -- 8d. Checkpoint periodically and when a signal asked us to stop.
+            state.elapsed_s = elapsed_before + time.perf_counter() - t_start_session
+            if step % t_cfg.checkpoint_every == 0 or signum or state.stopped_early:
+                save(latest_path, step)
+            if signum:
+                progress.close()
+                raise Interrupted(int(signum), step, latest_path)
+            if state.stopped_early:
+                break
+    progress.close()
+
+    # -- 9. Final checkpoint and summary.
+    state.elapsed_s = elapsed_before + time.perf_counter() - t_start_session
+    summary = {
+        "params_total": params_total,
+        "params_attention": params_attention,
+        "wall_time_s": round(state.elapsed_s, 3),
+        "cells_per_s": round(state.cells_seen / max(state.elapsed_s, 1e-9), 2),
+        "peak_mem_mb": round(peak_memory_mb(device), 1),
+        "best_val_loss": state.best_val_loss if math.isfinite(state.best_val_loss) else None,
+        "steps": step,
+        "stopped_early": state.stopped_early,
+        "nonfinite_steps": state.nonfinite_total,
+        "device": str(device) if not d.enabled else f"{device.type} x {d.world_size}",
+        "variant": variant_settings(cfg),
+    }
+    if d.is_main:
+        save(latest_path, step)
+        save(final_path, step)
+        _atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+    if d.enabled:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+def main(args: Any, cfg: Config) -> int:
+    """``python -m alphastomics train --config C --data_dir PROC --out RUN/train [--batch_size N]``."""
+    try:
+        train(cfg, args.data_dir, args.out)
+    except Interrupted as stop:
+        # 128 + signum is what a shell reports for a signal death; SLURM/Snakemake then requeue or rerun,
+        # and the same command resumes from checkpoints/latest.pt.
+        print(f"train: {stop}; rerun the same command to resume", file=sys.stderr)
+        return 128 + stop.signum
+    return 0
