@@ -1,0 +1,198 @@
+"""Config validation, wildcard constraints and input/param functions shared by every rule.
+
+The config says *what* runs (config/config.yaml, validated against workflow/schemas/config.schema.yaml);
+hyperparameters live in the package YAML named by `model_config`. Every setting reaches a stage as
+`--set section.key=value`, so a changed setting changes that job's params and Snakemake reruns exactly
+the jobs (and their descendants) whose settings changed.
+"""
+
+import json
+import shlex
+
+import yaml
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+validate(config, schema="../schemas/config.schema.yaml", set_default=True)
+
+DATASETS = list(config["datasets"])
+VARIANTS = list(config["variants"])
+SEEDS = [int(s) for s in config["seeds"]]
+BASELINES = list(config["baselines"])
+PEERS = [f"peer_{m}" for m in BASELINES]
+MODEL_VARIANTS = "|".join(VARIANTS)
+RUN = "results/{dataset}/{variant}/seed{seed}"
+RAW = "results/data/{dataset}/raw"
+PROC = "results/data/{dataset}/processed"
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    variant="|".join(VARIANTS + PEERS),
+    seed=r"\d+",
+
+
+def flatten(block, prefix=""):
+    """{'training': {'lr': 1e-4}} -> ['training.lr=0.0001'] (values as JSON, which the package reads as YAML)."""
+    out = []
+    for key, value in block.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.extend(flatten(value, path))
+        elif isinstance(value, str) and yaml.safe_load(value) == value:
+            out.append(f"{path}={value}")  # plain strings stay readable in logs
+        else:
+            out.append(f"{path}={json.dumps(value)}")
+    return out
+
+
+def set_args(*blocks):
+    """Shell-quoted `--set k=v ...` for the given partial configs, later blocks win (as in the package)."""
+    merged = {}
+    for block in blocks:
+        for item in flatten(block):
+            merged[item.split("=", 1)[0]] = item
+    return " ".join(f"--set {shlex.quote(item)}" for item in merged.values())
+
+
+def dataset_block(dataset):
+    # The folder name is the data set's name, whatever the config's dataset block says.
+    return {"dataset": {**config["datasets"][dataset]["dataset"], "name": dataset}}
+
+
+def is_peer(variant):
+    return variant.startswith("peer_")
+
+
+def variant_overrides(dataset, variant, seed):
+    """Package overrides of one training run: global < dataset < variant < seed."""
+    return [
+        config["overrides"],
+        config["datasets"][dataset]["overrides"],
+        config["variants"][variant]["overrides"],
+        {"training": {"seed": int(seed)}},
+    ]
+
+
+def train_gpus(variant):
+    return config["variants"][variant].get("gpus", config["resources"]["train"]["gpus"])
+
+
+def check_package_config():
+    """Fail at parse time, before any job runs, when an override names an unknown key or a bad value."""
+    try:
+        from alphastomics import AlphaSTomicsError
+        from alphastomics.config import load_config
+    except (
+        ImportError
+    ):  # Snakemake runs outside the package's environment: the stages will check.
+        return
+    for dataset in DATASETS:
+        for variant in VARIANTS:
+            blocks = [dataset_block(dataset)] + variant_overrides(
+                dataset, variant, SEEDS[0]
+            )
+            try:
+                load_config(
+                    [config["model_config"]], [i for b in blocks for i in flatten(b)]
+                )
+            except AlphaSTomicsError as err:
+                raise WorkflowError(
+                    f"config: datasets.{dataset} / variants.{variant}: {err}"
+                ) from None
+
+
+check_package_config()
+
+
+# --- params -------------------------------------------------------------------------------------------
+
+
+def fetch_args(wildcards):
+    entry = config["datasets"][wildcards.dataset]
+    local = entry.get("local_copy")
+    local_arg = f"--local-copy {shlex.quote(local)}" if local else ""
+    return f"{set_args(dataset_block(wildcards.dataset))} {local_arg}".strip()
+
+
+def preprocess_args(wildcards):
+    return set_args(dataset_block(wildcards.dataset))
+
+
+def run_args(wildcards):
+    """--config model.yaml + every override of this (dataset, variant, seed)."""
+    blocks = [dataset_block(wildcards.dataset)]
+    if is_peer(wildcards.variant):
+        blocks += [
+            config["overrides"],
+            config["datasets"][wildcards.dataset]["overrides"],
+        ]
+    else:
+        blocks += variant_overrides(
+            wildcards.dataset, wildcards.variant, wildcards.seed
+        )
+    return f"--config {shlex.quote(config['model_config'])} {set_args(*blocks)}"
+
+
+def run_args_peer(wildcards):
+    """Peer baselines see the data set and global overrides, never a variant's."""
+    blocks = [
+        dataset_block(wildcards.dataset),
+        config["overrides"],
+        config["datasets"][wildcards.dataset]["overrides"],
+    ]
+    return f"--config {shlex.quote(config['model_config'])} {set_args(*blocks)}"
+
+
+def train_launcher(wildcards):
+    """One process per GPU under torchrun when a variant asks for several (DDP inside one node)."""
+    gpus = train_gpus(wildcards.variant)
+    if gpus > 1:
+        return f"torchrun --standalone --nproc_per_node {gpus} -m alphastomics"
+    return "python -m alphastomics"
+
+
+# --- inputs -------------------------------------------------------------------------------------------
+
+
+def evaluate_extra_inputs(wildcards):
+    """Models give evaluate their checkpoint (diagnostics) and training summary (cost); peers have neither."""
+    if is_peer(wildcards.variant):
+        return {}
+    return {
+        "checkpoint": f"{RUN}/train/final.pt".format(**wildcards),
+        "summary": f"{RUN}/train/train_summary.json".format(**wildcards),
+    }
+
+
+def evaluate_extra_args(wildcards, input):
+    if is_peer(wildcards.variant):
+        return ""
+    return f"--checkpoint {input.checkpoint} --train-summary {input.summary}"
+
+
+def all_runs():
+    runs = [
+        RUN.format(dataset=d, variant=v, seed=s)
+        for d in DATASETS
+        for v in VARIANTS + PEERS
+        for s in SEEDS
+    ]
+    return runs
+
+
+# --- resources ----------------------------------------------------------------------------------------
+
+
+def gpu_mem(rule, gpus_of=lambda wildcards: 1):
+    """mem_mb per job = per-GPU memory x GPUs x attempt (retries after OOM get more)."""
+    mem = config["resources"][rule]["mem_mb"]
+    return lambda wildcards, attempt: mem * gpus_of(wildcards) * attempt
+
+
+def cpu_mem(wildcards, attempt):
+    return config["resources"]["cpu"]["mem_mb"] * attempt

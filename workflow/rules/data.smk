@@ -1,0 +1,38 @@
+rule fetch_data:
+    output:
+        directory(RAW),
+    log:
+        "results/logs/fetch_data/{dataset}.log",
+    benchmark:
+        "results/benchmarks/fetch_data/{dataset}.tsv"
+    conda:
+        "../../environment.yml"
+    threads: config["resources"]["cpu"]["threads"]
+    resources:
+        mem_mb=cpu_mem,
+        runtime=config["resources"]["cpu"]["runtime"],
+    params:
+        args=fetch_args,
+    shell:
+        "python -m alphastomics fetch-data --out {output} {params.args} > {log} 2>&1"
+
+
+rule preprocess:
+    input:
+        RAW,
+    output:
+        directory(PROC),
+    log:
+        "results/logs/preprocess/{dataset}.log",
+    benchmark:
+        "results/benchmarks/preprocess/{dataset}.tsv"
+    conda:
+        "../../environment.yml"
+    threads: config["resources"]["cpu"]["threads"]
+    resources:
+        mem_mb=cpu_mem,
+        runtime=config["resources"]["cpu"]["runtime"],
+    params:
+        args=preprocess_args,
+    shell:
+        "python -m alphastomics preprocess --raw {input} --out {output} {params.args} > {log} 2>&1"

@@ -1,0 +1,52 @@
+rule baseline:
+    input:
+        data=PROC,
+        model_config=config["model_config"],
+    output:
+        "results/{dataset}/peer_{method}/seed{seed}/samples.parquet",
+    log:
+        "results/logs/baseline/{dataset}/peer_{method}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/baseline/{dataset}/peer_{method}/seed{seed}.tsv"
+    wildcard_constraints:
+        method="|".join(BASELINES),
+    conda:
+        "../../environment.yml"
+    threads: config["resources"]["cpu"]["threads"]
+    resources:
+        mem_mb=cpu_mem,
+        runtime=config["resources"]["cpu"]["runtime"],
+    params:
+        args=run_args_peer,
+    shell:
+        "python -m alphastomics baseline --method {wildcards.method} --seed {wildcards.seed}"
+        " --data_dir {input.data} --out {output} {params.args} > {log} 2>&1"
+
+
+# One rule scores models and peer baselines alike: both write the same samples format.
+rule evaluate:
+    input:
+        unpack(evaluate_extra_inputs),
+        samples=f"{RUN}/samples.parquet",
+        data=PROC,
+        model_config=config["model_config"],
+    output:
+        metrics=f"{RUN}/eval/metrics.json",
+        sections=f"{RUN}/eval/sections.csv",
+    log:
+        "results/logs/evaluate/{dataset}/{variant}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{dataset}/{variant}/seed{seed}.tsv"
+    conda:
+        "../../environment.yml"
+    threads: config["resources"]["cpu"]["threads"]
+    resources:
+        mem_mb=cpu_mem,
+        runtime=config["resources"]["cpu"]["runtime"],
+    params:
+        args=run_args,
+        extra=evaluate_extra_args,
+        out=lambda wildcards, output: os.path.dirname(output.metrics),
+    shell:
+        "python -m alphastomics evaluate --samples {input.samples} --data_dir {input.data}"
+        " {params.extra} --out {params.out} {params.args} > {log} 2>&1"

@@ -1,0 +1,25 @@
+rule report:
+    input:
+        metrics=expand("{run}/eval/metrics.json", run=all_runs()),
+        model_config=config["model_config"],
+    output:
+        report(
+            "results/report.html",
+            caption="../report/report.rst",
+            category="Comparison",
+        ),
+    log:
+        "results/logs/report.log",
+    benchmark:
+        "results/benchmarks/report.tsv"
+    conda:
+        "../../environment.yml"
+    threads: config["resources"]["cpu"]["threads"]
+    resources:
+        mem_mb=cpu_mem,
+        runtime=config["resources"]["cpu"]["runtime"],
+    params:
+        runs=all_runs(),
+    shell:
+        "python -m alphastomics report --config {input.model_config} --runs {params.runs}"
+        " --out {output} > {log} 2>&1"
