@@ -1,0 +1,282 @@
+"""Diffusion over both modalities: cosine schedule, noising, losses and the sampler (x0 prediction).
+
+- Schedule: the cosine schedule of Nichol & Dhariwal ("Improved Denoising Diffusion Probabilistic Models",
+  ICML 2021), T = ``num_timesteps``, betas clipped at 0.999.
+- Positions are centred over real cells before noising and the noise is centred too (the zero centre-of-mass
+  subspace of E(n) diffusion models, Hoogeboom et al. 2022), so translation never has to be learned.
+- Modes (DESIGN section 5): ``expr_to_pos`` (LUNA's tissue reassembly), ``pos_to_expr`` (imputation),
+  ``joint``; the conditioning modality stays clean and the model is told so through its own time (t = 0).
+- Losses: expression MSE over real cells; position MSE between predicted and true pairwise-distance matrices
+  over real cells (invariant to rotation, reflection and translation), in row chunks under activation
+  checkpointing so memory stays O(chunk x N) in the forward and the backward pass; masked diffusion (design
+  note): a fraction of expression entries is hidden and reconstructed towards the clean x0.
+- Sampler: strided steps, DDIM (Song et al., ICLR 2021; ``ddim_eta``) or ancestral with the DDPM posterior
+  variance (LUNA used the standard deviation where the variance belongs). Because the distance loss leaves
+  the orientation of the predicted coordinates free, every predicted x0 is first aligned onto the current
+  x_t by orthogonal Procrustes (Kabsch, reflections allowed) over real cells; docs/model.md says why.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from alphastomics.config import ConfigError, DiffusionConfig, Mode
+from alphastomics.model import masked_centre
+
+
+class BatchLike(Protocol):
+    """What diffusion needs from ``alphastomics.data.Batch``."""
+
+    expression: Tensor  # (B, N, G)
+    positions: Tensor  # (B, N, D)
+    mask: Tensor  # (B, N) bool
+
+
+def cosine_alpha_bar(num_timesteps: int, s: float = 0.008) -> Tensor:
+    """alpha_bar[t] for t = 0..T (float64, alpha_bar[0] = 1), betas clipped at 0.999."""
+    steps = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+    return torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0)])
+
+
+def _gen_device(generator: torch.Generator | None, device: torch.device) -> torch.device:
+    # Draw on the generator's device so a CPU generator gives the same numbers whatever the model's device.
+    return generator.device if generator is not None else device
+
+
+def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    return torch.randn(shape, generator=generator, device=_gen_device(generator, device)).to(device)
+
+
+def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    return torch.rand(shape, generator=generator, device=_gen_device(generator, device)).to(device)
+
+
+def _row_distances(rows: Tensor, points: Tensor) -> Tensor:
+    """(B, c, D), (B, N, D) -> (B, c, N) Euclidean distances."""
+    diff = rows[:, :, None, :] - points[:, None, :, :]
+    # Differences (not |a|^2 + |b|^2 - 2ab) keep self-distances exactly 0; the clamp zeroes their
+    # gradient instead of the infinite gradient of sqrt at 0.
+    return torch.sqrt((diff * diff).sum(-1).clamp_min(1e-12))
+
+
+def _chunk_sse(pred_rows: Tensor, pred: Tensor, true_rows: Tensor, true: Tensor, pair_mask: Tensor) -> Tensor:
+    err = _row_distances(pred_rows, pred) - _row_distances(true_rows, true)
+    return (err * err * pair_mask).sum()
+
+
+def pairwise_distance_mse(pred: Tensor, true: Tensor, mask: Tensor, chunk_size: int = 1024) -> Tensor:
+    """mean over real pairs i != j of (|p_i - p_j| - |x_i - x_j|)^2; pred, true (B, N, D), mask (B, N).
+
+    Rows are processed ``chunk_size`` at a time; with gradients on, each chunk is checkpointed, so no
+    N x N tensor is ever held, in the forward or the backward pass.
+    """
+    m = mask.to(pred.dtype)
+    n = m.sum(1)
+    pairs = (n * (n - 1)).sum().clamp_min(1.0)
+    total = pred.new_zeros(())
+    for start in range(0, pred.shape[1], chunk_size):
+        rows = slice(start, start + chunk_size)
+        pair_mask = m[:, rows, None] * m[:, None, :]  # (B, c, N)
+        args = (pred[:, rows], pred, true[:, rows], true, pair_mask)
+        if torch.is_grad_enabled() and pred.requires_grad:
+            total = total + checkpoint(_chunk_sse, *args, use_reentrant=False)
+        else:
+            total = total + _chunk_sse(*args)
+    return total / pairs
+
+
+def masked_mse(pred: Tensor, true: Tensor, entries: Tensor) -> Tensor:
+    """Mean of (pred - true)^2 over the True entries of ``entries`` (broadcast to pred's shape)."""
+    entries = entries.expand_as(pred).to(pred.dtype)
+    return ((pred - true) ** 2 * entries).sum() / entries.sum().clamp_min(1.0)
+
+
+def kabsch_align(x: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Rotate/reflect centred x (B, N, D) onto centred target over real cells: x R, R = argmin |x R - y|."""
+    m = mask[..., None].to(x.dtype)
+    h = (x * m).transpose(1, 2) @ (target * m)  # (B, D, D)
+    u, _, vh = torch.linalg.svd(h)
+    return (x @ (u @ vh)) * m
+
+
+class Diffusion:
+    """Schedule, training losses and sampler for the denoiser (``alphastomics.model.Denoiser``)."""
+
+    def __init__(self, cfg: DiffusionConfig) -> None:
+        checks = [
+            (cfg.num_timesteps >= 1, "num_timesteps", "use an integer >= 1"),
+            (cfg.sampling_steps >= 1, "sampling_steps", "use an integer >= 1"),
+            (0.0 <= cfg.mask_fraction < 1.0, "mask_fraction", "use a number in [0, 1)"),
+            (cfg.ddim_eta >= 0.0, "ddim_eta", "use a number >= 0"),
+            (cfg.distance_chunk_size >= 1, "distance_chunk_size", "use an integer >= 1"),
+        ]
+        for ok, key, fix in checks:
+            if not ok:
+                raise ConfigError(f"config: 'diffusion.{key}' is {getattr(cfg, key)!r}; {fix}")
+        self.cfg = cfg
+        self.T = cfg.num_timesteps
+        self.alpha_bar = cosine_alpha_bar(cfg.num_timesteps)
+
+    def _ab(self, t: Tensor | int, like: Tensor) -> Tensor:
+        """alpha_bar at integer t, broadcast as (B, 1, 1) against ``like``."""
+        ab = self.alpha_bar[torch.as_tensor(t).cpu()].to(like.device, like.dtype)
+        return ab.reshape(-1, 1, 1)
+
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        ab = self._ab(t, x0)
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+    # ----------------------------------------------------------------------------------------------------
+    # training
+
+    def training_losses(
+        self, model: nn.Module, batch: BatchLike, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """One noisy draw per example -> {"loss", "expression", "position", "masked"} (scalars)."""
+        cfg, mask = self.cfg, batch.mask
+        device = batch.expression.device
+        b, n, g = batch.expression.shape
+        m = mask[..., None].to(batch.expression.dtype)
+        x_e = batch.expression * m
+        x_p = masked_centre(batch.positions, mask)
+        diffuse_e = cfg.mode in ("pos_to_expr", "joint")
+        diffuse_p = cfg.mode in ("expr_to_pos", "joint")
+
+        t = torch.randint(1, self.T + 1, (b,), generator=generator, device=_gen_device(generator, device))
+        t = t.to(device)
+        zero_t = torch.zeros(b, device=device)
+        in_e, t_e = x_e, zero_t
+        if diffuse_e:
+            in_e, t_e = self.q_sample(x_e, t, _randn((b, n, g), generator, device) * m), t / self.T
+        in_p, t_p = x_p, zero_t
+        if diffuse_p:
+            noise = masked_centre(_randn(tuple(x_p.shape), generator, device), mask)
+            in_p, t_p = self.q_sample(x_p, t, noise), t / self.T
+        hidden = None
+        if cfg.mask_fraction > 0:
+            hidden = (_rand((b, n, g), generator, device) < cfg.mask_fraction) & mask[..., None]
+            in_e = in_e.masked_fill(hidden, 0.0)  # 0 = the gene mean after standardisation
+
+        pred_e, pred_p = model(in_e, in_p, t_e, mask, expression_t=t_e, position_t=t_p)
+        # Losses in float32 even under bf16 autocast: distance differences lose too many bits otherwise.
+        pred_e, pred_p = pred_e.float(), pred_p.float()
+        zero = pred_e.new_zeros(())
+        losses = {
+            "expression": masked_mse(pred_e, x_e, mask[..., None]) if diffuse_e else zero,
+            "position": pairwise_distance_mse(pred_p, x_p, mask, cfg.distance_chunk_size) if diffuse_p else zero,
+            "masked": masked_mse(pred_e, x_e, hidden) if hidden is not None else zero,
+        }
+        losses["loss"] = (
+            cfg.expression_loss_weight * losses["expression"]
+            + cfg.position_loss_weight * losses["position"]
+            + cfg.mask_loss_weight * losses["masked"]
+        )
+        return losses
+
+    # ----------------------------------------------------------------------------------------------------
+    # sampling
+
+    def timesteps(self, steps: int) -> list[int]:
+        """Strided integer times from T down to 0 (at most ``steps`` model calls)."""
+        ts = torch.linspace(self.T, 0, min(steps, self.T) + 1).round().long().unique_consecutive()
+        return ts.tolist()
+
+    def ddim_step(self, x_t: Tensor, x0: Tensor, t: int, s: int, noise: Tensor | None, eta: float) -> Tensor:
+        """x_t -> x_s given the predicted x0 (Song et al. eq. 12); eta = 1 is the DDPM posterior."""
+        ab_t, ab_s = self._ab(t, x_t), self._ab(s, x_t)
+        eps = (x_t - ab_t.sqrt() * x0) / (1 - ab_t).sqrt()
+        sigma = eta * ((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)).sqrt()
+        x_s = ab_s.sqrt() * x0 + (1 - ab_s - sigma**2).clamp_min(0).sqrt() * eps
+        return x_s + sigma * noise if noise is not None and eta > 0 else x_s
+
+    def ancestral_step(self, x_t: Tensor, x0: Tensor, t: int, s: int, noise: Tensor) -> Tensor:
+        """A draw from q(x_s | x_t, x0) for strided s < t: posterior mean + sqrt(posterior variance) z."""
+        ab_t, ab_s = self._ab(t, x_t), self._ab(s, x_t)
+        alpha = ab_t / ab_s  # the effective alpha of the strided step
+        mean = (ab_s.sqrt() * (1 - alpha) * x0 + alpha.sqrt() * (1 - ab_s) * x_t) / (1 - ab_t)
+        variance = (1 - ab_s) / (1 - ab_t) * (1 - alpha)
+        return mean + variance.sqrt() * noise
+
+    def _update(self, x_t: Tensor, x0: Tensor, t: int, s: int, generator: torch.Generator | None) -> Tensor:
+        if self.cfg.sampler == "ancestral":
+            return self.ancestral_step(x_t, x0, t, s, _randn(tuple(x_t.shape), generator, x_t.device))
+        noise = _randn(tuple(x_t.shape), generator, x_t.device) if self.cfg.ddim_eta > 0 else None
+        return self.ddim_step(x_t, x0, t, s, noise, self.cfg.ddim_eta)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model: nn.Module,
+        batch: BatchLike,
+        *,
+        mode: Mode | None = None,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Generate the diffused modality given the other -> (expression (B,N,G), positions (B,N,D))."""
+        mode = mode or self.cfg.mode
+        steps = steps or self.cfg.sampling_steps
+        mask = batch.mask
+        device = batch.expression.device
+        b, n, g = batch.expression.shape
+        m = mask[..., None].to(batch.expression.dtype)
+        diffuse_e = mode in ("pos_to_expr", "joint")
+        diffuse_p = mode in ("expr_to_pos", "joint")
+        x_e = _randn((b, n, g), generator, device) * m if diffuse_e else batch.expression * m
+        x_p = masked_centre(batch.positions, mask)
+        if diffuse_p:
+            x_p = masked_centre(_randn(tuple(x_p.shape), generator, device), mask)
+
+        was_training = model.training
+        model.eval()
+        try:
+            times = self.timesteps(steps)
+            for t, s in zip(times[:-1], times[1:]):
+                time = torch.full((b,), t / self.T, device=device)
+                zero = torch.zeros(b, device=device)
+                t_e, t_p = (time if diffuse_e else zero), (time if diffuse_p else zero)
+                pred_e, pred_p = model(x_e, x_p, time, mask, expression_t=t_e, position_t=t_p)
+                pred_e, pred_p = pred_e.to(x_e.dtype), pred_p.to(x_p.dtype)
+                if diffuse_p:
+                    # The distance loss leaves the frame of pred_p free: bring it into x_t's frame first.
+                    pred_p = kabsch_align(masked_centre(pred_p, mask), x_p, mask)
+                    x_p = masked_centre(self._update(x_p, pred_p, t, s, generator), mask)
+                if diffuse_e:
+                    x_e = self._update(x_e, pred_e, t, s, generator) * m
+        finally:
+            model.train(was_training)
+        return x_e, x_p
+
+
+@torch.no_grad()
+def masked_reconstruction(
+    model: nn.Module, batch: BatchLike, fraction: float, generator: torch.Generator | None = None
+) -> float:
+    """Hide ``fraction`` of the clean expression entries, give the true positions, score the hidden ones.
+
+    Returns the MSE over hidden entries of real cells (model space: standardised expression).
+    """
+    mask = batch.mask
+    device = batch.expression.device
+    b = batch.expression.shape[0]
+    m = mask[..., None].to(batch.expression.dtype)
+    x_e = batch.expression * m
+    hidden = (_rand(tuple(x_e.shape), generator, device) < fraction) & mask[..., None]
+    zero = torch.zeros(b, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        pred_e, _ = model(
+            x_e.masked_fill(hidden, 0.0), masked_centre(batch.positions, mask), zero, mask,
+            expression_t=zero, position_t=zero,
+        )
+    finally:
+        model.train(was_training)
+    return float(masked_mse(pred_e, x_e, hidden))
