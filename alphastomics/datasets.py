@@ -424,7 +424,7 @@ def _read_csv_file(path: Path, dcfg: DatasetConfig, one_file: bool) -> tuple[lis
     except ValueError:
         raise DataError(f"{path}: gene columns must be numeric; remove non-numeric columns other than {sorted(meta)}") from None
     ids = df["cell_id"].astype(str).to_numpy() if "cell_id" in df.columns else np.array([f"{path.stem}_{i}" for i in range(len(df))])
-    types = np.array([None if v == "" else str(v) for v in df[ct_key]], dtype=object) if ct_key in df.columns else None
+    types = np.array([None if pd.isna(v) or v == "" else str(v) for v in df[ct_key]], dtype=object) if ct_key in df.columns else None
     groups = _sections_of(str(path), len(df), df if one_file else None, section_key, path.stem)
     sections = [
         RawSection(name, str(path), coords[rows], ids[rows], None if types is None else types[rows],
