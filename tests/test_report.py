@@ -1,0 +1,224 @@
+"""The comparison report built from fixture runs that follow docs/architecture.md: content, numbers in the
+verdict, missing pieces, no external URLs, atomic writes, and a rendering check in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from alphastomics import report
+from alphastomics.__main__ import main as cli
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+SECTIONS = ["s0", "s1", "s2", "s3"]
+SEEDS = [0, 1, 2]
+
+
+def _linear(metric: str, seed: int, i: int) -> float:
+    base = {"distance_mse": 0.10, "knn_preservation": 0.50, "morans_i_correlation": 0.90, "procrustes_rmsd": 2.0}
+    return base[metric] * (1 + 0.05 * i + 0.02 * seed)
+
+
+# Per-section value of each variant as a function of the linear one: headwise is exactly 20 % better on
+# distance MSE, 10 % better on kNN and 5 % worse on Moran's I in every (seed, section); elementwise wobbles
+# around linear (+-2 % alternating by section), so its differences are noise.
+FACTORS = {
+    "linear": lambda m, s, i: 1.0,
+    "gated_headwise": lambda m, s, i: {"distance_mse": 0.8, "knn_preservation": 1.1, "morans_i_correlation": 0.95}.get(
+        m, 1.0
+    ),
+    "gated_elementwise": lambda m, s, i: 1 + 0.02 * (-1) ** (i + s),
+    "peer_knn": lambda m, s, i: {"distance_mse": 0.5, "knn_preservation": 1.2}.get(m, 1.0),
+}
+
+
+def _write_run(root: Path, dataset: str, variant: str, seed: int, *, train: bool = True, diagnostics: bool = True):
+    run = root / dataset / variant / f"seed{seed}"
+    (run / "eval").mkdir(parents=True)
+    metrics = ["distance_mse", "knn_preservation", "morans_i_correlation", "procrustes_rmsd"]
+    per_section = [
+        {"section": s, "n_cells": 40, **{m: _linear(m, seed, i) * FACTORS[variant](m, seed, i) for m in metrics}}
+        for i, s in enumerate(SECTIONS)
+    ]
+    overall = {m: float(np.mean([r[m] for r in per_section])) for m in metrics}
+    diag = {"attention_sink": [], "gate": []}
+    if diagnostics and variant in ("linear", "gated_headwise"):
+        shares = [0.30, 0.45] if variant == "linear" else [0.02, 0.03]
+        diag["attention_sink"] = [{"layer": i, "share": [v, v]} for i, v in enumerate(shares)]
+        np.savez(run / "eval" / "attention.npz", attn=np.random.default_rng(seed).dirichlet(np.ones(40), (2, 2, 40)))
+    if diagnostics and variant == "gated_headwise":
+        diag["gate"] = [
+            {"layer": i, "mean": 0.5, "std": 0.2, "bins": list(np.linspace(0, 1, 11)), "counts": [1, 2, 5, 9, 20, 20, 9, 5, 2, 1]}
+            for i in range(2)
+        ]
+    (run / "eval" / "metrics.json").write_text(json.dumps({
+        "method": variant, "mode": "expr_to_pos", "overall": overall,
+        "random_reference": {"distance_mse": 1.9, "knn_preservation": 0.004, "procrustes_rmsd": 40.0},
+        "per_section": per_section, "diagnostics": diag, "params": {}, "cost": {"wall_time_s": 3.0} if variant.startswith("peer_") else {},
+    }))
+    pd.DataFrame(per_section).to_csv(run / "eval" / "sections.csv", index=False)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in SECTIONS:
+        true = rng.normal(size=(40, 3)) * [10, 4, 0]
+        theta = 0.7
+        rot = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
+        pred = true @ rot.T + 5 + rng.normal(scale=0.5, size=true.shape) * [1, 1, 0]
+        for j in range(40):
+            rows.append(dict(cell_id=f"{s}_{j}", section=s, cell_type=f"type{j % 3}",
+                             x_true=true[j, 0], y_true=true[j, 1], z_true=0.0,
+                             x_pred=pred[j, 0], y_pred=pred[j, 1], z_pred=0.0))
+    pd.DataFrame(rows).to_parquet(run / "samples.parquet")
+    if train and not variant.startswith("peer_"):
+        (run / "train").mkdir()
+        lines = [{"step": t, "loss": 2.0 / (1 + t) + 0.01 * seed, "lr": 1e-3} for t in range(0, 50, 5)]
+        lines += [{"step": t, "val_loss": 2.2 / (1 + t) + 0.01 * seed} for t in range(0, 50, 10)]
+        (run / "train" / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+        (run / "train" / "train_summary.json").write_text(json.dumps({
+            "params_total": 1_000_000 if variant == "linear" else 1_040_000, "params_attention": 500_000,
+            "wall_time_s": 12.5, "cells_per_s": 3000.0, "peak_mem_mb": 256.0, "device": "cpu",
+        }))
+    return run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("results")
+    out = [_write_run(root, "toy", v, s) for v in ("linear", "gated_headwise", "gated_elementwise") for s in SEEDS]
+    out.append(_write_run(root, "toy", "peer_knn", 0))
+    data = root / "data" / "toy" / "processed"
+    data.mkdir(parents=True)
+    (data / "manifest.json").write_text(json.dumps({"dataset": "toy", "source_checksums": {"raw.csv": "ab" * 32}}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def page(runs: list[Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("page") / "report.html"
+    report.build_report(runs, out, baseline="linear")
+    return out, out.read_text()
+
+
+def _text(html: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+def test_every_variant_and_peer_present(page):
+    text = _text(page[1])
+    for name in ("linear", "gated_headwise", "gated_elementwise", "peer_knn", "random placement"):
+        assert name in text
+    for heading in ("1. Verdict", "2. The design note", "3. Metrics", "4. Cost", "5. Figures", "6. Provenance"):
+        assert heading in text
+
+
+def test_verdict_sentences_match_fixture_numbers(page):
+    text = _text(page[1])
+    ci = r"\S+ \[\S+, \S+\]"  # mean [95 % interval]
+    # Headwise is exactly 0.8 x linear in all 12 (seed, section) pairs: -20.0 %, significant (Wilcoxon).
+    assert re.search(rf"On pairwise-distance error \(distance_mse, lower is better\) gated_headwise is best with "
+                     rf"{ci}, -20\.0 % against linear, significant \(Wilcoxon test over 12 seed x section pairs", text)
+    assert re.search(rf"On neighbour preservation \(knn_preservation, higher is better\) gated_headwise is best with "
+                     rf"{ci}, \+10\.0 % against linear, significant", text)
+    # Elementwise only wobbles: on RMSD (factor 1 +- 2 %) the change is noise.
+    assert re.search(r"gated_elementwise is best with \S+ \[\S+, \S+\], [-+]0\.0 % against linear, not significant", text)
+    # Linear is best on Moran's I (headwise is 5 % worse, elementwise wobbles).
+    assert "(morans_i_correlation, higher is better) the baseline linear is best" in text
+    # Peer knn (seed 0 only) = 0.5 x linear(seed 0); headwise = 0.8 x linear averaged over seeds 0..2:
+    # 0.8 * 1.095 / (0.5 * 1.075) - 1 = +63.0 % (worse), paired over the 4 sections of seed 0.
+    assert re.search(r"best peer on pairwise-distance error, knn \(0\.054\), gated_headwise is \+63\.0 % \(worse\), "
+                     r"significant \(paired t-test over 4 seed x section pairs", text)
+
+
+def test_expectations_marked(page):
+    rows = re.findall(r"<tr><td>(\w+)</td><td>([^<]+)</td><td>[^<]*</td><td>([^<]*)</td>\s*<td class=\"mark-[\w-]+\">([^<]+)</td>",
+                      page[1])
+    marks = {(v, label.replace("&#39;", "'")): mark for v, label, _, mark in rows}
+    assert marks[("gated_headwise", "position distance MSE")] == "met"  # -20 % beyond the expected -10..-15
+    assert marks[("gated_headwise", "kNN preservation")] == "met"  # +10 %
+    assert marks[("gated_headwise", "Moran's I agreement")] == "not met"  # significantly down
+    assert marks[("gated_headwise", "expression MSE")] == "not measured"  # expr_to_pos: no expression
+    assert marks[("gated_headwise", "no attention sink")] == "met"  # 3 % < 10 %
+    assert marks[("gated_elementwise", "position distance MSE")] == "not significant"
+    assert marks[("gated_elementwise", "no attention sink")] == "not measured"
+
+
+def test_tables_cost_and_provenance(page):
+    text = _text(page[1])
+    assert "1,040,000" in text and "12.5" in text  # params and wall time from train_summary.json
+    assert "3" in text and "(peer)" in text  # the peer row carries its wall time from metrics.json cost
+    assert "alphastomics 0.1.0" in text or "alphastomics" in text
+    assert "abab" in text  # data checksum found through results/**/manifest.json
+    assert "Snakemake" in text and "CPU:" in text
+
+
+def test_figures_embedded_and_no_external_urls(page):
+    html = page[1]
+    imgs = re.findall(r'<img src="([^"]+)"', html)
+    assert len(imgs) == 5 and all(src.startswith("data:image/png;base64,") for src in imgs)
+    assert not re.search(r"https?://", html)
+    links = re.findall(r"""\b(?:src|href|action|poster)\s*=\s*["']?([^"'\s>]*)""", html, re.I)
+    assert links and all(x.startswith(("data:", "#")) for x in links)
+    assert "url(" not in html and "@import" not in html
+
+
+def test_missing_pieces_say_not_measured(tmp_path):
+    a = _write_run(tmp_path, "toy", "linear", 0, diagnostics=False)
+    b = _write_run(tmp_path, "toy", "gated_headwise", 0, train=False, diagnostics=False)
+    c = tmp_path / "toy" / "softmax" / "seed0"  # trained, never evaluated
+    (c / "train").mkdir(parents=True)
+    out = report.build_report([a, b, c], tmp_path / "r.html")
+    text = _text(out.read_text())
+    assert "softmax" in text and "not measured" in text
+    assert "Training and validation loss" in text
+
+
+def test_bad_run_folder_errors_and_leaves_nothing(tmp_path):
+    run = _write_run(tmp_path, "toy", "linear", 0)
+    (run / "eval" / "metrics.json").write_text("{not json")
+    out = tmp_path / "site" / "report.html"
+    with pytest.raises(report.ReportError, match=r"metrics\.json: not valid JSON"):
+        report.build_report([run], out)
+    assert not out.exists() and not list(out.parent.glob("*"))
+    odd = tmp_path / "somewhere"
+    (odd / "eval").mkdir(parents=True)
+    (odd / "eval" / "metrics.json").write_text("{}")
+    with pytest.raises(report.ReportError, match="cannot tell dataset/variant/seed"):
+        report.load_run(odd)
+
+
+def test_path_layout_and_fields():
+    assert report.parse_run_path(Path("results/bdtnp/linear/seed2")) == ("bdtnp", "linear", 2)
+    assert report.parse_run_path(Path("results/bdtnp/linear/last")) is None
+    assert report.direction("distance_mse") == -1 and report.direction("distance_pearson") == 1
+
+
+def test_cli(runs, tmp_path, capsys):
+    out = tmp_path / "cli.html"
+    assert cli(["report", "--runs", *map(str, runs), "--out", str(out), "--baseline", "gated_headwise"]) == 0
+    assert "against gated_headwise" in _text(out.read_text())
+    assert cli(["report", "--runs", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "run folder not found" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian chromium (apt-get install -y chromium)")
+def test_renders_in_headless_chromium(page, tmp_path):
+    from PIL import Image
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    png = ARTIFACTS / "report.png"
+    log = report.screenshot(page[0], png, width=1280, height=4000)
+    assert report.console_errors(log) == []
+    img = np.asarray(Image.open(png).convert("L"), dtype=float)
+    assert img.shape == (4000, 1280)
+    inked = np.flatnonzero((img < 200).mean(axis=1) > 0.002)  # rows with text or figures
+    assert inked.size > 500 and inked.max() > 3000  # a long page of content, not a blank or error page
+    # The checker itself: a page whose script throws is reported.
+    bad = tmp_path / "bad.html"
+    bad.write_text("<html><body><p>x</p><script>throw new Error('boom')</script></body></html>")
+    assert report.console_errors(report.screenshot(bad, tmp_path / "bad.png", width=400, height=300))
