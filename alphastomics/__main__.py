@@ -73,8 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="the comparison HTML page")
     _common(p)
-    p.add_argument("--runs", required=True, type=Path, nargs="+", help="run folders (with eval/ and train/)")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument(
+        "--runs", required=True, type=Path, nargs="+",
+        help="run folders results/{dataset}/{variant}/seed{seed} (peers: {dataset}/peer_{method}/seed{seed})",
+    )
+    p.add_argument("--out", required=True, type=Path, help="HTML file to write (self-contained)")
+    p.add_argument("--baseline", default="linear", metavar="VARIANT", help="variant the others are compared with")
+    p.add_argument(
+        "--data-dirs", dest="data_dirs", type=Path, nargs="*", default=[],
+        help="processed data folders (manifest.json: data checksums for provenance)",
+    )
+    p.add_argument("--config-snapshot", dest="config_snapshot", type=Path, help="config file as run (provenance)")
 
     p = sub.add_parser("baseline", help="a peer method (knn, tangram, novosparc, celery) on held-out sections")
     _common(p)
