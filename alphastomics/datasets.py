@@ -307,6 +307,13 @@ class RawData:
     checksums: dict[str, str]
     slab_cut: bool = False  # sections made by cutting one specimen (bdtnp): split rule alternates slabs
     expression_field: str = "X"
+    # genes_file: columns kept after normalisation (library sizes use every shared gene, as scanpy does
+    # before subsetting to a gene panel); None = all genes
+    keep: np.ndarray | None = None
+
+    @property
+    def kept_genes(self) -> list[str]:
+        return self.genes if self.keep is None else [self.genes[i] for i in self.keep]
 
 
 def _take_rows(read: Callable[[int, int], np.ndarray], rows: np.ndarray) -> np.ndarray:
@@ -528,10 +535,11 @@ def open_raw(raw: Path, dcfg: DatasetConfig) -> RawData:
     names = [s.name for s in data.sections]
     if len(set(names)) != len(names):
         raise DataError(f"{raw}: section names repeat across files; give each file distinct section names")
-    if dcfg.genes_file:
-        _select_genes(data, read_gene_list(dcfg.genes_file, data.genes), col_of)
-    elif dcfg.source != "bdtnp":
+    if dcfg.source != "bdtnp":
         _select_genes(data, data.genes, col_of)
+    if dcfg.genes_file:
+        index = {g: i for i, g in enumerate(data.genes)}
+        data.keep = np.array([index[g] for g in read_gene_list(dcfg.genes_file, data.genes)])
     data.checksums = checksums
     return data
 
@@ -560,5 +568,6 @@ def from_anndata(adata: Any, dcfg: DatasetConfig, name: str = "anndata") -> RawD
     genes = [str(g) for g in adata.var_names]
     data = RawData("h5ad", genes, coords.shape[1], sections, {}, expression_field="X" if dcfg.layer is None else f"layers['{dcfg.layer}']")
     if dcfg.genes_file:
-        _select_genes(data, read_gene_list(dcfg.genes_file, genes), {where: {g: i for i, g in enumerate(genes)}})
+        index = {g: i for i, g in enumerate(genes)}
+        data.keep = np.array([index[g] for g in read_gene_list(dcfg.genes_file, genes)])
     return data

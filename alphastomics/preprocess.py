@@ -71,13 +71,14 @@ def assign_splits(names: list[str], dcfg: DatasetConfig, slab_cut: bool, where: 
     return split
 
 
-def _normalise(x: np.ndarray, counts: bool, target_sum: float) -> np.ndarray:
-    """In place: library-size normalise + log1p when ``counts`` (cells with no counts stay zero)."""
+def _normalise(x: np.ndarray, counts: bool, target_sum: float, keep: np.ndarray | None) -> np.ndarray:
+    """In place: library-size normalise + log1p when ``counts`` (cells with no counts stay zero); then keep
+    the ``keep`` columns (gene list), so library sizes count every measured gene."""
     if counts:
         lib = x.sum(axis=1, keepdims=True, dtype=np.float64)
         x *= (target_sum / np.maximum(lib, 1e-12)).astype(np.float32)
         np.log1p(x, out=x)
-    return x
+    return x if keep is None else np.ascontiguousarray(x[:, keep])
 
 
 def _check_section(raw: RawData, i: int, x: np.ndarray) -> None:
@@ -99,7 +100,8 @@ def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, A
             raise DataError(f"{s.file}: section '{s.name}' has {s.n_cells} cell(s); remove it or merge it, a section needs >= 2 cells")
     split = assign_splits([s.name for s in secs], dcfg, raw.slab_cut, secs[0].file)
     train = [i for i, s in enumerate(secs) if split[s.name] == "train"]
-    g = len(raw.genes)
+    g = len(raw.genes)  # columns read; len(genes) columns written
+    genes = raw.kept_genes
 
     # Pass 1: validate, detect counts vs normalised values.
     is_counts, nonneg = True, True
@@ -120,9 +122,9 @@ def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, A
     counts = mode == "counts"
 
     # Pass 2: per-gene mean/std over training cells (Chan et al. pairwise merge of per-section moments).
-    n_tot, mean, m2 = 0, np.zeros(g), np.zeros(g)
+    n_tot, mean, m2 = 0, np.zeros(len(genes)), np.zeros(len(genes))
     for i in train:
-        x = _normalise(secs[i].load(), counts, dcfg.target_sum)
+        x = _normalise(secs[i].load(), counts, dcfg.target_sum, raw.keep)
         n_b, mean_b = len(x), x.mean(axis=0, dtype=np.float64)
         m2_b = ((x - mean_b.astype(np.float32)) ** 2).sum(axis=0, dtype=np.float64)
         delta = mean_b - mean
@@ -149,8 +151,8 @@ def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, A
         "package_version": __version__,
         "dataset": dcfg.name,
         "source": raw.source,
-        "genes": list(raw.genes),
-        "n_genes": g,
+        "genes": genes,
+        "n_genes": len(genes),
         "dims": dims,
         "n_cells": int(sum(s.n_cells for s in secs)),
         "sections": [s.name for s in secs],
@@ -177,10 +179,10 @@ def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, A
             ("y", pa.float32()),
             ("z", pa.float32()),
             ("cell_type", pa.dictionary(pa.int32(), pa.string())),
-            ("expression", pa.list_(pa.float32(), g)),
+            ("expression", pa.list_(pa.float32(), len(genes))),
         ],
         metadata={
-            "alphastomics.genes": json.dumps(list(raw.genes)),
+            "alphastomics.genes": json.dumps(genes),
             "alphastomics.parameters": json.dumps(to_dict(dcfg)),
         },
     )
@@ -194,7 +196,7 @@ def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, A
     with atomic_dir(out) as tmp:
         with pq.ParquetWriter(tmp / "cells.parquet", schema, compression="zstd") as writer:
             for i, s in enumerate(secs):
-                x = _normalise(s.load(), counts, dcfg.target_sum)
+                x = _normalise(s.load(), counts, dcfg.target_sum, raw.keep)
                 x -= mean32
                 x *= inv_std32
                 n = s.n_cells
@@ -215,7 +217,7 @@ def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, A
                         pa.array(pos[:, 1]),
                         pa.array(z),
                         ct,
-                        pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), g),
+                        pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), len(genes)),
                     ],
                     schema=schema,
                 )
