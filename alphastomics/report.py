@@ -48,19 +48,24 @@ NOT_MEASURED = "not measured"
 EXPECTATIONS: list[tuple[str, str, float | None, float | None]] = [
     ("expression MSE", "expression_mse", -10.0, -5.0),
     ("position distance MSE", "distance_mse", -15.0, -10.0),
-    ("masked reconstruction MSE", "masked_mse", -20.0, -15.0),
+    ("masked reconstruction MSE", "masked_reconstruction_mse", -20.0, -15.0),
     ("kNN preservation", "knn_preservation", 5.0, 10.0),
-    ("Moran's I agreement", "morans_i_correlation", None, None),
+    ("Moran's I agreement", "morans_i_corr", None, None),
 ]
 # Headline metrics of the verdict, in this order, when measured.
-HEADLINE = ["distance_mse", "knn_preservation", "procrustes_rmsd", "expression_mse", "morans_i_correlation"]
+HEADLINE = [
+    "distance_mse", "knn_preservation", "procrustes_rmsd", "morans_i_corr", "neighborhood_ari", "expression_mse",
+    "masked_reconstruction_mse",
+]
 # Plain-language names for the verdict (the metric key follows in brackets).
 LABELS = {
     "distance_mse": "pairwise-distance error",
     "knn_preservation": "neighbour preservation",
     "procrustes_rmsd": "position error after alignment",
     "expression_mse": "expression error",
-    "morans_i_correlation": "spatial-pattern agreement (Moran's I)",
+    "morans_i_corr": "spatial-pattern agreement (Moran's I)",
+    "neighborhood_ari": "cell-type neighbourhood agreement",
+    "masked_reconstruction_mse": "masked reconstruction error",
 }
 # An attention sink: one cell receives more than this share of all attention (uniform is 1/N). Qiu et al.
 # report ~47 % on the first token without gating and ~5 % with it; 10 % separates those regimes.
@@ -243,7 +248,9 @@ def fmt(x: float | None, digits: int = 3) -> str:
 
 
 def fmt_pct(x: float) -> str:
-    return f"{x:+.1f} %" if math.isfinite(x) else NOT_MEASURED
+    if not math.isfinite(x):
+        return NOT_MEASURED
+    return f"{0.0 if abs(x) < 0.05 else x:+.1f} %"  # no "-0.0 %"
 
 
 def fmt_ci(s: Comparison | None) -> str:
@@ -382,7 +389,7 @@ def expectations(view: DatasetView) -> list[dict[str, str]]:
             s = summarize(runs, metric, base) if base else None
             if s is None or not math.isfinite(s.rel_change):
                 mark = NOT_MEASURED
-            elif s.significant is False:
+            elif not s.significant:  # False, or None: no per-section values to test, so not established
                 mark = "not significant"
             else:
                 good = s.rel_change * (direction(metric) or 1) > 0
@@ -440,7 +447,8 @@ def cost_table(view: DatasetView) -> list[dict[str, str]]:
             ("cells_per_s", "{:,.0f}"), ("peak_mem_mb", "{:,.0f}")]
     rows = []
     for name, runs in view.variants.items():
-        row = {"name": name, "device": ", ".join(sorted({str((r.summary or {}).get("device", "?")) for r in runs}))}
+        devices = {str((r.summary or {}).get("device_name", (r.summary or {}).get("device", "?"))) for r in runs}
+        row = {"name": name, "device": ", ".join(sorted(devices))}
         for k, f in keys:
             vals = []
             for r in runs:
@@ -479,7 +487,11 @@ def _curve(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
     """Steps, mean, min, max of ``key`` over seeds, on the steps every seed logged."""
     series = []
     for r in runs:
-        pts = {int(e["step"]): float(e[key]) for e in r.train_log if _is_num(e.get(key)) and "step" in e}
+        pts = {
+            int(e["step"]): float(e[key])
+            for e in r.train_log
+            if _is_num(e.get(key)) and "step" in e and not e.get("nonfinite")  # skipped steps are not the curve
+        }
         if pts:
             series.append(pts)
     if not series:
@@ -620,7 +632,8 @@ def _attention_map(run: Run) -> np.ndarray | None:
     """One head of one layer on one section, from the .npz that evaluate writes beside metrics.json."""
     for npz in sorted((run.path / "eval").glob("*.npz")):
         with np.load(npz) as data:
-            for key in data.files:
+            # Prefer arrays named as attention; evaluate writes attention_map.npz (docs/architecture.md).
+            for key in sorted(data.files, key=lambda k: "att" not in k.lower()):
                 a = data[key]
                 if a.ndim >= 2 and a.shape[-1] == a.shape[-2] and a.shape[-1] > 1:
                     while a.ndim > 2:
@@ -641,7 +654,7 @@ def fig_attention(view: DatasetView, primary: str) -> str | None:
     if not maps:
         return None
     plt = _plt()
-    fig, axs = plt.subplots(1, len(maps), figsize=(4 * len(maps), 3.6), squeeze=False)
+    fig, axs = plt.subplots(1, len(maps), figsize=(4.8 * len(maps), 3.8), squeeze=False, layout="constrained")
     for ax, (name, a) in zip(axs[0], maps):
         im = ax.imshow(a, cmap="magma", interpolation="nearest")
         ax.set(title=f"{name}: first layer, head 0", xlabel="key cell", ylabel="query cell")
