@@ -39,8 +39,9 @@ def masked_centre(x: Tensor, mask: Tensor) -> Tensor:
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
     """Sinusoidal features (B, dim) of t in [0, 1] (scaled to 0..1000 as in DDPM/DiT)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = 1000.0 * t.float()[:, None] * freqs[None]
+    dtype = t.dtype if t.dtype == torch.float64 else torch.float32
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=dtype) / half)
+    args = 1000.0 * t.to(dtype)[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     return F.pad(emb, (0, dim % 2))
 
@@ -79,7 +80,7 @@ class TimeEmbedding(nn.Module):
         )
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(timestep_embedding(t, self.dim))
+        return self.mlp(timestep_embedding(t, self.dim).to(self.mlp[0].weight.dtype))
 
 
 class GatedSelfAttentionModel(nn.Module):
@@ -197,7 +198,7 @@ class Denoiser(nn.Module):
         ``expression_t`` / ``position_t`` override ``t`` per modality (t = 0: that modality is clean).
         """
         b = expression.shape[0]
-        t = torch.as_tensor(t, dtype=torch.float32, device=expression.device).expand(b)
+        t = torch.as_tensor(t, device=expression.device).to(expression.dtype).expand(b)
         t_expr = t if expression_t is None else torch.as_tensor(expression_t, device=t.device).expand(b)
         t_pos = t if position_t is None else torch.as_tensor(position_t, device=t.device).expand(b)
         time = self.expression_time(t_expr) + self.position_time(t_pos)  # (B, C)
