@@ -186,10 +186,14 @@ def neighborhood_composition(positions: np.ndarray, labels: np.ndarray, *, k: in
 def neighborhood_clusters(positions: np.ndarray, labels: np.ndarray, *, k: int = 15, seed: int = 0) -> np.ndarray:
     """KMeans (seeded, n_init 10, k = number of distinct labels) of cells by neighbourhood composition."""
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
 
     comp = neighborhood_composition(positions, labels, k=k)
     n_clusters = min(len(np.unique(labels)), len(comp))
-    return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(comp)
+    # One thread: for sections of a few thousand cells OpenMP start-up costs more than the clustering
+    # (10x on a busy 2-core machine), and the result must not depend on the core count.
+    with threadpool_limits(1):
+        return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(comp)
 
 
 def neighborhood_ari(

@@ -1,0 +1,413 @@
+"""The evaluate stage: score a samples file against the truth, per section and overall (DESIGN section 6).
+
+``python -m alphastomics evaluate --samples RUN/samples.parquet --data_dir PROC [--checkpoint
+RUN/train/final.pt] [--train-summary RUN/train/train_summary.json] --out RUN/eval`` writes
+``metrics.json``, ``sections.csv`` and, with a checkpoint, ``attention_map.npz`` (docs/architecture.md,
+"Evaluation"). Whatever wrote the samples (our sampler or a peer baseline) is scored alike. Every metric
+also gets a random-placement reference (``metrics.random_placement``: a seeded permutation of the true
+positions, averaged over ``evaluation.num_random_references`` draws) so numbers have a scale. Metric
+definitions: docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from alphastomics import AlphaSTomicsError
+from alphastomics import metrics as M
+from alphastomics.config import Config, EvalConfig
+
+MODES = ("expr_to_pos", "pos_to_expr", "joint")
+POSITION_COLUMNS = ("x_true", "y_true", "z_true", "x_pred", "y_pred", "z_pred")
+# Diffusion time at which diagnostics look at attention and gates: mid-trajectory, where both the noisy
+# modality and the condition still matter (t = 1 is pure noise, t = 0 the clean input).
+DIAGNOSTIC_TIME = 0.5
+ATTENTION_MAP_CELLS = 256
+
+
+class EvaluationError(AlphaSTomicsError, ValueError):
+    """The samples file, the processed data or a checkpoint cannot be scored; the message says why."""
+
+
+# ------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def read_manifest(data_dir: Path) -> dict[str, Any]:
+    path = data_dir / "manifest.json"
+    if not path.is_file():
+        raise EvaluationError(f"{path}: not found; pass the folder written by preprocess as --data_dir")
+    return json.loads(path.read_text())
+
+
+def read_samples(path: Path) -> tuple[pa.Table, dict[str, str]]:
+    """The samples table and its ``alphastomics.*`` metadata (mode, method, ...)."""
+    if not path.is_file():
+        raise EvaluationError(f"{path}: samples file not found; run sample (or baseline) first")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise EvaluationError(f"{path}: not a readable Parquet file ({err}); rerun sample") from None
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    meta = {k.removeprefix("alphastomics."): v for k, v in meta.items() if k.startswith("alphastomics.")}
+    for name in ("cell_id", "section", *POSITION_COLUMNS):
+        if name not in table.column_names:
+            raise EvaluationError(f"{path}: field '{name}' is missing; write samples as in docs/architecture.md")
+    return table, meta
+
+
+def samples_mode(path: Path, table: pa.Table, meta: dict[str, str]) -> str:
+    mode = meta.get("mode")
+    if mode is None:  # files written by hand: infer from what is there
+        mode = "joint" if "expression_pred" in table.column_names else "expr_to_pos"
+    if mode not in MODES:
+        raise EvaluationError(f"{path}: metadata 'alphastomics.mode' is {mode!r}; use one of {', '.join(MODES)}")
+    if mode != "expr_to_pos":
+        for name in ("expression_true", "expression_pred"):
+            if name not in table.column_names:
+                raise EvaluationError(f"{path}: field '{name}' is missing but mode is {mode}; rerun sample")
+    return mode
+
+
+def _matrix(column: pa.ChunkedArray, width: int, where: str) -> np.ndarray:
+    flat = pc.list_flatten(column.combine_chunks()) if len(column) else pa.array([], pa.float32())
+    a = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float64)
+    if a.size != len(column) * width:
+        raise EvaluationError(f"{where}: expected {width} values per cell (one per gene); regenerate it")
+    return a.reshape(len(column), width)
+
+
+def read_truth(data_dir: Path, manifest: dict[str, Any], sections: list[str]) -> dict[str, dict[str, Any]]:
+    """Per section: cell_id -> row, model-space expression (N, G) and cell types from cells.parquet."""
+    path = data_dir / "cells.parquet"
+    if not path.is_file():
+        raise EvaluationError(f"{path}: not found; rerun preprocess into --data_dir")
+    table = pq.read_table(path, columns=["cell_id", "section", "cell_type", "expression"])
+    section_col = table["section"].cast(pa.string())
+    g = int(manifest["n_genes"])
+    out = {}
+    for s in sections:
+        rows = table.filter(pc.equal(section_col, s))
+        ids = rows["cell_id"].cast(pa.string()).to_pylist()
+        out[s] = {
+            "row": {cid: i for i, cid in enumerate(ids)},
+            "expression": _matrix(rows["expression"], g, str(path)),
+            "cell_type": rows["cell_type"].cast(pa.string()).to_pylist(),
+        }
+    return out
+
+
+def _finite(a: np.ndarray, path: Path, field: str, section: str) -> np.ndarray:
+    bad = int((~np.isfinite(a)).sum())
+    if bad:
+        raise EvaluationError(
+            f"{path}: field '{field}' has {bad} NaN/inf values in section {section}; "
+            "the sampler diverged: check the training run and rerun sample"
+        )
+    return a
+
+
+# ------------------------------------------------------------------------------------------------------
+# Scoring one section
+
+
+def position_scores(pred: np.ndarray, true: np.ndarray, values: np.ndarray, ecfg: EvalConfig) -> dict[str, float]:
+    """Every position metric of one section; ``values`` (N, G) is the expression used for Moran's I."""
+    k, seed = ecfg.knn_k, ecfg.seed
+    out = {
+        "distance_mse": M.distance_mse(pred, true, seed=seed),
+        "distance_pearson": M.distance_pearson(pred, true, seed=seed),
+        "distance_spearman": M.distance_spearman(pred, true, seed=seed),
+        "knn_preservation": M.knn_preservation(pred, true, k=k),
+        "procrustes_rmsd": M.procrustes_rmsd(pred, true),
+        "procrustes_rssd": M.procrustes_rssd(pred, true),
+        "procrustes_rmsd_scaled": M.procrustes_rmsd(pred, true, scaled=True),
+        "procrustes_rssd_scaled": M.procrustes_rssd(pred, true, scaled=True),
+    }
+    mi_pred, mi_true = M.morans_i(pred, values, k=k), M.morans_i(true, values, k=k)
+    out["morans_i_corr"] = M.morans_i_correlation(pred, true, values, k=k)
+    out["morans_i_mean_pred"] = float(np.nanmean(mi_pred)) if np.isfinite(mi_pred).any() else math.nan
+    out["morans_i_mean_true"] = float(np.nanmean(mi_true)) if np.isfinite(mi_true).any() else math.nan
+    return out
+
+
+def expression_scores(pred: np.ndarray, true: np.ndarray, positions: np.ndarray, k: int) -> dict[str, float]:
+    """Expression metrics of one section (standardised units) and Moran's I of predicted vs true expression
+    on the true coordinates."""
+    mi_pred, mi_true = M.morans_i(positions, pred, k=k), M.morans_i(positions, true, k=k)
+    ok = np.isfinite(mi_pred) & np.isfinite(mi_true)
+    corr = math.nan
+    if ok.sum() >= 2 and np.ptp(mi_pred[ok]) > 0 and np.ptp(mi_true[ok]) > 0:
+        corr = float(np.corrcoef(mi_pred[ok], mi_true[ok])[0, 1])
+    return {
+        "expression_mse": M.expression_mse(pred, true),
+        "expression_pearson": M.expression_pearson(pred, true),
+        "expr_morans_i_corr": corr,
+        "expr_morans_i_mean_pred": float(np.nanmean(mi_pred)) if np.isfinite(mi_pred).any() else math.nan,
+        "expr_morans_i_mean_true": float(np.nanmean(mi_true)) if np.isfinite(mi_true).any() else math.nan,
+    }
+
+
+def section_scores(
+    mode: str,
+    pos_pred: np.ndarray,
+    pos_true: np.ndarray,
+    expr_pred: np.ndarray | None,
+    expr_true: np.ndarray,
+    ecfg: EvalConfig,
+) -> dict[str, float]:
+    """The metrics the mode calls for: positions (expr_to_pos, joint), expression (pos_to_expr, joint)."""
+    out: dict[str, float] = {}
+    if mode in ("expr_to_pos", "joint"):
+        out.update(position_scores(pos_pred, pos_true, expr_true, ecfg))
+    if mode in ("pos_to_expr", "joint") and expr_pred is not None:
+        out.update(expression_scores(expr_pred, expr_true, pos_true, ecfg.knn_k))
+    return out
+
+
+def random_reference(
+    mode: str, pos_true: np.ndarray, expr_true: np.ndarray, ecfg: EvalConfig, index: int
+) -> dict[str, float]:
+    """Mean over ``num_random_references`` seeded draws of the scores of a random assignment of cells to
+    the true positions (and, for expression, of true expression profiles to cells: the same permutation)."""
+    rng = np.random.default_rng([ecfg.seed, index])
+    draws = []
+    for _ in range(ecfg.num_random_references):
+        perm = rng.permutation(len(pos_true))
+        draws.append(section_scores(mode, pos_true[perm], pos_true, expr_true[perm], expr_true, ecfg))
+    return {key: float(np.nanmean([d[key] for d in draws])) if draws else math.nan for key in (draws or [{}])[0]}
+
+
+# ------------------------------------------------------------------------------------------------------
+# Scoring a samples file
+
+
+def score(samples: Path, data_dir: Path, cfg: Config) -> dict[str, Any]:
+    """metrics.json content without diagnostics/params/cost: overall, random reference, per section."""
+    manifest = read_manifest(data_dir)
+    table, meta = read_samples(samples)
+    mode = samples_mode(samples, table, meta)
+    dims = int(manifest["dims"])
+    known = manifest["cells_per_section"]
+    section_col = table["section"].cast(pa.string())
+    sections = list(dict.fromkeys(section_col.to_pylist()))  # file order
+    if not sections:
+        raise EvaluationError(f"{samples}: field 'section' is empty (no cells); rerun sample")
+    for s in sections:
+        if s not in known:
+            raise EvaluationError(
+                f"{samples}: field 'section' holds '{s}', which {data_dir / 'manifest.json'} does not list; "
+                "evaluate with the --data_dir the samples were generated from"
+            )
+    truth = read_truth(data_dir, manifest, sections)
+    g = int(manifest["n_genes"])
+    gene_mean = np.asarray(manifest["normalization"]["gene_mean"], dtype=np.float64)
+    gene_std = np.asarray(manifest["normalization"]["gene_std"], dtype=np.float64)
+    gene_std = np.where(gene_std > 0, gene_std, 1.0)
+    ecfg = cfg.evaluation
+
+    rows, refs = [], []
+    for index, s in enumerate(sections):
+        part = table.filter(pc.equal(section_col, s))
+        n = part.num_rows
+        if n < 2:
+            raise EvaluationError(f"{samples}: section '{s}' (field 'section') has {n} cell; metrics need 2 or more")
+        ids = part["cell_id"].cast(pa.string()).to_pylist()
+        lookup = truth[s]["row"]
+        missing = [c for c in ids if c not in lookup]
+        if missing:
+            raise EvaluationError(
+                f"{samples}: field 'cell_id' has '{missing[0]}' (+{len(missing) - 1} more) not in section '{s}' "
+                f"of {data_dir / 'cells.parquet'}; evaluate with the --data_dir the samples came from"
+            )
+        order = np.array([lookup[c] for c in ids])
+        axes = "xyz"[:dims]
+        pos_true = _finite(np.c_[tuple(part[f"{a}_true"].to_numpy() for a in axes)].astype(np.float64),
+                           samples, "x_true", s)
+        pos_pred = np.zeros_like(pos_true)
+        if mode != "pos_to_expr":
+            pos_pred = _finite(np.c_[tuple(part[f"{a}_pred"].to_numpy() for a in axes)].astype(np.float64),
+                               samples, "x_pred", s)
+        expr_true = truth[s]["expression"][order]  # model space (standardised) for every mode
+        expr_pred = None
+        if mode != "expr_to_pos":
+            # Samples hold log-normalised expression; score in the standardised units the model trains in,
+            # so every gene weighs the same in the MSE.
+            expr_pred = _finite((_matrix(part["expression_pred"], g, str(samples)) - gene_mean) / gene_std,
+                                samples, "expression_pred", s)
+        labels = _labels(part, truth[s], order)
+        keep = np.ones(n, dtype=bool) if labels is None else labels != ""
+        scores = section_scores(mode, pos_pred, pos_true, expr_pred, expr_true, ecfg)
+        ref = random_reference(mode, pos_true, expr_true, ecfg, index)
+        if labels is not None and keep.sum() >= 2:
+            # Cell-type neighbourhoods among labelled cells only (unlabelled cells are neither counted nor scored).
+            if mode != "pos_to_expr":
+                got, rand = _neighborhood(pos_pred[keep], pos_true[keep], labels[keep], ecfg, index)
+                scores.update(got)
+                ref.update(rand)
+        rows.append({"section": s, "n_cells": n, **scores})
+        refs.append({"section": s, "n_cells": n, **ref})
+
+    weights = [r["n_cells"] for r in rows]
+    metric_keys = list(dict.fromkeys(k for r in rows for k in r if k not in ("section", "n_cells")))
+    overall = {k: M.weighted_mean([r.get(k, math.nan) for r in rows], weights) for k in metric_keys}
+    reference = {k: M.weighted_mean([r.get(k, math.nan) for r in refs], weights) for k in metric_keys}
+    per_section = [
+        {**r, **{f"random_{k}": ref.get(k, math.nan) for k in metric_keys}} for r, ref in zip(rows, refs)
+    ]
+    return {
+        "method": meta.get("method", samples.stem),
+        "mode": mode,
+        "samples": str(samples),
+        "data_dir": str(data_dir),
+        "dims": dims,
+        "n_sections": len(rows),
+        "n_cells": int(sum(weights)),
+        "overall": overall,
+        "random_reference": reference,
+        "per_section": per_section,
+        "settings": {
+            "knn_k": ecfg.knn_k,
+            "neighborhood_k": ecfg.neighborhood_k,
+            "num_random_references": ecfg.num_random_references,
+            "seed": ecfg.seed,
+            "max_pairs": M.MAX_PAIRS,
+            "expression_units": "standardised (manifest gene_mean / gene_std)",
+            "random_reference": "random permutation of the true positions within each section",
+        },
+    }
+
+
+def _labels(part: pa.Table, truth: dict[str, Any], order: np.ndarray) -> np.ndarray | None:
+    """Cell types ('' = unlabelled) from the samples file, else from the processed data; None if none."""
+    if "cell_type" in part.column_names:
+        labels = part["cell_type"].cast(pa.string()).to_pylist()
+    else:
+        labels = [truth["cell_type"][i] for i in order]
+    if all(v is None for v in labels):
+        return None
+    return np.array(["" if v is None else v for v in labels])
+
+
+def _neighborhood(
+    pred: np.ndarray, true: np.ndarray, labels: np.ndarray, ecfg: EvalConfig, index: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(scores, random reference) of cell-type neighbourhood agreement; the clustering in true coordinates is
+    computed once and shared (it is what ``metrics.neighborhood_ari``/``_nmi`` compute inside)."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    if len(np.unique(labels)) < 2:
+        nan = {"neighborhood_ari": math.nan, "neighborhood_nmi": math.nan}
+        return nan, dict(nan)
+    kn, seed = ecfg.neighborhood_k, ecfg.seed
+    ref_clusters = M.neighborhood_clusters(true, labels, k=kn, seed=seed)
+
+    def agree(p: np.ndarray) -> tuple[float, float]:
+        c = M.neighborhood_clusters(p, labels, k=kn, seed=seed)
+        return adjusted_rand_score(ref_clusters, c), normalized_mutual_info_score(ref_clusters, c)
+
+    ari, nmi = agree(pred)
+    rng = np.random.default_rng([ecfg.seed, index, 1])
+    draws = [agree(true[rng.permutation(len(true))]) for _ in range(ecfg.num_random_references)]
+    ref = {"neighborhood_ari": math.nan, "neighborhood_nmi": math.nan}
+    if draws:
+        ref = {"neighborhood_ari": float(np.mean([d[0] for d in draws])),
+               "neighborhood_nmi": float(np.mean([d[1] for d in draws]))}
+    return {"neighborhood_ari": float(ari), "neighborhood_nmi": float(nmi)}, ref
+
+
+# ------------------------------------------------------------------------------------------------------
+# Outputs
+
+
+def _clean(value: Any) -> Any:
+    """JSON without NaN (not valid JSON): NaN/inf -> null; numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_outputs(out: Path, result: dict[str, Any], attention_map: dict[str, np.ndarray] | None) -> None:
+    """metrics.json, sections.csv (+ attention_map.npz), all appearing at once (folder renamed into place)."""
+    from alphastomics.datasets import atomic_dir
+
+    with atomic_dir(out) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps(_clean(result), indent=1) + "\n")
+        rows = result["per_section"]
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        with open(tmp / "sections.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, restval="")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()})
+        if attention_map is not None:
+            np.savez_compressed(tmp / "attention_map.npz", **attention_map)
+
+
+def read_train_summary(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(params, cost) copied from train_summary.json."""
+    if not path.is_file():
+        raise EvaluationError(f"{path}: train summary not found; pass the file train wrote as --train-summary")
+    try:
+        s = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise EvaluationError(f"{path}: not valid JSON; rerun train or drop --train-summary") from None
+    params = {k: s[k] for k in ("params_total", "params_attention") if k in s}
+    cost_keys = ("wall_time_s", "cells_per_s", "peak_mem_mb", "steps", "device", "best_val_loss")
+    return params, {k: s[k] for k in cost_keys if k in s}
+
+
+def evaluate(
+    samples: Path,
+    data_dir: Path,
+    out: Path,
+    cfg: Config,
+    *,
+    checkpoint: Path | None = None,
+    train_summary: Path | None = None,
+) -> dict[str, Any]:
+    """Score, add diagnostics/params/cost when given, write the outputs; returns metrics.json's content."""
+    result = score(samples, data_dir, cfg)
+    result["diagnostics"] = {}
+    result["params"], result["cost"] = {}, {}
+    attention_map = None
+    if checkpoint is not None:
+        sections = [r["section"] for r in result["per_section"]]
+        diag, attention_map, masked = model_diagnostics(checkpoint, data_dir, sections, cfg)
+        result["diagnostics"] = diag
+        if masked is not None:
+            result["overall"]["masked_reconstruction_mse"] = masked
+        if train_summary is None and (checkpoint.parent / "train_summary.json").is_file():
+            train_summary = checkpoint.parent / "train_summary.json"
+    if train_summary is not None:
+        result["params"], result["cost"] = read_train_summary(train_summary)
+    write_outputs(out, result, attention_map)
+    return result
+
+
+def main(args: Any, cfg: Config) -> int:
+    result = evaluate(
+        args.samples, args.data_dir, args.out, cfg, checkpoint=args.checkpoint, train_summary=args.train_summary
+    )
+    o, r = result["overall"], result["random_reference"]
+    shown = [k for k in ("knn_preservation", "distance_pearson", "procrustes_rmsd", "expression_pearson") if k in o]
+    text = ", ".join(f"{k} {o[k]:.4g} (random {r.get(k, math.nan):.4g})" for k in shown)
+    print(f"evaluate: {result['method']} ({result['mode']}), {result['n_sections']} sections, "
+          f"{result['n_cells']} cells: {text} -> {args.out}", file=sys.stderr)
+    return 0

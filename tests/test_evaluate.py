@@ -1,0 +1,193 @@
+"""The evaluate stage on samples files built here from real processed data (synthetic tissue with cell types)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from alphastomics.__main__ import main as cli
+from alphastomics.config import load_config
+from alphastomics.datasets import fetch_synthetic
+from alphastomics.evaluate import EvaluationError, evaluate
+from alphastomics.preprocess import preprocess
+
+SYNTH = {
+    "dataset": {
+        "source": "synthetic",
+        "name": "tiny",
+        "synthetic": {"num_sections": 4, "min_cells": 60, "max_cells": 90, "num_genes": 12, "num_cell_types": 3},
+    },
+    "evaluation": {"num_random_references": 3},
+}
+
+
+@pytest.fixture(scope="module")
+def proc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = load_config(overrides=SYNTH)
+    root = tmp_path_factory.mktemp("eval")
+    fetch_synthetic(root / "raw", cfg.dataset.synthetic)
+    preprocess(root / "raw", cfg.dataset, root / "proc")
+    return root / "proc"
+
+
+Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+def write_samples(
+    proc: Path,
+    out: Path,
+    *,
+    positions: Transform = lambda x, rng: x,
+    expression: Transform | None = None,
+    mode: str = "expr_to_pos",
+    sections: list[str] | None = None,
+) -> Path:
+    """Held-out sections in the samples format, predictions = transform(truth) in original units."""
+    manifest = json.loads((proc / "manifest.json").read_text())
+    cells = pq.read_table(proc / "cells.parquet")
+    scale, centers = manifest["coordinates"]["scale"], manifest["coordinates"]["centers"]
+    g = manifest["n_genes"]
+    mean = np.array(manifest["normalization"]["gene_mean"])
+    std = np.array(manifest["normalization"]["gene_std"])
+    rng = np.random.default_rng(7)
+    parts = []
+    for s in sections or manifest["splits"]["test"] + manifest["splits"]["val"]:
+        rows = cells.filter(pc.equal(cells["section"].cast(pa.string()), s))
+        true = np.c_[rows["x"], rows["y"], rows["z"]].astype(np.float64) * scale + np.array(centers.get(s, [0, 0, 0]))
+        pred = true.copy()
+        pred[:, : manifest["dims"]] = positions(true[:, : manifest["dims"]], rng)
+        cols = {
+            "cell_id": rows["cell_id"].cast(pa.string()),
+            "section": pa.array([s] * rows.num_rows),
+            "cell_type": rows["cell_type"].cast(pa.string()),
+        }
+        for a, axis in enumerate("xyz"):
+            cols[f"{axis}_true"], cols[f"{axis}_pred"] = true[:, a], pred[:, a]
+        if expression is not None:
+            e = np.asarray(rows["expression"].combine_chunks().flatten()).reshape(-1, g) * std + mean
+            for name, v in (("expression_true", e), ("expression_pred", expression(e, rng))):
+                cols[name] = pa.FixedSizeListArray.from_arrays(pa.array(v.astype(np.float32).ravel()), g)
+        parts.append(pa.table(cols))
+    table = pa.concat_tables(parts).replace_schema_metadata(
+        {b"alphastomics.mode": mode.encode(), b"alphastomics.method": b"handmade"}
+    )
+    pq.write_table(table, out)
+    return out
+
+
+def rigid(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    theta = 0.7
+    r = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]) @ np.diag([1.0, -1.0])
+    return x @ r + 123.0
+
+
+def shuffle(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return x[rng.permutation(len(x))]
+
+
+def test_truth_scores_perfectly_and_writes_both_tables(proc: Path, tmp_path: Path) -> None:
+    cfg = load_config(overrides=SYNTH)
+    samples = write_samples(proc, tmp_path / "samples.parquet", positions=rigid)
+    out = tmp_path / "eval"
+    result = evaluate(samples, proc, out, cfg)
+    o = result["overall"]
+    assert o["knn_preservation"] == 1.0
+    assert o["procrustes_rmsd"] == pytest.approx(0.0, abs=1e-6)
+    assert o["distance_mse"] == pytest.approx(0.0, abs=1e-12)
+    assert o["distance_pearson"] == pytest.approx(1.0)
+    assert o["neighborhood_ari"] == pytest.approx(1.0) and o["neighborhood_nmi"] == pytest.approx(1.0)
+    assert o["morans_i_corr"] == pytest.approx(1.0)
+    assert o["morans_i_mean_pred"] == pytest.approx(o["morans_i_mean_true"])
+    # the random reference is far worse, and the file holds what evaluate returned
+    r = result["random_reference"]
+    assert r["knn_preservation"] < 0.3 and r["procrustes_rmsd"] > 1.0 and abs(r["distance_pearson"]) < 0.3
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["overall"]["knn_preservation"] == 1.0 and on_disk["mode"] == "expr_to_pos"
+    assert on_disk["method"] == "handmade" and on_disk["n_sections"] == 2
+    lines = (out / "sections.csv").read_text().splitlines()
+    assert lines[0].startswith("section,n_cells,") and len(lines) == 3
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "sections.csv"]
+
+
+def test_overall_is_cell_weighted_mean_of_sections(proc: Path, tmp_path: Path) -> None:
+    cfg = load_config(overrides=SYNTH)
+    samples = write_samples(proc, tmp_path / "s.parquet", positions=lambda x, rng: x + rng.normal(0, 0.05, x.shape))
+    result = evaluate(samples, proc, tmp_path / "eval", cfg)
+    rows = result["per_section"]
+    n = np.array([r["n_cells"] for r in rows])
+    for key in ("knn_preservation", "procrustes_rmsd", "random_knn_preservation"):
+        want = (np.array([r[key] for r in rows]) * n).sum() / n.sum()
+        got = result["overall" if not key.startswith("random_") else "random_reference"][key.removeprefix("random_")]
+        assert got == pytest.approx(want)
+
+
+def test_random_prediction_is_near_random_reference(proc: Path, tmp_path: Path) -> None:
+    cfg = load_config(overrides={**SYNTH, "evaluation": {"num_random_references": 5}})
+    samples = write_samples(proc, tmp_path / "s.parquet", positions=shuffle)
+    result = evaluate(samples, proc, tmp_path / "eval", cfg)
+    o, r = result["overall"], result["random_reference"]
+    assert o["knn_preservation"] == pytest.approx(r["knn_preservation"], abs=0.1)
+    assert o["distance_pearson"] == pytest.approx(r["distance_pearson"], abs=0.15)
+    assert o["procrustes_rmsd"] == pytest.approx(r["procrustes_rmsd"], rel=0.2)
+
+
+def test_expression_modes(proc: Path, tmp_path: Path) -> None:
+    cfg = load_config(overrides=SYNTH)
+    samples = write_samples(proc, tmp_path / "s.parquet", expression=lambda e, rng: e, mode="pos_to_expr")
+    result = evaluate(samples, proc, tmp_path / "eval", cfg)
+    o, r = result["overall"], result["random_reference"]
+    assert o["expression_mse"] == pytest.approx(0.0, abs=1e-8)
+    assert o["expression_pearson"] == pytest.approx(1.0, abs=1e-5)
+    assert o["expr_morans_i_corr"] == pytest.approx(1.0, abs=1e-5)
+    assert "knn_preservation" not in o  # positions were given, not generated
+    assert r["expression_mse"] > 0.5 and abs(r["expression_pearson"]) < 0.3
+    joint = write_samples(proc, tmp_path / "j.parquet", positions=rigid, expression=lambda e, rng: e, mode="joint")
+    both = evaluate(joint, proc, tmp_path / "eval2", cfg)["overall"]
+    assert both["knn_preservation"] == 1.0 and both["expression_mse"] == pytest.approx(0.0, abs=1e-8)
+
+
+def test_train_summary_is_copied(proc: Path, tmp_path: Path) -> None:
+    cfg = load_config(overrides=SYNTH)
+    summary = tmp_path / "train_summary.json"
+    summary.write_text(json.dumps({"params_total": 1234, "params_attention": 200, "wall_time_s": 9.5,
+                                   "cells_per_s": 100.0, "peak_mem_mb": 12.0, "best_val_loss": 0.3}))
+    samples = write_samples(proc, tmp_path / "s.parquet")
+    result = evaluate(samples, proc, tmp_path / "eval", cfg, train_summary=summary)
+    assert result["params"] == {"params_total": 1234, "params_attention": 200}
+    assert result["cost"]["wall_time_s"] == 9.5
+
+
+def test_unknown_section_is_a_one_line_error_and_nothing_is_written(proc: Path, tmp_path: Path) -> None:
+    samples = write_samples(proc, tmp_path / "s.parquet")
+    t = pq.read_table(samples)
+    sec = pa.array(["nowhere"] * t.num_rows)
+    pq.write_table(t.set_column(t.column_names.index("section"), "section", sec), samples)
+    out = tmp_path / "eval"
+    with pytest.raises(EvaluationError) as err:
+        evaluate(samples, proc, out, load_config(overrides=SYNTH))
+    msg = str(err.value)
+    assert "\n" not in msg and str(samples) in msg and "'section'" in msg and "nowhere" in msg
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["s.parquet"]
+
+
+def test_cli_bad_input_exits_2_with_file_and_field(proc: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    samples = write_samples(proc, tmp_path / "s.parquet")
+    t = pq.read_table(samples).drop_columns(["x_pred"])
+    pq.write_table(t, samples)
+    code = cli(["evaluate", "--samples", str(samples), "--data_dir", str(proc), "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and str(samples) in err and "'x_pred'" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_nan_predictions_are_rejected(proc: Path, tmp_path: Path) -> None:
+    samples = write_samples(proc, tmp_path / "s.parquet", positions=lambda x, rng: np.where(x > 0, np.nan, x))
+    with pytest.raises(EvaluationError, match="'x_pred' has .* NaN"):
+        evaluate(samples, proc, tmp_path / "e", load_config(overrides=SYNTH))
