@@ -33,6 +33,9 @@ POSITION_COLUMNS = ("x_true", "y_true", "z_true", "x_pred", "y_pred", "z_pred")
 # modality and the condition still matter (t = 1 is pure noise, t = 0 the clean input).
 DIAGNOSTIC_TIME = 0.5
 ATTENTION_MAP_CELLS = 256
+# Fraction of expression entries hidden for the masked-reconstruction MSE when the model was trained without
+# masking (diffusion.mask_fraction = 0); otherwise the model's own fraction is used.
+MASKED_FRACTION = 0.15
 
 
 class EvaluationError(AlphaSTomicsError, ValueError):
@@ -324,6 +327,133 @@ def _neighborhood(
         ref = {"neighborhood_ari": float(np.mean([d[0] for d in draws])),
                "neighborhood_nmi": float(np.mean([d[1] for d in draws]))}
     return {"neighborhood_ari": float(ari), "neighborhood_nmi": float(nmi)}, ref
+
+
+# ------------------------------------------------------------------------------------------------------
+# Model diagnostics (needs the checkpoint)
+
+
+def model_diagnostics(
+    checkpoint: Path, data_dir: Path, sections: list[str], cfg: Config
+) -> tuple[dict[str, Any], dict[str, np.ndarray], float]:
+    """(diagnostics, attention map for the report's figure, masked-reconstruction MSE) on ``sections``.
+
+    The model sees each section whole, or a seeded random subset of ``evaluation.diagnostics_max_cells``
+    cells (attention maps are N x N), with its generated modality noised to t = DIAGNOSTIC_TIME.
+    """
+    import torch
+
+    from alphastomics.data import ProcessedData, collate
+    from alphastomics.diffusion import Diffusion, masked_reconstruction
+    from alphastomics.model import masked_centre
+    from alphastomics.sample import check_compatible
+    from alphastomics.train import load_model
+
+    ecfg = cfg.evaluation
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, mcfg, ckpt = load_model(checkpoint, device)
+    data = ProcessedData(data_dir)
+    check_compatible(data.manifest, ckpt, data_dir, checkpoint)
+    diffusion = Diffusion(mcfg.diffusion)
+    mode = mcfg.diffusion.mode
+    step = max(1, round(DIAGNOSTIC_TIME * diffusion.T))
+    fraction = mcfg.diffusion.mask_fraction or MASKED_FRACTION
+    gen = torch.Generator(device="cpu").manual_seed(ecfg.seed)
+    rng = np.random.default_rng(ecfg.seed)
+
+    sinks: list[dict[str, Any]] = []
+    gates: dict[int, list[np.ndarray]] = {}
+    masked, weights, subsampled = [], [], {}
+    attention_map: dict[str, np.ndarray] = {}
+    for s in sections:
+        full = data.section(s)
+        whole = collate([full]).to(device)
+        with torch.no_grad():
+            masked.append(masked_reconstruction(model, whole, fraction, generator=gen))
+        weights.append(len(full))
+        sec = full
+        if len(full) > ecfg.diagnostics_max_cells:
+            sec = full.take(np.sort(rng.choice(len(full), ecfg.diagnostics_max_cells, replace=False)))
+            subsampled[s] = {"cells": len(full), "used": len(sec)}
+        batch = collate([sec]).to(device)
+        mask = batch.mask
+        b = mask.shape[0]
+        x_e = batch.expression
+        x_p = masked_centre(batch.positions, mask)
+        t = torch.full((b,), step, dtype=torch.long)
+        zero, tt = torch.zeros(b, device=device), torch.full((b,), step / diffusion.T, device=device)
+        in_e, t_e, in_p, t_p = x_e, zero, x_p, zero
+        if mode in ("pos_to_expr", "joint"):
+            in_e, t_e = diffusion.q_sample(x_e, t, torch.randn(x_e.shape, generator=gen).to(device)), tt
+        if mode in ("expr_to_pos", "joint"):
+            noise = masked_centre(torch.randn(x_p.shape, generator=gen).to(device), mask)
+            in_p, t_p = diffusion.q_sample(x_p, t, noise), tt
+        with torch.no_grad():
+            *_, layers = model(in_e, in_p, t_e, mask, expression_t=t_e, position_t=t_p, return_diagnostics=True)
+        m = mask.cpu().numpy()
+        pos = x_p[0].float().cpu().numpy()
+        radius = np.linalg.norm(pos, axis=1) / max(float(np.sqrt((pos**2).sum(axis=1).mean())), 1e-12)
+        best = (-1.0, 0, 0)
+        for li, d in enumerate(layers):
+            attn = d["attn"].float().cpu().numpy()
+            sink = M.attention_sink(attn, m)
+            for h in range(attn.shape[1]):
+                j = int(sink["index"][0, h])
+                share = float(sink["share"][0, h])
+                sinks.append({"section": s, "layer": li, "head": h, "n_cells": int(sink["n"][0]), "share": share,
+                              "share_x_uniform": share * int(sink["n"][0]), "cell_id": str(sec.cell_ids[j]),
+                              "cell_radius": float(radius[j])})
+                if share > best[0]:
+                    best = (share, li, h)
+            if d.get("gate") is not None:
+                gates.setdefault(li, []).append(d["gate"].float().cpu().numpy()[m])
+        if not attention_map:
+            attention_map = _attention_map(layers, best[1], best[2], sec, pos, s, rng)
+        del layers
+
+    gate_rows = [{"layer": li, **M.gate_stats(np.concatenate(v)[None])} for li, v in sorted(gates.items())]
+    per_layer = []
+    for li in sorted({r["layer"] for r in sinks}):
+        shares = [r["share"] for r in sinks if r["layer"] == li]
+        per_layer.append({"layer": li, "mean_share": float(np.mean(shares)), "max_share": float(np.max(shares)),
+                          "mean_share_x_uniform": float(np.mean([r["share_x_uniform"] for r in sinks
+                                                                 if r["layer"] == li]))})
+    diag = {
+        "diffusion_time": step / diffusion.T,
+        "mode": mode,
+        "sections": sections,
+        "subsampled": subsampled,
+        "masked_fraction": fraction,
+        "attention_sink": sinks,
+        "attention_sink_per_layer": per_layer,
+        "gate": gate_rows,
+    }
+    return diag, attention_map, M.weighted_mean(masked, weights)
+
+
+def _attention_map(
+    layers: list[dict[str, Any]], layer: int, head: int, sec: Any, pos: np.ndarray, section: str,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """One head's attention among <= ATTENTION_MAP_CELLS cells (rows/columns of the full-context matrix, so
+    rows no longer sum to 1), the most-attended cell always included."""
+    attn = layers[layer]["attn"][0, head].float().cpu().numpy()  # (N, N)
+    n = attn.shape[0]
+    col_share = attn.sum(axis=0) / n
+    keep = np.arange(n)
+    if n > ATTENTION_MAP_CELLS:
+        sink = int(col_share.argmax())
+        others = rng.choice(np.delete(np.arange(n), sink), ATTENTION_MAP_CELLS - 1, replace=False)
+        keep = np.sort(np.r_[others, sink])
+    return {
+        "attn": attn[np.ix_(keep, keep)].astype(np.float32),
+        "column_share": col_share[keep].astype(np.float32),
+        "positions": pos[keep].astype(np.float32),
+        "cell_id": np.asarray(sec.cell_ids[keep]).astype(str),
+        "section": np.array(section),
+        "layer": np.array(layer),
+        "head": np.array(head),
+    }
 
 
 # ------------------------------------------------------------------------------------------------------

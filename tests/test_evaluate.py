@@ -191,3 +191,55 @@ def test_nan_predictions_are_rejected(proc: Path, tmp_path: Path) -> None:
     samples = write_samples(proc, tmp_path / "s.parquet", positions=lambda x, rng: np.where(x > 0, np.nan, x))
     with pytest.raises(EvaluationError, match="'x_pred' has .* NaN"):
         evaluate(samples, proc, tmp_path / "e", load_config(overrides=SYNTH))
+
+
+# ---------------------------------------------------------------------------------------------- checkpoint
+
+
+def tiny_checkpoint(proc: Path, path: Path, **model: object) -> Path:
+    """A checkpoint with the keys of docs/architecture.md, holding an untrained tiny model (EMA = weights)."""
+    import torch
+
+    from alphastomics.train import build_model
+
+    settings = {"d_model": 32, "num_layers": 2, "num_heads": 2, "time_embed_dim": 16, **model}
+    cfg = load_config(overrides={**SYNTH, "TransformerLayer_setting": settings})
+    manifest = json.loads((proc / "manifest.json").read_text())
+    torch.manual_seed(0)
+    net = build_model(cfg, manifest["n_genes"], manifest["dims"])
+    torch.save({"config": cfg.to_dict(), "model": net.state_dict(), "ema": net.state_dict(), "step": 0,
+                "n_genes": manifest["n_genes"], "dims": manifest["dims"], "manifest": manifest}, path)
+    return path
+
+
+def test_checkpoint_diagnostics_and_attention_map(proc: Path, tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(proc, tmp_path / "final.pt")
+    cfg = load_config(overrides={**SYNTH, "evaluation": {"num_random_references": 1, "diagnostics_max_cells": 50}})
+    samples = write_samples(proc, tmp_path / "s.parquet", positions=rigid)
+    out = tmp_path / "eval"
+    result = evaluate(samples, proc, out, cfg, checkpoint=ckpt)
+    d = result["diagnostics"]
+    assert len(d["attention_sink"]) == 2 * 2 * 2  # sections x layers x heads
+    for row in d["attention_sink"]:
+        assert row["n_cells"] == 50  # every held-out section is larger than 50: subsampled, and said so
+        assert 1 / 50 - 1e-6 <= row["share"] <= 1.0 and row["share_x_uniform"] == pytest.approx(row["share"] * 50)
+    assert set(d["subsampled"]) == {r["section"] for r in result["per_section"]}
+    assert [g["layer"] for g in d["gate"]] == [0, 1]
+    for g in d["gate"]:  # headwise gate: one score per head per real cell, over both sections
+        assert sum(g["counts"]) == 2 * 50 * 2 and 0.0 < g["mean"] < 1.0
+    assert np.isfinite(result["overall"]["masked_reconstruction_mse"])
+    amap = np.load(out / "attention_map.npz")
+    n = amap["attn"].shape[0]
+    assert amap["attn"].shape == (n, n) and n <= 256 and amap["positions"].shape == (n, 2)
+    assert np.allclose(amap["attn"].sum(axis=1), 1.0, atol=1e-5)  # 50 cells < 256: the whole matrix
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["diagnostics"]["attention_sink_per_layer"][0]["layer"] == 0
+
+
+def test_linear_checkpoint_has_sinks_but_no_gates(proc: Path, tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(proc, tmp_path / "final.pt", use_gated_attention=False, gate_type="none",
+                           use_qk_norm=False)
+    cfg = load_config(overrides={**SYNTH, "evaluation": {"num_random_references": 1}})
+    samples = write_samples(proc, tmp_path / "s.parquet")
+    d = evaluate(samples, proc, tmp_path / "eval", cfg, checkpoint=ckpt)["diagnostics"]
+    assert d["gate"] == [] and len(d["attention_sink"]) == 2 * 2 * 2 and d["subsampled"] == {}
