@@ -35,12 +35,15 @@ class SampleError(AlphaSTomicsError):
 
 
 def variant_name(m: ModelConfig) -> str:
-    """Short name of the attention variant, as the ablation table calls it."""
+    """The ablation table's name of the attention variant (``alphastomics.model.ABLATION_VARIANTS``)."""
+    from alphastomics.model import ABLATION_VARIANTS
+
     if not m.use_gated_attention:
-        return "linear"
-    if m.gate_type == "none":
-        return "softmax" + ("-qknorm" if m.use_qk_norm else "")
-    return f"gated-{m.gate_type}" + ("-qknorm" if m.use_qk_norm else "")
+        return "linear"  # gate_type and use_qk_norm are ignored by the linear kernel
+    for name, settings in ABLATION_VARIANTS.items():
+        if settings == (m.use_gated_attention, m.gate_type, m.use_qk_norm):
+            return name
+    return f"gated_{m.gate_type}" + ("_qknorm" if m.use_qk_norm else "")
 
 
 def read_manifest(data_dir: Path) -> dict[str, Any]:
@@ -51,18 +54,20 @@ def read_manifest(data_dir: Path) -> dict[str, Any]:
 
 
 def check_compatible(manifest: dict[str, Any], ckpt: dict[str, Any], data_dir: Path, checkpoint: Path) -> None:
-    """The genes (in order) and dims the model was trained on must be those of --data_dir."""
-    trained = ckpt.get("manifest") or {}
-    genes = list(manifest.get("genes", []))
-    if genes != list(trained.get("genes", genes)) or len(genes) != int(ckpt["n_genes"]):
-        raise SampleError(
-            f"{data_dir / 'manifest.json'}: genes differ from those of {checkpoint} "
-            f"({len(genes)} vs {ckpt['n_genes']}); preprocess with the gene list the model was trained on"
-        )
+    """The dims and the genes (in order) the model was trained on must be those of --data_dir."""
+    where = data_dir / "manifest.json"
     if int(manifest.get("dims", -1)) != int(ckpt["dims"]):
         raise SampleError(
-            f"{data_dir / 'manifest.json'}: dims is {manifest.get('dims')} but {checkpoint} was trained "
-            f"with dims {ckpt['dims']}; sample with data of the same dimensionality"
+            f"{where}: dims is {manifest.get('dims')} but {checkpoint} was trained with dims {ckpt['dims']}; "
+            f"sample with data of the same dimensionality"
+        )
+    genes = list(manifest.get("genes", []))
+    trained = list((ckpt.get("manifest") or {}).get("genes", genes))
+    if genes != trained or len(genes) != int(ckpt["n_genes"]):
+        first = next((f"'{a}' vs '{b}'" for a, b in zip(genes, trained) if a != b), f"{len(genes)} vs {len(trained)}")
+        raise SampleError(
+            f"{where}: genes differ from those {checkpoint} was trained on ({first}); preprocess with the "
+            f"gene list of the training data (dataset.genes_file)"
         )
 
 
@@ -88,7 +93,7 @@ def sample(
     ``cfg`` (the stage's --config) supplies the sampling knobs (``diffusion.sampling_steps``,
     ``evaluation.seed``); the architecture and the diffusion mode always come from the checkpoint.
     """
-    from alphastomics.data import ProcessedData
+    from alphastomics.data import ProcessedData, collate, original_positions, undo_normalization
     from alphastomics.diffusion import Diffusion
 
     checkpoint, data_dir, out = Path(checkpoint), Path(data_dir), Path(out)
@@ -105,20 +110,15 @@ def sample(
     if not sections:
         raise SampleError(f"{data_dir / 'manifest.json'}: split '{split}' has no sections; pick another --split")
 
-    data = ProcessedData(data_dir, ckpt_cfg)
-    cells_path = data_dir / "cells.parquet"
-    columns_needed = ["cell_id", "section", "x", "y", "z", "cell_type", "expression"]
-    truth = pq.read_table(cells_path, columns=columns_needed)
+    data = ProcessedData(data_dir)
+    truth = pq.read_table(data_dir / "cells.parquet", columns=["cell_id", "section", "x", "y", "z", "cell_type",
+                                                                "expression"])
     truth_section = truth["section"].cast(pa.string())
-    scale = float(manifest["coordinates"]["scale"])
-    centers = manifest["coordinates"]["centers"]
-    gene_mean = np.asarray(manifest["normalization"]["gene_mean"], dtype=np.float64)
-    gene_std = np.asarray(manifest["normalization"]["gene_std"], dtype=np.float64)
     makes_expression = mode in ("pos_to_expr", "joint")
 
     parts: list[pa.Table] = []
     for i, section in enumerate(sections):
-        batch = data.section_batch(section)  # the whole section, no augmentation
+        batch = collate([data.section(section)])  # the whole section, no augmentation
         seed = step_seed(run_cfg.evaluation.seed, i, 0, _SAMPLE_STREAM)
         try:
             expr, pos = _generate(model, diffusion, batch, mode, steps, seed, device)
@@ -135,24 +135,26 @@ def sample(
         order = torch.argsort(batch.index[0][real].cpu())  # back to the row order of the section
         pos_np = pos[0][real][order].double().numpy()
         rows = truth.filter(pc.equal(truth_section, section))  # file order = Batch.index order
-        center = np.asarray(centers[section], dtype=np.float64)
         dims = pos_np.shape[1]
         columns: dict[str, Any] = {
             "cell_id": rows["cell_id"].cast(pa.string()),
             "section": pa.array([section] * rows.num_rows, pa.string()),
             "cell_type": rows["cell_type"].cast(pa.string()),
         }
-        for a, axis in enumerate("xyz"):
-            true = rows[axis].to_numpy().astype(np.float64) * scale + center[a]
-            pred = pos_np[:, a] * scale + center[a] if a < dims else np.zeros(rows.num_rows)
-            columns[f"{axis}_true"] = pa.array(true, pa.float64())
-            columns[f"{axis}_pred"] = pa.array(pred, pa.float64())
+        # float64 inputs keep the mapping exact to float32 storage precision.
+        stored_pos = np.stack([rows[axis].to_numpy().astype(np.float64) for axis in "xyz"[:dims]], axis=1)
+        mapped = {"true": original_positions(stored_pos, section, manifest),
+                  "pred": original_positions(pos_np, section, manifest)}
+        for kind, values in mapped.items():
+            for a, axis in enumerate("xyz"):
+                column = values[:, a] if a < dims else np.zeros(rows.num_rows)
+                columns[f"{axis}_{kind}"] = pa.array(column, pa.float64())
         if makes_expression:
-            g = len(gene_mean)
+            g = len(manifest["genes"])
             stored = np.asarray(rows["expression"].combine_chunks().flatten(), dtype=np.float64).reshape(-1, g)
             pred_e = expr[0][real][order].double().numpy()
-            columns["expression_true"] = _fixed_list(stored * gene_std + gene_mean, g)
-            columns["expression_pred"] = _fixed_list(pred_e * gene_std + gene_mean, g)
+            columns["expression_true"] = _fixed_list(undo_normalization(stored, manifest), g)
+            columns["expression_pred"] = _fixed_list(undo_normalization(pred_e, manifest), g)
         parts.append(pa.table(columns))
 
     table = pa.concat_tables(parts)

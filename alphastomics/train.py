@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 import math
 import os
@@ -39,6 +40,7 @@ TIMING_FIELDS = ("cells_per_s", "peak_mem_mb", "elapsed_s")
 # Stream offsets of the seeds derived from training.seed, so that the draws of different purposes never
 # share a stream.
 _DROPOUT_STREAM, _NOISE_STREAM, _VAL_STREAM, _DIAG_STREAM = 1, 2, 3, 4
+_DIAG_CELLS = 512
 
 
 class TrainingError(AlphaSTomicsError):
@@ -237,42 +239,31 @@ def setup_distributed(device_choice: str) -> tuple[Dist, torch.device]:
 # Data: thin adapters over alphastomics.data, so the loop reads as prose.
 
 
-class _StepBatches(torch.utils.data.Dataset):
-    """Item i = the micro-batches of optimiser step start + i; a DataLoader then overlaps loading (workers)
-    with compute while the content stays a pure function of the step (resumable)."""
-
-    def __init__(self, data: Any, cfg: Config, start: int, d: Dist) -> None:
-        self.data, self.cfg, self.start, self.d = data, cfg, start, d
-
-    def __len__(self) -> int:
-        return max(0, self.cfg.training.max_steps - self.start)
-
-    def __getitem__(self, i: int) -> list[Any]:
-        t = self.cfg.training
-        step = self.start + i
-        micro = t.accumulate_grad_batches
-        return [
-            self.data.train_batch(
-                step * micro + k, batch_size=t.batch_size, seed=t.seed, rank=self.d.rank, world_size=self.d.world_size
-            )
-            for k in range(micro)
-        ]
-
-
-def _identity(x: Any) -> Any:
-    return x
-
-
 def step_loader(data: Any, cfg: Config, start: int, d: Dist, device: torch.device) -> Iterator[list[Any]]:
+    """Yields the accumulate_grad_batches micro-batches of each optimiser step from ``start`` on.
+
+    Micro-batch k of step s is data step s * accumulate + k, so 2 micro-batches of b hold the same examples
+    as one batch of 2b (alphastomics.data numbers examples globally) and workers keep the step order.
+    """
+    from alphastomics.data import TrainingBatches
+
+    t = cfg.training
+    micro = t.accumulate_grad_batches
+    dataset = TrainingBatches(data, cfg.data, t.batch_size, t.seed, start_step=start * micro,
+                              max_steps=t.max_steps * micro, rank=d.rank, world_size=d.world_size)
     loader = torch.utils.data.DataLoader(
-        _StepBatches(data, cfg, start, d),
+        dataset,
         batch_size=None,
-        shuffle=False,
         num_workers=cfg.data.num_workers,
         pin_memory=cfg.data.pin_memory and device.type == "cuda",
-        collate_fn=_identity,
+        persistent_workers=False,
     )
-    return iter(loader)
+    it = iter(loader)
+    while True:
+        group = list(itertools.islice(it, micro))
+        if len(group) < micro:
+            return
+        yield group
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -298,24 +289,37 @@ def validation_loss(model: nn.Module, diffusion: Any, batches: list[Any], seed: 
 
 
 @torch.no_grad()
-def gate_statistics(model: nn.Module, batch: Any, device: torch.device) -> dict[str, list[float]]:
-    """Gate score mean/std per layer over real cells (design note: healthy ~0.5 / ~0.2); empty without gates.
+def gate_statistics(model: nn.Module, diffusion: Any, batch: Any, seed: int) -> dict[str, list[float]]:
+    """Gate score mean/std per layer over real cells (design note: healthy ~0.5 / ~0.2); {} without gates.
 
-    Runs the diagnostics path once on a clean batch at mid diffusion time; cheap next to a training step
-    when done every log_every steps.
+    One pass of the diagnostics path at mid diffusion time (the diffused modality noised to t = T/2, the
+    conditioning one clean), on the first example of a training batch, at most _DIAG_CELLS cells: the
+    diagnostics path holds an N x N attention matrix per layer.
     """
-    batch = _to_device(batch, device)
+    mode = diffusion.cfg.mode
+    device = batch.mask.device
+    expr, pos, mask = (x[:1, :_DIAG_CELLS] for x in (batch.expression, batch.positions, batch.mask))
+    b = 1
+    gen = torch.Generator(device=device).manual_seed(seed)
+    t_int = torch.full((b,), diffusion.T // 2, dtype=torch.long)
+    half, zero = torch.full((b,), 0.5, device=device), torch.zeros(b, device=device)
+    if mode in ("pos_to_expr", "joint"):
+        expr = diffusion.q_sample(expr, t_int, torch.randn(expr.shape, generator=gen, device=device))
+    if mode in ("expr_to_pos", "joint"):
+        pos = diffusion.q_sample(pos, t_int, torch.randn(pos.shape, generator=gen, device=device))
+    t_e = half if mode in ("pos_to_expr", "joint") else zero
+    t_p = half if mode in ("expr_to_pos", "joint") else zero
     was_training = model.training
     model.eval()
-    t = torch.full((batch.mask.shape[0],), 0.5, device=device)
-    _, _, diagnostics = model(batch.expression, batch.positions, t, batch.mask, return_diagnostics=True)
+    _, _, diagnostics = model(expr, pos, half, mask, expression_t=t_e, position_t=t_p,
+                              return_diagnostics=True)
     model.train(was_training)
     means, stds = [], []
     for layer in diagnostics:
-        gate = layer.get("gate")
+        gate = layer.get("gate") if layer else None
         if gate is None:
             continue
-        real = gate[batch.mask].float()  # (cells, H or D)
+        real = gate[mask].float()  # (cells, H or C)
         means.append(round(float(real.mean()), 6))
         stds.append(round(float(real.std()), 6))
     return {"gate_mean": means, "gate_std": stds} if means else {}
@@ -434,7 +438,7 @@ class SignalFlag:
 
 def train(cfg: Config, data_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Train one variant; returns the summary (also written to out_dir/train_summary.json on rank 0)."""
-    from alphastomics.data import ProcessedData
+    from alphastomics.data import ProcessedData, eval_batches
     from alphastomics.diffusion import Diffusion
 
     t_cfg = cfg.training
@@ -464,10 +468,10 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path) -> dict[str, A
     torch.manual_seed(t_cfg.seed)  # same initial weights on every rank
 
     # -- 3. Data.
-    data = ProcessedData(data_dir, cfg)
+    data = ProcessedData(data_dir)
     manifest = data.manifest
-    n_genes, dims = int(manifest["n_genes"]), int(manifest["dims"])
-    val_batches = list(data.eval_batches("val", max_cells=cfg.data.max_cells))[: t_cfg.val_batches]
+    n_genes, dims = data.n_genes, data.dims
+    val_batches = list(itertools.islice(eval_batches(data, "val"), t_cfg.val_batches))
 
     # -- 4. Model, EMA copy, diffusion.
     model = build_model(cfg, n_genes, dims).to(device)
@@ -608,7 +612,8 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path) -> dict[str, A
                 record = {"step": step, **{k: round(v, 8) for k, v in losses.items()}, "lr": lr,
                           "grad_norm": round(grad_norm, 8)}
                 if d.is_main:
-                    record.update(gate_statistics(model, micro_batches[0], device))
+                    seed = step_seed(t_cfg.seed, step, 0, _DIAG_STREAM)
+                    record.update(gate_statistics(model, diffusion, micro_batches[0], seed))
                 record.update(
                     cells_per_s=round(cells_window / max(now - t_window, 1e-9), 2),
                     peak_mem_mb=round(peak_memory_mb(device), 1),
@@ -633,7 +638,9 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path) -> dict[str, A
 
             # -- 8d. Checkpoint periodically and when a signal asked us to stop.
             state.elapsed_s = elapsed_before + time.perf_counter() - t_start_session
-            if step % t_cfg.checkpoint_every == 0 or signum or state.stopped_early:
+            # Not in a streak of non-finite steps: the checkpoint to fall back on should predate it.
+            periodic = step % t_cfg.checkpoint_every == 0 and not state.nonfinite_in_row
+            if periodic or signum or state.stopped_early:
                 save(latest_path, step)
             if signum:
                 progress.close()

@@ -1,0 +1,266 @@
+"""The training loop: schedule and EMA by hand, gradient accumulation, non-finite losses, signal + resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from alphastomics.__main__ import main as cli
+from alphastomics.config import Config, TrainConfig, load_config
+from alphastomics.data import ProcessedData, training_batch
+from alphastomics.diffusion import Diffusion
+from alphastomics.model import Denoiser
+from alphastomics.train import (
+    TIMING_FIELDS,
+    TrainingError,
+    accumulate_gradients,
+    ema_decay_at,
+    load_checkpoint,
+    load_model,
+    lr_at,
+    train,
+    update_ema,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A model small enough that a step takes milliseconds on one CPU core.
+TINY = {
+    "TransformerLayer_setting": {"d_model": 16, "num_layers": 2, "num_heads": 2, "dropout": 0.1,
+                                 "time_embed_dim": 16, "num_position_frequencies": 2},
+    "data": {"max_cells": 32},
+    "diffusion": {"sampling_steps": 4},
+    "training": {"batch_size": 1, "max_steps": 30, "warmup_steps": 4, "val_every": 5, "val_batches": 1,
+                 "checkpoint_every": 5, "log_every": 1},
+}
+
+
+def write_config(path: Path, **sections: dict) -> Path:
+    merged = {k: dict(v) for k, v in TINY.items()}
+    for key, values in sections.items():
+        merged.setdefault(key, {}).update(values)
+    path.write_text(yaml.safe_dump(merged))
+    return path
+
+
+def metric_lines(path: Path) -> list[dict]:
+    lines = [json.loads(ln) for ln in path.read_text().splitlines()]
+    return [{k: v for k, v in rec.items() if k not in TIMING_FIELDS} for rec in lines]
+
+
+# --------------------------------------------------------------------------------------------------------
+# helpers by hand
+
+
+def test_lr_schedule_hand_values():
+    cfg = TrainConfig(learning_rate=1.0, warmup_steps=4, max_steps=14, min_lr_ratio=0.1)
+    assert [lr_at(s, cfg) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_at(4, cfg) == pytest.approx(1.0)  # cosine starts at the peak
+    assert lr_at(9, cfg) == pytest.approx(0.1 + 0.9 * 0.5)  # half way: cos(pi/2) = 0
+    assert lr_at(14, cfg) == pytest.approx(0.1)
+    assert lr_at(100, cfg) == pytest.approx(0.1)  # past the end it stays at the floor
+
+
+def test_update_ema_formula_and_buffers():
+    ema, model = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
+    with torch.no_grad():
+        ema.weight.copy_(torch.tensor([1.0, 2.0, 3.0]))
+        model.weight.copy_(torch.tensor([3.0, 2.0, -1.0]))
+        model.running_mean.copy_(torch.tensor([5.0, 6.0, 7.0]))
+    update_ema(ema, model, decay=0.75)
+    torch.testing.assert_close(ema.weight, torch.tensor([1.5, 2.0, 2.0]))  # 0.75 * e + 0.25 * p
+    torch.testing.assert_close(ema.running_mean, torch.tensor([5.0, 6.0, 7.0]))  # buffers are copied
+
+
+def test_ema_decay_warms_up_to_configured_value():
+    assert ema_decay_at(0, 0.999) == pytest.approx(0.1)
+    assert ema_decay_at(90, 0.999) == pytest.approx(91 / 100)
+    assert ema_decay_at(10**6, 0.999) == 0.999
+
+
+def test_accumulating_two_batches_of_b_equals_one_batch_of_2b(tiny_processed):
+    cfg = load_config(overrides=["TransformerLayer_setting.dropout=0.0", "TransformerLayer_setting.d_model=32",
+                                 "TransformerLayer_setting.num_layers=2", "data.max_cells=64"])
+    data = ProcessedData(tiny_processed)
+    torch.manual_seed(0)
+    # float64: the two ways sum in different orders, and float32 rounding would blur the comparison.
+    model = Denoiser(cfg.model, data.n_genes, data.dims).double()
+    with torch.no_grad():  # leave the zero-initialised (adaLN-Zero) state, so every weight gets a gradient
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    # Examples are numbered globally: steps 0 and 1 of batch 2 hold the examples of step 0 of batch 4.
+    small = [training_batch(data, cfg.data, 2, seed=3, step=s) for s in (0, 1)]
+    big = training_batch(data, cfg.data, 4, seed=3, step=0)
+
+    def loss_fn(batch, i):
+        b = batch.mask.shape[0]
+        x_e, x_p, m = batch.expression.double(), batch.positions.double(), batch.mask[..., None].double()
+        expr, pos = model(x_e, x_p, torch.full((b,), 0.3, dtype=torch.float64), batch.mask)
+        per_section = ((pos - x_p) ** 2 * m).sum((1, 2)) / m.sum((1, 2))
+        per_section = per_section + ((expr - x_e) ** 2 * m).sum((1, 2)) / m.sum((1, 2))
+        return {"loss": per_section.mean()}
+
+    model.zero_grad()
+    two = accumulate_gradients(loss_fn, small)
+    grads_two = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    one = accumulate_gradients(loss_fn, [big])
+    grads_one = [p.grad.clone() for p in model.parameters()]
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-12)
+    assert all(g.abs().sum() > 0 for g in grads_one)
+    for a, b in zip(grads_two, grads_one):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------------
+# non-finite losses
+
+
+def poison_losses(monkeypatch, bad_calls):
+    """Training-time calls (grad enabled) number 1, 2, ... = optimiser steps; poison those in bad_calls."""
+    original = Diffusion.training_losses
+    count = {"n": 0}
+
+    def patched(self, model, batch, generator=None):
+        out = original(self, model, batch, generator)
+        if torch.is_grad_enabled():
+            count["n"] += 1
+            if bad_calls(count["n"]):
+                out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(Diffusion, "training_losses", patched)
+
+
+def test_nonfinite_steps_are_skipped_and_counted(tiny_processed, tmp_path, monkeypatch):
+    poison_losses(monkeypatch, lambda n: n in (3, 4))
+    cfg = load_config(write_config(tmp_path / "c.yaml", training={"max_steps": 8, "max_nonfinite_steps": 3}))
+    summary = train(cfg, tiny_processed, tmp_path / "run")
+    records = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r.get("nonfinite")] == [3, 4]
+    assert summary["nonfinite_steps"] == 2 and summary["steps"] == 8
+    ckpt = load_checkpoint(tmp_path / "run" / "final.pt")
+    # AdamW counts its updates: the two skipped steps never reached the optimiser.
+    assert {int(s["step"]) for s in ckpt["optimizer"]["state"].values()} == {6}
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_repeated_nonfinite_losses_stop_with_one_line_error(tiny_processed, tmp_path, monkeypatch, capsys):
+    poison_losses(monkeypatch, lambda n: n >= 5)
+    config = write_config(tmp_path / "c.yaml", training={"max_steps": 20, "max_nonfinite_steps": 3,
+                                                          "checkpoint_every": 2})
+    out = tmp_path / "run"
+    rc = cli(["train", "--config", str(config), "--data_dir", str(tiny_processed), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2
+    assert err.startswith("error: ") and "non-finite for 3 steps in a row" in err and "latest.pt" in err
+    assert load_checkpoint(out / "checkpoints" / "latest.pt")["step"] == 4  # the last good one is kept
+    assert not (out / "final.pt").exists()
+
+
+# --------------------------------------------------------------------------------------------------------
+# signal, resume, and the design note's command spelling
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_processed, tmp_path_factory):
+    """The same command run straight through, and run with a SIGTERM in the middle then rerun."""
+    root = tmp_path_factory.mktemp("resume")
+    config = write_config(root / "c.yaml")  # batch_size 1 in the file, 2 on the command line
+
+    def argv(out: Path) -> list[str]:
+        return ["train", "--config", str(config), "--data_dir", str(tiny_processed), "--out", str(out),
+                "--batch_size", "2"]
+
+    straight = root / "straight"
+    assert cli(argv(straight)) == 0
+
+    killed = root / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "alphastomics.main", *argv(killed)], cwd=REPO,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and any(json.loads(ln)["step"] >= 8 for ln in metrics.read_text().splitlines() if ln):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    interrupted_at = load_checkpoint(killed / "checkpoints" / "latest.pt")["step"]
+    resumed_rc = cli(argv(killed))
+    return {"straight": straight, "killed": killed, "rc": proc.returncode, "stderr": stderr,
+            "interrupted_at": interrupted_at, "resumed_rc": resumed_rc, "argv": argv}
+
+
+def test_sigterm_checkpoints_and_exits_143(runs):
+    assert runs["rc"] == 128 + signal.SIGTERM
+    assert 8 <= runs["interrupted_at"] < TINY["training"]["max_steps"]
+    assert "rerun the same command to resume" in runs["stderr"]
+    assert runs["resumed_rc"] == 0
+
+
+def test_resumed_run_has_same_metrics_as_uninterrupted(runs):
+    straight = metric_lines(runs["straight"] / "metrics.jsonl")
+    resumed = metric_lines(runs["killed"] / "metrics.jsonl")
+    assert resumed == straight
+    steps = [r["step"] for r in straight if "loss" in r]
+    assert steps == list(range(1, TINY["training"]["max_steps"] + 1))
+    assert sum("val_loss" in r for r in straight) == TINY["training"]["max_steps"] // 5
+    assert len(straight[0]["gate_mean"]) == TINY["TransformerLayer_setting"]["num_layers"]
+
+
+def test_resumed_run_has_same_final_weights(runs):
+    a = load_checkpoint(runs["straight"] / "final.pt")
+    b = load_checkpoint(runs["killed"] / "final.pt")
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
+
+
+def test_batch_size_flag_of_the_design_note_command_wins(runs):
+    cfg = load_checkpoint(runs["killed"] / "final.pt")["config"]
+    assert cfg["training"]["batch_size"] == 2  # the file says 1
+
+
+def test_summary_fields(runs):
+    summary = json.loads((runs["straight"] / "train_summary.json").read_text())
+    for key in ("params_total", "params_attention", "wall_time_s", "cells_per_s", "peak_mem_mb",
+                "best_val_loss", "steps", "device", "variant"):
+        assert key in summary
+    assert 0 < summary["params_attention"] < summary["params_total"]
+    assert summary["steps"] == TINY["training"]["max_steps"] and summary["device"] == "cpu"
+    val = [r["val_loss"] for r in metric_lines(runs["straight"] / "metrics.jsonl") if "val_loss" in r]
+    assert summary["best_val_loss"] == pytest.approx(min(val), rel=1e-6)
+
+
+def test_rerun_after_final_exits_at_once(runs, capsys):
+    before = (runs["straight"] / "metrics.jsonl").read_text()
+    assert cli(runs["argv"](runs["straight"])) == 0
+    assert "already exists" in capsys.readouterr().err
+    assert (runs["straight"] / "metrics.jsonl").read_text() == before
+
+
+def test_other_config_in_same_run_folder_is_refused(runs, tiny_processed):
+    cfg = load_config(write_config(runs["straight"].parent / "other.yaml", training={"learning_rate": 1e-3}))
+    with pytest.raises(TrainingError, match=r"training\.batch_size.*training\.learning_rate|learning_rate"):
+        train(cfg, tiny_processed, runs["straight"])
+
+
+def test_load_model_has_ema_weights(runs):
+    model, cfg, ckpt = load_model(runs["straight"] / "final.pt")
+    assert isinstance(cfg, Config) and not model.training
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, ckpt["ema"][name])
+    assert not all(torch.equal(ckpt["ema"][k], ckpt["model"][k]) for k in ckpt["model"])
+
