@@ -7,6 +7,8 @@ the jobs (and their descendants) whose settings changed.
 """
 
 import json
+import os
+import sys
 import shlex
 
 import yaml
@@ -15,6 +17,17 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
+
+
+envvars:
+    "PATH",
+
+
+# Stages run with the interpreter that runs Snakemake (e.g. .venv/bin/snakemake without an activated
+# venv, as `make run` calls it); an activated conda env of a `conda:` directive still comes first in PATH.
+os.environ["PATH"] = (
+    os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+)
 
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
