@@ -319,7 +319,7 @@ def gate_stats(gate: np.ndarray, mask: np.ndarray | None = None, *, bins: np.nda
     return {
         "mean": float(vals.mean()) if vals.size else float("nan"),
         "std": float(vals.std()) if vals.size else float("nan"),
-        "bins": [float(x) for x in bins],
+        "bins": [round(float(x), 9) for x in bins],  # 0.30000000000000004 -> 0.3 in the JSON
         "counts": [int(c) for c in counts],
     }
 

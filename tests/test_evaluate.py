@@ -243,3 +243,23 @@ def test_linear_checkpoint_has_sinks_but_no_gates(proc: Path, tmp_path: Path) ->
     samples = write_samples(proc, tmp_path / "s.parquet")
     d = evaluate(samples, proc, tmp_path / "eval", cfg, checkpoint=ckpt)["diagnostics"]
     assert d["gate"] == [] and len(d["attention_sink"]) == 2 * 2 * 2 and d["subsampled"] == {}
+
+
+def test_neighbourhood_scores_equal_the_metric_functions_and_runs_repeat_bit_for_bit(
+    proc: Path, tmp_path: Path
+) -> None:
+    from alphastomics import metrics as M
+
+    cfg = load_config(overrides=SYNTH)
+    samples = write_samples(proc, tmp_path / "s.parquet", positions=lambda x, rng: x + rng.normal(0, 0.3, x.shape))
+    first = evaluate(samples, proc, tmp_path / "a", cfg)
+    evaluate(samples, proc, tmp_path / "b", cfg)
+    assert (tmp_path / "a" / "metrics.json").read_bytes() == (tmp_path / "b" / "metrics.json").read_bytes()
+    t = pq.read_table(samples).to_pandas()
+    for row in first["per_section"]:
+        part = t[t["section"] == row["section"]]
+        pred, true = part[["x_pred", "y_pred"]].to_numpy(), part[["x_true", "y_true"]].to_numpy()
+        labels = part["cell_type"].to_numpy().astype(str)
+        assert row["neighborhood_ari"] == pytest.approx(M.neighborhood_ari(pred, true, labels, k=15))
+        assert row["neighborhood_nmi"] == pytest.approx(M.neighborhood_nmi(pred, true, labels, k=15))
+        assert row["knn_preservation"] == pytest.approx(M.knn_preservation(pred, true, k=10))
