@@ -414,18 +414,24 @@ def model_diagnostics(
     gate_rows = [{"layer": li, **M.gate_stats(np.concatenate(v)[None])} for li, v in sorted(gates.items())]
     per_layer = []
     for li in sorted({r["layer"] for r in sinks}):
-        shares = [r["share"] for r in sinks if r["layer"] == li]
-        per_layer.append({"layer": li, "mean_share": float(np.mean(shares)), "max_share": float(np.max(shares)),
-                          "mean_share_x_uniform": float(np.mean([r["share_x_uniform"] for r in sinks
-                                                                 if r["layer"] == li]))})
+        rows = [r for r in sinks if r["layer"] == li]
+        heads = sorted({r["head"] for r in rows})
+        per_layer.append({
+            "layer": li,
+            "share": float(np.mean([r["share"] for r in rows])),  # mean over heads and sections
+            "share_max": float(np.max([r["share"] for r in rows])),
+            "share_x_uniform": float(np.mean([r["share_x_uniform"] for r in rows])),
+            "share_per_head": [float(np.mean([r["share"] for r in rows if r["head"] == h])) for h in heads],
+            "sink_radius_mean": float(np.mean([r["cell_radius"] for r in rows])),
+        })
     diag = {
         "diffusion_time": step / diffusion.T,
         "mode": mode,
         "sections": sections,
         "subsampled": subsampled,
         "masked_fraction": fraction,
-        "attention_sink": sinks,
-        "attention_sink_per_layer": per_layer,
+        "attention_sink": per_layer,
+        "attention_sink_detail": sinks,
         "gate": gate_rows,
     }
     return diag, attention_map, M.weighted_mean(masked, weights)

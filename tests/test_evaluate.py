@@ -219,8 +219,8 @@ def test_checkpoint_diagnostics_and_attention_map(proc: Path, tmp_path: Path) ->
     out = tmp_path / "eval"
     result = evaluate(samples, proc, out, cfg, checkpoint=ckpt)
     d = result["diagnostics"]
-    assert len(d["attention_sink"]) == 2 * 2 * 2  # sections x layers x heads
-    for row in d["attention_sink"]:
+    assert len(d["attention_sink_detail"]) == 2 * 2 * 2  # sections x layers x heads
+    for row in d["attention_sink_detail"]:
         assert row["n_cells"] == 50  # every held-out section is larger than 50: subsampled, and said so
         assert 1 / 50 - 1e-6 <= row["share"] <= 1.0 and row["share_x_uniform"] == pytest.approx(row["share"] * 50)
     assert set(d["subsampled"]) == {r["section"] for r in result["per_section"]}
@@ -233,7 +233,11 @@ def test_checkpoint_diagnostics_and_attention_map(proc: Path, tmp_path: Path) ->
     assert amap["attn"].shape == (n, n) and n <= 256 and amap["positions"].shape == (n, 2)
     assert np.allclose(amap["attn"].sum(axis=1), 1.0, atol=1e-5)  # 50 cells < 256: the whole matrix
     on_disk = json.loads((out / "metrics.json").read_text())
-    assert on_disk["diagnostics"]["attention_sink_per_layer"][0]["layer"] == 0
+    per_layer = on_disk["diagnostics"]["attention_sink"]
+    assert [r["layer"] for r in per_layer] == [0, 1]
+    for li, r in enumerate(per_layer):  # per layer: mean over heads and sections of the detail rows
+        rows = [x["share"] for x in d["attention_sink_detail"] if x["layer"] == li]
+        assert r["share"] == pytest.approx(np.mean(rows)) and r["share_max"] == pytest.approx(max(rows))
 
 
 def test_linear_checkpoint_has_sinks_but_no_gates(proc: Path, tmp_path: Path) -> None:
@@ -242,7 +246,8 @@ def test_linear_checkpoint_has_sinks_but_no_gates(proc: Path, tmp_path: Path) ->
     cfg = load_config(overrides={**SYNTH, "evaluation": {"num_random_references": 1}})
     samples = write_samples(proc, tmp_path / "s.parquet")
     d = evaluate(samples, proc, tmp_path / "eval", cfg, checkpoint=ckpt)["diagnostics"]
-    assert d["gate"] == [] and len(d["attention_sink"]) == 2 * 2 * 2 and d["subsampled"] == {}
+    assert d["gate"] == [] and len(d["attention_sink"]) == 2 and d["subsampled"] == {}
+    assert len(d["attention_sink_detail"]) == 2 * 2 * 2
 
 
 def test_neighbourhood_scores_equal_the_metric_functions_and_runs_repeat_bit_for_bit(
