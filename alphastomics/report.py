@@ -500,6 +500,11 @@ def _curve(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
     if not steps:
         return None
     y = np.array([[s[t] for t in steps] for s in series])
+    # Per-batch training losses are noisy over thousands of steps; a short moving average (1/40 of the
+    # curve, per seed) shows the trend without shifting it.
+    w = max(1, len(steps) // 40)
+    if w > 1:
+        y = np.stack([pd.Series(row).rolling(w, center=True, min_periods=1).mean().to_numpy() for row in y])
     return np.array(steps), y.mean(0), y.min(0), y.max(0)
 
 
@@ -783,7 +788,8 @@ def build_report(
             metric_cols=cols, metric_rows=rows, cost=cost_table(view),
             bdtnp=BDTNP_REFERENCE if view.name == "bdtnp" else None,
             figures=[
-                ("Training and validation loss per variant", fig_loss(view)),
+                ("Training and validation loss per variant: mean over seeds, band = min..max over seeds (moving average "
+                 "over 1/40 of the logged points)", fig_loss(view)),
                 (f"Predicted vs true coordinates after Procrustes alignment: {pos_caption}", pos_png),
                 ("Gate score histograms per layer (healthy: mean about 0.5, std about 0.2)", fig_gates(view)),
                 ("Attention-sink share per layer: attention mass received by the most-attended cell", fig_sinks(view)),

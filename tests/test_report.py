@@ -221,6 +221,10 @@ def test_renders_in_headless_chromium(page, tmp_path):
     assert img.shape == (4000, 1280)
     inked = np.flatnonzero((img < 200).mean(axis=1) > 0.002)  # rows with text or figures
     assert inked.size > 500 and inked.max() > 3000  # a long page of content, not a blank or error page
+    # The README screenshot command: a shrunken PNG of the top of the page.
+    small = tmp_path / "readme.png"
+    assert report._cli(["--screenshot", str(page[0]), str(small), "--height", "600", "--scale", "0.5"]) == 0
+    assert Image.open(small).size == (640, 300)
     # The checker itself: a page whose script throws is reported.
     bad = tmp_path / "bad.html"
     bad.write_text("<html><body><p>x</p><script>throw new Error('boom')</script></body></html>")
