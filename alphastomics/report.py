@@ -877,6 +877,7 @@ def _cli(argv: list[str] | None = None) -> int:
 
             img = Image.open(full).convert("RGB")
             img = img.resize((round(img.width * a.scale), round(img.height * a.scale)), Image.LANCZOS)
+            img = img.quantize(colors=256)  # a page of text and flat plots: a palette PNG is ~3x smaller
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp_out = out.with_name(f".{out.name}.tmp.png")
             img.save(tmp_out, optimize=True)
