@@ -54,7 +54,12 @@ EXPECTATIONS: list[tuple[str, str, float | None, float | None]] = [
 ]
 # Headline metrics of the verdict, in this order, when measured.
 HEADLINE = [
-    "distance_mse", "knn_preservation", "procrustes_rmsd", "morans_i_corr", "neighborhood_ari", "expression_mse",
+    "distance_mse",
+    "knn_preservation",
+    "procrustes_rmsd",
+    "morans_i_corr",
+    "neighborhood_ari",
+    "expression_mse",
     "masked_reconstruction_mse",
 ]
 # Plain-language names for the verdict (the metric key follows in brackets).
@@ -71,7 +76,19 @@ LABELS = {
 # report ~47 % on the first token without gating and ~5 % with it; 10 % separates those regimes.
 SINK_THRESHOLD = 0.10
 
-_HIGHER = ("pearson", "spearman", "corr", "knn", "ari", "nmi", "moran", "r2", "accuracy", "overlap", "preserv")
+_HIGHER = (
+    "pearson",
+    "spearman",
+    "corr",
+    "knn",
+    "ari",
+    "nmi",
+    "moran",
+    "r2",
+    "accuracy",
+    "overlap",
+    "preserv",
+)
 _LOWER = ("mse", "rmsd", "rssd", "error", "loss", "mae")
 
 # Quoted, not measured here: ../shared/data/bdtnp/README.md (random 50/50 cell split, not the slab split).
@@ -125,7 +142,9 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ReportError(f"{path}: not valid JSON (line {err.lineno}); rerun the stage that wrote it") from None
+        raise ReportError(
+            f"{path}: not valid JSON (line {err.lineno}); rerun the stage that wrote it"
+        ) from None
 
 
 def parse_run_path(path: Path) -> tuple[str, str, int] | None:
@@ -140,7 +159,9 @@ def load_run(path: Path) -> Run:
     """Read one run folder; missing files stay None/empty so the page can say "not measured"."""
     path = Path(path)
     if not path.is_dir():
-        raise ReportError(f"{path}: run folder not found; pass folders like results/{{dataset}}/{{variant}}/seed0")
+        raise ReportError(
+            f"{path}: run folder not found; pass folders like results/{{dataset}}/{{variant}}/seed0"
+        )
     mfile = path / "eval" / "metrics.json"
     metrics = _read_json(mfile) if mfile.is_file() else None
     ids = parse_run_path(path.resolve())
@@ -164,7 +185,9 @@ def load_run(path: Path) -> Run:
                 try:
                     run.train_log.append(json.loads(line))
                 except json.JSONDecodeError:
-                    raise ReportError(f"{log}: line {i + 1} is not JSON; rerun training for this run") from None
+                    raise ReportError(
+                        f"{log}: line {i + 1} is not JSON; rerun training for this run"
+                    ) from None
     summ = path / "train" / "train_summary.json"
     if summ.is_file():
         run.summary = _read_json(summ)
@@ -323,10 +346,14 @@ def verdict(view: DatasetView) -> list[str]:
     """Sentences generated from the numbers: best variant per headline metric vs the baseline, and vs peers."""
     base = view.variants.get(view.baseline)
     n_seeds = max((len(rs) for rs in view.variants.values()), default=0)
-    out = [f"{view.name}: {len(view.variants)} AlphaSTomics variant(s), up to {n_seeds} seed(s)"
-           + (f", {len(view.peers)} peer method(s)." if view.peers else ".")]
+    out = [
+        f"{view.name}: {len(view.variants)} AlphaSTomics variant(s), up to {n_seeds} seed(s)"
+        + (f", {len(view.peers)} peer method(s)." if view.peers else ".")
+    ]
     if not base:
-        out.append(f"The baseline variant '{view.baseline}' has no runs here, so no change against it is measured.")
+        out.append(
+            f"The baseline variant '{view.baseline}' has no runs here, so no change against it is measured."
+        )
     metrics = [m for m in HEADLINE if m in view.metric_names()]
     if not metrics:
         out.append("No headline metric was measured (no eval/metrics.json with them).")
@@ -347,7 +374,9 @@ def verdict(view: DatasetView) -> list[str]:
             if runner:
                 r = summarize(view.variants[runner[0]], m, base)
                 if r:
-                    text += f"; the best other variant, {runner[0]}, is {fmt_pct(r.rel_change)}, {fmt_test(r)}"
+                    text += (
+                        f"; the best other variant, {runner[0]}, is {fmt_pct(r.rel_change)}, {fmt_test(r)}"
+                    )
             out.append(text + ".")
         else:
             out.append(
@@ -404,8 +433,15 @@ def expectations(view: DatasetView) -> list[dict[str, str]]:
             measured = f"largest per-layer sink share {worst:.1%}"
         else:
             mark, measured = NOT_MEASURED, NOT_MEASURED
-        rows.append(dict(variant=name, label="no attention sink", expected=f"< {SINK_THRESHOLD:.0%} to one cell",
-                         measured=measured, mark=mark))
+        rows.append(
+            dict(
+                variant=name,
+                label="no attention sink",
+                expected=f"< {SINK_THRESHOLD:.0%} to one cell",
+                measured=measured,
+                mark=mark,
+            )
+        )
     return rows
 
 
@@ -423,7 +459,14 @@ def metrics_table(view: DatasetView) -> tuple[list[str], list[dict[str, Any]]]:
                 cells.append(fmt_ci(s) + extra)
             wall = [_wall_time(r) for r in runs]
             wall = [w for w in wall if math.isfinite(w)]
-            rows.append(dict(name=name, kind=kind, cells=cells, wall=fmt(float(np.mean(wall))) if wall else NOT_MEASURED))
+            rows.append(
+                dict(
+                    name=name,
+                    kind=kind,
+                    cells=cells,
+                    wall=fmt(float(np.mean(wall))) if wall else NOT_MEASURED,
+                )
+            )
     refs = [r for r in view.all_runs if r.metrics and r.metrics.get("random_reference")]
     if refs:
         cells = []
@@ -443,16 +486,27 @@ def _wall_time(run: Run) -> float:
 
 
 def cost_table(view: DatasetView) -> list[dict[str, str]]:
-    keys = [("params_total", "{:,.0f}"), ("params_attention", "{:,.0f}"), ("wall_time_s", "{:.1f}"),
-            ("cells_per_s", "{:,.0f}"), ("peak_mem_mb", "{:,.0f}")]
+    keys = [
+        ("params_total", "{:,.0f}"),
+        ("params_attention", "{:,.0f}"),
+        ("wall_time_s", "{:.1f}"),
+        ("cells_per_s", "{:,.0f}"),
+        ("peak_mem_mb", "{:,.0f}"),
+    ]
     rows = []
     for name, runs in view.variants.items():
-        devices = {str((r.summary or {}).get("device_name", (r.summary or {}).get("device", "?"))) for r in runs}
+        devices = {
+            str((r.summary or {}).get("device_name", (r.summary or {}).get("device", "?"))) for r in runs
+        }
         row = {"name": name, "device": ", ".join(sorted(devices))}
         for k, f in keys:
             vals = []
             for r in runs:
-                for src in (r.summary or {}, (r.metrics or {}).get("params") or {}, (r.metrics or {}).get("cost") or {}):
+                for src in (
+                    r.summary or {},
+                    (r.metrics or {}).get("params") or {},
+                    (r.metrics or {}).get("cost") or {},
+                ):
                     if _is_num(src.get(k)):
                         vals.append(float(src[k]))
                         break
@@ -490,7 +544,9 @@ def _curve(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
         pts = {
             int(e["step"]): float(e[key])
             for e in r.train_log
-            if _is_num(e.get(key)) and "step" in e and not e.get("nonfinite")  # skipped steps are not the curve
+            if _is_num(e.get(key))
+            and "step" in e
+            and not e.get("nonfinite")  # skipped steps are not the curve
         }
         if pts:
             series.append(pts)
@@ -633,17 +689,32 @@ def fig_sinks(view: DatasetView) -> str | None:
     return _png(fig)
 
 
-def _attention_map(run: Run) -> np.ndarray | None:
-    """One head of one layer on one section, from the .npz that evaluate writes beside metrics.json."""
+def _attention_map(run: Run) -> tuple[np.ndarray, str] | None:
+    """One head of one layer on one section from evaluate's ``attention_map.npz`` (docs/architecture.md), cells
+    ordered along the main axis of their positions so that local attention shows as a band on the diagonal."""
     for npz in sorted((run.path / "eval").glob("*.npz")):
-        with np.load(npz) as data:
-            # Prefer arrays named as attention; evaluate writes attention_map.npz (docs/architecture.md).
-            for key in sorted(data.files, key=lambda k: "att" not in k.lower()):
-                a = data[key]
-                if a.ndim >= 2 and a.shape[-1] == a.shape[-2] and a.shape[-1] > 1:
-                    while a.ndim > 2:
-                        a = a[0]
-                    return np.asarray(a, float)
+        try:
+            with np.load(npz, allow_pickle=False) as data:
+                keys = sorted(data.files, key=lambda k: "att" not in k.lower())  # "attn" first
+                a = next(
+                    (data[k] for k in keys if data[k].ndim >= 2 and data[k].shape[-1] == data[k].shape[-2]),
+                    None,
+                )
+                if a is None:
+                    continue
+                while a.ndim > 2:
+                    a = a[0]
+                a = np.asarray(a, float)
+                where = ", ".join(f"{k} {data[k]}" for k in ("section", "layer", "head") if k in data.files)
+                pos = data["positions"] if "positions" in data.files else None
+        except ValueError:  # object arrays (pickles) are never loaded
+            continue
+        if pos is not None and len(pos) == len(a):
+            c = np.asarray(pos, float) - np.mean(pos, axis=0)
+            order = np.argsort(c @ np.linalg.svd(c, full_matrices=False)[2][0])
+            a = a[np.ix_(order, order)]
+            where += ", cells ordered along the main axis"
+        return a, where or "first array"
     return None
 
 
@@ -660,9 +731,10 @@ def fig_attention(view: DatasetView, primary: str) -> str | None:
         return None
     plt = _plt()
     fig, axs = plt.subplots(1, len(maps), figsize=(4.8 * len(maps), 3.8), squeeze=False, layout="constrained")
-    for ax, (name, a) in zip(axs[0], maps):
+    for ax, (name, (a, where)) in zip(axs[0], maps):
         im = ax.imshow(a, cmap="magma", interpolation="nearest")
-        ax.set(title=f"{name}: first layer, head 0", xlabel="key cell", ylabel="query cell")
+        ax.set(xlabel="key cell", ylabel="query cell")
+        ax.set_title(f"{name}\n{where}", fontsize=8)
         fig.colorbar(im, ax=ax, fraction=0.046)
     return _png(fig)
 
@@ -674,9 +746,16 @@ def fig_attention(view: DatasetView, primary: str) -> str | None:
 def _git_commit() -> str:
     try:
         root = Path(__file__).resolve().parent
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10)
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if sha.returncode == 0:
             return sha.stdout.strip() + (" (uncommitted changes)" if dirty.stdout.strip() else "")
     except (OSError, subprocess.TimeoutExpired):
@@ -696,8 +775,12 @@ def _cpu_name() -> str:
 
 def _gpu_name() -> str:
     if shutil.which("nvidia-smi"):
-        r = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                           text=True, timeout=20)
+        r = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         if r.returncode == 0 and r.stdout.strip():
             return ", ".join(sorted(set(r.stdout.split("\n")) - {""}))
     return "none"
@@ -727,14 +810,18 @@ def _manifests(runs: list[Run], data_dirs: list[Path]) -> dict[str, dict[str, An
     return out
 
 
-def provenance(runs: list[Run], cfg: Any, data_dirs: list[Path], config_snapshot: Path | None) -> dict[str, Any]:
+def provenance(
+    runs: list[Run], cfg: Any, data_dirs: list[Path], config_snapshot: Path | None
+) -> dict[str, Any]:
     import yaml
 
     from alphastomics.config import to_dict
 
     if config_snapshot is not None:
         if not Path(config_snapshot).is_file():
-            raise ReportError(f"{config_snapshot}: config snapshot not found; pass the config file the run used")
+            raise ReportError(
+                f"{config_snapshot}: config snapshot not found; pass the config file the run used"
+            )
         config_text = Path(config_snapshot).read_text()
         config_src = str(config_snapshot)
     else:
@@ -750,7 +837,9 @@ def provenance(runs: list[Run], cfg: Any, data_dirs: list[Path], config_snapshot
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": _cpu_name(),
         "gpu": _gpu_name(),
-        "train_devices": ", ".join(sorted({str(r.summary["device"]) for r in runs if r.summary and "device" in r.summary}))
+        "train_devices": ", ".join(
+            sorted({str(r.summary["device"]) for r in runs if r.summary and "device" in r.summary})
+        )
         or NOT_MEASURED,
         "snakemake": _version("snakemake"),
         "python": platform.python_version(),
@@ -775,7 +864,9 @@ def build_report(
     import jinja2
 
     if not run_dirs:
-        raise ReportError("report: no run folders given; pass --runs results/{dataset}/{variant}/seed{seed} ...")
+        raise ReportError(
+            "report: no run folders given; pass --runs results/{dataset}/{variant}/seed{seed} ..."
+        )
     runs = [load_run(Path(p)) for p in run_dirs]
     views = []
     for view in group_runs(runs, baseline):
@@ -783,24 +874,44 @@ def build_report(
         primary = next((m for m in HEADLINE if m in names), names[0] if names else "distance_mse")
         cols, rows = metrics_table(view)
         pos_png, pos_caption = fig_positions(view, primary)
-        views.append(dict(
-            name=view.name, baseline=baseline, verdict=verdict(view), expectations=expectations(view),
-            metric_cols=cols, metric_rows=rows, cost=cost_table(view),
-            bdtnp=BDTNP_REFERENCE if view.name == "bdtnp" else None,
-            figures=[
-                ("Training and validation loss per variant: mean over seeds, band = min..max over seeds (moving average "
-                 "over 1/40 of the logged points)", fig_loss(view)),
-                (f"Predicted vs true coordinates after Procrustes alignment: {pos_caption}", pos_png),
-                ("Gate score histograms per layer (healthy: mean about 0.5, std about 0.2)", fig_gates(view)),
-                ("Attention-sink share per layer: attention mass received by the most-attended cell", fig_sinks(view)),
-                ("Attention map of one head on one held-out section", fig_attention(view, primary)),
-            ],
-        ))
+        views.append(
+            dict(
+                name=view.name,
+                baseline=baseline,
+                verdict=verdict(view),
+                expectations=expectations(view),
+                metric_cols=cols,
+                metric_rows=rows,
+                cost=cost_table(view),
+                bdtnp=BDTNP_REFERENCE if view.name == "bdtnp" else None,
+                figures=[
+                    (
+                        "Training and validation loss per variant: mean over seeds, band = min..max over seeds (moving average "
+                        "over 1/40 of the logged points)",
+                        fig_loss(view),
+                    ),
+                    (f"Predicted vs true coordinates after Procrustes alignment: {pos_caption}", pos_png),
+                    (
+                        "Gate score histograms per layer (healthy: mean about 0.5, std about 0.2)",
+                        fig_gates(view),
+                    ),
+                    (
+                        "Attention-sink share per layer: attention mass received by the most-attended cell",
+                        fig_sinks(view),
+                    ),
+                    ("Attention map of one head on one held-out section", fig_attention(view, primary)),
+                ],
+            )
+        )
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("alphastomics", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+        loader=jinja2.PackageLoader("alphastomics", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
     )
     html = env.get_template("report.html.j2").render(
-        views=views, prov=provenance(runs, cfg, list(data_dirs or []), config_snapshot), not_measured=NOT_MEASURED,
+        views=views,
+        prov=provenance(runs, cfg, list(data_dirs or []), config_snapshot),
+        not_measured=NOT_MEASURED,
         sink_threshold=f"{SINK_THRESHOLD:.0%}",
     )
     out = Path(out)
@@ -818,8 +929,12 @@ def build_report(
 
 def main(args: argparse.Namespace, cfg: Any) -> int:
     out = build_report(
-        args.runs, args.out, baseline=getattr(args, "baseline", "linear"),
-        data_dirs=getattr(args, "data_dirs", None), config_snapshot=getattr(args, "config_snapshot", None), cfg=cfg,
+        args.runs,
+        args.out,
+        baseline=getattr(args, "baseline", "linear"),
+        data_dirs=getattr(args, "data_dirs", None),
+        config_snapshot=getattr(args, "config_snapshot", None),
+        cfg=cfg,
     )
     print(f"report: wrote {out}")
     return 0
@@ -845,10 +960,21 @@ def screenshot(html: Path, png: Path, *, width: int = 1280, height: int = 4000, 
     png.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as profile:
         cmd = [
-            chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--enable-logging=stderr", "--v=0", f"--user-data-dir={profile}", f"--screenshot={png}",
-            f"--window-size={width},{height}", "--hide-scrollbars", html.as_uri(),
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            f"--user-data-dir={profile}",
+            f"--screenshot={png}",
+            f"--window-size={width},{height}",
+            "--hide-scrollbars",
+            html.as_uri(),
         ]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0 or not png.is_file():
@@ -862,7 +988,9 @@ def console_errors(log: str) -> list[str]:
 
 
 def _cli(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m alphastomics.report", description="render a report page to PNG")
+    p = argparse.ArgumentParser(
+        prog="python -m alphastomics.report", description="render a report page to PNG"
+    )
     p.add_argument("--screenshot", nargs=2, metavar=("PAGE_HTML", "OUT_PNG"), required=True)
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=2400)

@@ -30,20 +30,28 @@ def _linear(metric: str, seed: int, i: int) -> float:
 # around linear (+-2 % alternating by section), so its differences are noise.
 FACTORS = {
     "linear": lambda m, s, i: 1.0,
-    "gated_headwise": lambda m, s, i: {"distance_mse": 0.8, "knn_preservation": 1.1, "morans_i_corr": 0.95}.get(
-        m, 1.0
-    ),
+    "gated_headwise": lambda m, s, i: {
+        "distance_mse": 0.8,
+        "knn_preservation": 1.1,
+        "morans_i_corr": 0.95,
+    }.get(m, 1.0),
     "gated_elementwise": lambda m, s, i: 1 + 0.02 * (-1) ** (i + s),
     "peer_knn": lambda m, s, i: {"distance_mse": 0.5, "knn_preservation": 1.2}.get(m, 1.0),
 }
 
 
-def _write_run(root: Path, dataset: str, variant: str, seed: int, *, train: bool = True, diagnostics: bool = True):
+def _write_run(
+    root: Path, dataset: str, variant: str, seed: int, *, train: bool = True, diagnostics: bool = True
+):
     run = root / dataset / variant / f"seed{seed}"
     (run / "eval").mkdir(parents=True)
     metrics = ["distance_mse", "knn_preservation", "morans_i_corr", "procrustes_rmsd"]
     per_section = [
-        {"section": s, "n_cells": 40, **{m: _linear(m, seed, i) * FACTORS[variant](m, seed, i) for m in metrics}}
+        {
+            "section": s,
+            "n_cells": 40,
+            **{m: _linear(m, seed, i) * FACTORS[variant](m, seed, i) for m in metrics},
+        }
         for i, s in enumerate(SECTIONS)
     ]
     overall = {m: float(np.mean([r[m] for r in per_section])) for m in metrics}
@@ -53,17 +61,41 @@ def _write_run(root: Path, dataset: str, variant: str, seed: int, *, train: bool
     if diagnostics and variant in ("linear", "gated_headwise"):
         shares = [0.30, 0.45] if variant == "linear" else [0.02, 0.03]
         diag["attention_sink"] = [{"layer": i, "share": [v, v]} for i, v in enumerate(shares)]
-        np.savez(run / "eval" / "attention.npz", attn=np.random.default_rng(seed).dirichlet(np.ones(40), (2, 2, 40)))
+        rng = np.random.default_rng(seed)  # attention_map.npz as docs/architecture.md specifies it
+        np.savez(
+            run / "eval" / "attention_map.npz",
+            attn=rng.dirichlet(np.ones(40), 40).astype(np.float32),
+            positions=rng.normal(size=(40, 3)),
+            cell_id=np.array([f"s0_{j}" for j in range(40)]),
+            section="s0",
+            layer=0,
+            head=0,
+        )
     if diagnostics and variant == "gated_headwise":
         diag["gate"] = [
-            {"layer": i, "mean": 0.5, "std": 0.2, "bins": list(np.linspace(0, 1, 11)), "counts": [1, 2, 5, 9, 20, 20, 9, 5, 2, 1]}
+            {
+                "layer": i,
+                "mean": 0.5,
+                "std": 0.2,
+                "bins": list(np.linspace(0, 1, 11)),
+                "counts": [1, 2, 5, 9, 20, 20, 9, 5, 2, 1],
+            }
             for i in range(2)
         ]
-    (run / "eval" / "metrics.json").write_text(json.dumps({
-        "method": variant, "mode": "expr_to_pos", "overall": overall,
-        "random_reference": {"distance_mse": 1.9, "knn_preservation": 0.004, "procrustes_rmsd": 40.0},
-        "per_section": per_section, "diagnostics": diag, "params": {}, "cost": {"wall_time_s": 3.0} if variant.startswith("peer_") else {},
-    }))
+    (run / "eval" / "metrics.json").write_text(
+        json.dumps(
+            {
+                "method": variant,
+                "mode": "expr_to_pos",
+                "overall": overall,
+                "random_reference": {"distance_mse": 1.9, "knn_preservation": 0.004, "procrustes_rmsd": 40.0},
+                "per_section": per_section,
+                "diagnostics": diag,
+                "params": {},
+                "cost": {"wall_time_s": 3.0} if variant.startswith("peer_") else {},
+            }
+        )
+    )
     pd.DataFrame(per_section).to_csv(run / "eval" / "sections.csv", index=False)
     rng = np.random.default_rng(seed)
     rows = []
@@ -73,30 +105,54 @@ def _write_run(root: Path, dataset: str, variant: str, seed: int, *, train: bool
         rot = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
         pred = true @ rot.T + 5 + rng.normal(scale=0.5, size=true.shape) * [1, 1, 0]
         for j in range(40):
-            rows.append(dict(cell_id=f"{s}_{j}", section=s, cell_type=f"type{j % 3}",
-                             x_true=true[j, 0], y_true=true[j, 1], z_true=0.0,
-                             x_pred=pred[j, 0], y_pred=pred[j, 1], z_pred=0.0))
+            rows.append(
+                dict(
+                    cell_id=f"{s}_{j}",
+                    section=s,
+                    cell_type=f"type{j % 3}",
+                    x_true=true[j, 0],
+                    y_true=true[j, 1],
+                    z_true=0.0,
+                    x_pred=pred[j, 0],
+                    y_pred=pred[j, 1],
+                    z_pred=0.0,
+                )
+            )
     pd.DataFrame(rows).to_parquet(run / "samples.parquet")
     if train and not variant.startswith("peer_"):
         (run / "train").mkdir()
         lines = [{"step": t, "loss": 2.0 / (1 + t) + 0.01 * seed, "lr": 1e-3} for t in range(0, 50, 5)]
         lines += [{"step": t, "val_loss": 2.2 / (1 + t) + 0.01 * seed} for t in range(0, 50, 10)]
         (run / "train" / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-        (run / "train" / "train_summary.json").write_text(json.dumps({
-            "params_total": 1_000_000 if variant == "linear" else 1_040_000, "params_attention": 500_000,
-            "wall_time_s": 12.5, "cells_per_s": 3000.0, "peak_mem_mb": 256.0, "device": "cpu",
-        }))
+        (run / "train" / "train_summary.json").write_text(
+            json.dumps(
+                {
+                    "params_total": 1_000_000 if variant == "linear" else 1_040_000,
+                    "params_attention": 500_000,
+                    "wall_time_s": 12.5,
+                    "cells_per_s": 3000.0,
+                    "peak_mem_mb": 256.0,
+                    "device": "cpu",
+                }
+            )
+        )
     return run
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     root = tmp_path_factory.mktemp("results")
-    out = [_write_run(root, "toy", v, s) for v in ("linear", "gated_headwise", "gated_elementwise") for s in SEEDS]
+    out = [
+        _write_run(root, "toy", v, s)
+        for v in ("linear", "gated_headwise", "gated_elementwise")
+        for s in SEEDS
+    ]
     out.append(_write_run(root, "toy", "peer_knn", 0))
     data = root / "data" / "toy" / "processed"
     data.mkdir(parents=True)
-    (data / "manifest.json").write_text(json.dumps({"dataset": "toy", "source_checksums": {"raw.csv": "ab" * 32}}))
+    (data / "manifest.json").write_text(
+        json.dumps({"dataset": "toy", "source_checksums": {"raw.csv": "ab" * 32}})
+    )
     return out
 
 
@@ -115,7 +171,14 @@ def test_every_variant_and_peer_present(page):
     text = _text(page[1])
     for name in ("linear", "gated_headwise", "gated_elementwise", "peer_knn", "random placement"):
         assert name in text
-    for heading in ("1. Verdict", "2. The design note", "3. Metrics", "4. Cost", "5. Figures", "6. Provenance"):
+    for heading in (
+        "1. Verdict",
+        "2. The design note",
+        "3. Metrics",
+        "4. Cost",
+        "5. Figures",
+        "6. Provenance",
+    ):
         assert heading in text
 
 
@@ -123,29 +186,44 @@ def test_verdict_sentences_match_fixture_numbers(page):
     text = _text(page[1])
     ci = r"\S+ \[\S+, \S+\]"  # mean [95 % interval]
     # Headwise is exactly 0.8 x linear in all 12 (seed, section) pairs: -20.0 %, significant (Wilcoxon).
-    assert re.search(rf"On pairwise-distance error \(distance_mse, lower is better\) gated_headwise is best with "
-                     rf"{ci}, -20\.0 % against linear, significant \(Wilcoxon test over 12 seed x section pairs", text)
-    assert re.search(rf"On neighbour preservation \(knn_preservation, higher is better\) gated_headwise is best with "
-                     rf"{ci}, \+10\.0 % against linear, significant", text)
+    assert re.search(
+        rf"On pairwise-distance error \(distance_mse, lower is better\) gated_headwise is best with "
+        rf"{ci}, -20\.0 % against linear, significant \(Wilcoxon test over 12 seed x section pairs",
+        text,
+    )
+    assert re.search(
+        rf"On neighbour preservation \(knn_preservation, higher is better\) gated_headwise is best with "
+        rf"{ci}, \+10\.0 % against linear, significant",
+        text,
+    )
     # Elementwise only wobbles: on RMSD (factor 1 +- 2 %) the change is noise.
-    assert re.search(r"gated_elementwise is best with \S+ \[\S+, \S+\], [-+]0\.0 % against linear, not significant", text)
+    assert re.search(
+        r"gated_elementwise is best with \S+ \[\S+, \S+\], [-+]0\.0 % against linear, not significant", text
+    )
     # Linear is best on Moran's I (headwise is 5 % worse, elementwise wobbles).
     assert "(morans_i_corr, higher is better) the baseline linear is best" in text
     # Peer knn (seed 0 only) = 0.5 x linear(seed 0); headwise = 0.8 x linear averaged over seeds 0..2:
     # 0.8 * 1.095 / (0.5 * 1.075) - 1 = +63.0 % (worse), paired over the 4 sections of seed 0.
-    assert re.search(r"best peer on pairwise-distance error, knn \(0\.054\), gated_headwise is \+63\.0 % \(worse\), "
-                     r"significant \(paired t-test over 4 seed x section pairs", text)
+    assert re.search(
+        r"best peer on pairwise-distance error, knn \(0\.054\), gated_headwise is \+63\.0 % \(worse\), "
+        r"significant \(paired t-test over 4 seed x section pairs",
+        text,
+    )
 
 
 def test_expectations_marked(page):
-    rows = re.findall(r"<tr><td>(\w+)</td><td>([^<]+)</td><td>[^<]*</td><td>([^<]*)</td>\s*<td class=\"mark-[\w-]+\">([^<]+)</td>",
-                      page[1])
+    rows = re.findall(
+        r"<tr><td>(\w+)</td><td>([^<]+)</td><td>[^<]*</td><td>([^<]*)</td>\s*<td class=\"mark-[\w-]+\">([^<]+)</td>",
+        page[1],
+    )
     marks = {(v, label.replace("&#39;", "'")): mark for v, label, _, mark in rows}
     assert marks[("gated_headwise", "position distance MSE")] == "met"  # -20 % beyond the expected -10..-15
     assert marks[("gated_headwise", "kNN preservation")] == "met"  # +10 %
     assert marks[("gated_headwise", "Moran's I agreement")] == "not met"  # significantly down
     assert marks[("gated_headwise", "expression MSE")] == "not measured"  # expr_to_pos: no expression
-    assert marks[("gated_headwise", "masked reconstruction MSE")] == "not significant"  # -30 %, but untestable
+    assert (
+        marks[("gated_headwise", "masked reconstruction MSE")] == "not significant"
+    )  # -30 %, but untestable
     assert marks[("gated_headwise", "no attention sink")] == "met"  # 3 % < 10 %
     assert marks[("gated_elementwise", "position distance MSE")] == "not significant"
     assert marks[("gated_elementwise", "no attention sink")] == "not measured"
@@ -209,7 +287,9 @@ def test_cli(runs, tmp_path, capsys):
     assert "run folder not found" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian chromium (apt-get install -y chromium)")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="needs Debian chromium (apt-get install -y chromium)"
+)
 def test_renders_in_headless_chromium(page, tmp_path):
     from PIL import Image
 
