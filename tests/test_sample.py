@@ -1,0 +1,131 @@
+"""The sample stage: one row per held-out cell, original units, seeded, and clear errors on mismatched data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from alphastomics.__main__ import main as cli
+from alphastomics.config import load_config
+from alphastomics.datasets import open_raw
+from alphastomics.sample import SampleError, sample
+from alphastomics.train import train
+
+TINY = [
+    "TransformerLayer_setting.d_model=16", "TransformerLayer_setting.num_layers=1",
+    "TransformerLayer_setting.num_heads=2", "TransformerLayer_setting.time_embed_dim=16",
+    "data.max_cells=32", "diffusion.sampling_steps=3", "training.max_steps=3", "training.batch_size=1",
+    "training.val_every=3", "training.val_batches=1", "training.log_every=3", "training.warmup_steps=1",
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _trained(root: Path, proc: Path, mode: str, extra: tuple[str, ...] = ()) -> Path:
+    cfg = load_config(overrides=[*TINY, f"diffusion.mode={mode}", *extra])
+    train(cfg, proc, root / mode)
+    return root / mode / "final.pt"
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_processed, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sample")
+    return {mode: _trained(root, tiny_processed, mode) for mode in ("joint", "expr_to_pos")}
+
+
+def test_one_row_per_held_out_cell_in_original_units(checkpoints, tiny_processed, tmp_path):
+    out = tmp_path / "samples.parquet"
+    table = sample(checkpoints["joint"], tiny_processed, out)
+    manifest = json.loads((tiny_processed / "manifest.json").read_text())
+    cells = pq.read_table(tiny_processed / "cells.parquet").to_pandas()
+    held_out = cells[cells["split"] == "test"]
+    df = pq.read_table(out).to_pandas()
+    assert len(df) == sum(manifest["cells_per_section"][s] for s in manifest["splits"]["test"]) == len(held_out)
+    assert list(df["cell_id"]) == list(held_out["cell_id"])
+    for col in ("x_true", "y_true", "z_true", "x_pred", "y_pred", "z_pred"):
+        assert np.isfinite(df[col]).all()
+    g = manifest["n_genes"]
+    expr_true = np.stack(df["expression_true"].to_numpy())
+    expr_pred = np.stack(df["expression_pred"].to_numpy())
+    assert expr_true.shape == expr_pred.shape == (len(df), g) and np.isfinite(expr_pred).all()
+    # standardisation undone: stored * std + mean
+    stored = np.stack(held_out["expression"].to_numpy())
+    norm = manifest["normalization"]
+    np.testing.assert_allclose(expr_true, stored * np.array(norm["gene_std"]) + np.array(norm["gene_mean"]),
+                               rtol=1e-5, atol=1e-5)
+    # predicted coordinates sit around their section's centre, in the units of the raw data
+    for section, part in df.groupby("section"):
+        centre = manifest["coordinates"]["centers"][section]
+        np.testing.assert_allclose(part[["x_pred", "y_pred"]].mean().to_numpy(), centre[:2], atol=1e-3)
+    meta = table.schema.metadata
+    assert meta[b"alphastomics.mode"] == b"joint"
+    assert meta[b"alphastomics.method"] == b"gated_headwise_qknorm"
+    assert json.loads(meta[b"alphastomics.genes"]) == manifest["genes"]
+
+
+def test_truth_coordinates_round_trip_to_the_raw_ones(checkpoints, tiny_processed, synthetic_raw, tiny_config,
+                                                       tmp_path):
+    df = sample(checkpoints["expr_to_pos"], tiny_processed, tmp_path / "s.parquet").to_pandas()
+    raw = open_raw(synthetic_raw, tiny_config.dataset)
+    coords = {cid: xy for sec in raw.sections for cid, xy in zip(sec.cell_ids, sec.coords)}
+    expected = np.stack([coords[c] for c in df["cell_id"]])
+    # float32 storage: equal up to float32 rounding of the centred, scaled values
+    np.testing.assert_allclose(df[["x_true", "y_true"]].to_numpy(), expected, rtol=1e-6, atol=1e-4)
+    assert (df["z_true"] == 0).all() and (df["z_pred"] == 0).all()
+
+
+def test_expr_to_pos_writes_no_expression_and_is_seeded(checkpoints, tiny_processed, tmp_path):
+    a = sample(checkpoints["expr_to_pos"], tiny_processed, tmp_path / "a.parquet")
+    b = sample(checkpoints["expr_to_pos"], tiny_processed, tmp_path / "b.parquet")
+    assert "expression_pred" not in a.column_names and "expression_true" not in a.column_names
+    assert a.equals(b)
+    cfg = load_config(overrides=["evaluation.seed=1"])
+    c = sample(checkpoints["expr_to_pos"], tiny_processed, tmp_path / "c.parquet", cfg=cfg)
+    assert not np.array_equal(a["x_pred"].to_numpy(), c["x_pred"].to_numpy())
+
+
+def test_cli_spelling_and_split(checkpoints, tiny_processed, tmp_path):
+    out = tmp_path / "val.parquet"
+    rc = cli(["sample", "--checkpoint", str(checkpoints["expr_to_pos"]), "--data_dir", str(tiny_processed),
+              "--out", str(out), "--split", "val"])
+    assert rc == 0
+    manifest = json.loads((tiny_processed / "manifest.json").read_text())
+    assert set(pq.read_table(out)["section"].to_pylist()) == set(manifest["splits"]["val"])
+    assert [p.name for p in tmp_path.iterdir()] == ["val.parquet"]  # no temporary file left
+
+
+def test_other_genes_are_refused(checkpoints, tiny_processed, tmp_path, capsys):
+    other = tmp_path / "proc"
+    shutil.copytree(tiny_processed, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["genes"][3] = "renamed"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SampleError, match=r"manifest\.json: genes differ .*'renamed'"):
+        sample(checkpoints["joint"], other, tmp_path / "s.parquet")
+    rc = cli(["sample", "--checkpoint", str(checkpoints["joint"]), "--data_dir", str(other),
+              "--out", str(tmp_path / "s.parquet")])
+    assert rc == 2 and "genes differ" in capsys.readouterr().err
+    assert not (tmp_path / "s.parquet").exists()
+
+
+def test_other_dims_are_refused(checkpoints, tiny_processed_3d, tmp_path):
+    with pytest.raises(SampleError, match=r"dims is 3 .* trained with dims 2"):
+        sample(checkpoints["joint"], tiny_processed_3d, tmp_path / "s.parquet")
+
+
+def test_missing_checkpoint_is_a_one_line_error(tiny_processed, tmp_path, capsys):
+    rc = cli(["sample", "--checkpoint", str(tmp_path / "nope.pt"), "--data_dir", str(tiny_processed),
+              "--out", str(tmp_path / "s.parquet")])
+    assert rc == 2 and "checkpoint not found" in capsys.readouterr().err
