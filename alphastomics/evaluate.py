@@ -65,7 +65,9 @@ def read_samples(path: Path) -> tuple[pa.Table, dict[str, str]]:
     meta = {k.removeprefix("alphastomics."): v for k, v in meta.items() if k.startswith("alphastomics.")}
     for name in ("cell_id", "section", *POSITION_COLUMNS):
         if name not in table.column_names:
-            raise EvaluationError(f"{path}: field '{name}' is missing; write samples as in docs/architecture.md")
+            raise EvaluationError(
+                f"{path}: field '{name}' is missing; write samples as in docs/architecture.md"
+            )
     return table, meta
 
 
@@ -74,7 +76,9 @@ def samples_mode(path: Path, table: pa.Table, meta: dict[str, str]) -> str:
     if mode is None:  # files written by hand: infer from what is there
         mode = "joint" if "expression_pred" in table.column_names else "expr_to_pos"
     if mode not in MODES:
-        raise EvaluationError(f"{path}: metadata 'alphastomics.mode' is {mode!r}; use one of {', '.join(MODES)}")
+        raise EvaluationError(
+            f"{path}: metadata 'alphastomics.mode' is {mode!r}; use one of {', '.join(MODES)}"
+        )
     if mode != "expr_to_pos":
         for name in ("expression_true", "expression_pred"):
             if name not in table.column_names:
@@ -124,7 +128,9 @@ def _finite(a: np.ndarray, path: Path, field: str, section: str) -> np.ndarray:
 # Scoring one section
 
 
-def position_scores(pred: np.ndarray, true: np.ndarray, values: np.ndarray, ecfg: EvalConfig) -> dict[str, float]:
+def position_scores(
+    pred: np.ndarray, true: np.ndarray, values: np.ndarray, ecfg: EvalConfig
+) -> dict[str, float]:
     """Every position metric of one section; ``values`` (N, G) is the expression used for Moran's I."""
     k, seed = ecfg.knn_k, ecfg.seed
     out = {
@@ -188,7 +194,9 @@ def random_reference(
     for _ in range(ecfg.num_random_references):
         perm = rng.permutation(len(pos_true))
         draws.append(section_scores(mode, pos_true[perm], pos_true, expr_true[perm], expr_true, ecfg))
-    return {key: float(np.nanmean([d[key] for d in draws])) if draws else math.nan for key in (draws or [{}])[0]}
+    return {
+        key: float(np.nanmean([d[key] for d in draws])) if draws else math.nan for key in (draws or [{}])[0]
+    }
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -224,40 +232,50 @@ def score(samples: Path, data_dir: Path, cfg: Config) -> dict[str, Any]:
         part = table.filter(pc.equal(section_col, s))
         n = part.num_rows
         if n < 2:
-            raise EvaluationError(f"{samples}: section '{s}' (field 'section') has {n} cell; metrics need 2 or more")
+            raise EvaluationError(
+                f"{samples}: section '{s}' (field 'section') has {n} cell; metrics need 2 or more"
+            )
         ids = part["cell_id"].cast(pa.string()).to_pylist()
         lookup = truth[s]["row"]
         missing = [c for c in ids if c not in lookup]
         if missing:
             raise EvaluationError(
-                f"{samples}: field 'cell_id' has '{missing[0]}' (+{len(missing) - 1} more) not in section '{s}' "
-                f"of {data_dir / 'cells.parquet'}; evaluate with the --data_dir the samples came from"
+                f"{samples}: field 'cell_id' has '{missing[0]}' (+{len(missing) - 1} more) not in section "
+                f"'{s}' of {data_dir / 'cells.parquet'}; evaluate with the --data_dir the samples came from"
             )
         order = np.array([lookup[c] for c in ids])
         axes = "xyz"[:dims]
-        pos_true = _finite(np.c_[tuple(part[f"{a}_true"].to_numpy() for a in axes)].astype(np.float64),
-                           samples, "x_true", s)
+        pos_true = _finite(
+            np.c_[tuple(part[f"{a}_true"].to_numpy() for a in axes)].astype(np.float64), samples, "x_true", s
+        )
         pos_pred = np.zeros_like(pos_true)
         if mode != "pos_to_expr":
-            pos_pred = _finite(np.c_[tuple(part[f"{a}_pred"].to_numpy() for a in axes)].astype(np.float64),
-                               samples, "x_pred", s)
+            pos_pred = _finite(
+                np.c_[tuple(part[f"{a}_pred"].to_numpy() for a in axes)].astype(np.float64),
+                samples,
+                "x_pred",
+                s,
+            )
         expr_true = truth[s]["expression"][order]  # model space (standardised) for every mode
         expr_pred = None
         if mode != "expr_to_pos":
             # Samples hold log-normalised expression; score in the standardised units the model trains in,
             # so every gene weighs the same in the MSE.
-            expr_pred = _finite((_matrix(part["expression_pred"], g, str(samples)) - gene_mean) / gene_std,
-                                samples, "expression_pred", s)
+            expr_pred = _finite(
+                (_matrix(part["expression_pred"], g, str(samples)) - gene_mean) / gene_std,
+                samples,
+                "expression_pred",
+                s,
+            )
         labels = _labels(part, truth[s], order)
         keep = np.ones(n, dtype=bool) if labels is None else labels != ""
         scores = section_scores(mode, pos_pred, pos_true, expr_pred, expr_true, ecfg)
         ref = random_reference(mode, pos_true, expr_true, ecfg, index)
-        if labels is not None and keep.sum() >= 2:
-            # Cell-type neighbourhoods among labelled cells only (unlabelled cells are neither counted nor scored).
-            if mode != "pos_to_expr":
-                got, rand = _neighborhood(pos_pred[keep], pos_true[keep], labels[keep], ecfg, index)
-                scores.update(got)
-                ref.update(rand)
+        if labels is not None and keep.sum() >= 2 and mode != "pos_to_expr":
+            # Cell-type neighbourhoods among labelled cells only (unlabelled: neither counted nor scored).
+            got, rand = _neighborhood(pos_pred[keep], pos_true[keep], labels[keep], ecfg, index)
+            scores.update(got)
+            ref.update(rand)
         rows.append({"section": s, "n_cells": n, **scores})
         refs.append({"section": s, "n_cells": n, **ref})
 
@@ -324,8 +342,10 @@ def _neighborhood(
     draws = [agree(true[rng.permutation(len(true))]) for _ in range(ecfg.num_random_references)]
     ref = {"neighborhood_ari": math.nan, "neighborhood_nmi": math.nan}
     if draws:
-        ref = {"neighborhood_ari": float(np.mean([d[0] for d in draws])),
-               "neighborhood_nmi": float(np.mean([d[1] for d in draws]))}
+        ref = {
+            "neighborhood_ari": float(np.mean([d[0] for d in draws])),
+            "neighborhood_nmi": float(np.mean([d[1] for d in draws])),
+        }
     return {"neighborhood_ari": float(ari), "neighborhood_nmi": float(nmi)}, ref
 
 
@@ -389,7 +409,9 @@ def model_diagnostics(
             noise = masked_centre(torch.randn(x_p.shape, generator=gen).to(device), mask)
             in_p, t_p = diffusion.q_sample(x_p, t, noise), tt
         with torch.no_grad():
-            *_, layers = model(in_e, in_p, t_e, mask, expression_t=t_e, position_t=t_p, return_diagnostics=True)
+            *_, layers = model(
+                in_e, in_p, t_e, mask, expression_t=t_e, position_t=t_p, return_diagnostics=True
+            )
         m = mask.cpu().numpy()
         pos = x_p[0].float().cpu().numpy()
         radius = np.linalg.norm(pos, axis=1) / max(float(np.sqrt((pos**2).sum(axis=1).mean())), 1e-12)
@@ -400,9 +422,18 @@ def model_diagnostics(
             for h in range(attn.shape[1]):
                 j = int(sink["index"][0, h])
                 share = float(sink["share"][0, h])
-                sinks.append({"section": s, "layer": li, "head": h, "n_cells": int(sink["n"][0]), "share": share,
-                              "share_x_uniform": share * int(sink["n"][0]), "cell_id": str(sec.cell_ids[j]),
-                              "cell_radius": float(radius[j])})
+                sinks.append(
+                    {
+                        "section": s,
+                        "layer": li,
+                        "head": h,
+                        "n_cells": int(sink["n"][0]),
+                        "share": share,
+                        "share_x_uniform": share * int(sink["n"][0]),
+                        "cell_id": str(sec.cell_ids[j]),
+                        "cell_radius": float(radius[j]),
+                    }
+                )
                 if share > best[0]:
                     best = (share, li, h)
             if d.get("gate") is not None:
@@ -416,14 +447,18 @@ def model_diagnostics(
     for li in sorted({r["layer"] for r in sinks}):
         rows = [r for r in sinks if r["layer"] == li]
         heads = sorted({r["head"] for r in rows})
-        per_layer.append({
-            "layer": li,
-            "share": float(np.mean([r["share"] for r in rows])),  # mean over heads and sections
-            "share_max": float(np.max([r["share"] for r in rows])),
-            "share_x_uniform": float(np.mean([r["share_x_uniform"] for r in rows])),
-            "share_per_head": [float(np.mean([r["share"] for r in rows if r["head"] == h])) for h in heads],
-            "sink_radius_mean": float(np.mean([r["cell_radius"] for r in rows])),
-        })
+        per_layer.append(
+            {
+                "layer": li,
+                "share": float(np.mean([r["share"] for r in rows])),  # mean over heads and sections
+                "share_max": float(np.max([r["share"] for r in rows])),
+                "share_x_uniform": float(np.mean([r["share_x_uniform"] for r in rows])),
+                "share_per_head": [
+                    float(np.mean([r["share"] for r in rows if r["head"] == h])) for h in heads
+                ],
+                "sink_radius_mean": float(np.mean([r["cell_radius"] for r in rows])),
+            }
+        )
     diag = {
         "diffusion_time": step / diffusion.T,
         "mode": mode,
@@ -438,7 +473,12 @@ def model_diagnostics(
 
 
 def _attention_map(
-    layers: list[dict[str, Any]], layer: int, head: int, sec: Any, pos: np.ndarray, section: str,
+    layers: list[dict[str, Any]],
+    layer: int,
+    head: int,
+    sec: Any,
+    pos: np.ndarray,
+    section: str,
     rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
     """One head's attention among <= ATTENTION_MAP_CELLS cells (rows/columns of the full-context matrix, so
@@ -491,7 +531,9 @@ def write_outputs(out: Path, result: dict[str, Any], attention_map: dict[str, np
             w = csv.DictWriter(f, fieldnames=fields, restval="")
             w.writeheader()
             for r in rows:
-                w.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()})
+                w.writerow(
+                    {k: ("" if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+                )
         if attention_map is not None:
             np.savez_compressed(tmp / "attention_map.npz", **attention_map)
 
@@ -499,7 +541,9 @@ def write_outputs(out: Path, result: dict[str, Any], attention_map: dict[str, np
 def read_train_summary(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(params, cost) copied from train_summary.json."""
     if not path.is_file():
-        raise EvaluationError(f"{path}: train summary not found; pass the file train wrote as --train-summary")
+        raise EvaluationError(
+            f"{path}: train summary not found; pass the file train wrote as --train-summary"
+        )
     try:
         s = json.loads(path.read_text())
     except json.JSONDecodeError:
@@ -539,11 +583,21 @@ def evaluate(
 
 def main(args: Any, cfg: Config) -> int:
     result = evaluate(
-        args.samples, args.data_dir, args.out, cfg, checkpoint=args.checkpoint, train_summary=args.train_summary
+        args.samples,
+        args.data_dir,
+        args.out,
+        cfg,
+        checkpoint=args.checkpoint,
+        train_summary=args.train_summary,
     )
     o, r = result["overall"], result["random_reference"]
-    shown = [k for k in ("knn_preservation", "distance_pearson", "procrustes_rmsd", "expression_pearson") if k in o]
+    shown = [
+        k for k in ("knn_preservation", "distance_pearson", "procrustes_rmsd", "expression_pearson") if k in o
+    ]
     text = ", ".join(f"{k} {o[k]:.4g} (random {r.get(k, math.nan):.4g})" for k in shown)
-    print(f"evaluate: {result['method']} ({result['mode']}), {result['n_sections']} sections, "
-          f"{result['n_cells']} cells: {text} -> {args.out}", file=sys.stderr)
+    print(
+        f"evaluate: {result['method']} ({result['mode']}), {result['n_sections']} sections, "
+        f"{result['n_cells']} cells: {text} -> {args.out}",
+        file=sys.stderr,
+    )
     return 0

@@ -3,7 +3,8 @@
 Positions are compared up to rotation, reflection and translation (and, where said, scale), as in the
 tissue-reassembly evaluation of LUNA (Yu et al. 2025). Moran's I follows Moran (1950) with k-nearest-neighbour
 binary weights, row-standardised. The attention-sink share follows the "attention sink" analysis of Xiao et
-al. 2023 and Qiu et al. 2025 (Gated Attention, arXiv 2505.06708): the share of attention mass one key receives.
+al. 2023 and Qiu et al. 2025 (Gated Attention, arXiv 2505.06708): the share of attention mass one key
+receives.
 
 Conventions: ``pred`` and ``true`` are (N, D) coordinates of the same N cells in the same order (or (N, G)
 expression); every function validates its input and raises ``MetricInputError`` with one line.
@@ -34,9 +35,13 @@ class MetricInputError(AlphaSTomicsError, ValueError):
 def _points(x: Any, name: str, min_rows: int = 2) -> np.ndarray:
     a = np.asarray(x, dtype=np.float64)
     if a.ndim != 2:
-        raise MetricInputError(f"metric input '{name}' must be a 2-D array (cells x dims), got shape {a.shape}")
+        raise MetricInputError(
+            f"metric input '{name}' must be a 2-D array (cells x dims), got shape {a.shape}"
+        )
     if a.shape[0] < min_rows:
-        raise MetricInputError(f"metric input '{name}' has {a.shape[0]} cells; at least {min_rows} are needed")
+        raise MetricInputError(
+            f"metric input '{name}' has {a.shape[0]} cells; at least {min_rows} are needed"
+        )
     if not np.isfinite(a).all():
         raise MetricInputError(f"metric input '{name}' has NaN or inf values; drop or fix those cells first")
     return a
@@ -45,7 +50,9 @@ def _points(x: Any, name: str, min_rows: int = 2) -> np.ndarray:
 def _pair(pred: Any, true: Any, min_rows: int = 2) -> tuple[np.ndarray, np.ndarray]:
     p, t = _points(pred, "pred", min_rows), _points(true, "true", min_rows)
     if p.shape != t.shape:
-        raise MetricInputError(f"metric inputs 'pred' {p.shape} and 'true' {t.shape} must have the same shape")
+        raise MetricInputError(
+            f"metric inputs 'pred' {p.shape} and 'true' {t.shape} must have the same shape"
+        )
     return p, t
 
 
@@ -82,7 +89,9 @@ def distance_mse(pred: np.ndarray, true: np.ndarray, *, max_pairs: int = MAX_PAI
     return float(np.mean((dp - dt) ** 2))
 
 
-def distance_pearson(pred: np.ndarray, true: np.ndarray, *, max_pairs: int = MAX_PAIRS, seed: int = 0) -> float:
+def distance_pearson(
+    pred: np.ndarray, true: np.ndarray, *, max_pairs: int = MAX_PAIRS, seed: int = 0
+) -> float:
     """Pearson r between {|p_i - p_j|} and {|t_i - t_j|} over pairs i < j."""
     dp, dt = pair_distances(pred, true, max_pairs=max_pairs, seed=seed)
     if np.ptp(dp) == 0 or np.ptp(dt) == 0:
@@ -90,7 +99,9 @@ def distance_pearson(pred: np.ndarray, true: np.ndarray, *, max_pairs: int = MAX
     return float(stats.pearsonr(dp, dt)[0])
 
 
-def distance_spearman(pred: np.ndarray, true: np.ndarray, *, max_pairs: int = MAX_PAIRS, seed: int = 0) -> float:
+def distance_spearman(
+    pred: np.ndarray, true: np.ndarray, *, max_pairs: int = MAX_PAIRS, seed: int = 0
+) -> float:
     """Spearman rho between {|p_i - p_j|} and {|t_i - t_j|} over pairs i < j."""
     dp, dt = pair_distances(pred, true, max_pairs=max_pairs, seed=seed)
     if np.ptp(dp) == 0 or np.ptp(dt) == 0:
@@ -128,7 +139,9 @@ def knn_preservation(pred: np.ndarray, true: np.ndarray, *, k: int = 10) -> floa
 # Procrustes
 
 
-def procrustes_align(pred: np.ndarray, true: np.ndarray, *, scaled: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def procrustes_align(
+    pred: np.ndarray, true: np.ndarray, *, scaled: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(aligned pred, centred true): pred centred, rotated/reflected (and, if scaled, scaled by s) to
     minimise |s P R - T|_F; R = U V^T from the SVD P^T T = U S V^T, s = trace(S) / |P|_F^2."""
     p, t = _pair(pred, true)
@@ -183,7 +196,9 @@ def neighborhood_composition(positions: np.ndarray, labels: np.ndarray, *, k: in
     return comp / idx.shape[1]
 
 
-def neighborhood_clusters(positions: np.ndarray, labels: np.ndarray, *, k: int = 15, seed: int = 0) -> np.ndarray:
+def neighborhood_clusters(
+    positions: np.ndarray, labels: np.ndarray, *, k: int = 15, seed: int = 0
+) -> np.ndarray:
     """KMeans (seeded, n_init 10, k = number of distinct labels) of cells by neighbourhood composition."""
     from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
@@ -199,7 +214,7 @@ def neighborhood_clusters(positions: np.ndarray, labels: np.ndarray, *, k: int =
 def neighborhood_ari(
     pred: np.ndarray, true: np.ndarray, labels: np.ndarray, *, k: int = 15, seed: int = 0
 ) -> float:
-    """ARI(clusters of kNN cell-type composition in pred coords, the same in true coords); NaN if < 2 types."""
+    """ARI(clusters of kNN cell-type composition in pred coords, same in true coords); NaN if < 2 types."""
     from sklearn.metrics import adjusted_rand_score
 
     p, t = _pair(pred, true)
@@ -243,7 +258,9 @@ def morans_i(positions: np.ndarray, values: np.ndarray, *, k: int = 10) -> np.nd
     idx = knn_indices(x, k)
     n, kk = idx.shape
     # Sparse W (k entries of 1/k per row): z[idx] would need N*k*G floats (20k cells x 500 genes: 800 MB).
-    w = sparse.csr_matrix((np.full(n * kk, 1.0 / kk), idx.ravel(), np.arange(0, n * kk + 1, kk)), shape=(n, n))
+    w = sparse.csr_matrix(
+        (np.full(n * kk, 1.0 / kk), idx.ravel(), np.arange(0, n * kk + 1, kk)), shape=(n, n)
+    )
     lag = w @ z  # (N, G): neighbour mean of each gene
     denom = (z**2).sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -310,14 +327,20 @@ def attention_sink(attn: np.ndarray, mask: np.ndarray | None = None) -> dict[str
     return {"share": col.max(axis=2) / n_real[:, None], "index": col.argmax(axis=2), "n": n_real}
 
 
-def gate_stats(gate: np.ndarray, mask: np.ndarray | None = None, *, bins: np.ndarray = GATE_BINS) -> dict[str, Any]:
+def gate_stats(
+    gate: np.ndarray, mask: np.ndarray | None = None, *, bins: np.ndarray = GATE_BINS
+) -> dict[str, Any]:
     """Mean, std and histogram counts (fixed ``bins``) of gate scores of real cells; gate is (B, N, C)."""
     g = np.asarray(gate, dtype=np.float64)
     if g.ndim == 2:
         g = g[None]
     if g.ndim != 3:
         raise MetricInputError(f"metric input 'gate' must be (B, N, H or D), got shape {g.shape}")
-    m = np.ones(g.shape[:2], dtype=bool) if mask is None else np.asarray(mask, dtype=bool).reshape(g.shape[:2])
+    m = (
+        np.ones(g.shape[:2], dtype=bool)
+        if mask is None
+        else np.asarray(mask, dtype=bool).reshape(g.shape[:2])
+    )
     vals = g[m].ravel()
     counts, _ = np.histogram(vals, bins=bins)
     return {

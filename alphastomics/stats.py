@@ -12,9 +12,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Hashable
+from typing import Any
 
 import numpy as np
 from scipy import stats

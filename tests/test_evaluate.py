@@ -1,10 +1,10 @@
-"""The evaluate stage on samples files built here from real processed data (synthetic tissue with cell types)."""
+"""The evaluate stage on samples files built here from processed data (synthetic tissue with cell types)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +22,13 @@ SYNTH = {
     "dataset": {
         "source": "synthetic",
         "name": "tiny",
-        "synthetic": {"num_sections": 4, "min_cells": 60, "max_cells": 90, "num_genes": 12, "num_cell_types": 3},
+        "synthetic": {
+            "num_sections": 4,
+            "min_cells": 60,
+            "max_cells": 90,
+            "num_genes": 12,
+            "num_cell_types": 3,
+        },
     },
     "evaluation": {"num_random_references": 3},
 }
@@ -60,7 +66,9 @@ def write_samples(
     parts = []
     for s in sections or manifest["splits"]["test"] + manifest["splits"]["val"]:
         rows = cells.filter(pc.equal(cells["section"].cast(pa.string()), s))
-        true = np.c_[rows["x"], rows["y"], rows["z"]].astype(np.float64) * scale + np.array(centers.get(s, [0, 0, 0]))
+        true = np.c_[rows["x"], rows["y"], rows["z"]].astype(np.float64) * scale + np.array(
+            centers.get(s, [0, 0, 0])
+        )
         pred = true.copy()
         pred[:, : manifest["dims"]] = positions(true[:, : manifest["dims"]], rng)
         cols = {
@@ -118,13 +126,17 @@ def test_truth_scores_perfectly_and_writes_both_tables(proc: Path, tmp_path: Pat
 
 def test_overall_is_cell_weighted_mean_of_sections(proc: Path, tmp_path: Path) -> None:
     cfg = load_config(overrides=SYNTH)
-    samples = write_samples(proc, tmp_path / "s.parquet", positions=lambda x, rng: x + rng.normal(0, 0.05, x.shape))
+    samples = write_samples(
+        proc, tmp_path / "s.parquet", positions=lambda x, rng: x + rng.normal(0, 0.05, x.shape)
+    )
     result = evaluate(samples, proc, tmp_path / "eval", cfg)
     rows = result["per_section"]
     n = np.array([r["n_cells"] for r in rows])
     for key in ("knn_preservation", "procrustes_rmsd", "random_knn_preservation"):
         want = (np.array([r[key] for r in rows]) * n).sum() / n.sum()
-        got = result["overall" if not key.startswith("random_") else "random_reference"][key.removeprefix("random_")]
+        got = result["overall" if not key.startswith("random_") else "random_reference"][
+            key.removeprefix("random_")
+        ]
         assert got == pytest.approx(want)
 
 
@@ -148,7 +160,9 @@ def test_expression_modes(proc: Path, tmp_path: Path) -> None:
     assert o["expr_morans_i_corr"] == pytest.approx(1.0, abs=1e-5)
     assert "knn_preservation" not in o  # positions were given, not generated
     assert r["expression_mse"] > 0.5 and abs(r["expression_pearson"]) < 0.3
-    joint = write_samples(proc, tmp_path / "j.parquet", positions=rigid, expression=lambda e, rng: e, mode="joint")
+    joint = write_samples(
+        proc, tmp_path / "j.parquet", positions=rigid, expression=lambda e, rng: e, mode="joint"
+    )
     both = evaluate(joint, proc, tmp_path / "eval2", cfg)["overall"]
     assert both["knn_preservation"] == 1.0 and both["expression_mse"] == pytest.approx(0.0, abs=1e-8)
 
@@ -156,8 +170,18 @@ def test_expression_modes(proc: Path, tmp_path: Path) -> None:
 def test_train_summary_is_copied(proc: Path, tmp_path: Path) -> None:
     cfg = load_config(overrides=SYNTH)
     summary = tmp_path / "train_summary.json"
-    summary.write_text(json.dumps({"params_total": 1234, "params_attention": 200, "wall_time_s": 9.5,
-                                   "cells_per_s": 100.0, "peak_mem_mb": 12.0, "best_val_loss": 0.3}))
+    summary.write_text(
+        json.dumps(
+            {
+                "params_total": 1234,
+                "params_attention": 200,
+                "wall_time_s": 9.5,
+                "cells_per_s": 100.0,
+                "peak_mem_mb": 12.0,
+                "best_val_loss": 0.3,
+            }
+        )
+    )
     samples = write_samples(proc, tmp_path / "s.parquet")
     result = evaluate(samples, proc, tmp_path / "eval", cfg, train_summary=summary)
     assert result["params"] == {"params_total": 1234, "params_attention": 200}
@@ -177,7 +201,9 @@ def test_unknown_section_is_a_one_line_error_and_nothing_is_written(proc: Path, 
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["s.parquet"]
 
 
-def test_cli_bad_input_exits_2_with_file_and_field(proc: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_bad_input_exits_2_with_file_and_field(
+    proc: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     samples = write_samples(proc, tmp_path / "s.parquet")
     t = pq.read_table(samples).drop_columns(["x_pred"])
     pq.write_table(t, samples)
@@ -207,14 +233,26 @@ def tiny_checkpoint(proc: Path, path: Path, **model: object) -> Path:
     manifest = json.loads((proc / "manifest.json").read_text())
     torch.manual_seed(0)
     net = build_model(cfg, manifest["n_genes"], manifest["dims"])
-    torch.save({"config": cfg.to_dict(), "model": net.state_dict(), "ema": net.state_dict(), "step": 0,
-                "n_genes": manifest["n_genes"], "dims": manifest["dims"], "manifest": manifest}, path)
+    torch.save(
+        {
+            "config": cfg.to_dict(),
+            "model": net.state_dict(),
+            "ema": net.state_dict(),
+            "step": 0,
+            "n_genes": manifest["n_genes"],
+            "dims": manifest["dims"],
+            "manifest": manifest,
+        },
+        path,
+    )
     return path
 
 
 def test_checkpoint_diagnostics_and_attention_map(proc: Path, tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(proc, tmp_path / "final.pt")
-    cfg = load_config(overrides={**SYNTH, "evaluation": {"num_random_references": 1, "diagnostics_max_cells": 50}})
+    cfg = load_config(
+        overrides={**SYNTH, "evaluation": {"num_random_references": 1, "diagnostics_max_cells": 50}}
+    )
     samples = write_samples(proc, tmp_path / "s.parquet", positions=rigid)
     out = tmp_path / "eval"
     result = evaluate(samples, proc, out, cfg, checkpoint=ckpt)
@@ -222,7 +260,9 @@ def test_checkpoint_diagnostics_and_attention_map(proc: Path, tmp_path: Path) ->
     assert len(d["attention_sink_detail"]) == 2 * 2 * 2  # sections x layers x heads
     for row in d["attention_sink_detail"]:
         assert row["n_cells"] == 50  # every held-out section is larger than 50: subsampled, and said so
-        assert 1 / 50 - 1e-6 <= row["share"] <= 1.0 and row["share_x_uniform"] == pytest.approx(row["share"] * 50)
+        assert 1 / 50 - 1e-6 <= row["share"] <= 1.0 and row["share_x_uniform"] == pytest.approx(
+            row["share"] * 50
+        )
     assert set(d["subsampled"]) == {r["section"] for r in result["per_section"]}
     assert [g["layer"] for g in d["gate"]] == [0, 1]
     for g in d["gate"]:  # headwise gate: one score per head per real cell, over both sections
@@ -241,8 +281,9 @@ def test_checkpoint_diagnostics_and_attention_map(proc: Path, tmp_path: Path) ->
 
 
 def test_linear_checkpoint_has_sinks_but_no_gates(proc: Path, tmp_path: Path) -> None:
-    ckpt = tiny_checkpoint(proc, tmp_path / "final.pt", use_gated_attention=False, gate_type="none",
-                           use_qk_norm=False)
+    ckpt = tiny_checkpoint(
+        proc, tmp_path / "final.pt", use_gated_attention=False, gate_type="none", use_qk_norm=False
+    )
     cfg = load_config(overrides={**SYNTH, "evaluation": {"num_random_references": 1}})
     samples = write_samples(proc, tmp_path / "s.parquet")
     d = evaluate(samples, proc, tmp_path / "eval", cfg, checkpoint=ckpt)["diagnostics"]
@@ -256,7 +297,9 @@ def test_neighbourhood_scores_equal_the_metric_functions_and_runs_repeat_bit_for
     from alphastomics import metrics as M
 
     cfg = load_config(overrides=SYNTH)
-    samples = write_samples(proc, tmp_path / "s.parquet", positions=lambda x, rng: x + rng.normal(0, 0.3, x.shape))
+    samples = write_samples(
+        proc, tmp_path / "s.parquet", positions=lambda x, rng: x + rng.normal(0, 0.3, x.shape)
+    )
     first = evaluate(samples, proc, tmp_path / "a", cfg)
     evaluate(samples, proc, tmp_path / "b", cfg)
     assert (tmp_path / "a" / "metrics.json").read_bytes() == (tmp_path / "b" / "metrics.json").read_bytes()
@@ -268,3 +311,13 @@ def test_neighbourhood_scores_equal_the_metric_functions_and_runs_repeat_bit_for
         assert row["neighborhood_ari"] == pytest.approx(M.neighborhood_ari(pred, true, labels, k=15))
         assert row["neighborhood_nmi"] == pytest.approx(M.neighborhood_nmi(pred, true, labels, k=15))
         assert row["knn_preservation"] == pytest.approx(M.knn_preservation(pred, true, k=10))
+
+
+def test_unknown_cell_id_names_file_field_and_section(proc: Path, tmp_path: Path) -> None:
+    samples = write_samples(proc, tmp_path / "s.parquet")
+    t = pq.read_table(samples)
+    ids = t["cell_id"].to_pylist()
+    ids[0] = "ghost"
+    pq.write_table(t.set_column(0, "cell_id", pa.array(ids)), samples)
+    with pytest.raises(EvaluationError, match=r"s\.parquet: field 'cell_id' has 'ghost' \(\+0 more\)"):
+        evaluate(samples, proc, tmp_path / "e", load_config(overrides=SYNTH))

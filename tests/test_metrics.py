@@ -67,7 +67,8 @@ def test_distance_mse_hand_computed() -> None:
     true = np.array([[-1.0, 0.0], [1.0, 0.0], [0.0, 0.0]])  # RMS radius sqrt(2/3)
     pred = np.array([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # centre (0, 1/3); squared radii 10/9,10/9,4/9
     # scaled true: factor sqrt(3/2) -> distances sqrt(3/2)*(2, 1, 1) for pairs (01, 02, 12)
-    # scaled pred: radius^2 = (10/9+10/9+4/9)/3 = 8/9 -> factor 3/sqrt(8); distances (2, sqrt2, sqrt2) * 3/sqrt8
+    # scaled pred: radius^2 = (10/9+10/9+4/9)/3 = 8/9 -> factor 3/sqrt(8);
+    # distances (2, sqrt2, sqrt2) * 3/sqrt8
     dt = np.sqrt(1.5) * np.array([2.0, 1.0, 1.0])
     dp = 3 / np.sqrt(8) * np.array([2.0, np.sqrt(2), np.sqrt(2)])
     assert M.distance_mse(pred, true) == pytest.approx(np.mean((dp - dt) ** 2))
