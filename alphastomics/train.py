@@ -448,10 +448,10 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path) -> dict[str, A
     metrics_path, summary_path = out_dir / "metrics.jsonl", out_dir / "train_summary.json"
 
     # -- 0. A finished run of the same config is not trained again.
-    if final_path.exists():
+    if final_path.exists() and summary_path.exists():
         _check_same_config(final_path, load_checkpoint(final_path)["config"], cfg)
         print(f"{final_path} already exists for this config; nothing to do", file=sys.stderr)
-        return json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        return json.loads(summary_path.read_text())
 
     # -- 1. Processes and device.
     d, device = setup_distributed(t_cfg.device)
@@ -665,9 +665,10 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path) -> dict[str, A
         "variant": variant_settings(cfg),
     }
     if d.is_main:
+        # final.pt last: it marks the run as done (a kill before it reruns from latest.pt, writing all again).
         save(latest_path, step)
-        save(final_path, step)
         _atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+        save(final_path, step)
     if d.enabled:
         dist.barrier()
         dist.destroy_process_group()
