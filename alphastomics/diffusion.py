@@ -66,8 +66,11 @@ def _row_distances(rows: Tensor, points: Tensor) -> Tensor:
     return torch.sqrt((diff * diff).sum(-1).clamp_min(1e-12))
 
 
-def _chunk_sse(pred_rows: Tensor, pred: Tensor, true_rows: Tensor, true: Tensor, pair_mask: Tensor) -> Tensor:
+def _chunk_sse(
+    pred_rows: Tensor, pred: Tensor, true_rows: Tensor, true: Tensor, m_rows: Tensor, m: Tensor
+) -> Tensor:
     err = _row_distances(pred_rows, pred) - _row_distances(true_rows, true)
+    pair_mask = m_rows[:, :, None] * m[:, None, :]  # (B, c, N), built here so checkpointing frees it
     return (err * err * pair_mask).sum()
 
 
@@ -83,8 +86,7 @@ def pairwise_distance_mse(pred: Tensor, true: Tensor, mask: Tensor, chunk_size: 
     total = pred.new_zeros(())
     for start in range(0, pred.shape[1], chunk_size):
         rows = slice(start, start + chunk_size)
-        pair_mask = m[:, rows, None] * m[:, None, :]  # (B, c, N)
-        args = (pred[:, rows], pred, true[:, rows], true, pair_mask)
+        args = (pred[:, rows], pred, true[:, rows], true, m[:, rows], m)
         if torch.is_grad_enabled() and pred.requires_grad:
             total = total + checkpoint(_chunk_sse, *args, use_reentrant=False)
         else:
