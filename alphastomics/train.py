@@ -239,6 +239,13 @@ def setup_distributed(device_choice: str) -> tuple[Dist, torch.device]:
 # Data: thin adapters over alphastomics.data, so the loop reads as prose.
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    # SLURM signals the whole process group: a worker killed by SIGTERM would crash the main process
+    # before it could checkpoint. Workers ignore it; the main process saves, exits, and takes them down.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 def step_loader(data: Any, cfg: Config, start: int, d: Dist, device: torch.device) -> Iterator[list[Any]]:
     """Yields the accumulate_grad_batches micro-batches of each optimiser step from ``start`` on.
 
@@ -256,7 +263,7 @@ def step_loader(data: Any, cfg: Config, start: int, d: Dist, device: torch.devic
         batch_size=None,
         num_workers=cfg.data.num_workers,
         pin_memory=cfg.data.pin_memory and device.type == "cuda",
-        persistent_workers=False,
+        worker_init_fn=_ignore_stop_signals,
     )
     it = iter(loader)
     while True:
@@ -609,6 +616,11 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path) -> dict[str, A
             # -- 8b. Log every log_every steps (and the last one).
             if not bad and (step % t_cfg.log_every == 0 or step == t_cfg.max_steps):
                 now = time.perf_counter()
+                if d.enabled:  # the mean over ranks (every rank logs at the same steps)
+                    keys = sorted(losses)
+                    summed = torch.tensor([losses[k] for k in keys], dtype=torch.float64, device=device)
+                    dist.all_reduce(summed)
+                    losses = {k: v / d.world_size for k, v in zip(keys, summed.tolist())}
                 record = {"step": step, **{k: round(v, 8) for k, v in losses.items()}, "lr": lr,
                           "grad_norm": round(grad_norm, 8)}
                 if d.is_main:

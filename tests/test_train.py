@@ -275,3 +275,14 @@ def test_load_model_has_ema_weights(runs):
         assert torch.equal(value, ckpt["ema"][name])
     assert not all(torch.equal(ckpt["ema"][k], ckpt["model"][k]) for k in ckpt["model"])
 
+
+
+def test_loader_workers_do_not_change_the_run(tiny_processed, tmp_path):
+    """Batches come from DataLoader workers in step order, so worker count changes no number."""
+    lines = []
+    for workers in (0, 2):
+        cfg = load_config(write_config(tmp_path / f"c{workers}.yaml", training={"max_steps": 6},
+                                       data={"num_workers": workers}))
+        train(cfg, tiny_processed, tmp_path / f"w{workers}")
+        lines.append(metric_lines(tmp_path / f"w{workers}" / "metrics.jsonl"))
+    assert lines[0] == lines[1]
