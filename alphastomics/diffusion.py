@@ -170,9 +170,10 @@ class Diffusion:
         # Losses in float32 even under bf16 autocast: distance differences lose too many bits otherwise.
         pred_e, pred_p = pred_e.float(), pred_p.float()
         zero = pred_e.new_zeros(())
+        chunk = cfg.distance_chunk_size
         losses = {
             "expression": masked_mse(pred_e, x_e, mask[..., None]) if diffuse_e else zero,
-            "position": pairwise_distance_mse(pred_p, x_p, mask, cfg.distance_chunk_size) if diffuse_p else zero,
+            "position": pairwise_distance_mse(pred_p, x_p, mask, chunk) if diffuse_p else zero,
             "masked": masked_mse(pred_e, x_e, hidden) if hidden is not None else zero,
         }
         losses["loss"] = (

@@ -231,7 +231,11 @@ ABLATION_VARIANTS: dict[str, tuple[bool, str, bool]] = {
 }
 
 # The design note's claims per attention layer at d_model 256, 8 heads (relative to linear).
-_CLAIMED_OVERHEAD = {"gated_headwise_qknorm": "+4 %", "gated_elementwise_qknorm": "+50 %", "gated_headwise": "+4 %"}
+_CLAIMED_OVERHEAD = {
+    "gated_headwise_qknorm": "+4 %",
+    "gated_elementwise_qknorm": "+50 %",
+    "gated_headwise": "+4 %",
+}
 
 
 def variant_config(cfg: ModelConfig, name: str) -> ModelConfig:

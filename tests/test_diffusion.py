@@ -1,4 +1,4 @@
-"""Diffusion: schedule, losses (invariances, chunking, masking), sampler (posterior, frames, seeds), training."""
+"""Diffusion: schedule, losses (invariances, chunks, masking), sampler (posterior, frames, seeds), training."""
 
 from __future__ import annotations
 
@@ -108,7 +108,8 @@ def test_timesteps_are_strided_from_T_to_0():
 
 
 @pytest.mark.parametrize(
-    "key,value", [("mask_fraction", 1.0), ("sampling_steps", 0), ("ddim_eta", -0.1), ("distance_chunk_size", 0)]
+    "key,value",
+    [("mask_fraction", 1.0), ("sampling_steps", 0), ("ddim_eta", -0.1), ("distance_chunk_size", 0)],
 )
 def test_bad_diffusion_config_is_a_config_error(key, value):
     with pytest.raises(ConfigError, match=f"diffusion.{key}"):
@@ -253,7 +254,8 @@ def test_masked_reconstruction_metric():
     b = batch(2, 10, 2, pad=2, seed=12)
     assert masked_reconstruction(Oracle(b), b, 0.3, torch.Generator().manual_seed(0)) == pytest.approx(0.0)
     value = masked_reconstruction(Spy(), b, 0.3, torch.Generator().manual_seed(0))
-    hidden = (torch.rand(b.expression.shape, generator=torch.Generator().manual_seed(0)) < 0.3) & b.mask[..., None]
+    draw = torch.rand(b.expression.shape, generator=torch.Generator().manual_seed(0))
+    hidden = (draw < 0.3) & b.mask[..., None]
     assert value == pytest.approx(b.expression[hidden].pow(2).mean().item(), rel=1e-6)
 
 
@@ -326,7 +328,9 @@ def test_joint_and_pos_to_expr_sampling_with_oracle():
 
 def tiny_model(dims: int, gated: bool = True, seed: int = 0) -> Denoiser:
     torch.manual_seed(seed)
-    cfg = ModelConfig(d_model=32, num_heads=4, num_layers=2, dropout=0.0, time_embed_dim=16, use_gated_attention=gated)
+    cfg = ModelConfig(
+        d_model=32, num_heads=4, num_layers=2, dropout=0.0, time_embed_dim=16, use_gated_attention=gated
+    )
     return Denoiser(cfg, G, dims)
 
 
