@@ -49,6 +49,13 @@ wildcard_constraints:
     seed=r"\d+",
 
 
+def reads_back(text):
+    try:
+        return yaml.safe_load(text) == text
+    except yaml.YAMLError:
+        return False
+
+
 def flatten(block, prefix=""):
     """{'training': {'lr': 1e-4}} -> ['training.lr=0.0001'] (values as JSON, which the package reads as YAML)."""
     out = []
@@ -56,7 +63,7 @@ def flatten(block, prefix=""):
         path = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, dict):
             out.extend(flatten(value, path))
-        elif isinstance(value, str) and yaml.safe_load(value) == value:
+        elif isinstance(value, str) and reads_back(value):
             out.append(f"{path}={value}")  # plain strings stay readable in logs
         else:
             out.append(f"{path}={json.dumps(value)}")
