@@ -29,6 +29,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +49,9 @@ OPTIONAL: dict[str, tuple[str, str, str]] = {
     "novosparc": ("novosparc", "novosparc", "novosparc"),
     "celery": ("CeLEry", "celerypy", "celery"),
 }
+
+
+NOVOSPARC_MAX_EPSILON = 0.5  # novoSpaRc's ceiling for its epsilon search (Tissue.reconstruct)
 
 
 class PeerError(AlphaSTomicsError):
@@ -169,7 +173,24 @@ def predict_novosparc(data: PeerData, seed: int, s: PeerSettings) -> np.ndarray:
     with _quiet():
         tissue.setup_reconstruction(num_neighbors_s=s.novosparc_neighbors, num_neighbors_t=s.novosparc_neighbors,
                                     verbose=False)
-        tissue.reconstruct(alpha_linear=s.novosparc_alpha, epsilon=s.novosparc_epsilon, verbose=False)
+    # novoSpaRc means to retry with 10x epsilon when Sinkhorn reports numerical errors (search_epsilon), but it
+    # looks for the report on stdout while POT now raises a warning, so the search never fires. Do it here:
+    # the warning becomes an error, which also stops a doomed run at its first bad Sinkhorn call.
+    epsilon = s.novosparc_epsilon
+    while True:
+        try:
+            with _quiet(), warnings.catch_warnings():
+                warnings.filterwarnings("error", message=".*numerical errors.*")
+                tissue.reconstruct(alpha_linear=s.novosparc_alpha, epsilon=epsilon, search_epsilon=False,
+                                   verbose=False)
+            break
+        except UserWarning:
+            if epsilon * 10 >= NOVOSPARC_MAX_EPSILON:
+                raise PeerError(f"--method novosparc: Sinkhorn failed up to epsilon {epsilon:g}; "
+                                "set a larger peers.novosparc_epsilon") from None
+            epsilon *= 10
+    if epsilon != s.novosparc_epsilon:
+        print(f"novosparc: epsilon raised to {epsilon:g} after Sinkhorn numerical errors", file=sys.stderr)
     gw = np.asarray(tissue.gw)
     if not np.all(np.isfinite(gw)):
         raise PeerError("--method novosparc: the transport plan has non-finite values; try a larger epsilon")
@@ -260,55 +281,49 @@ class HeldOut:
 
 def load(data_dir: str | Path, split: str = "test") -> tuple[PeerData, HeldOut, dict[str, Any]]:
     """Training sections as reference, ``split`` sections as query (docs/architecture.md, Processed data)."""
-    data_dir = Path(data_dir)
-    man_path, cells_path = data_dir / "manifest.json", data_dir / "cells.parquet"
-    for path in (man_path, cells_path):
-        if not path.is_file():
-            raise PeerError(f"{path}: not found; pass the folder written by the preprocess stage as --data_dir")
-    manifest = json.loads(man_path.read_text())
-    splits = manifest.get("splits", {})
+    from alphastomics.data import ProcessedData, original_positions, undo_normalization
+
+    data = ProcessedData(data_dir)
+    manifest = data.manifest
     for name in ("train", split):
-        if not splits.get(name):
-            raise PeerError(f"{man_path}: splits.{name} has no sections; peers need training sections and "
-                            f"held-out ones (pick another --split or preprocess with more sections)")
-    dims = int(manifest["dims"])
-    genes = list(manifest["genes"])
-    scale = float(manifest["coordinates"]["scale"])
-    centers = manifest["coordinates"]["centers"]
-    mean = np.asarray(manifest["normalization"]["gene_mean"], dtype=np.float64)
-    std = np.asarray(manifest["normalization"]["gene_std"], dtype=np.float64)
+        if not data.splits.get(name):
+            raise PeerError(f"{data.path / 'manifest.json'}: splits.{name} has no sections; peers need training "
+                            f"sections and held-out ones (pick another --split or preprocess with more sections)")
+    ref = [data.section(s) for s in data.splits["train"]]
+    query = [data.section(s) for s in data.splits[split]]
+    ref_expr = np.concatenate([s.expression for s in ref]).astype(np.float64)
+    query_expr = np.concatenate([s.expression for s in query]).astype(np.float64)
+    ref_pos = np.concatenate([s.positions for s in ref]).astype(np.float64)
+    for name, arr in (("expression", ref_expr), ("expression", query_expr), ("x/y/z", ref_pos)):
+        if not np.all(np.isfinite(arr)):
+            raise PeerError(f"{data.path / 'cells.parquet'}: field '{name}' holds NaN/inf; rerun preprocess")
 
-    table = pq.read_table(cells_path, columns=["cell_id", "section", "split", "x", "y", "z", "cell_type",
-                                               "expression"])
-    split_of = np.asarray(table["split"].cast(pa.string()).to_numpy(zero_copy_only=False))
-    section_of = np.asarray(table["section"].cast(pa.string()).to_numpy(zero_copy_only=False))
-    expression = np.asarray(table["expression"].combine_chunks().flatten(), dtype=np.float64)
-    expression = expression.reshape(table.num_rows, len(genes))
-    positions = np.stack([table[a].to_numpy().astype(np.float64) for a in "xyz"], axis=1)
-    ref, query = split_of == "train", split_of == split
-    if not np.all(np.isfinite(expression[ref | query])) or not np.all(np.isfinite(positions[ref | query])):
-        raise PeerError(f"{cells_path}: expression or coordinates hold NaN/inf; re-run the preprocess stage")
-
-    data = PeerData(
-        ref_expression=expression[ref],
-        ref_log_expression=expression[ref] * std + mean,
-        ref_positions=positions[ref, :dims],
-        query_expression=expression[query],
-        query_log_expression=expression[query] * std + mean,
-        genes=genes,
-        scale=scale,
+    peer = PeerData(
+        ref_expression=ref_expr,
+        ref_log_expression=undo_normalization(ref_expr, manifest),
+        ref_positions=ref_pos,
+        query_expression=query_expr,
+        query_log_expression=undo_normalization(query_expr, manifest),
+        genes=list(data.genes),
+        scale=float(manifest["coordinates"]["scale"]),
     )
-    q_sections = section_of[query].tolist()
-    q_centers = np.asarray([centers[s] for s in q_sections], dtype=np.float64).reshape(-1, 3)
-    idx = pa.array(np.flatnonzero(query))
+    true = np.zeros((len(query_expr), 3))
+    centers = np.zeros((len(query_expr), 3))
+    start = 0
+    for sec in query:
+        rows = slice(start, start + len(sec))
+        true[rows, : data.dims] = original_positions(sec.positions.astype(np.float64), sec.name, manifest)
+        centers[rows, : data.dims] = original_positions(np.zeros((1, data.dims)), sec.name, manifest)
+        start += len(sec)
+    names = np.array([None, *data.cell_types], dtype=object)  # code -1 (no label) -> None
     held = HeldOut(
-        cell_id=table["cell_id"].take(idx).cast(pa.string()).combine_chunks(),
-        section=q_sections,
-        cell_type=table["cell_type"].take(idx).cast(pa.string()).combine_chunks(),
-        true=positions[query] * scale + q_centers,
-        centers=q_centers,
+        cell_id=pa.array(np.concatenate([s.cell_ids for s in query]).tolist(), pa.string()),
+        section=[s.name for s in query for _ in range(len(s))],
+        cell_type=pa.array(names[np.concatenate([s.cell_type for s in query]) + 1].tolist(), pa.string()),
+        true=true,
+        centers=centers,
     )
-    return data, held, manifest
+    return peer, held, manifest
 
 
 def samples_table(held: HeldOut, pred: np.ndarray, scale: float, meta: dict[str, str]) -> pa.Table:
