@@ -9,6 +9,7 @@
 - ``bdtnp_processed``: (session) BDTNP fetched from the local copy and preprocessed with the default
   dataset config (8 equal-count slabs along x); skips if the shared copy is absent.
 Session-scoped folders are shared by tests: read them, never write into them.
+Every test runs with one torch thread (autouse ``_one_torch_thread``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import torch
 
 from alphastomics.config import Config, DataConfig, DatasetConfig, SyntheticConfig
 
@@ -28,6 +30,16 @@ def _tiny(dims: int = 2) -> Config:
                                 dims=dims, seed=7)
     dataset = DatasetConfig(name=f"tiny{dims}d", source="synthetic", synthetic=synthetic)
     return Config(dataset=dataset, data=DataConfig(max_cells=64))
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # Tests use tiny tensors: intra-op threads only add contention on shared 2-core CI machines, where
+    # pytest-xdist already runs one worker per core (measured 10-40x slower under load otherwise).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -26,14 +26,6 @@ VARIANTS = [(False, "none", False)] + [
 IDS = ["linear"] + [f"softmax-{g}-{'qk' if qk else 'noqk'}" for _, g, qk in VARIANTS[1:]]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: intra-op threads only add contention on shared CI cores (10x slower under load).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def make(gated: bool, gate: str, qk: bool, seed: int = 0) -> Attention:
     torch.manual_seed(seed)

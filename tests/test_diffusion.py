@@ -26,14 +26,6 @@ from alphastomics.model import Denoiser, masked_centre
 G = 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: intra-op threads only add contention on shared CI cores (10x slower under load).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def batch(b: int = 2, n: int = 12, dims: int = 2, pad: int = 0, seed: int = 0) -> SimpleNamespace:
     """Random cells; the last ``pad`` rows of example 0 are padding (zeros), as data.Batch pads."""

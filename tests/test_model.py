@@ -27,14 +27,6 @@ IDS = ["linear"] + [f"softmax-{g}-{'qk' if qk else 'noqk'}" for _, g, qk in VARI
 G = 6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: intra-op threads only add contention on shared CI cores (10x slower under load).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def randomised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Random weights everywhere: adaLN-Zero starts every block as the identity, which would make the
