@@ -286,3 +286,19 @@ def test_loader_workers_do_not_change_the_run(tiny_processed, tmp_path):
         train(cfg, tiny_processed, tmp_path / f"w{workers}")
         lines.append(metric_lines(tmp_path / f"w{workers}" / "metrics.jsonl"))
     assert lines[0] == lines[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(tiny_processed, tmp_path):
+    """The same command under torchrun: gloo on CPU, rank 0 writes, both ranks finish."""
+    config = write_config(tmp_path / "c.yaml", training={"max_steps": 4})
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "alphastomics", "train", "--config", str(config), "--data_dir", str(tiny_processed),
+           "--out", str(out)]
+    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["device"] == "cpu x 2" and summary["steps"] == 4
+    assert load_checkpoint(out / "final.pt")["step"] == 4
