@@ -131,6 +131,18 @@ def test_accumulating_two_batches_of_b_equals_one_batch_of_2b(tiny_processed):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+
+def test_early_stopping_after_patience_validations(tiny_processed, tmp_path):
+    # learning rate 0: weights and EMA never move, and the seeded validation noise repeats, so the
+    # second validation cannot improve on the first.
+    cfg = load_config(write_config(tmp_path / "c.yaml", training={
+        "max_steps": 10, "learning_rate": 0.0, "val_every": 1, "early_stopping_patience": 1}))
+    summary = train(cfg, tiny_processed, tmp_path / "run")
+    val = [r["val_loss"] for r in metric_lines(tmp_path / "run" / "metrics.jsonl") if "val_loss" in r]
+    assert len(val) == 2 and val[0] == val[1]
+    assert summary["stopped_early"] and summary["steps"] == 2
+    assert load_checkpoint(tmp_path / "run" / "final.pt")["step"] == 2
+
 # --------------------------------------------------------------------------------------------------------
 # non-finite losses
 
