@@ -67,10 +67,10 @@ def dry_run(repo: Path, *args: str) -> tuple[dict[str, int], str]:
     return job_counts(out), out
 
 
-def write_config(repo: Path, name: str, edit) -> str:
+def write_config(repo: Path, name: str, edit, sort_keys: bool = False) -> str:
     cfg = yaml.safe_load((repo / "config" / "test.yaml").read_text())
     edit(cfg)
-    (repo / "config" / name).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (repo / "config" / name).write_text(yaml.safe_dump(cfg, sort_keys=sort_keys))
     return f"config/{name}"
 
 
@@ -219,6 +219,13 @@ def test_changing_one_variant_reruns_only_that_variant(tiny_run):
     assert counts == {"train": 1, "sample": 1, "evaluate": 1, "report": 1, "all": 1}
     jobs = [b for b in out.split("\n\n") if re.search(r"^rule (train|sample|evaluate):", b.strip(), re.M)]
     assert jobs and all("gated_headwise" in b and "/linear/" not in b for b in jobs)
+
+
+def test_reordering_config_keys_reruns_nothing(tiny_run):
+    config = write_config(tiny_run, "sorted.yaml", lambda c: None, sort_keys=True)
+    assert (tiny_run / config).read_text() != (tiny_run / "config/test.yaml").read_text()
+    counts, out = dry_run(tiny_run, "--configfile", config)
+    assert counts == {} and "Nothing to be done" in out
 
 
 # --------------------------------------------------------------------------------------------------------

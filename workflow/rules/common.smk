@@ -76,7 +76,8 @@ def set_args(*blocks):
     for block in blocks:
         for item in flatten(block):
             merged[item.split("=", 1)[0]] = item
-    return " ".join(f"--set {shlex.quote(item)}" for item in merged.values())
+    # Sorted: the command line (a param, hence a rerun trigger) must not depend on key order in YAML.
+    return " ".join(f"--set {shlex.quote(merged[key])}" for key in sorted(merged))
 
 
 def dataset_block(dataset):
