@@ -53,7 +53,9 @@ def read_manifest(data_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def check_compatible(manifest: dict[str, Any], ckpt: dict[str, Any], data_dir: Path, checkpoint: Path) -> None:
+def check_compatible(
+    manifest: dict[str, Any], ckpt: dict[str, Any], data_dir: Path, checkpoint: Path
+) -> None:
     """The dims and the genes (in order) the model was trained on must be those of --data_dir."""
     where = data_dir / "manifest.json"
     if int(manifest.get("dims", -1)) != int(ckpt["dims"]):
@@ -64,7 +66,8 @@ def check_compatible(manifest: dict[str, Any], ckpt: dict[str, Any], data_dir: P
     genes = list(manifest.get("genes", []))
     trained = list((ckpt.get("manifest") or {}).get("genes", genes))
     if genes != trained or len(genes) != int(ckpt["n_genes"]):
-        first = next((f"'{a}' vs '{b}'" for a, b in zip(genes, trained) if a != b), f"{len(genes)} vs {len(trained)}")
+        mismatch = (f"'{a}' vs '{b}'" for a, b in zip(genes, trained) if a != b)
+        first = next(mismatch, f"{len(genes)} vs {len(trained)}")
         raise SampleError(
             f"{where}: genes differ from those {checkpoint} was trained on ({first}); preprocess with the "
             f"gene list of the training data (dataset.genes_file)"
@@ -108,11 +111,12 @@ def sample(
     diffusion = Diffusion(ckpt_cfg.diffusion)
     sections = list(manifest["splits"].get(split, []))
     if not sections:
-        raise SampleError(f"{data_dir / 'manifest.json'}: split '{split}' has no sections; pick another --split")
+        where = data_dir / "manifest.json"
+        raise SampleError(f"{where}: split '{split}' has no sections; pick another --split")
 
     data = ProcessedData(data_dir)
-    truth = pq.read_table(data_dir / "cells.parquet", columns=["cell_id", "section", "x", "y", "z", "cell_type",
-                                                                "expression"])
+    wanted = ["cell_id", "section", "x", "y", "z", "cell_type", "expression"]
+    truth = pq.read_table(data_dir / "cells.parquet", columns=wanted)
     truth_section = truth["section"].cast(pa.string())
     makes_expression = mode in ("pos_to_expr", "joint")
 
@@ -151,7 +155,8 @@ def sample(
                 columns[f"{axis}_{kind}"] = pa.array(column, pa.float64())
         if makes_expression:
             g = len(manifest["genes"])
-            stored = np.asarray(rows["expression"].combine_chunks().flatten(), dtype=np.float64).reshape(-1, g)
+            flat = rows["expression"].combine_chunks().flatten()
+            stored = np.asarray(flat, dtype=np.float64).reshape(-1, g)
             pred_e = expr[0][real][order].double().numpy()
             columns["expression_true"] = _fixed_list(undo_normalization(stored, manifest), g)
             columns["expression_pred"] = _fixed_list(undo_normalization(pred_e, manifest), g)

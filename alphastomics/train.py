@@ -21,9 +21,9 @@ import resource
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -51,7 +51,8 @@ class Interrupted(Exception):
     """A SIGTERM/SIGUSR1 arrived; the state was checkpointed and the process should exit 128 + signum."""
 
     def __init__(self, signum: int, step: int, path: Path) -> None:
-        super().__init__(f"stopped by signal {signal.Signals(signum).name} after step {step}; state saved to {path}")
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by signal {name} after step {step}; state saved to {path}")
         self.signum = signum
 
 
@@ -178,7 +179,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         # Our own file, with numpy/python RNG states inside: weights_only would refuse them.
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise TrainingError(f"{path}: not a readable checkpoint ({type(err).__name__}); rerun train") from None
+        why = type(err).__name__
+        raise TrainingError(f"{path}: not a readable checkpoint ({why}); rerun train") from None
 
 
 def build_model(cfg: Config, n_genes: int, dims: int) -> nn.Module:
@@ -187,12 +189,16 @@ def build_model(cfg: Config, n_genes: int, dims: int) -> nn.Module:
     return Denoiser(cfg.model, n_genes, dims)
 
 
-def load_model(checkpoint_path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Config, dict]:
+def load_model(
+    checkpoint_path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, Config, dict[str, Any]]:
     """Rebuild the denoiser from a checkpoint alone, with its EMA weights, in eval mode."""
     ckpt = load_checkpoint(checkpoint_path)
     for key in ("config", "ema", "n_genes", "dims"):
         if key not in ckpt:
-            raise TrainingError(f"{checkpoint_path}: checkpoint has no '{key}'; rerun train with this version")
+            raise TrainingError(
+                f"{checkpoint_path}: checkpoint has no '{key}'; rerun train with this version"
+            )
     cfg = config_from_dict(ckpt["config"], source=str(checkpoint_path))
     model = build_model(cfg, ckpt["n_genes"], ckpt["dims"])
     model.load_state_dict(ckpt["ema"])
@@ -347,7 +353,6 @@ class RunState:
     cells_seen: int = 0
     elapsed_s: float = 0.0
     stopped_early: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -597,7 +602,8 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path) -> dict[str, A
                 log({"step": step + 1, "nonfinite": True, "nonfinite_in_row": state.nonfinite_in_row,
                      "loss": None if not math.isfinite(losses["loss"]) else losses["loss"]})
                 if state.nonfinite_in_row >= t_cfg.max_nonfinite_steps:
-                    kept = f"the last good checkpoint is {latest_path}" if latest_path.exists() else "no checkpoint yet"
+                    kept = (f"the last good checkpoint is {latest_path}" if latest_path.exists()
+                            else "no checkpoint yet")
                     raise TrainingError(
                         f"{out_dir}: loss or gradient non-finite for {state.nonfinite_in_row} steps in a row "
                         f"(last at step {step + 1}); {kept}; lower training.learning_rate or "

@@ -1,4 +1,4 @@
-"""The sample stage: one row per held-out cell, original units, seeded, and clear errors on mismatched data."""
+"""The sample stage: one row per held-out cell, original units, seeded; clear errors on mismatched data."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def test_one_row_per_held_out_cell_in_original_units(checkpoints, tiny_processed
     cells = pq.read_table(tiny_processed / "cells.parquet").to_pandas()
     held_out = cells[cells["split"] == "test"]
     df = pq.read_table(out).to_pandas()
-    assert len(df) == sum(manifest["cells_per_section"][s] for s in manifest["splits"]["test"]) == len(held_out)
+    expected = sum(manifest["cells_per_section"][s] for s in manifest["splits"]["test"])
+    assert len(df) == expected == len(held_out)
     assert list(df["cell_id"]) == list(held_out["cell_id"])
     for col in ("x_true", "y_true", "z_true", "x_pred", "y_pred", "z_pred"):
         assert np.isfinite(df[col]).all()

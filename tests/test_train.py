@@ -98,8 +98,8 @@ def test_ema_decay_warms_up_to_configured_value():
 
 
 def test_accumulating_two_batches_of_b_equals_one_batch_of_2b(tiny_processed):
-    cfg = load_config(overrides=["TransformerLayer_setting.dropout=0.0", "TransformerLayer_setting.d_model=32",
-                                 "TransformerLayer_setting.num_layers=2", "data.max_cells=64"])
+    model_keys = ["dropout=0.0", "d_model=32", "num_layers=2"]
+    cfg = load_config(overrides=[f"TransformerLayer_setting.{k}" for k in model_keys] + ["data.max_cells=64"])
     data = ProcessedData(tiny_processed)
     torch.manual_seed(0)
     # float64: the two ways sum in different orders, and float32 rounding would blur the comparison.
@@ -213,7 +213,8 @@ def runs(tiny_processed, tmp_path_factory):
     metrics = killed / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        if metrics.exists() and any(json.loads(ln)["step"] >= 6 for ln in metrics.read_text().splitlines() if ln):
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        if any(json.loads(ln)["step"] >= 6 for ln in lines if ln):
             break
         time.sleep(0.02)
     assert proc.poll() is None, "training ended before it could be interrupted"
