@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -221,8 +222,18 @@ def runs(tiny_processed, tmp_path_factory):
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=300)
     interrupted_at = load_checkpoint(killed / "checkpoints" / "latest.pt")["step"]
+
+    # A hard kill (SIGKILL, OOM killer) between two checkpoints leaves metric lines newer than the last
+    # checkpoint: simulate that on a copy, then resume it too.
+    hard = root / "hard"
+    shutil.copytree(killed, hard)
+    with (hard / "metrics.jsonl").open("a") as fh:
+        for k in (1, 2):
+            fh.write(json.dumps({"step": interrupted_at + k, "loss": 123.0}) + "\n")
+
     resumed_rc = cli(argv(killed))
-    return {"straight": straight, "killed": killed, "rc": proc.returncode, "stderr": stderr,
+    assert cli(argv(hard)) == 0
+    return {"straight": straight, "killed": killed, "hard": hard, "rc": proc.returncode, "stderr": stderr,
             "interrupted_at": interrupted_at, "resumed_rc": resumed_rc, "argv": argv}
 
 
@@ -235,8 +246,8 @@ def test_sigterm_checkpoints_and_exits_143(runs):
 
 def test_resumed_run_has_same_metrics_as_uninterrupted(runs):
     straight = metric_lines(runs["straight"] / "metrics.jsonl")
-    resumed = metric_lines(runs["killed"] / "metrics.jsonl")
-    assert resumed == straight
+    assert metric_lines(runs["killed"] / "metrics.jsonl") == straight
+    assert metric_lines(runs["hard"] / "metrics.jsonl") == straight
     steps = [r["step"] for r in straight if "loss" in r]
     assert steps == list(range(2, TINY["training"]["max_steps"] + 1, 2))
     assert sum("val_loss" in r for r in straight) == TINY["training"]["max_steps"] // 4
@@ -245,11 +256,12 @@ def test_resumed_run_has_same_metrics_as_uninterrupted(runs):
 
 def test_resumed_run_has_same_final_weights(runs):
     a = load_checkpoint(runs["straight"] / "final.pt")
-    b = load_checkpoint(runs["killed"] / "final.pt")
-    for key in ("model", "ema"):
-        assert a[key].keys() == b[key].keys()
-        for name in a[key]:
-            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
+    for run in ("killed", "hard"):
+        b = load_checkpoint(runs[run] / "final.pt")
+        for key in ("model", "ema"):
+            assert a[key].keys() == b[key].keys()
+            for name in a[key]:
+                assert torch.equal(a[key][name], b[key][name]), f"{run}: {key}.{name} differs after resume"
 
 
 def test_batch_size_flag_of_the_design_note_command_wins(runs):
