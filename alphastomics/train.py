@@ -512,6 +512,9 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path) -> dict[str, A
         _set_rng_state(ckpt["rng"])
         state = RunState(**ckpt["state"])
         start_step = int(ckpt["step"])
+        if d.is_main and ckpt.get("world_size", 1) != d.world_size:
+            print(f"warning: {latest_path} was written by {ckpt.get('world_size', 1)} process(es), resuming "
+                  f"with {d.world_size}: training continues, but not bit for bit as before", file=sys.stderr)
         if d.is_main:
             _truncate_metrics(metrics_path, start_step)
             print(f"resuming from {latest_path} at step {start_step}", file=sys.stderr)
@@ -544,6 +547,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path) -> dict[str, A
                 "n_genes": n_genes,
                 "dims": dims,
                 "manifest": manifest,
+                "world_size": d.world_size,
                 "state": vars(state),
             },
             path,
