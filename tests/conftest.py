@@ -32,7 +32,7 @@ def _tiny(dims: int = 2) -> Config:
     return Config(dataset=dataset, data=DataConfig(max_cells=64))
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     # Tests use tiny tensors: intra-op threads only add contention on shared 2-core CI machines, where
     # pytest-xdist already runs one worker per core (measured 10-40x slower under load otherwise).

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from alphastomics.__main__ import main as cli
 from alphastomics.config import load_config
@@ -24,13 +23,6 @@ TINY = [
     "training.val_every=3", "training.val_batches=1", "training.log_every=3", "training.warmup_steps=1",
 ]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _trained(root: Path, proc: Path, mode: str, extra: tuple[str, ...] = ()) -> Path:

@@ -46,14 +46,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one thread is faster on a shared machine and is what the subprocesses use too."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def write_config(path: Path, **sections: dict) -> Path:
     merged = {k: dict(v) for k, v in TINY.items()}
