@@ -146,6 +146,12 @@ class EvalConfig:
     neighborhood_k: int = 15  # neighbours used for cell-type composition clustering
     num_random_references: int = 5
     diagnostics_max_cells: int = 2048  # attention maps are N x N: diagnostics run on at most this many
+    # Diagnostics look at attention and gates mid-trajectory, where both the noisy modality and the condition
+    # still matter (t = 1 is pure noise, t = 0 the clean input).
+    diagnostic_time: float = 0.5
+    # Share of expression entries hidden for the masked-reconstruction MSE; one value for every variant so
+    # the figure compares across them, whatever mask_fraction each was trained with.
+    masked_fraction: float = 0.15
     seed: int = 0
 
 

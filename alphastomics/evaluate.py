@@ -29,13 +29,7 @@ from alphastomics.config import Config, EvalConfig
 
 MODES = ("expr_to_pos", "pos_to_expr", "joint")
 POSITION_COLUMNS = ("x_true", "y_true", "z_true", "x_pred", "y_pred", "z_pred")
-# Diffusion time at which diagnostics look at attention and gates: mid-trajectory, where both the noisy
-# modality and the condition still matter (t = 1 is pure noise, t = 0 the clean input).
-DIAGNOSTIC_TIME = 0.5
 ATTENTION_MAP_CELLS = 256
-# Fraction of expression entries hidden for the masked-reconstruction MSE when the model was trained without
-# masking (diffusion.mask_fraction = 0); otherwise the model's own fraction is used.
-MASKED_FRACTION = 0.15
 
 
 class EvaluationError(AlphaSTomicsError, ValueError):
@@ -359,7 +353,7 @@ def model_diagnostics(
     """(diagnostics, attention map for the report's figure, masked-reconstruction MSE) on ``sections``.
 
     The model sees each section whole, or a seeded random subset of ``evaluation.diagnostics_max_cells``
-    cells (attention maps are N x N), with its generated modality noised to t = DIAGNOSTIC_TIME.
+    cells (attention maps are N x N), with its generated modality noised to t = ``evaluation.diagnostic_time``.
     """
     import torch
 
@@ -376,8 +370,8 @@ def model_diagnostics(
     check_compatible(data.manifest, ckpt, data_dir, checkpoint)
     diffusion = Diffusion(mcfg.diffusion)
     mode = mcfg.diffusion.mode
-    step = max(1, round(DIAGNOSTIC_TIME * diffusion.T))
-    fraction = mcfg.diffusion.mask_fraction or MASKED_FRACTION
+    step = max(1, round(ecfg.diagnostic_time * diffusion.T))
+    fraction = ecfg.masked_fraction
     gen = torch.Generator(device="cpu").manual_seed(ecfg.seed)
     rng = np.random.default_rng(ecfg.seed)
 
