@@ -171,23 +171,27 @@ def predict_novosparc(data: PeerData, seed: int, s: PeerSettings) -> np.ndarray:
         markers_to_use=np.arange(len(data.genes)),
     )
     with _quiet():
-        tissue.setup_reconstruction(num_neighbors_s=s.novosparc_neighbors, num_neighbors_t=s.novosparc_neighbors,
-                                    verbose=False)
-    # novoSpaRc means to retry with 10x epsilon when Sinkhorn reports numerical errors (search_epsilon), but it
-    # looks for the report on stdout while POT now raises a warning, so the search never fires. Do it here:
+        tissue.setup_reconstruction(
+            num_neighbors_s=s.novosparc_neighbors, num_neighbors_t=s.novosparc_neighbors, verbose=False
+        )
+    # novoSpaRc means to retry with 10x epsilon when Sinkhorn reports numerical errors (search_epsilon), but
+    # it looks for the report on stdout while POT now raises a warning, so the search never fires. Do it here:
     # the warning becomes an error, which also stops a doomed run at its first bad Sinkhorn call.
     epsilon = s.novosparc_epsilon
     while True:
         try:
             with _quiet(), warnings.catch_warnings():
                 warnings.filterwarnings("error", message=".*numerical errors.*")
-                tissue.reconstruct(alpha_linear=s.novosparc_alpha, epsilon=epsilon, search_epsilon=False,
-                                   verbose=False)
+                tissue.reconstruct(
+                    alpha_linear=s.novosparc_alpha, epsilon=epsilon, search_epsilon=False, verbose=False
+                )
             break
         except UserWarning:
             if epsilon * 10 >= NOVOSPARC_MAX_EPSILON:
-                raise PeerError(f"--method novosparc: Sinkhorn failed up to epsilon {epsilon:g}; "
-                                "set a larger peers.novosparc_epsilon") from None
+                raise PeerError(
+                    f"--method novosparc: Sinkhorn failed up to epsilon {epsilon:g}; "
+                    "set a larger peers.novosparc_epsilon"
+                ) from None
             epsilon *= 10
     if epsilon != s.novosparc_epsilon:
         print(f"novosparc: epsilon raised to {epsilon:g} after Sinkhorn numerical errors", file=sys.stderr)
@@ -242,17 +246,25 @@ def predict_celery(data: PeerData, seed: int, s: PeerSettings) -> np.ndarray:
     return sums / counts / data.scale
 
 
-PREDICT = {"knn": predict_knn, "tangram": predict_tangram, "novosparc": predict_novosparc,
-           "celery": predict_celery}
+PREDICT = {
+    "knn": predict_knn,
+    "tangram": predict_tangram,
+    "novosparc": predict_novosparc,
+    "celery": predict_celery,
+}
 
 
-def predict(method: str, data: PeerData, *, seed: int = 0, settings: PeerSettings | None = None) -> np.ndarray:
+def predict(
+    method: str, data: PeerData, *, seed: int = 0, settings: PeerSettings | None = None
+) -> np.ndarray:
     """(Q, D) predicted positions of the query cells in model space (centred per section, scaled)."""
     if method not in PREDICT:
         raise PeerError(f"--method {method}: unknown peer; use one of {', '.join(METHODS)}")
     out = np.asarray(PREDICT[method](data, seed, settings or PeerSettings()), dtype=np.float64)
     if out.shape != (len(data.query_expression), data.ref_positions.shape[1]) or not np.all(np.isfinite(out)):
-        raise PeerError(f"--method {method}: produced {out.shape} or non-finite positions; report this as a bug")
+        raise PeerError(
+            f"--method {method}: produced {out.shape} or non-finite positions; report this as a bug"
+        )
     return out
 
 
@@ -287,8 +299,10 @@ def load(data_dir: str | Path, split: str = "test") -> tuple[PeerData, HeldOut, 
     manifest = data.manifest
     for name in ("train", split):
         if not data.splits.get(name):
-            raise PeerError(f"{data.path / 'manifest.json'}: splits.{name} has no sections; peers need training "
-                            f"sections and held-out ones (pick another --split or preprocess with more sections)")
+            raise PeerError(
+                f"{data.path / 'manifest.json'}: splits.{name} has no sections; peers need training "
+                f"sections and held-out ones (pick another --split or preprocess with more sections)"
+            )
     ref = [data.section(s) for s in data.splits["train"]]
     query = [data.section(s) for s in data.splits[split]]
     ref_expr = np.concatenate([s.expression for s in ref]).astype(np.float64)
@@ -354,8 +368,15 @@ def write_atomic(table: pa.Table, out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def run(method: str, data_dir: str | Path, out: str | Path, *, split: str = "test", seed: int = 0,
-        settings: PeerSettings | None = None) -> pa.Table:
+def run(
+    method: str,
+    data_dir: str | Path,
+    out: str | Path,
+    *,
+    split: str = "test",
+    seed: int = 0,
+    settings: PeerSettings | None = None,
+) -> pa.Table:
     """Place the ``split`` cells with ``method``; write and return the samples table."""
     settings = settings or PeerSettings()
     if method == "knn":
@@ -390,10 +411,12 @@ def settings_from(section: Any) -> PeerSettings:
 
 
 def main(args: argparse.Namespace, cfg: Any) -> int:
-    """CLI entry (``python -m alphastomics baseline``); settings from ``cfg.peers`` when the config has one."""
+    """CLI entry (``python -m alphastomics baseline``); settings from ``cfg.peers`` when the config has it."""
     settings = settings_from(getattr(cfg, "peers", None))
     table = run(args.method, args.data_dir, args.out, split=args.split, seed=args.seed, settings=settings)
     wall = table.schema.metadata[b"alphastomics.wall_time_s"].decode()
-    print(f"baseline {args.method}: {table.num_rows} cells of split '{args.split}' in {wall} s -> {args.out}",
-          file=sys.stderr)
+    print(
+        f"baseline {args.method}: {table.num_rows} cells of split '{args.split}' in {wall} s -> {args.out}",
+        file=sys.stderr,
+    )
     return 0

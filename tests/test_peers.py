@@ -19,7 +19,17 @@ from alphastomics import AlphaSTomicsError
 from alphastomics import peers
 from alphastomics.__main__ import main as cli
 
-SAMPLE_COLUMNS = ["cell_id", "section", "cell_type", "x_true", "y_true", "z_true", "x_pred", "y_pred", "z_pred"]
+SAMPLE_COLUMNS = [
+    "cell_id",
+    "section",
+    "cell_type",
+    "x_true",
+    "y_true",
+    "z_true",
+    "x_pred",
+    "y_pred",
+    "z_pred",
+]
 
 
 def _copy(proc: Path, tmp_path: Path) -> Path:
@@ -47,7 +57,9 @@ def _true(table: pa.Table) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------- knn
 
 
-def test_knn_one_finite_position_per_held_out_cell_in_original_units(tiny_processed: Path, tmp_path: Path) -> None:
+def test_knn_one_finite_position_per_held_out_cell_in_original_units(
+    tiny_processed: Path, tmp_path: Path
+) -> None:
     proc = tiny_processed
     out = tmp_path / "run" / "samples.parquet"
     assert cli(["baseline", "--method", "knn", "--data_dir", str(proc), "--out", str(out)]) == 0
@@ -79,16 +91,35 @@ def test_samples_schema_metadata_and_evaluate(tiny_processed: Path, tmp_path: Pa
     assert float(meta["alphastomics.wall_time_s"]) >= 0.0
     assert json.loads(meta["alphastomics.settings"]) == {"knn_k": 5, "knn_weights": "uniform"}
     # the same evaluate stage scores it, unchanged
-    assert cli(["evaluate", "--samples", str(out), "--data_dir", str(tiny_processed),
-                "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        cli(
+            [
+                "evaluate",
+                "--samples",
+                str(out),
+                "--data_dir",
+                str(tiny_processed),
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["method"] == "knn" and metrics["mode"] == "expr_to_pos"
     assert metrics["n_cells"] == table.num_rows == _test_rows(tiny_processed).num_rows
 
 
 def _with_query(data: peers.PeerData, query: np.ndarray) -> peers.PeerData:
-    return peers.PeerData(data.ref_expression, data.ref_log_expression, data.ref_positions, query,
-                          data.query_log_expression, data.genes, data.scale)
+    return peers.PeerData(
+        data.ref_expression,
+        data.ref_log_expression,
+        data.ref_positions,
+        query,
+        data.query_log_expression,
+        data.genes,
+        data.scale,
+    )
 
 
 def test_knn_k1_places_a_copied_cell_on_its_reference_cell(tiny_processed: Path) -> None:
@@ -141,11 +172,14 @@ def test_a_failing_method_leaves_nothing_behind(tiny_processed: Path, tmp_path: 
 
 
 @pytest.mark.parametrize("method", ["tangram", "novosparc", "celery"])
-def test_missing_optional_package_names_the_extra(method: str, tiny_processed: Path, tmp_path: Path,
-                                                  monkeypatch, capsys) -> None:
+def test_missing_optional_package_names_the_extra(
+    method: str, tiny_processed: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
     module = peers.OPTIONAL[method][0]
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a)
+    )
     out = tmp_path / "s.parquet"
     rc = cli(["baseline", "--method", method, "--data_dir", str(tiny_processed), "--out", str(out)])
     err = capsys.readouterr().err.strip()
@@ -171,8 +205,9 @@ def _model_space(table: pa.Table, held: peers.HeldOut, data: peers.PeerData, dim
 
 
 @pytest.mark.parametrize("method", ["tangram", "novosparc"])
-def test_mapping_peers_place_each_cell_on_a_reference_location(method: str, tiny_processed: Path,
-                                                               tmp_path: Path) -> None:
+def test_mapping_peers_place_each_cell_on_a_reference_location(
+    method: str, tiny_processed: Path, tmp_path: Path
+) -> None:
     _skip_unless(method)
     table = peers.run(method, tiny_processed, tmp_path / "s.parquet", seed=1, settings=FAST)
     data, held, _ = peers.load(tiny_processed)
@@ -186,8 +221,9 @@ def test_mapping_peers_place_each_cell_on_a_reference_location(method: str, tiny
 
 
 @pytest.mark.parametrize("fixture", ["tiny_processed", "tiny_processed_3d"])
-def test_celery_one_finite_position_per_cell_inside_the_reference_range(fixture: str, request,
-                                                                        tmp_path: Path) -> None:
+def test_celery_one_finite_position_per_cell_inside_the_reference_range(
+    fixture: str, request, tmp_path: Path
+) -> None:
     _skip_unless("celery")
     proc = request.getfixturevalue(fixture)
     table = peers.run("celery", proc, tmp_path / "s.parquet", settings=FAST)
