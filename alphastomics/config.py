@@ -156,6 +156,28 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class PeersConfig:
+    """Peer baselines (``python -m alphastomics baseline``): the values their authors document (docs/peers.md)."""
+
+    knn_k: int = 5
+    # Uniform, not 1/distance: an exact expression match would otherwise snap a cell onto one reference
+    # cell; the mean of k neighbours is the lower-variance estimate (measured: docs/peers.md).
+    knn_weights: Literal["uniform", "distance"] = "uniform"
+    tangram_epochs: int = 1000  # map_cells_to_space default
+    tangram_learning_rate: float = 0.1  # map_cells_to_space default
+    # Tangram's tutorial: 'uniform' when the spatial data are at single-cell resolution (ours are).
+    tangram_density_prior: Literal["uniform", "rna_count_based"] = "uniform"
+    novosparc_alpha: float = 0.5  # novoSpaRc's bdtnp-with-markers script
+    novosparc_epsilon: float = 5e-4  # Tissue.reconstruct default (raised automatically on numerical errors)
+    novosparc_neighbors: int = 5  # num_neighbors_s = num_neighbors_t, setup_reconstruction default
+    celery_hidden_dims: tuple[int, ...] = (30, 25, 15)  # Fit_cord default
+    celery_epochs: int = 500  # Fit_cord default (num_epochs_max)
+    celery_batch_size: int = 4  # Fit_cord default
+    celery_learning_rate: float = 1e-4  # Fit_cord default
+
+
+
+@dataclass(frozen=True)
 class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -163,6 +185,7 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    peers: PeersConfig = field(default_factory=PeersConfig)
 
     @property
     def model(self) -> ModelConfig:

@@ -571,6 +571,11 @@ def evaluate(
             train_summary = checkpoint.parent / "train_summary.json"
     if train_summary is not None:
         result["params"], result["cost"] = read_train_summary(train_summary)
+    else:
+        # Peer baselines have no training run: their samples file records fit + predict time.
+        wall = (pq.read_schema(samples).metadata or {}).get(b"alphastomics.wall_time_s")
+        if wall is not None:
+            result["cost"]["wall_time_s"] = float(wall)
     write_outputs(out, result, attention_map)
     return result
 

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from alphastomics import AlphaSTomicsError
+from alphastomics.config import PeersConfig
 
 Method = Literal["knn", "tangram", "novosparc", "celery"]
 METHODS: tuple[str, ...] = ("knn", "tangram", "novosparc", "celery")
@@ -56,27 +57,6 @@ NOVOSPARC_MAX_EPSILON = 0.5  # novoSpaRc's ceiling for its epsilon search (Tissu
 
 class PeerError(AlphaSTomicsError):
     """A peer cannot run on this input (missing optional package, empty split, ...)."""
-
-
-@dataclass(frozen=True)
-class PeerSettings:
-    """Settings of each peer: the values their authors document (see docs/peers.md for the sources)."""
-
-    knn_k: int = 5
-    # Uniform, not 1/distance: an exact expression match would otherwise snap a cell onto one reference
-    # cell; the mean of k neighbours is the lower-variance estimate (measured: docs/peers.md).
-    knn_weights: Literal["uniform", "distance"] = "uniform"
-    tangram_epochs: int = 1000  # map_cells_to_space default
-    tangram_learning_rate: float = 0.1  # map_cells_to_space default
-    # Tangram's tutorial: 'uniform' when the spatial data are at single-cell resolution (ours are).
-    tangram_density_prior: Literal["uniform", "rna_count_based"] = "uniform"
-    novosparc_alpha: float = 0.5  # novoSpaRc's bdtnp-with-markers script
-    novosparc_epsilon: float = 5e-4  # Tissue.reconstruct default (raised automatically on numerical errors)
-    novosparc_neighbors: int = 5  # num_neighbors_s = num_neighbors_t, setup_reconstruction default
-    celery_hidden_dims: tuple[int, int, int] = (30, 25, 15)  # Fit_cord default
-    celery_epochs: int = 500  # Fit_cord default (num_epochs_max)
-    celery_batch_size: int = 4  # Fit_cord default
-    celery_learning_rate: float = 1e-4  # Fit_cord default
 
 
 @dataclass(frozen=True)
@@ -118,7 +98,7 @@ def available(method: str) -> bool:
 # The methods: (PeerData, seed, settings) -> (Q, D) positions in model space
 
 
-def predict_knn(data: PeerData, seed: int, s: PeerSettings) -> np.ndarray:
+def predict_knn(data: PeerData, seed: int, s: PeersConfig) -> np.ndarray:
     from sklearn.neighbors import KNeighborsRegressor
 
     k = min(s.knn_k, len(data.ref_positions))
@@ -136,7 +116,7 @@ def _anndata(expression: np.ndarray, genes: list[str], prefix: str) -> Any:
     return anndata.AnnData(X=np.ascontiguousarray(expression, dtype=np.float32), obs=obs, var=var)
 
 
-def predict_tangram(data: PeerData, seed: int, s: PeerSettings) -> np.ndarray:
+def predict_tangram(data: PeerData, seed: int, s: PeersConfig) -> np.ndarray:
     tg = require("tangram")
     # Tangram fits the cell-by-spot map on non-negative, log-normalised expression (cosine similarity per
     # gene); every shared gene is a training gene (genes=None), as the package does by default.
@@ -159,7 +139,7 @@ def predict_tangram(data: PeerData, seed: int, s: PeerSettings) -> np.ndarray:
     return data.ref_positions[spot]
 
 
-def predict_novosparc(data: PeerData, seed: int, s: PeerSettings) -> np.ndarray:
+def predict_novosparc(data: PeerData, seed: int, s: PeersConfig) -> np.ndarray:
     nc = require("novosparc")
     # Atlas-guided reconstruction: target space = reference locations, atlas = their expression of all genes
     # (markers). The transport plan is deterministic (no random initialisation), so seed is not used.
@@ -206,7 +186,7 @@ def _zscore(x: np.ndarray) -> np.ndarray:
     return (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
 
 
-def predict_celery(data: PeerData, seed: int, s: PeerSettings) -> np.ndarray:
+def predict_celery(data: PeerData, seed: int, s: PeersConfig) -> np.ndarray:
     celery = require("celery")
     import pandas as pd
 
@@ -255,12 +235,12 @@ PREDICT = {
 
 
 def predict(
-    method: str, data: PeerData, *, seed: int = 0, settings: PeerSettings | None = None
+    method: str, data: PeerData, *, seed: int = 0, settings: PeersConfig | None = None
 ) -> np.ndarray:
     """(Q, D) predicted positions of the query cells in model space (centred per section, scaled)."""
     if method not in PREDICT:
         raise PeerError(f"--method {method}: unknown peer; use one of {', '.join(METHODS)}")
-    out = np.asarray(PREDICT[method](data, seed, settings or PeerSettings()), dtype=np.float64)
+    out = np.asarray(PREDICT[method](data, seed, settings or PeersConfig()), dtype=np.float64)
     if out.shape != (len(data.query_expression), data.ref_positions.shape[1]) or not np.all(np.isfinite(out)):
         raise PeerError(
             f"--method {method}: produced {out.shape} or non-finite positions; report this as a bug"
@@ -375,10 +355,10 @@ def run(
     *,
     split: str = "test",
     seed: int = 0,
-    settings: PeerSettings | None = None,
+    settings: PeersConfig | None = None,
 ) -> pa.Table:
     """Place the ``split`` cells with ``method``; write and return the samples table."""
-    settings = settings or PeerSettings()
+    settings = settings or PeersConfig()
     if method == "knn":
         importlib.import_module("sklearn.neighbors")  # imports stay outside the timed part, as for the others
     else:
@@ -402,17 +382,9 @@ def run(
     return table
 
 
-def settings_from(section: Any) -> PeerSettings:
-    """PeerSettings from a config section with the same field names (missing ones keep their defaults)."""
-    if section is None or isinstance(section, PeerSettings):
-        return section or PeerSettings()
-    names = [f.name for f in fields(PeerSettings)]
-    return PeerSettings(**{n: getattr(section, n) for n in names if hasattr(section, n)})
-
-
 def main(args: argparse.Namespace, cfg: Any) -> int:
-    """CLI entry (``python -m alphastomics baseline``); settings from ``cfg.peers`` when the config has it."""
-    settings = settings_from(getattr(cfg, "peers", None))
+    """CLI entry (``python -m alphastomics baseline``); settings from the config's ``peers`` section."""
+    settings = cfg.peers
     table = run(args.method, args.data_dir, args.out, split=args.split, seed=args.seed, settings=settings)
     wall = table.schema.metadata[b"alphastomics.wall_time_s"].decode()
     print(

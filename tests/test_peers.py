@@ -17,6 +17,7 @@ import pytest
 
 from alphastomics import AlphaSTomicsError
 from alphastomics import peers
+from alphastomics.config import PeersConfig
 from alphastomics.__main__ import main as cli
 
 SAMPLE_COLUMNS = [
@@ -108,6 +109,8 @@ def test_samples_schema_metadata_and_evaluate(tiny_processed: Path, tmp_path: Pa
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["method"] == "knn" and metrics["mode"] == "expr_to_pos"
     assert metrics["n_cells"] == table.num_rows == _test_rows(tiny_processed).num_rows
+    # a peer has no training run: its fit + predict time is its cost
+    assert metrics["cost"]["wall_time_s"] == float(meta["alphastomics.wall_time_s"])
 
 
 def _with_query(data: peers.PeerData, query: np.ndarray) -> peers.PeerData:
@@ -128,14 +131,14 @@ def test_knn_k1_places_a_copied_cell_on_its_reference_cell(tiny_processed: Path)
     j = 7
     query = data.query_expression.copy()
     query[0] = data.ref_expression[j]
-    pred = peers.predict("knn", _with_query(data, query), settings=peers.PeerSettings(knn_k=1))
+    pred = peers.predict("knn", _with_query(data, query), settings=PeersConfig(knn_k=1))
     np.testing.assert_allclose(pred[0], data.ref_positions[j])
 
 
 def test_knn_with_every_reference_cell_predicts_the_reference_mean(tiny_processed: Path) -> None:
     data, _, _ = peers.load(tiny_processed)
     k = len(data.ref_positions)
-    pred = peers.predict("knn", data, settings=peers.PeerSettings(knn_k=k + 10))  # k is capped at R
+    pred = peers.predict("knn", data, settings=PeersConfig(knn_k=k + 10))  # k is capped at R
     np.testing.assert_allclose(pred, np.broadcast_to(data.ref_positions.mean(0), pred.shape), atol=1e-12)
 
 
@@ -191,7 +194,7 @@ def test_missing_optional_package_names_the_extra(
     assert cli(["baseline", "--method", "knn", "--data_dir", str(tiny_processed), "--out", str(out)]) == 0
 
 
-FAST = peers.PeerSettings(tangram_epochs=50, celery_epochs=2)
+FAST = PeersConfig(tangram_epochs=50, celery_epochs=2)
 
 
 def _skip_unless(method: str) -> None:
@@ -239,11 +242,10 @@ def test_celery_one_finite_position_per_cell_inside_the_reference_range(
         assert np.all(_pred(table)[:, 2] == 0.0)
 
 
-def test_settings_from_a_config_section_keeps_unknown_fields_default() -> None:
-    class Section:
-        knn_k = 9
-        other = "ignored"
+def test_peer_settings_come_from_the_config_section(tiny_processed, tmp_path) -> None:
+    from alphastomics.config import load_config
 
-    s = peers.settings_from(Section())
-    assert s.knn_k == 9 and s.tangram_epochs == peers.PeerSettings().tangram_epochs
-    assert peers.settings_from(None) == peers.PeerSettings()
+    cfg = load_config(overrides=["peers.knn_k=9"])
+    assert cfg.peers.knn_k == 9 and cfg.peers.tangram_epochs == PeersConfig().tangram_epochs
+    table = peers.run("knn", tiny_processed, tmp_path / "s.parquet", settings=cfg.peers)
+    assert json.loads(table.schema.metadata[b"alphastomics.settings"])["knn_k"] == 9
