@@ -11,7 +11,8 @@ rule baseline:
     wildcard_constraints:
         method="|".join(BASELINES),
     conda:
-        "../../environment.yml"
+        # one environment per peer method (their dependencies conflict); written by the peers issue
+        "../envs/{method}.yaml"
     threads: config["resources"]["cpu"]["threads"]
     resources:
         mem_mb=cpu_mem,
