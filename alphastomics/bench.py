@@ -427,12 +427,13 @@ def child_env() -> dict[str, str]:
     return {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}
 
 
-def run_case_in_child(spec: dict[str, Any], timeout_s: float = 900.0) -> dict[str, Any]:
+def run_case_in_child(spec: dict[str, Any], timeout_s: float = 900.0,
+                      env: dict[str, str] | None = None) -> dict[str, Any]:
     """``run_case`` in a fresh process (its own memory high-water mark); {"error": "OOM" | text} on failure."""
     spec = {"device": "cpu", "threads": THREADS, **spec}
     try:
         res = subprocess.run([sys.executable, "-c", _CASE_CHILD, json.dumps(spec)], capture_output=True,
-                             text=True, timeout=timeout_s, env=child_env())
+                             text=True, timeout=timeout_s, env={**child_env(), **(env or {})})
     except subprocess.TimeoutExpired:
         return {"error": f"timeout > {timeout_s:.0f} s"}
     if res.returncode == -9 or "out of memory" in res.stderr.lower() or "DefaultCPUAllocator" in res.stderr:
@@ -563,12 +564,14 @@ def bench_compile(quick: bool) -> str:
     if quick:
         return table("torch.compile: skipped under --quick (compiling takes minutes on 2 cores)", ["-"], [])
     for compiled in (False, True):
-        r = run_case_in_child({"kind": "train-step", "variant": "gated_headwise_qknorm", "n": n, "batch": 1,
-                               "repeats": 3, "compile": compiled})
+        # A fresh inductor cache: otherwise a previous run's compiled kernels make the first step look cheap.
+        with tempfile.TemporaryDirectory(prefix="alphastomics-inductor-") as cache:
+            r = run_case_in_child({"kind": "train-step", "variant": "gated_headwise_qknorm", "n": n, "batch": 1,
+                                   "repeats": 3, "compile": compiled}, env={"TORCHINDUCTOR_CACHE_DIR": cache})
         rows.append(["compiled" if compiled else "eager", f"{r['first_seconds']:.1f}", _ms(r), f"{n / r['seconds']:,.0f}",
                      _mb(r)])
     return table(f"torch.compile (training.compile), default variant, train step at N = {n:,}; median of 3 steps "
-                 "after the first", ["mode", "first step s", "step ms", "cells/s", "peak MiB (first step)"], rows)
+                 "after the first; first step = compilation with an empty inductor cache", ["mode", "first step s", "step ms", "cells/s", "peak MiB (first step)"], rows)
 
 
 _LOADER = """
