@@ -12,10 +12,10 @@ run: $(STAMP)  ## the full pipeline on the bundled data, ending in results/repor
 	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES)
 
 test: $(STAMP) chromium  ## the fast test suite (what CI runs)
-	$(BIN)/pytest -n $(CORES)
+	$(BIN)/pytest -n $(CORES) --dist loadfile
 
 test-all: $(STAMP) chromium  ## the fast and the slow tests
-	$(BIN)/pytest -n $(CORES) -m "not gpu"
+	$(BIN)/pytest -n $(CORES) --dist loadfile -m "not gpu"
 
 setup: $(STAMP)
 

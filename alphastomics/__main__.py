@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="run folder (checkpoints, logs)")
     p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, help="= training.batch_size")
     p.add_argument("--max_steps", "--max-steps", dest="max_steps", type=int, help="= training.max_steps")
+    p.add_argument(
+        "--restart-if-config-changed",
+        action="store_true",
+        help="discard checkpoints in --out written by another config instead of refusing (the workflow uses it)",
+    )
 
     p = sub.add_parser("sample", help="generate held-out sections with a trained model")
     _common(p)

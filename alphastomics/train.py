@@ -18,6 +18,7 @@ import math
 import os
 import random
 import resource
+import shutil
 import signal
 import sys
 import time
@@ -31,7 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from alphastomics import AlphaSTomicsError
-from alphastomics.config import Config, TrainConfig, config_from_dict, to_dict
+from alphastomics.config import Config, ConfigError, TrainConfig, config_from_dict, to_dict
 
 # Fields of metrics.jsonl that measure the machine, not the model: they differ between two runs of the same
 # config, so reproducibility checks drop them.
@@ -382,13 +383,43 @@ def _config_difference(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -
     return out
 
 
+def _stale_config(path: Path, ckpt_cfg: dict[str, Any], cfg: Config) -> list[str]:
+    """Keys whose values differ between a checkpoint's config and ``cfg``; [] = the same run.
+
+    Both sides are compared with defaults filled in, so a checkpoint written before a config section was
+    added to the package still counts as the same run."""
+    try:
+        ckpt_cfg = to_dict(config_from_dict(ckpt_cfg, source=str(path)))
+    except ConfigError:
+        pass  # a key this version no longer has: compare raw, which reports it as a difference
+    return _config_difference(ckpt_cfg, to_dict(cfg))
+
+
 def _check_same_config(path: Path, ckpt_cfg: dict[str, Any], cfg: Config) -> None:
-    diff = _config_difference(ckpt_cfg, to_dict(cfg))
+    diff = _stale_config(path, ckpt_cfg, cfg)
     if diff:
         raise TrainingError(
-            f"{path}: written by a different config ({', '.join(diff[:5])} differ); "
-            f"use a new --out folder or delete {path.parent if path.name == 'latest.pt' else path}"
+            f"{path}: written by a different config ({', '.join(diff[:5])} differ); use a new --out folder, "
+            f"delete {path.parent if path.name == 'latest.pt' else path}, or pass --restart-if-config-changed"
         )
+
+
+def _discard_stale_run(out_dir: Path, cfg: Config) -> None:
+    """Remove checkpoints, final weights and logs that a different config wrote into ``out_dir``.
+
+    The workflow reruns a training job when its settings change; the old checkpoints then belong to
+    another experiment and must not be resumed."""
+    ckpt_dir = out_dir / "checkpoints"
+    for path in (out_dir / "final.pt", ckpt_dir / "latest.pt"):
+        if path.exists():
+            diff = _stale_config(path, load_checkpoint(path)["config"], cfg)
+            if diff:
+                print(f"train: {path} was written by another config ({', '.join(diff[:5])} differ); "
+                      "starting this run from scratch", file=sys.stderr)
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
+                for name in ("final.pt", "train_summary.json", "metrics.jsonl"):
+                    (out_dir / name).unlink(missing_ok=True)
+                return
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
@@ -448,8 +479,13 @@ class SignalFlag:
 # The training run
 
 
-def train(cfg: Config, data_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    """Train one variant; returns the summary (also written to out_dir/train_summary.json on rank 0)."""
+def train(
+    cfg: Config, data_dir: str | Path, out_dir: str | Path, *, restart_if_config_changed: bool = False
+) -> dict[str, Any]:
+    """Train one variant; returns the summary (also written to out_dir/train_summary.json on rank 0).
+
+    Rerunning resumes from ``out_dir/checkpoints/latest.pt``; a checkpoint of another config is an error,
+    or, with ``restart_if_config_changed``, discarded (on rank 0) before training starts afresh."""
     from alphastomics.data import ProcessedData, eval_batches
     from alphastomics.diffusion import Diffusion
 
@@ -459,7 +495,14 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path) -> dict[str, A
     latest_path, final_path = ckpt_dir / "latest.pt", out_dir / "final.pt"
     metrics_path, summary_path = out_dir / "metrics.jsonl", out_dir / "train_summary.json"
 
-    # -- 0. A finished run of the same config is not trained again.
+    # -- 0. A finished run of the same config is not trained again; another config's run is discarded
+    # first when asked (rank 0 deletes, the others wait, so no rank resumes from a stale checkpoint).
+    if restart_if_config_changed:
+        if int(os.environ.get("RANK", "0")) == 0:
+            _discard_stale_run(out_dir, cfg)
+        else:
+            while latest_path.exists() and _stale_config(latest_path, load_checkpoint(latest_path)["config"], cfg):
+                time.sleep(1)
     if final_path.exists() and summary_path.exists():
         _check_same_config(final_path, load_checkpoint(final_path)["config"], cfg)
         print(f"{final_path} already exists for this config; nothing to do", file=sys.stderr)
@@ -700,7 +743,7 @@ def train(cfg: Config, data_dir: str | Path, out_dir: str | Path) -> dict[str, A
 def main(args: Any, cfg: Config) -> int:
     """``python -m alphastomics train --config C --data_dir PROC --out RUN/train [--batch_size N]``."""
     try:
-        train(cfg, args.data_dir, args.out)
+        train(cfg, args.data_dir, args.out, restart_if_config_changed=args.restart_if_config_changed)
     except Interrupted as stop:
         # 128 + signum is what a shell reports for a signal death; SLURM/Snakemake then requeue or rerun,
         # and the same command resumes from checkpoints/latest.pt.

@@ -285,6 +285,32 @@ def test_other_config_in_same_run_folder_is_refused(runs, tiny_processed):
         train(cfg, tiny_processed, runs["straight"])
 
 
+def test_changed_config_restarts_from_scratch_when_asked(runs, tiny_processed, tmp_path):
+    """The workflow reruns a job whose settings changed: its old checkpoints must not be resumed."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["straight"], run)
+    lr = 1e-3
+    changed = load_config(write_config(tmp_path / "changed.yaml", training={"learning_rate": lr}))
+    with pytest.raises(TrainingError, match="--restart-if-config-changed"):
+        train(changed, tiny_processed, run)
+    train(changed, tiny_processed, run, restart_if_config_changed=True)
+    assert load_checkpoint(run / "final.pt")["config"]["training"]["learning_rate"] == lr
+    fresh = tmp_path / "fresh"
+    train(changed, tiny_processed, fresh)
+    assert metric_lines(run / "metrics.jsonl") == metric_lines(fresh / "metrics.jsonl")
+
+
+def test_checkpoint_config_is_compared_with_defaults_filled(runs, tiny_processed, tmp_path):
+    """A checkpoint written before a config section existed (here: peers) is still the same run."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["straight"], run)
+    ckpt = load_checkpoint(run / "final.pt")
+    del ckpt["config"]["peers"]
+    torch.save(ckpt, run / "final.pt")
+    cfg = load_config(write_config(tmp_path / "same.yaml", training={"batch_size": 2}))  # as `runs` ran
+    assert train(cfg, tiny_processed, run) == json.loads((run / "train_summary.json").read_text())
+
+
 def test_load_model_has_ema_weights(runs):
     model, cfg, ckpt = load_model(runs["straight"] / "final.pt")
     assert isinstance(cfg, Config) and not model.training

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 pytestmark = pytest.mark.workflow
@@ -219,6 +220,21 @@ def test_changing_one_variant_reruns_only_that_variant(tiny_run):
     assert counts == {"train": 1, "sample": 1, "evaluate": 1, "report": 1, "all": 1}
     jobs = [b for b in out.split("\n\n") if re.search(r"^rule (train|sample|evaluate):", b.strip(), re.M)]
     assert jobs and all("gated_headwise" in b and "/linear/" not in b for b in jobs)
+
+
+def test_changed_variant_retrains_from_scratch(tiny_run, tmp_path):
+    """The rerun train job finds the old config's checkpoints, discards them and trains afresh."""
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_run, repo, symlinks=True)
+
+    def edit(c):
+        c["variants"]["gated_headwise"]["overrides"]["training"] = {"learning_rate": 1.0e-3}
+
+    snakemake(repo, "--cores", "2", "--configfile", write_config(repo, "edited.yaml", edit))
+    final = torch.load(repo / "results/synthetic/gated_headwise/seed0/train/final.pt", weights_only=False)
+    assert final["config"]["training"]["learning_rate"] == 1.0e-3
+    log = (repo / "results/logs/train/synthetic/gated_headwise/seed0.log").read_text()
+    assert "starting this run from scratch" in log
 
 
 def test_reordering_keys_inside_settings_reruns_nothing(tiny_run):

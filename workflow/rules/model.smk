@@ -29,7 +29,8 @@ rule train:
         args=run_args,
         out=lambda wildcards, output: os.path.dirname(output.final),
     shell:
-        "{params.launcher} train --data_dir {input.data} --out {params.out} {params.args} > {log} 2>&1"
+        "{params.launcher} train --restart-if-config-changed --data_dir {input.data} --out {params.out} "
+        "{params.args} > {log} 2>&1"
 
 
 rule sample:
