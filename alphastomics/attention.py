@@ -60,8 +60,12 @@ def linear_attention_matrix(q: Tensor, k: Tensor, mask: Tensor) -> Tensor:
 
 
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-    """softmax(q k^T / sqrt(dh)) v over real keys, through the fused SDPA kernels."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+    """softmax(q k^T / sqrt(dh)) v over real keys, through the fused SDPA kernels.
+
+    Without padding the mask is dropped: the flash kernel takes no boolean mask, so a padded batch runs the
+    memory-efficient kernel and an unpadded one (whole sections, equal crops) can run flash."""
+    attn_mask = None if bool(mask.all()) else mask[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 
 def softmax_attention_matrix(q: Tensor, k: Tensor, mask: Tensor) -> Tensor:

@@ -576,7 +576,7 @@ def bench_compile(quick: bool) -> str:
     for compiled in (False, True):
         # A fresh inductor cache: otherwise a previous run's compiled kernels make the first step look cheap.
         with tempfile.TemporaryDirectory(prefix="alphastomics-inductor-") as cache:
-            r = run_case_in_child({"kind": "train-step", "variant": "gated_headwise_qknorm", "n": n, "batch": 1,
+            r = run_case_in_child({"kind": "train-step", "variant": "gated_headwise", "n": n, "batch": 1,
                                    "repeats": 3, "compile": compiled}, env={"TORCHINDUCTOR_CACHE_DIR": cache})
         rows.append(["compiled" if compiled else "eager", f"{r['first_seconds']:.1f}", _ms(r), f"{n / r['seconds']:,.0f}",
                      _mb(r)])
@@ -626,7 +626,7 @@ def bench_loader(quick: bool) -> str:
             raise RuntimeError(f"loader benchmark failed:\n{res.stderr[-2000:]}")
         load = json.loads(res.stdout.strip().splitlines()[-1])
     n = min(max_cells, cells[1])
-    step = run_case_in_child({"kind": "train-step", "variant": "gated_headwise_qknorm", "n": 64 if quick else n,
+    step = run_case_in_child({"kind": "train-step", "variant": "gated_headwise", "n": 64 if quick else n,
                               "batch": b, "repeats": 1})
     rows = [[f"loader, {w} workers", f"{v['batches_per_s']:.1f}", f"{v['cells_per_batch']:,.0f}"]
             for w, v in load.items()]
@@ -644,7 +644,7 @@ def bench_sampling(quick: bool, run: Runner | None = None) -> str:
     plan = [(100, 2)] if quick else [(1000, steps), (5000, 5)]
     rows = []
     for n, timed in plan:
-        for v in ("linear", "gated_headwise_qknorm"):
+        for v in ("linear", "gated_headwise"):
             r = run({"kind": "sampling", "variant": v, "n": n, "steps": timed, "repeats": 0})
             per_step = r["seconds"] / timed
             rows.append([f"{n:,}", v, f"{timed}", f"{per_step:.2f}", f"{per_step * steps:,.1f}", _mb(r)])

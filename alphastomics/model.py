@@ -224,17 +224,17 @@ class Denoiser(nn.Module):
 # name -> (use_gated_attention, gate_type, use_qk_norm): the design note's four rows + a softmax control.
 ABLATION_VARIANTS: dict[str, tuple[bool, str, bool]] = {
     "linear": (False, "none", False),
-    "gated_headwise_qknorm": (True, "headwise", True),
-    "gated_elementwise_qknorm": (True, "elementwise", True),
-    "gated_headwise": (True, "headwise", False),
-    "softmax_qknorm": (True, "none", True),
+    "gated_headwise": (True, "headwise", True),
+    "gated_elementwise": (True, "elementwise", True),
+    "gated_headwise_no_qknorm": (True, "headwise", False),
+    "softmax": (True, "none", True),
 }
 
 # The design note's claims per attention layer at d_model 256, 8 heads (relative to linear).
 _CLAIMED_OVERHEAD = {
-    "gated_headwise_qknorm": "+4 %",
-    "gated_elementwise_qknorm": "+50 %",
     "gated_headwise": "+4 %",
+    "gated_elementwise": "+50 %",
+    "gated_headwise_no_qknorm": "+4 %",
 }
 
 

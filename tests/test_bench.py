@@ -41,7 +41,7 @@ def test_naive_reference_equals_plain_softmax_attention() -> None:
 def test_largest_tensor_probe_sees_the_n_by_n_matrix_only_in_the_naive_path() -> None:
     n = 1024  # 4 x d_model: an N x N matrix cannot hide among weights or (N, 2 C) projections
     naive = bench.run_case({"kind": "attention", "variant": "naive", "n": n, "batch": 1})
-    ours = bench.run_case({"kind": "attention", "variant": "gated_headwise_qknorm", "n": n, "batch": 1})
+    ours = bench.run_case({"kind": "attention", "variant": "gated_headwise", "n": n, "batch": 1})
     assert naive["largest"] >= 8 * n * n  # (B, H, N, N), H = 8
     assert ours["largest"] <= n * n // 2  # SDPA: the biggest tensor is the (N, 2 C) key/value projection
 
@@ -81,7 +81,7 @@ def test_cli_bench_sampling_quick_prints_its_table(monkeypatch: pytest.MonkeyPat
     assert cli(["bench", "sampling", "--quick"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("machine: ") and "s/section (50 steps)" in out
-    assert "gated_headwise_qknorm" in out and "linear" in out
+    assert "gated_headwise" in out and "linear" in out
 
 
 def test_gpu_check_without_cuda_skips_with_status_0() -> None:
@@ -93,8 +93,8 @@ def test_gpu_check_without_cuda_skips_with_status_0() -> None:
 
 def test_gpu_check_functions_run_on_the_cpu() -> None:
     g = _gpu_check()
-    rows = g.check_bf16(["linear", "gated_elementwise_qknorm"], 16, device="cpu")
-    assert [r[0] for r in rows] == ["linear", "gated_elementwise_qknorm"]
+    rows = g.check_bf16(["linear", "gated_elementwise"], 16, device="cpu")
+    assert [r[0] for r in rows] == ["linear", "gated_elementwise"]
     assert all(0 < float(r[1]) < g.BF16_REL_TOL and r[3] == "ok" for r in rows)
     backends = dict(g.sdpa_backends(64, device="cpu"))
     assert "_scaled_dot_product" in backends["default, mask with padding"]

@@ -202,12 +202,12 @@ def test_parameter_table_matches_hand_counts():
     assert list(rows) == list(ABLATION_VARIANTS)
     linear = 4 * d * d
     assert rows["linear"]["attention_per_layer"] == linear
-    assert rows["gated_headwise_qknorm"]["attention_per_layer"] == linear + d * h + 2 * (d // h)
-    assert rows["gated_elementwise_qknorm"]["attention_per_layer"] == linear + d * d + 2 * (d // h)
+    assert rows["gated_headwise"]["attention_per_layer"] == linear + d * h + 2 * (d // h)
+    assert rows["gated_elementwise"]["attention_per_layer"] == linear + d * d + 2 * (d // h)
     overhead = {name: row["attention_per_layer_vs_linear"] for name, row in rows.items()}
-    assert overhead["gated_headwise_qknorm"] == pytest.approx((d * h + 64) / linear)
-    assert overhead["gated_elementwise_qknorm"] == pytest.approx(0.25 + 64 / linear)
-    extra = rows["gated_elementwise_qknorm"]["total"] - rows["linear"]["total"]
+    assert overhead["gated_headwise"] == pytest.approx((d * h + 64) / linear)
+    assert overhead["gated_elementwise"] == pytest.approx(0.25 + 64 / linear)
+    extra = rows["gated_elementwise"]["total"] - rows["linear"]["total"]
     assert extra == cfg.num_layers * (d * d + 2 * (d // h))
 
 

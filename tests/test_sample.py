@@ -64,7 +64,7 @@ def test_one_row_per_held_out_cell_in_original_units(checkpoints, tiny_processed
         np.testing.assert_allclose(part[["x_pred", "y_pred"]].mean().to_numpy(), centre[:2], atol=1e-3)
     meta = table.schema.metadata
     assert meta[b"alphastomics.mode"] == b"joint"
-    assert meta[b"alphastomics.method"] == b"gated_headwise_qknorm"
+    assert meta[b"alphastomics.method"] == b"gated_headwise"
     assert json.loads(meta[b"alphastomics.genes"]) == manifest["genes"]
 
 

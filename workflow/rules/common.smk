@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import shlex
+from pathlib import Path
 
 import yaml
 
@@ -19,15 +20,23 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-envvars:
-    "PATH",
-
-
 # Stages run with the interpreter that runs Snakemake (e.g. .venv/bin/snakemake without an activated
 # venv, as `make run` calls it); an activated conda env of a `conda:` directive still comes first in PATH.
 os.environ["PATH"] = (
     os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 )
+# The package itself comes from this checkout, also inside the conda envs of `conda:` directives
+# (environment.yml and workflow/envs/*.yaml hold its dependencies, not the package).
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p
+    for p in (str(Path(workflow.basedir).parent), os.environ.get("PYTHONPATH", ""))
+    if p
+)
+
+
+envvars:
+    "PATH",
+    "PYTHONPATH",
 
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
