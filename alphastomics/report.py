@@ -990,15 +990,51 @@ def console_errors(log: str) -> list[str]:
     return [l for l in log.splitlines() if "CONSOLE" in l and re.search(r"Uncaught|Error|Failed", l)]
 
 
+MARKDOWN_METRICS = ("knn_preservation", "distance_pearson", "distance_mse", "procrustes_rmsd", "morans_i_corr")
+
+
+def markdown_summary(results: Path, baseline: str = "linear") -> str:
+    """Markdown tables (one per data set) of the headline position metrics of every run under ``results``:
+    mean over seeds [95 % interval] (change vs the baseline), peers and the random reference as rows."""
+    run_dirs = sorted(p.parent.parent for p in Path(results).glob("*/*/seed*/eval/metrics.json"))
+    if not run_dirs:
+        raise ReportError(f"{results}: no */*/seed*/eval/metrics.json below it; run the workflow first")
+    out = []
+    for view in group_runs([load_run(p) for p in run_dirs], baseline):
+        names, rows = metrics_table(view)
+        keep = [i for i, m in enumerate(names) if m in MARKDOWN_METRICS]
+        seeds = max(len(rs) for rs in view.variants.values()) if view.variants else 0
+        out.append(f"**{view.name}** (held-out sections; mean over {seeds} seeds [95 % interval], change vs "
+                   f"{baseline}; wall time in s)\n")
+        out.append("| method | " + " | ".join(names[i] for i in keep) + " | wall time |")
+        out.append("|---" * (len(keep) + 2) + "|")
+        for row in rows:
+            label = row["name"] if row["kind"] != "peer" else f"{row['name']} (peer)"
+            out.append(f"| {label} | " + " | ".join(row["cells"][i] for i in keep) + f" | {row['wall']} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def _cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m alphastomics.report", description="render a report page to PNG"
+        prog="python -m alphastomics.report",
+        description="render a report page to PNG, or print the headline metrics as Markdown",
     )
-    p.add_argument("--screenshot", nargs=2, metavar=("PAGE_HTML", "OUT_PNG"), required=True)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--screenshot", nargs=2, metavar=("PAGE_HTML", "OUT_PNG"))
+    what.add_argument("--markdown", type=Path, metavar="RESULTS_DIR", help="e.g. results/")
+    p.add_argument("--baseline", default="linear")
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=2400)
     p.add_argument("--scale", type=float, default=0.5, help="shrink the PNG by this factor (README size)")
     a = p.parse_args(argv)
+    if a.markdown is not None:
+        try:
+            print(markdown_summary(a.markdown, a.baseline))
+        except AlphaSTomicsError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     try:
         out = Path(a.screenshot[1])
         with tempfile.TemporaryDirectory() as tmp:

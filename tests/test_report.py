@@ -287,6 +287,18 @@ def test_cli(runs, tmp_path, capsys):
     assert "run folder not found" in capsys.readouterr().err
 
 
+def test_markdown_summary_matches_the_fixture(runs, capsys):
+    results = runs[0].parent.parent.parent
+    assert report._cli(["--markdown", str(results)]) == 0
+    text = capsys.readouterr().out
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert set(rows) >= {"linear", "gated_headwise", "gated_elementwise", "peer_knn (peer)", "random placement"}
+    # headwise is exactly 20 % below linear on distance MSE and 10 % above on kNN preservation, every pair
+    assert "(-20.0 %)" in rows["gated_headwise"] and "(+10.0 %)" in rows["gated_headwise"]
+    assert "mean over 3 seeds" in text
+    assert report._cli(["--markdown", str(results / "nothing-here")]) == 2
+
+
 @pytest.mark.skipif(
     shutil.which("chromium") is None, reason="needs Debian chromium (apt-get install -y chromium)"
 )
