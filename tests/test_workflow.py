@@ -301,6 +301,8 @@ def test_slurm_profile_runs_tiny_workflow_on_fake_slurm(tmp_path):
         assert "--gpus=1" in args and "--cpus-per-gpu=8" in args
         assert "-t 10" in flags and "--mem 2000" in flags
         assert "--gres" not in flags and "--cpus-per-task" not in flags
+    for args in by_rule["train"]:  # a checkpoint before the time limit, then the retry resumes
+        assert "--signal=USR1@120" in args
     for args in by_rule["fetch_data"] + by_rule["evaluate"] + by_rule["report"]:
         flags = " ".join(args[:-1])
         assert "-p cpu" in flags and "--mem 1000" in flags and "--cpus-per-task=1" in args
