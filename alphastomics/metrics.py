@@ -211,18 +211,24 @@ def neighborhood_clusters(
         return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(comp)
 
 
+def _neighborhood_clusterings(
+    pred: np.ndarray, true: np.ndarray, labels: np.ndarray, k: int, seed: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(clusters in true coords, clusters in pred coords), or None with fewer than 2 cell types."""
+    p, t = _pair(pred, true)
+    if len(np.unique(labels)) < 2:
+        return None
+    return neighborhood_clusters(t, labels, k=k, seed=seed), neighborhood_clusters(p, labels, k=k, seed=seed)
+
+
 def neighborhood_ari(
     pred: np.ndarray, true: np.ndarray, labels: np.ndarray, *, k: int = 15, seed: int = 0
 ) -> float:
     """ARI(clusters of kNN cell-type composition in pred coords, same in true coords); NaN if < 2 types."""
     from sklearn.metrics import adjusted_rand_score
 
-    p, t = _pair(pred, true)
-    if len(np.unique(labels)) < 2:
-        return float("nan")
-    a = neighborhood_clusters(p, labels, k=k, seed=seed)
-    b = neighborhood_clusters(t, labels, k=k, seed=seed)
-    return float(adjusted_rand_score(b, a))
+    pair = _neighborhood_clusterings(pred, true, labels, k, seed)
+    return float("nan") if pair is None else float(adjusted_rand_score(*pair))
 
 
 def neighborhood_nmi(
@@ -231,12 +237,8 @@ def neighborhood_nmi(
     """NMI (arithmetic mean normalisation) of the same two clusterings as ``neighborhood_ari``."""
     from sklearn.metrics import normalized_mutual_info_score
 
-    p, t = _pair(pred, true)
-    if len(np.unique(labels)) < 2:
-        return float("nan")
-    a = neighborhood_clusters(p, labels, k=k, seed=seed)
-    b = neighborhood_clusters(t, labels, k=k, seed=seed)
-    return float(normalized_mutual_info_score(b, a))
+    pair = _neighborhood_clusterings(pred, true, labels, k, seed)
+    return float("nan") if pair is None else float(normalized_mutual_info_score(*pair))
 
 
 # ------------------------------------------------------------------------------------------------------
