@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test]' pytest-xdist
+	$(BIN)/python -m pip install -q -e '.[test,tangram,novosparc]' pytest-xdist
 	touch $@
 
 # Headless Chromium renders the HTML report in its test (Debian package; needs root to install).

@@ -94,6 +94,20 @@ def available(method: str) -> bool:
     return method == "knn" or importlib.util.find_spec(OPTIONAL[method][0]) is not None
 
 
+def runnable(methods: list[str]) -> tuple[list[str], list[str]]:
+    """(methods that can run here, one warning per skipped one naming the extra to install).
+
+    The workflow uses it so that a peer listed in config but not installed never breaks the default run."""
+    kept = [m for m in methods if available(m)]
+    skipped = [
+        f"baseline '{m}' skipped: its package is not installed "
+        f"(pip install -e '.[{OPTIONAL[m][2]}]', or run the workflow with --sdm conda)"
+        for m in methods
+        if m not in kept
+    ]
+    return kept, skipped
+
+
 # --------------------------------------------------------------------------------------------------------
 # The methods: (PeerData, seed, settings) -> (Q, D) positions in model space
 

@@ -249,3 +249,14 @@ def test_peer_settings_come_from_the_config_section(tiny_processed, tmp_path) ->
     assert cfg.peers.knn_k == 9 and cfg.peers.tangram_epochs == PeersConfig().tangram_epochs
     table = peers.run("knn", tiny_processed, tmp_path / "s.parquet", settings=cfg.peers)
     assert json.loads(table.schema.metadata[b"alphastomics.settings"])["knn_k"] == 9
+
+
+def test_workflow_skips_peers_that_are_not_installed(monkeypatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tangram" else real(name, *a))
+    kept, skipped = peers.runnable(["knn", "tangram"])
+    assert kept == ["knn"]
+    assert skipped == [
+        "baseline 'tangram' skipped: its package is not installed "
+        "(pip install -e '.[tangram]', or run the workflow with --sdm conda)"
+    ]

@@ -44,8 +44,26 @@ validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 DATASETS = list(config["datasets"])
 VARIANTS = list(config["variants"])
 SEEDS = [int(s) for s in config["seeds"]]
-BASELINES = list(config["baselines"])
+
+
+def runnable_baselines(methods):
+    """Installed peers only (conda envs provide them all): see alphastomics.peers.runnable."""
+    from snakemake.settings.types import DeploymentMethod
+
+    from alphastomics.peers import runnable
+
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+        return list(methods)
+    kept, skipped = runnable(list(methods))
+    for message in skipped:
+        logger.warning(message)
+    return kept
+
+
+BASELINES = runnable_baselines(config["baselines"])
 PEERS = [f"peer_{m}" for m in BASELINES]
+# Peers are cheap to rerun but several are deterministic or slow (tangram, novoSpaRc): seeds of their own.
+BASELINE_SEEDS = [int(s) for s in config["baseline_seeds"]]
 MODEL_VARIANTS = "|".join(VARIANTS)
 RUN = "results/{dataset}/{variant}/seed{seed}"
 RAW = "results/data/{dataset}/raw"
@@ -206,13 +224,15 @@ def evaluate_extra_args(wildcards, input):
 
 
 def all_runs():
-    runs = [
+    """Every model run (datasets x variants x seeds) and every peer run (datasets x peers x baseline_seeds)."""
+    grid = [(VARIANTS, SEEDS), (PEERS, BASELINE_SEEDS)]
+    return [
         RUN.format(dataset=d, variant=v, seed=s)
+        for names, seeds in grid
         for d in DATASETS
-        for v in VARIANTS + PEERS
-        for s in SEEDS
+        for v in names
+        for s in seeds
     ]
-    return runs
 
 
 # --- resources ----------------------------------------------------------------------------------------
