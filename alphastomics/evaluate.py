@@ -372,6 +372,9 @@ def model_diagnostics(
     mode = mcfg.diffusion.mode
     step = max(1, round(ecfg.diagnostic_time * diffusion.T))
     fraction = ecfg.masked_fraction
+    # The expression head learns only from an expression loss: none in expr_to_pos without masked
+    # diffusion, where it stays at its zero initialisation and every variant would score the same number.
+    trained_expression = mode != "expr_to_pos" or mcfg.diffusion.mask_fraction > 0
     gen = torch.Generator(device="cpu").manual_seed(ecfg.seed)
     rng = np.random.default_rng(ecfg.seed)
 
@@ -383,7 +386,8 @@ def model_diagnostics(
         full = data.section(s)
         whole = collate([full]).to(device)
         with torch.no_grad():
-            masked.append(masked_reconstruction(model, whole, fraction, generator=gen))
+            if trained_expression:
+                masked.append(masked_reconstruction(model, whole, fraction, generator=gen))
         weights.append(len(full))
         sec = full
         if len(full) > ecfg.diagnostics_max_cells:
@@ -463,7 +467,7 @@ def model_diagnostics(
         "attention_sink_detail": sinks,
         "gate": gate_rows,
     }
-    return diag, attention_map, M.weighted_mean(masked, weights)
+    return diag, attention_map, (M.weighted_mean(masked, weights) if masked else None)
 
 
 def _attention_map(

@@ -222,14 +222,14 @@ def test_nan_predictions_are_rejected(proc: Path, tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- checkpoint
 
 
-def tiny_checkpoint(proc: Path, path: Path, **model: object) -> Path:
+def tiny_checkpoint(proc: Path, path: Path, diffusion: dict | None = None, **model: object) -> Path:
     """A checkpoint with the keys of docs/architecture.md, holding an untrained tiny model (EMA = weights)."""
     import torch
 
     from alphastomics.train import build_model
 
     settings = {"d_model": 32, "num_layers": 2, "num_heads": 2, "time_embed_dim": 16, **model}
-    cfg = load_config(overrides={**SYNTH, "TransformerLayer_setting": settings})
+    cfg = load_config(overrides={**SYNTH, "TransformerLayer_setting": settings, "diffusion": diffusion or {}})
     manifest = json.loads((proc / "manifest.json").read_text())
     torch.manual_seed(0)
     net = build_model(cfg, manifest["n_genes"], manifest["dims"])
@@ -249,7 +249,7 @@ def tiny_checkpoint(proc: Path, path: Path, **model: object) -> Path:
 
 
 def test_checkpoint_diagnostics_and_attention_map(proc: Path, tmp_path: Path) -> None:
-    ckpt = tiny_checkpoint(proc, tmp_path / "final.pt")
+    ckpt = tiny_checkpoint(proc, tmp_path / "final.pt", diffusion={"mask_fraction": 0.15})
     cfg = load_config(
         overrides={**SYNTH, "evaluation": {"num_random_references": 1, "diagnostics_max_cells": 50}}
     )
@@ -286,8 +286,11 @@ def test_linear_checkpoint_has_sinks_but_no_gates(proc: Path, tmp_path: Path) ->
     )
     cfg = load_config(overrides={**SYNTH, "evaluation": {"num_random_references": 1}})
     samples = write_samples(proc, tmp_path / "s.parquet")
-    d = evaluate(samples, proc, tmp_path / "eval", cfg, checkpoint=ckpt)["diagnostics"]
+    result = evaluate(samples, proc, tmp_path / "eval", cfg, checkpoint=ckpt)
+    d = result["diagnostics"]
     assert d["gate"] == [] and len(d["attention_sink"]) == 2 and d["subsampled"] == {}
+    # expr_to_pos without masked diffusion never trains the expression head: nothing to reconstruct with
+    assert "masked_reconstruction_mse" not in result["overall"]
     assert len(d["attention_sink_detail"]) == 2 * 2 * 2
 
 
