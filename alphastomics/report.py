@@ -685,6 +685,7 @@ def fig_sinks(view: DatasetView) -> str | None:
         return None
     ax.axhline(SINK_THRESHOLD, color="grey", linestyle="--", linewidth=1, label="sink threshold")
     ax.set(xlabel="layer", ylabel="share to most-attended cell", yscale="log")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # layers are whole numbers
     ax.legend(fontsize=8)
     return _png(fig)
 
