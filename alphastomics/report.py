@@ -991,7 +991,14 @@ def console_errors(log: str) -> list[str]:
     return [l for l in log.splitlines() if "CONSOLE" in l and re.search(r"Uncaught|Error|Failed", l)]
 
 
-MARKDOWN_METRICS = ("knn_preservation", "distance_pearson", "distance_mse", "procrustes_rmsd", "morans_i_corr")
+MARKDOWN_METRICS = (
+    "knn_preservation",
+    "distance_pearson",
+    "distance_mse",
+    "procrustes_rmsd",
+    "morans_i_corr",
+    "masked_reconstruction_mse",
+)
 
 
 def markdown_summary(results: Path, baseline: str = "linear") -> str:
