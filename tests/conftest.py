@@ -6,6 +6,7 @@
 - ``synthetic_raw``: (session) raw folder written by ``fetch-data`` for ``tiny_config`` (``synthetic.h5ad``).
 - ``tiny_processed`` / ``tiny_processed_3d``: (session) processed folders (``cells.parquet`` +
   ``manifest.json``) of the tiny synthetic tissue in 2D / 3D; open them with ``ProcessedData(path)``.
+- ``design_note_yaml``: a YAML file with the design note's config block verbatim.
 - ``bdtnp_processed``: (session) BDTNP fetched from the local copy and preprocessed with the default
   dataset config (8 equal-count slabs along x); skips if the shared copy is absent.
 Session-scoped folders are shared by tests: read them, never write into them.
@@ -30,6 +31,31 @@ def _tiny(dims: int = 2) -> Config:
                                 dims=dims, seed=7)
     dataset = DatasetConfig(name=f"tiny{dims}d", source="synthetic", synthetic=synthetic)
     return Config(dataset=dataset, data=DataConfig(max_cells=64))
+
+
+# The design note's ablation block, as written there (its keys and spellings are the contract).
+DESIGN_NOTE_BLOCK = """
+TransformerLayer_setting:
+  num_layers: 6
+  num_heads: 8
+  dropout: 0.1
+  use_gated_attention: true
+  gate_type: "headwise"
+  use_qk_norm: true
+training:
+  batch_size: 1024
+  accumulate_grad_batches: 4
+  gradient_clip_val: 0.5
+  learning_rate: 1e-4
+"""
+
+
+@pytest.fixture
+def design_note_yaml(tmp_path) -> Path:
+    """A YAML file holding the design note's config block verbatim."""
+    path = tmp_path / "design_note.yaml"
+    path.write_text(DESIGN_NOTE_BLOCK)
+    return path
 
 
 @pytest.fixture(autouse=True, scope="session")

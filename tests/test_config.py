@@ -20,21 +20,6 @@ from alphastomics.config import (
     to_dict,
 )
 
-# The design note's ablation block, as written there.
-DESIGN_NOTE_BLOCK = """
-TransformerLayer_setting:
-  num_layers: 6
-  num_heads: 8
-  dropout: 0.1
-  use_gated_attention: true
-  gate_type: "headwise"
-  use_qk_norm: true
-training:
-  batch_size: 1024
-  accumulate_grad_batches: 4
-  gradient_clip_val: 0.5
-  learning_rate: 1e-4
-"""
 
 
 def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
@@ -47,8 +32,8 @@ def test_defaults_without_files():
     assert load_config() == Config()
 
 
-def test_design_note_block_loads_as_written(tmp_path):
-    cfg = load_config(write(tmp_path, DESIGN_NOTE_BLOCK))
+def test_design_note_block_loads_as_written(design_note_yaml):
+    cfg = load_config(design_note_yaml)
     assert cfg.model.gate_type == "headwise" and cfg.model.use_qk_norm and cfg.model.use_gated_attention
     assert cfg.training.batch_size == 1024 and cfg.training.accumulate_grad_batches == 4
     # PyYAML reads 1e-4 (no dot) as the string '1e-4'; the boundary makes it the float it means.

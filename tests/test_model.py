@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import textwrap
 
 import pytest
 import torch
@@ -166,26 +165,8 @@ def test_diagnostics_per_layer():
         assert d["gate"].shape == (2, 7, SMALL.d_model)
 
 
-def test_design_note_config_block_builds_the_model(tmp_path):
-    path = tmp_path / "config.yaml"
-    path.write_text(
-        textwrap.dedent(
-            """
-            TransformerLayer_setting:
-              num_layers: 6
-              num_heads: 8
-              dropout: 0.1
-              use_gated_attention: true
-              gate_type: "headwise"
-              use_qk_norm: true
-            training:
-              batch_size: 1024
-              accumulate_grad_batches: 1
-              gradient_clip_val: 0.5
-            """
-        )
-    )
-    cfg = load_config(path)
+def test_design_note_config_block_builds_the_model(design_note_yaml):
+    cfg = load_config(design_note_yaml)
     model = Denoiser(cfg.model, 84, 3)
     assert len(model.layers) == 6
     attn = model.layers[0].attention.attn
