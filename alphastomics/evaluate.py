@@ -350,7 +350,8 @@ def _neighborhood(
 def model_diagnostics(
     checkpoint: Path, data_dir: Path, sections: list[str], cfg: Config
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], float]:
-    """(diagnostics, attention map for the report's figure, masked-reconstruction MSE) on ``sections``.
+    """(diagnostics, attention map for the report's figure, masked-reconstruction MSE per section) on
+    ``sections``; the last is empty when the model's expression head never trained.
 
     The model sees each section whole, or a seeded random subset of ``evaluation.diagnostics_max_cells``
     cells (attention maps are N x N), with its generated modality noised to t = ``evaluation.diagnostic_time``.
@@ -380,15 +381,15 @@ def model_diagnostics(
 
     sinks: list[dict[str, Any]] = []
     gates: dict[int, list[np.ndarray]] = {}
-    masked, weights, subsampled = [], [], {}
+    masked: dict[str, float] = {}
+    subsampled: dict[str, dict[str, int]] = {}
     attention_map: dict[str, np.ndarray] = {}
     for s in sections:
         full = data.section(s)
         whole = collate([full]).to(device)
         with torch.no_grad():
             if trained_expression:
-                masked.append(masked_reconstruction(model, whole, fraction, generator=gen))
-        weights.append(len(full))
+                masked[s] = float(masked_reconstruction(model, whole, fraction, generator=gen))
         sec = full
         if len(full) > ecfg.diagnostics_max_cells:
             sec = full.take(np.sort(rng.choice(len(full), ecfg.diagnostics_max_cells, replace=False)))
@@ -467,7 +468,7 @@ def model_diagnostics(
         "attention_sink_detail": sinks,
         "gate": gate_rows,
     }
-    return diag, attention_map, (M.weighted_mean(masked, weights) if masked else None)
+    return diag, attention_map, masked
 
 
 def _attention_map(
@@ -569,8 +570,13 @@ def evaluate(
         sections = [r["section"] for r in result["per_section"]]
         diag, attention_map, masked = model_diagnostics(checkpoint, data_dir, sections, cfg)
         result["diagnostics"] = diag
-        if masked is not None:
-            result["overall"]["masked_reconstruction_mse"] = masked
+        if masked:  # per section (so seeds x sections can be paired), overall cell-weighted like the rest
+            rows = result["per_section"]
+            for r in rows:
+                r["masked_reconstruction_mse"] = masked[r["section"]]
+            result["overall"]["masked_reconstruction_mse"] = M.weighted_mean(
+                [r["masked_reconstruction_mse"] for r in rows], [r["n_cells"] for r in rows]
+            )
         if train_summary is None and (checkpoint.parent / "train_summary.json").is_file():
             train_summary = checkpoint.parent / "train_summary.json"
     if train_summary is not None:

@@ -268,6 +268,10 @@ def test_checkpoint_diagnostics_and_attention_map(proc: Path, tmp_path: Path) ->
     for g in d["gate"]:  # headwise gate: one score per head per real cell, over both sections
         assert sum(g["counts"]) == 2 * 50 * 2 and 0.0 < g["mean"] < 1.0
     assert np.isfinite(result["overall"]["masked_reconstruction_mse"])
+    per = [(r["masked_reconstruction_mse"], r["n_cells"]) for r in result["per_section"]]
+    assert result["overall"]["masked_reconstruction_mse"] == pytest.approx(
+        sum(v * n for v, n in per) / sum(n for _, n in per)
+    )  # per section, so the report can pair seeds x sections; overall cell-weighted like every metric
     amap = np.load(out / "attention_map.npz")
     n = amap["attn"].shape[0]
     assert amap["attn"].shape == (n, n) and n <= 256 and amap["positions"].shape == (n, 2)
