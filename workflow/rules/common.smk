@@ -246,3 +246,9 @@ def gpu_mem(rule, gpus_of=lambda wildcards: 1):
 
 def cpu_mem(wildcards, attempt):
     return config["resources"]["cpu"]["mem_mb"] * attempt
+
+
+def runtime(kind):
+    """Minutes per job = configured runtime x attempt (a retry after a time limit gets longer)."""
+    minutes = config["resources"][kind]["runtime"]
+    return lambda wildcards, attempt: minutes * attempt

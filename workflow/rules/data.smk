@@ -10,7 +10,7 @@ rule fetch_data:
     threads: config["resources"]["cpu"]["threads"]
     resources:
         mem_mb=cpu_mem,
-        runtime=config["resources"]["cpu"]["runtime"],
+        runtime=runtime("cpu"),
     params:
         args=fetch_args,
     shell:
@@ -31,7 +31,7 @@ rule preprocess:
     threads: config["resources"]["cpu"]["threads"]
     resources:
         mem_mb=cpu_mem,
-        runtime=config["resources"]["cpu"]["runtime"],
+        runtime=runtime("cpu"),
     params:
         args=preprocess_args,
     shell:

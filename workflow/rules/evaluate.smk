@@ -16,7 +16,7 @@ rule baseline:
     threads: config["resources"]["cpu"]["threads"]
     resources:
         mem_mb=cpu_mem,
-        runtime=config["resources"]["cpu"]["runtime"],
+        runtime=runtime("cpu"),
     params:
         args=run_args_peer,
     shell:
@@ -43,7 +43,7 @@ rule evaluate:
     threads: config["resources"]["cpu"]["threads"]
     resources:
         mem_mb=cpu_mem,
-        runtime=config["resources"]["cpu"]["runtime"],
+        runtime=runtime("cpu"),
     params:
         args=run_args,
         extra=evaluate_extra_args,

@@ -23,7 +23,7 @@ rule train:
         gpu=lambda wildcards: train_gpus(wildcards.variant),
         cpus_per_gpu=config["resources"]["train"]["cpus_per_gpu"],
         mem_mb=gpu_mem("train", lambda wildcards: train_gpus(wildcards.variant)),
-        runtime=config["resources"]["train"]["runtime"],
+        runtime=runtime("train"),
     params:
         launcher=train_launcher,
         args=run_args,
@@ -53,7 +53,7 @@ rule sample:
         gpu=config["resources"]["sample"]["gpus"],
         cpus_per_gpu=config["resources"]["sample"]["cpus_per_gpu"],
         mem_mb=gpu_mem("sample"),
-        runtime=config["resources"]["sample"]["runtime"],
+        runtime=runtime("sample"),
     params:
         args=run_args,
     shell:

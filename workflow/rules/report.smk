@@ -17,7 +17,7 @@ rule report:
     threads: config["resources"]["cpu"]["threads"]
     resources:
         mem_mb=cpu_mem,
-        runtime=config["resources"]["cpu"]["runtime"],
+        runtime=runtime("cpu"),
     params:
         runs=all_runs(),
     shell:
