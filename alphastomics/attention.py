@@ -113,7 +113,10 @@ class Attention(nn.Module):
         k, v = self.to_kv(x).chunk(2, dim=-1)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            # In the norm's own dtype (fp32 under bf16 autocast): a bf16 input with fp32 weights makes torch
+            # fall back from its fused kernel (it warns); the cast back keeps SDPA in the autocast dtype.
+            w = self.q_norm.weight.dtype
+            q, k = self.q_norm(q.to(w)).to(v.dtype), self.k_norm(k.to(w)).to(v.dtype)
 
         attn = None
         if need_weights:

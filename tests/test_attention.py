@@ -192,3 +192,14 @@ def test_parameter_counts_by_hand():
 def test_width_not_divisible_by_heads_is_a_config_error():
     with pytest.raises(ConfigError, match="d_model.*divisible.*num_heads"):
         Attention(dataclasses.replace(SMALL, d_model=30, num_heads=4))
+
+
+def test_qk_norm_under_bf16_autocast_runs_fused_in_the_norm_dtype(recwarn):
+    """fp32 RMSNorm weights with a bf16 input would fall back from the fused kernel (torch warns)."""
+    attn = make(True, "headwise", True)
+    x, mask = torch.randn(2, 9, SMALL.d_model), torch.ones(2, 9, dtype=torch.bool)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attn(x, mask)
+    assert not [w for w in recwarn if "Cannot dispatch to fused" in str(w.message)]
+    assert torch.isfinite(y.float()).all()
+    assert torch.allclose(y.float(), attn(x, mask), rtol=0.1, atol=0.05)  # bf16 tracks fp32
