@@ -200,6 +200,13 @@ def test_tiny_run_produces_every_output(tiny_run):
     assert counts == {} and "Nothing to be done" in out
 
 
+def test_snakemake_report_includes_the_comparison_page(tiny_run):
+    snakemake(tiny_run, "--configfile", "config/test.yaml", "--report", "workflow_report.html")
+    page = (tiny_run / "workflow_report.html").read_text(errors="replace")
+    # the page flagged with report() is embedded, with its caption from workflow/report/report.rst
+    assert "report.html" in page and "Comparison of every attention variant" in page
+
+
 def test_rerun_single_stage_with_R_and_U(tiny_run):
     counts, _ = dry_run(tiny_run, "--configfile", "config/test.yaml", "-R", "train", "-U", "train")
     assert counts == {"train": 2}
