@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,17 @@ def read_manifest(data_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise EvaluationError(f"{path}: not found; pass the folder written by preprocess as --data_dir")
     return json.loads(path.read_text())
+
+
+def write_samples(table: pa.Table, out: Path) -> None:
+    """Write a samples table (docs/architecture.md "Samples"; from sample or baseline) atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_samples(path: Path) -> tuple[pa.Table, dict[str, str]]:

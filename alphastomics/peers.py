@@ -25,7 +25,6 @@ import argparse
 import importlib
 import importlib.util
 import json
-import os
 import sys
 import tempfile
 import time
@@ -36,10 +35,10 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from alphastomics import AlphaSTomicsError
 from alphastomics.config import PeersConfig
+from alphastomics.evaluate import write_samples
 
 Method = Literal["knn", "tangram", "novosparc", "celery"]
 METHODS: tuple[str, ...] = ("knn", "tangram", "novosparc", "celery")
@@ -352,16 +351,6 @@ def samples_table(held: HeldOut, pred: np.ndarray, scale: float, meta: dict[str,
     return table.replace_schema_metadata({f"alphastomics.{k}".encode(): v.encode() for k, v in meta.items()})
 
 
-def write_atomic(table: pa.Table, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def run(
     method: str,
     data_dir: str | Path,
@@ -392,7 +381,7 @@ def run(
         "settings": json.dumps(own, default=list),
     }
     table = samples_table(held, pred, data.scale, meta)
-    write_atomic(table, Path(out))
+    write_samples(table, Path(out))
     return table
 
 

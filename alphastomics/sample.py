@@ -12,7 +12,6 @@ coordinates from expression (``expr_to_pos``), expression from coordinates (``po
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import torch
 
 from alphastomics import AlphaSTomicsError
 from alphastomics.config import Config, ModelConfig
+from alphastomics.evaluate import read_manifest, write_samples
 from alphastomics.train import load_model, step_seed
 
 _SAMPLE_STREAM = 5
@@ -44,13 +44,6 @@ def variant_name(m: ModelConfig) -> str:
         if settings == (m.use_gated_attention, m.gate_type, m.use_qk_norm):
             return name
     return f"gated_{m.gate_type}" + ("_qknorm" if m.use_qk_norm else "")
-
-
-def read_manifest(data_dir: Path) -> dict[str, Any]:
-    path = data_dir / "manifest.json"
-    if not path.is_file():
-        raise SampleError(f"{path}: not found; pass the folder written by the preprocess stage as --data_dir")
-    return json.loads(path.read_text())
 
 
 def check_compatible(
@@ -171,10 +164,7 @@ def sample(
         b"alphastomics.checkpoint": str(checkpoint).encode(),
     }
     table = table.replace_schema_metadata(meta)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, out)
+    write_samples(table, out)
     return table
 
 
