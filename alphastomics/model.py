@@ -100,8 +100,10 @@ class GatedSelfAttentionModel(nn.Module):
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(c, 3 * c))  # shift, scale, residual gate
         self.attn = Attention(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.pos_norm = nn.LayerNorm(c, eps=1e-6)
-        self.pos_update = nn.Linear(c, dims)
+        # No biases here: masked_centre subtracts the mean over cells, which cancels any constant shift, so
+        # a bias would be a parameter without a gradient.
+        self.pos_norm = nn.LayerNorm(c, eps=1e-6, bias=False)
+        self.pos_update = nn.Linear(c, dims, bias=False)
 
     def forward(
         self, h: Tensor, time: Tensor, positions: Tensor, mask: Tensor, need_weights: bool = False
@@ -159,7 +161,7 @@ class Denoiser(nn.Module):
         self.final_norm = nn.LayerNorm(c, elementwise_affine=False, eps=1e-6)
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(c, 2 * c))
         self.expression_out = nn.Linear(c, n_genes)
-        self.position_out = nn.Linear(c, dims)
+        self.position_out = nn.Linear(c, dims, bias=False)  # no bias: re-centring cancels it
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -180,7 +182,8 @@ class Denoiser(nn.Module):
             zero += [layer.modulation[-1], layer.attention.modulation[-1], layer.attention.pos_update]
         for module in zero:
             nn.init.zeros_(module.weight)
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
     def forward(
         self,
