@@ -10,7 +10,6 @@ pads examples to the largest with a boolean mask. The batch at step s depends on
 
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -22,12 +21,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from alphastomics.artifacts import DataError, read_manifest
 from alphastomics.config import DataConfig
-from alphastomics.datasets import DataError
 
-FORMAT = 1
 Split = Literal["train", "val", "test"]
-_MANIFEST_KEYS = ("format", "genes", "n_genes", "dims", "splits", "cells_per_section", "normalization", "coordinates")
 
 
 @dataclass
@@ -78,18 +75,7 @@ class ProcessedData:
 
     def __init__(self, path: str | Path, cache_bytes: int = 1 << 30) -> None:
         self.path = Path(path)
-        mpath = self.path / "manifest.json"
-        if not mpath.is_file() or not (self.path / "cells.parquet").is_file():
-            raise DataError(f"{self.path}: manifest.json or cells.parquet missing; run `python -m alphastomics preprocess` first")
-        try:
-            self.manifest: dict[str, Any] = json.loads(mpath.read_text())
-        except json.JSONDecodeError:
-            raise DataError(f"{mpath}: not valid JSON; rerun preprocess") from None
-        missing = [k for k in _MANIFEST_KEYS if k not in self.manifest]
-        if missing:
-            raise DataError(f"{mpath}: missing field(s) {missing}; rerun preprocess with this version")
-        if self.manifest["format"] != FORMAT:
-            raise DataError(f"{mpath}: format is {self.manifest['format']}, this code reads {FORMAT}; rerun preprocess")
+        self.manifest: dict[str, Any] = read_manifest(self.path)
         m = self.manifest
         self.genes: list[str] = list(m["genes"])
         self.dims: int = int(m["dims"])

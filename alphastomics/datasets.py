@@ -15,13 +15,11 @@ expression rows are read on demand, so preprocessing holds one section of expres
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tarfile
-import tempfile
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -31,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from alphastomics import AlphaSTomicsError
+from alphastomics.artifacts import DataError, atomic_dir
 from alphastomics.config import DatasetConfig, SyntheticConfig
 
 NOVOSPARC_URLS = ("https://pypi.org/pypi/novosparc/0.4.4/json", "https://pypi.org/pypi/novosparc/json")
@@ -46,10 +44,6 @@ FETCH_JSON = "fetch.json"
 READ_CHUNK_ROWS = 65536  # rows per h5 read when a section's rows are not contiguous
 
 
-class DataError(AlphaSTomicsError, ValueError):
-    """Bad input data; the message names the file, the field and the fix."""
-
-
 # --------------------------------------------------------------------------------------------------------
 # Small helpers shared with preprocess
 
@@ -60,30 +54,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-@contextlib.contextmanager
-def atomic_dir(out: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out``; rename it to ``out`` on success, delete it on any error."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the final folder should look like any other
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if out.exists():
-        # os.replace cannot replace a non-empty folder: move the old one aside first, drop it after.
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / "x")
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

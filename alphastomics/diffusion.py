@@ -135,6 +135,26 @@ class Diffusion:
         ab = self._ab(t, x0)
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
+    def noise_generated(
+        self, x_e: Tensor, x_p: Tensor, mask: Tensor, t: Tensor, mode: Mode, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Noise the modality that ``mode`` generates to integer time t (B,), keep the other clean.
+
+        x_e (B,N,G) and x_p (B,N,D, centred) are clean; returns (in_e, t_e, in_p, t_p) with t_e / t_p in
+        [0, 1] (0 = clean, as the model is told). Expression noise is drawn first, then position noise
+        (centred over real cells), so training, validation and diagnostics draw alike.
+        """
+        b, device = x_e.shape[0], x_e.device
+        m = mask[..., None].to(x_e.dtype)
+        clean = torch.zeros(b, device=device)
+        in_e, t_e, in_p, t_p = x_e, clean, x_p, clean
+        if mode in ("pos_to_expr", "joint"):
+            in_e, t_e = self.q_sample(x_e, t, _randn(tuple(x_e.shape), generator, device) * m), t / self.T
+        if mode in ("expr_to_pos", "joint"):
+            noise = masked_centre(_randn(tuple(x_p.shape), generator, device), mask)
+            in_p, t_p = self.q_sample(x_p, t, noise), t / self.T
+        return in_e, t_e, in_p, t_p
+
     # ----------------------------------------------------------------------------------------------------
     # training
 
@@ -152,15 +172,7 @@ class Diffusion:
         diffuse_p = cfg.mode in ("expr_to_pos", "joint")
 
         t = torch.randint(1, self.T + 1, (b,), generator=generator, device=_gen_device(generator, device))
-        t = t.to(device)
-        zero_t = torch.zeros(b, device=device)
-        in_e, t_e = x_e, zero_t
-        if diffuse_e:
-            in_e, t_e = self.q_sample(x_e, t, _randn((b, n, g), generator, device) * m), t / self.T
-        in_p, t_p = x_p, zero_t
-        if diffuse_p:
-            noise = masked_centre(_randn(tuple(x_p.shape), generator, device), mask)
-            in_p, t_p = self.q_sample(x_p, t, noise), t / self.T
+        in_e, t_e, in_p, t_p = self.noise_generated(x_e, x_p, mask, t.to(device), cfg.mode, generator)
         hidden = None
         if cfg.mask_fraction > 0:
             hidden = (_rand((b, n, g), generator, device) < cfg.mask_fraction) & mask[..., None]

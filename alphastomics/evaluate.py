@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,10 @@ import pyarrow.parquet as pq
 
 from alphastomics import AlphaSTomicsError
 from alphastomics import metrics as M
+from alphastomics.artifacts import atomic_dir, read_manifest, read_samples
 from alphastomics.config import Config, EvalConfig
 
 MODES = ("expr_to_pos", "pos_to_expr", "joint")
-POSITION_COLUMNS = ("x_true", "y_true", "z_true", "x_pred", "y_pred", "z_pred")
-ATTENTION_MAP_CELLS = 256
 
 
 class EvaluationError(AlphaSTomicsError, ValueError):
@@ -39,42 +37,6 @@ class EvaluationError(AlphaSTomicsError, ValueError):
 
 # ------------------------------------------------------------------------------------------------------
 # Inputs
-
-
-def read_manifest(data_dir: Path) -> dict[str, Any]:
-    path = data_dir / "manifest.json"
-    if not path.is_file():
-        raise EvaluationError(f"{path}: not found; pass the folder written by preprocess as --data_dir")
-    return json.loads(path.read_text())
-
-
-def write_samples(table: pa.Table, out: Path) -> None:
-    """Write a samples table (docs/architecture.md "Samples"; from sample or baseline) atomically."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def read_samples(path: Path) -> tuple[pa.Table, dict[str, str]]:
-    """The samples table and its ``alphastomics.*`` metadata (mode, method, ...)."""
-    if not path.is_file():
-        raise EvaluationError(f"{path}: samples file not found; run sample (or baseline) first")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise EvaluationError(f"{path}: not a readable Parquet file ({err}); rerun sample") from None
-    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-    meta = {k.removeprefix("alphastomics."): v for k, v in meta.items() if k.startswith("alphastomics.")}
-    for name in ("cell_id", "section", *POSITION_COLUMNS):
-        if name not in table.column_names:
-            raise EvaluationError(
-                f"{path}: field '{name}' is missing; write samples as in docs/architecture.md"
-            )
-    return table, meta
 
 
 def samples_mode(path: Path, table: pa.Table, meta: dict[str, str]) -> str:
@@ -359,160 +321,6 @@ def _neighborhood(
 # Model diagnostics (needs the checkpoint)
 
 
-def model_diagnostics(
-    checkpoint: Path, data_dir: Path, sections: list[str], cfg: Config
-) -> tuple[dict[str, Any], dict[str, np.ndarray], float]:
-    """(diagnostics, attention map for the report's figure, masked-reconstruction MSE per section) on
-    ``sections``; the last is empty when the model's expression head never trained.
-
-    The model sees each section whole, or a seeded random subset of ``evaluation.diagnostics_max_cells``
-    cells (attention maps are N x N), with its generated modality noised to t = ``evaluation.diagnostic_time``.
-    """
-    import torch
-
-    from alphastomics.data import ProcessedData, collate
-    from alphastomics.diffusion import Diffusion, masked_reconstruction
-    from alphastomics.model import masked_centre
-    from alphastomics.sample import check_compatible
-    from alphastomics.train import load_model
-
-    ecfg = cfg.evaluation
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, mcfg, ckpt = load_model(checkpoint, device)
-    data = ProcessedData(data_dir)
-    check_compatible(data.manifest, ckpt, data_dir, checkpoint)
-    diffusion = Diffusion(mcfg.diffusion)
-    mode = mcfg.diffusion.mode
-    step = max(1, round(ecfg.diagnostic_time * diffusion.T))
-    fraction = ecfg.masked_fraction
-    # The expression head learns only from an expression loss: none in expr_to_pos without masked
-    # diffusion, where it stays at its zero initialisation and every variant would score the same number.
-    trained_expression = mode != "expr_to_pos" or mcfg.diffusion.mask_fraction > 0
-    gen = torch.Generator(device="cpu").manual_seed(ecfg.seed)
-    rng = np.random.default_rng(ecfg.seed)
-
-    sinks: list[dict[str, Any]] = []
-    gates: dict[int, list[np.ndarray]] = {}
-    masked: dict[str, float] = {}
-    subsampled: dict[str, dict[str, int]] = {}
-    attention_map: dict[str, np.ndarray] = {}
-    for s in sections:
-        full = data.section(s)
-        whole = collate([full]).to(device)
-        with torch.no_grad():
-            if trained_expression:
-                masked[s] = float(masked_reconstruction(model, whole, fraction, generator=gen))
-        sec = full
-        if len(full) > ecfg.diagnostics_max_cells:
-            sec = full.take(np.sort(rng.choice(len(full), ecfg.diagnostics_max_cells, replace=False)))
-            subsampled[s] = {"cells": len(full), "used": len(sec)}
-        batch = collate([sec]).to(device)
-        mask = batch.mask
-        b = mask.shape[0]
-        x_e = batch.expression
-        x_p = masked_centre(batch.positions, mask)
-        t = torch.full((b,), step, dtype=torch.long)
-        zero, tt = torch.zeros(b, device=device), torch.full((b,), step / diffusion.T, device=device)
-        in_e, t_e, in_p, t_p = x_e, zero, x_p, zero
-        if mode in ("pos_to_expr", "joint"):
-            in_e, t_e = diffusion.q_sample(x_e, t, torch.randn(x_e.shape, generator=gen).to(device)), tt
-        if mode in ("expr_to_pos", "joint"):
-            noise = masked_centre(torch.randn(x_p.shape, generator=gen).to(device), mask)
-            in_p, t_p = diffusion.q_sample(x_p, t, noise), tt
-        with torch.no_grad():
-            *_, layers = model(
-                in_e, in_p, t_e, mask, expression_t=t_e, position_t=t_p, return_diagnostics=True
-            )
-        m = mask.cpu().numpy()
-        pos = x_p[0].float().cpu().numpy()
-        radius = np.linalg.norm(pos, axis=1) / max(float(np.sqrt((pos**2).sum(axis=1).mean())), 1e-12)
-        best = (-1.0, 0, 0)
-        for li, d in enumerate(layers):
-            attn = d["attn"].float().cpu().numpy()
-            sink = M.attention_sink(attn, m)
-            for h in range(attn.shape[1]):
-                j = int(sink["index"][0, h])
-                share = float(sink["share"][0, h])
-                sinks.append(
-                    {
-                        "section": s,
-                        "layer": li,
-                        "head": h,
-                        "n_cells": int(sink["n"][0]),
-                        "share": share,
-                        "share_x_uniform": share * int(sink["n"][0]),
-                        "cell_id": str(sec.cell_ids[j]),
-                        "cell_radius": float(radius[j]),
-                    }
-                )
-                if share > best[0]:
-                    best = (share, li, h)
-            if d.get("gate") is not None:
-                gates.setdefault(li, []).append(d["gate"].float().cpu().numpy()[m])
-        if not attention_map:
-            attention_map = _attention_map(layers, best[1], best[2], sec, pos, s, rng)
-        del layers
-
-    gate_rows = [{"layer": li, **M.gate_stats(np.concatenate(v)[None])} for li, v in sorted(gates.items())]
-    per_layer = []
-    for li in sorted({r["layer"] for r in sinks}):
-        rows = [r for r in sinks if r["layer"] == li]
-        heads = sorted({r["head"] for r in rows})
-        per_layer.append(
-            {
-                "layer": li,
-                "share": float(np.mean([r["share"] for r in rows])),  # mean over heads and sections
-                "share_max": float(np.max([r["share"] for r in rows])),
-                "share_x_uniform": float(np.mean([r["share_x_uniform"] for r in rows])),
-                "share_per_head": [
-                    float(np.mean([r["share"] for r in rows if r["head"] == h])) for h in heads
-                ],
-                "sink_radius_mean": float(np.mean([r["cell_radius"] for r in rows])),
-            }
-        )
-    diag = {
-        "diffusion_time": step / diffusion.T,
-        "mode": mode,
-        "sections": sections,
-        "subsampled": subsampled,
-        "masked_fraction": fraction,
-        "attention_sink": per_layer,
-        "attention_sink_detail": sinks,
-        "gate": gate_rows,
-    }
-    return diag, attention_map, masked
-
-
-def _attention_map(
-    layers: list[dict[str, Any]],
-    layer: int,
-    head: int,
-    sec: Any,
-    pos: np.ndarray,
-    section: str,
-    rng: np.random.Generator,
-) -> dict[str, np.ndarray]:
-    """One head's attention among <= ATTENTION_MAP_CELLS cells (rows/columns of the full-context matrix, so
-    rows no longer sum to 1), the most-attended cell always included."""
-    attn = layers[layer]["attn"][0, head].float().cpu().numpy()  # (N, N)
-    n = attn.shape[0]
-    col_share = attn.sum(axis=0) / n
-    keep = np.arange(n)
-    if n > ATTENTION_MAP_CELLS:
-        sink = int(col_share.argmax())
-        others = rng.choice(np.delete(np.arange(n), sink), ATTENTION_MAP_CELLS - 1, replace=False)
-        keep = np.sort(np.r_[others, sink])
-    return {
-        "attn": attn[np.ix_(keep, keep)].astype(np.float32),
-        "column_share": col_share[keep].astype(np.float32),
-        "positions": pos[keep].astype(np.float32),
-        "cell_id": np.asarray(sec.cell_ids[keep]).astype(str),
-        "section": np.array(section),
-        "layer": np.array(layer),
-        "head": np.array(head),
-    }
-
-
 # ------------------------------------------------------------------------------------------------------
 # Outputs
 
@@ -532,8 +340,6 @@ def _clean(value: Any) -> Any:
 
 def write_outputs(out: Path, result: dict[str, Any], attention_map: dict[str, np.ndarray] | None) -> None:
     """metrics.json, sections.csv (+ attention_map.npz), all appearing at once (folder renamed into place)."""
-    from alphastomics.datasets import atomic_dir
-
     with atomic_dir(out) as tmp:
         (tmp / "metrics.json").write_text(json.dumps(_clean(result), indent=1) + "\n")
         rows = result["per_section"]
@@ -580,6 +386,8 @@ def evaluate(
     attention_map = None
     if checkpoint is not None:
         sections = [r["section"] for r in result["per_section"]]
+        from alphastomics.diagnostics import model_diagnostics  # torch, only when a model is probed
+
         diag, attention_map, masked = model_diagnostics(checkpoint, data_dir, sections, cfg)
         result["diagnostics"] = diag
         if masked:  # per section (so seeds x sections can be paired), overall cell-weighted like the rest

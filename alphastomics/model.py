@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from alphastomics.artifacts import DataError, load_checkpoint
 from alphastomics.attention import Attention
-from alphastomics.config import Config, ModelConfig
+from alphastomics.config import Config, ModelConfig, config_from_dict
 
 Diagnostics = dict[str, Tensor | None]
 
@@ -163,6 +165,22 @@ class Denoiser(nn.Module):
         self.expression_out = nn.Linear(c, n_genes)
         self.position_out = nn.Linear(c, dims, bias=False)  # no bias: re-centring cancels it
         self._init_weights()
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device = "cpu"
+    ) -> tuple[Denoiser, Config, dict[str, Any]]:
+        """The denoiser of a checkpoint, rebuilt from the checkpoint alone, with its EMA weights, in eval
+        mode -> (model, the config it was trained with, the checkpoint dict)."""
+        ckpt = load_checkpoint(path)
+        for key in ("config", "ema", "n_genes", "dims"):
+            if key not in ckpt:
+                raise DataError(f"{path}: checkpoint has no '{key}'; rerun train with this version")
+        cfg = config_from_dict(ckpt["config"], source=str(path))
+        model = cls(cfg.model, ckpt["n_genes"], ckpt["dims"])
+        model.load_state_dict(ckpt["ema"])
+        model.to(device).eval()
+        return model, cfg, ckpt
 
     def _init_weights(self) -> None:
         # Xavier everywhere, then DiT's choices: small normal time MLPs, and zeros for every adaLN

@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from alphastomics import AlphaSTomicsError
 from alphastomics.config import PeersConfig
-from alphastomics.evaluate import write_samples
+from alphastomics.artifacts import write_samples
 
 Method = Literal["knn", "tangram", "novosparc", "celery"]
 METHODS: tuple[str, ...] = ("knn", "tangram", "novosparc", "celery")

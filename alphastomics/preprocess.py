@@ -21,10 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from alphastomics import __version__
+from alphastomics.artifacts import FORMAT, DataError, atomic_dir
 from alphastomics.config import DatasetConfig, to_dict
-from alphastomics.datasets import DataError, RawData, atomic_dir, from_anndata, open_raw
+from alphastomics.datasets import RawData, from_anndata, open_raw
 
-FORMAT = 1
 SPLITS = ("train", "val", "test")
 STD_FLOOR = 1e-6  # genes constant over training cells are divided by 1, not by ~0
 

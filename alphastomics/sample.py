@@ -24,10 +24,9 @@ import torch
 
 from alphastomics import AlphaSTomicsError
 from alphastomics.config import Config, ModelConfig
-from alphastomics.evaluate import read_manifest, write_samples
-from alphastomics.train import load_model, step_seed
-
-_SAMPLE_STREAM = 5
+from alphastomics.artifacts import check_compatible, read_manifest, write_samples
+from alphastomics.model import Denoiser
+from alphastomics.seeds import SAMPLE_STREAM, step_seed
 
 
 class SampleError(AlphaSTomicsError):
@@ -44,27 +43,6 @@ def variant_name(m: ModelConfig) -> str:
         if settings == (m.use_gated_attention, m.gate_type, m.use_qk_norm):
             return name
     return f"gated_{m.gate_type}" + ("_qknorm" if m.use_qk_norm else "")
-
-
-def check_compatible(
-    manifest: dict[str, Any], ckpt: dict[str, Any], data_dir: Path, checkpoint: Path
-) -> None:
-    """The dims and the genes (in order) the model was trained on must be those of --data_dir."""
-    where = data_dir / "manifest.json"
-    if int(manifest.get("dims", -1)) != int(ckpt["dims"]):
-        raise SampleError(
-            f"{where}: dims is {manifest.get('dims')} but {checkpoint} was trained with dims {ckpt['dims']}; "
-            f"sample with data of the same dimensionality"
-        )
-    genes = list(manifest.get("genes", []))
-    trained = list((ckpt.get("manifest") or {}).get("genes", genes))
-    if genes != trained or len(genes) != int(ckpt["n_genes"]):
-        mismatch = (f"'{a}' vs '{b}'" for a, b in zip(genes, trained) if a != b)
-        first = next(mismatch, f"{len(genes)} vs {len(trained)}")
-        raise SampleError(
-            f"{where}: genes differ from those {checkpoint} was trained on ({first}); preprocess with the "
-            f"gene list of the training data (dataset.genes_file)"
-        )
 
 
 def _generate(model: torch.nn.Module, diffusion: Any, batch: Any, mode: str, steps: int, seed: int,
@@ -96,7 +74,7 @@ def sample(
     manifest = read_manifest(data_dir)
     want_cuda = torch.cuda.is_available()
     device = torch.device("cuda" if want_cuda else "cpu")
-    model, ckpt_cfg, ckpt = load_model(checkpoint, device)
+    model, ckpt_cfg, ckpt = Denoiser.from_checkpoint(checkpoint, device)
     check_compatible(manifest, ckpt, data_dir, checkpoint)
     run_cfg = cfg or ckpt_cfg
     mode = ckpt_cfg.diffusion.mode
@@ -116,7 +94,7 @@ def sample(
     parts: list[pa.Table] = []
     for i, section in enumerate(sections):
         batch = collate([data.section(section)])  # the whole section, no augmentation
-        seed = step_seed(run_cfg.evaluation.seed, i, 0, _SAMPLE_STREAM)
+        seed = step_seed(run_cfg.evaluation.seed, i, 0, SAMPLE_STREAM)
         try:
             expr, pos = _generate(model, diffusion, batch, mode, steps, seed, device)
         except torch.OutOfMemoryError:

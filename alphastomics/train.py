@@ -32,15 +32,15 @@ import torch.distributed as dist
 from torch import nn
 
 from alphastomics import AlphaSTomicsError
+from alphastomics.artifacts import atomic_write_text, load_checkpoint, save_checkpoint
 from alphastomics.config import Config, ConfigError, TrainConfig, config_from_dict, to_dict
+from alphastomics.model import Denoiser
+from alphastomics.seeds import DIAG_STREAM, DROPOUT_STREAM, NOISE_STREAM, VAL_STREAM, step_seed
 
 # Fields of metrics.jsonl that measure the machine, not the model: they differ between two runs of the same
 # config, so reproducibility checks drop them.
 TIMING_FIELDS = ("cells_per_s", "peak_mem_mb", "elapsed_s")
 
-# Stream offsets of the seeds derived from training.seed, so that the draws of different purposes never
-# share a stream.
-_DROPOUT_STREAM, _NOISE_STREAM, _VAL_STREAM, _DIAG_STREAM = 1, 2, 3, 4
 _DIAG_CELLS = 512
 
 
@@ -89,11 +89,6 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
-
-
-def step_seed(seed: int, step: int, rank: int, stream: int) -> int:
-    """A 63-bit seed that depends only on its arguments (not on what ran before: resumable)."""
-    return int(np.random.SeedSequence([seed, step, rank, stream]).generate_state(2, dtype=np.uint64)[0] >> 1)
 
 
 def accumulate_gradients(
@@ -148,63 +143,10 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _to_device(batch: Any, device: torch.device) -> Any:
     if device.type == "cpu":
         return batch
     return batch.to(device, non_blocking=True)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Checkpoints and the model they rebuild
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise TrainingError(f"{path}: checkpoint not found; pass the final.pt written by the train stage")
-    try:
-        # Our own file, with numpy/python RNG states inside: weights_only would refuse them.
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        why = type(err).__name__
-        raise TrainingError(f"{path}: not a readable checkpoint ({why}); rerun train") from None
-
-
-def build_model(cfg: Config, n_genes: int, dims: int) -> nn.Module:
-    from alphastomics.model import Denoiser
-
-    return Denoiser(cfg.model, n_genes, dims)
-
-
-def load_model(
-    checkpoint_path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, Config, dict[str, Any]]:
-    """Rebuild the denoiser from a checkpoint alone, with its EMA weights, in eval mode."""
-    ckpt = load_checkpoint(checkpoint_path)
-    for key in ("config", "ema", "n_genes", "dims"):
-        if key not in ckpt:
-            raise TrainingError(
-                f"{checkpoint_path}: checkpoint has no '{key}'; rerun train with this version"
-            )
-    cfg = config_from_dict(ckpt["config"], source=str(checkpoint_path))
-    model = build_model(cfg, ckpt["n_genes"], ckpt["dims"])
-    model.load_state_dict(ckpt["ema"])
-    model.to(device).eval()
-    return model, cfg, ckpt
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -293,7 +235,7 @@ def validation_loss(model: nn.Module, diffusion: Any, batches: list[Any], seed: 
     model.eval()
     totals: dict[str, float] = {}
     for i, batch in enumerate(batches):
-        gen = torch.Generator(device=device).manual_seed(step_seed(seed, i, 0, _VAL_STREAM))
+        gen = torch.Generator(device=device).manual_seed(step_seed(seed, i, 0, VAL_STREAM))
         with autocast():
             losses = diffusion.training_losses(model, _to_device(batch, device), generator=gen)
         for key, value in losses.items():
@@ -357,7 +299,10 @@ class RunState:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    # Tensors and plain tuples only, so checkpoints load with weights_only=True (numpy arrays would not).
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -365,7 +310,8 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -428,7 +374,7 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     if not path.exists():
         return
     lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= last_step]
-    _atomic_write_text(path, "".join(ln + "\n" for ln in lines))
+    atomic_write_text(path, "".join(ln + "\n" for ln in lines))
 
 
 class Progress:
@@ -529,7 +475,7 @@ def train(
     val_batches = list(itertools.islice(eval_batches(data, "val"), t_cfg.val_batches))
 
     # -- 4. Model, EMA copy, diffusion.
-    model = build_model(cfg, n_genes, dims).to(device)
+    model = Denoiser(cfg.model, n_genes, dims).to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     diffusion = Diffusion(cfg.diffusion)
     params_total, params_attention = count_parameters(model)
@@ -579,7 +525,7 @@ def train(
     def save(path: Path, step: int) -> None:
         if not d.is_main:
             return
-        _atomic_torch_save(
+        save_checkpoint(
             {
                 "config": to_dict(cfg),
                 "model": model.state_dict(),
@@ -624,11 +570,11 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             # Dropout draws from the global generator: reseed it per step so a resumed run draws the same.
-            torch.manual_seed(step_seed(t_cfg.seed, step, d.rank, _DROPOUT_STREAM))
+            torch.manual_seed(step_seed(t_cfg.seed, step, d.rank, DROPOUT_STREAM))
 
             def loss_fn(batch: Any, k: int) -> dict[str, torch.Tensor]:
                 gen = torch.Generator(device=device).manual_seed(
-                    step_seed(t_cfg.seed, step * t_cfg.accumulate_grad_batches + k, d.rank, _NOISE_STREAM)
+                    step_seed(t_cfg.seed, step * t_cfg.accumulate_grad_batches + k, d.rank, NOISE_STREAM)
                 )
                 with autocast():
                     return diffusion.training_losses(net, batch, generator=gen)
@@ -677,7 +623,7 @@ def train(
                 record = {"step": step, **{k: round(v, 8) for k, v in losses.items()}, "lr": lr,
                           "grad_norm": round(grad_norm, 8)}
                 if d.is_main:
-                    seed = step_seed(t_cfg.seed, step, 0, _DIAG_STREAM)
+                    seed = step_seed(t_cfg.seed, step, 0, DIAG_STREAM)
                     record.update(gate_statistics(model, diffusion, micro_batches[0], seed))
                 record.update(
                     cells_per_s=round(cells_window / max(now - t_window, 1e-9), 2),
@@ -732,7 +678,7 @@ def train(
     if d.is_main:
         # final.pt last: it marks the run as done (a kill before it reruns from latest.pt, writing all again).
         save(latest_path, step)
-        _atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
         save(final_path, step)
     if d.enabled:
         dist.barrier()

@@ -16,6 +16,7 @@ from alphastomics.__main__ import main as cli
 from alphastomics.config import load_config
 from alphastomics.datasets import fetch_synthetic
 from alphastomics.evaluate import EvaluationError, evaluate
+from alphastomics.model import Denoiser
 from alphastomics.preprocess import preprocess
 
 SYNTH = {
@@ -226,13 +227,11 @@ def tiny_checkpoint(proc: Path, path: Path, diffusion: dict | None = None, **mod
     """A checkpoint with the keys of docs/architecture.md, holding an untrained tiny model (EMA = weights)."""
     import torch
 
-    from alphastomics.train import build_model
-
     settings = {"d_model": 32, "num_layers": 2, "num_heads": 2, "time_embed_dim": 16, **model}
     cfg = load_config(overrides={**SYNTH, "TransformerLayer_setting": settings, "diffusion": diffusion or {}})
     manifest = json.loads((proc / "manifest.json").read_text())
     torch.manual_seed(0)
-    net = build_model(cfg, manifest["n_genes"], manifest["dims"])
+    net = Denoiser(cfg.model, manifest["n_genes"], manifest["dims"])
     torch.save(
         {
             "config": cfg.to_dict(),

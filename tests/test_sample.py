@@ -11,9 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from alphastomics.__main__ import main as cli
+from alphastomics.artifacts import DataError
 from alphastomics.config import load_config
 from alphastomics.datasets import open_raw
-from alphastomics.sample import SampleError, sample
+from alphastomics.sample import sample
 from alphastomics.train import train
 
 TINY = [
@@ -105,7 +106,7 @@ def test_other_genes_are_refused(checkpoints, tiny_processed, tmp_path, capsys):
     manifest = json.loads((other / "manifest.json").read_text())
     manifest["genes"][3] = "renamed"
     (other / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(SampleError, match=r"manifest\.json: genes differ .*'renamed'"):
+    with pytest.raises(DataError, match=r"manifest\.json: genes differ .*'renamed'"):
         sample(checkpoints["joint"], other, tmp_path / "s.parquet")
     rc = cli(["sample", "--checkpoint", str(checkpoints["joint"]), "--data_dir", str(other),
               "--out", str(tmp_path / "s.parquet")])
@@ -114,7 +115,7 @@ def test_other_genes_are_refused(checkpoints, tiny_processed, tmp_path, capsys):
 
 
 def test_other_dims_are_refused(checkpoints, tiny_processed_3d, tmp_path):
-    with pytest.raises(SampleError, match=r"dims is 3 .* trained with dims 2"):
+    with pytest.raises(DataError, match=r"dims is 3 .* trained with dims 2"):
         sample(checkpoints["joint"], tiny_processed_3d, tmp_path / "s.parquet")
 
 

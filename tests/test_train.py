@@ -17,6 +17,7 @@ import yaml
 from torch import nn
 
 from alphastomics.__main__ import main as cli
+from alphastomics.artifacts import load_checkpoint
 from alphastomics.config import Config, TrainConfig, load_config
 from alphastomics.data import ProcessedData, training_batch
 from alphastomics.diffusion import Diffusion
@@ -26,8 +27,6 @@ from alphastomics.train import (
     TrainingError,
     accumulate_gradients,
     ema_decay_at,
-    load_checkpoint,
-    load_model,
     lr_at,
     train,
     update_ema,
@@ -311,8 +310,8 @@ def test_checkpoint_config_is_compared_with_defaults_filled(runs, tiny_processed
     assert train(cfg, tiny_processed, run) == json.loads((run / "train_summary.json").read_text())
 
 
-def test_load_model_has_ema_weights(runs):
-    model, cfg, ckpt = load_model(runs["straight"] / "final.pt")
+def test_from_checkpoint_has_ema_weights(runs):
+    model, cfg, ckpt = Denoiser.from_checkpoint(runs["straight"] / "final.pt")
     assert isinstance(cfg, Config) and not model.training
     for name, value in model.state_dict().items():
         assert torch.equal(value, ckpt["ema"][name])

@@ -1,0 +1,178 @@
+"""Every file format that stages hand each other, defined once (docs/architecture.md, "Contracts").
+
+- the processed data set's ``manifest.json`` (``FORMAT``, ``read_manifest`` validates it);
+- the samples table (``SAMPLE_POSITION_COLUMNS``, ``write_samples`` / ``read_samples``), written by the sample
+  stage and by the peer baselines, read by evaluate;
+- checkpoints (``save_checkpoint`` / ``load_checkpoint``): plain tensors, dicts, lists, strings and numbers
+  only, read back with ``torch.load(weights_only=True)``, so opening a checkpoint someone shared cannot run
+  code; ``check_compatible`` says whether a checkpoint fits a processed data set;
+- atomic writes (``atomic_file``, ``atomic_write_text``, ``atomic_dir``): a stage that fails never leaves a
+  half-written output behind.
+
+A stage imports this module and libraries, never another stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from alphastomics import AlphaSTomicsError
+
+FORMAT = 1  # of manifest.json and cells.parquet; bump when either changes incompatibly
+MANIFEST_KEYS = ("format", "genes", "n_genes", "dims", "splits", "cells_per_section", "normalization",
+                 "coordinates")
+SAMPLE_POSITION_COLUMNS = ("x_true", "y_true", "z_true", "x_pred", "y_pred", "z_pred")
+
+
+class DataError(AlphaSTomicsError, ValueError):
+    """Bad input data or a bad artifact; the message names the file, the field and the fix."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; it replaces ``path`` on success and is deleted on any error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out``; rename it to ``out`` on success, delete it on any error."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the final folder should look like any other
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        # os.replace cannot replace a non-empty folder: move the old one aside first, drop it after.
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "x")
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------------
+# manifest.json of a processed data set
+
+
+def read_manifest(data_dir: str | Path) -> dict[str, Any]:
+    """The validated manifest of a folder written by preprocess (fields: docs/architecture.md)."""
+    data_dir = Path(data_dir)
+    path = data_dir / "manifest.json"
+    if not path.is_file() or not (data_dir / "cells.parquet").is_file():
+        raise DataError(f"{data_dir}: manifest.json or cells.parquet missing; run "
+                        "`python -m alphastomics preprocess` first")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise DataError(f"{path}: not valid JSON; rerun preprocess") from None
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    if missing:
+        raise DataError(f"{path}: missing field(s) {missing}; rerun preprocess with this version")
+    if manifest["format"] != FORMAT:
+        raise DataError(f"{path}: format is {manifest['format']}, this code reads {FORMAT}; rerun preprocess")
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------------------
+# Samples tables (sample stage and peer baselines -> evaluate)
+
+
+def write_samples(table: pa.Table, out: str | Path) -> None:
+    """Write a samples table (docs/architecture.md "Samples") atomically."""
+    with atomic_file(out) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def read_samples(path: str | Path) -> tuple[pa.Table, dict[str, str]]:
+    """The samples table and its ``alphastomics.*`` metadata (mode, method, ...), without the prefix."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: samples file not found; run sample (or baseline) first")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"{path}: not a readable Parquet file ({err}); rerun sample") from None
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    meta = {k.removeprefix("alphastomics."): v for k, v in meta.items() if k.startswith("alphastomics.")}
+    for name in ("cell_id", "section", *SAMPLE_POSITION_COLUMNS):
+        if name not in table.column_names:
+            raise DataError(f"{path}: field '{name}' is missing; write samples as in docs/architecture.md")
+    return table, meta
+
+
+# --------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """torch.save atomically; ``state`` holds tensors, dicts, lists, strings and numbers only."""
+    import torch
+
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``: data only, no code runs while it is read."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint not found; pass the final.pt written by the train stage")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise DataError(f"{path}: not a readable checkpoint ({type(err).__name__}); rerun train") from None
+
+
+def check_compatible(manifest: dict[str, Any], ckpt: dict[str, Any], data_dir: Path, checkpoint: Path) -> None:
+    """The dims and the genes (in order) the model was trained on must be those of ``data_dir``."""
+    where = Path(data_dir) / "manifest.json"
+    if int(manifest.get("dims", -1)) != int(ckpt["dims"]):
+        raise DataError(
+            f"{where}: dims is {manifest.get('dims')} but {checkpoint} was trained with dims {ckpt['dims']}; "
+            f"sample with data of the same dimensionality"
+        )
+    genes = list(manifest.get("genes", []))
+    trained = list((ckpt.get("manifest") or {}).get("genes", genes))
+    if genes != trained or len(genes) != int(ckpt["n_genes"]):
+        mismatch = (f"'{a}' vs '{b}'" for a, b in zip(genes, trained) if a != b)
+        first = next(mismatch, f"{len(genes)} vs {len(trained)}")
+        raise DataError(
+            f"{where}: genes differ from those {checkpoint} was trained on ({first}); preprocess with the "
+            f"gene list of the training data (dataset.genes_file)"
+        )

@@ -1,0 +1,163 @@
+"""Model diagnostics (torch): attention sinks, gate scores, attention maps and masked reconstruction.
+
+The evaluate stage scores samples with numpy (``alphastomics.evaluate``); this module probes a trained model
+on the same held-out sections, for the report's diagnostics (DESIGN section 6, "Model diagnostics"): the
+attention-sink share per layer and head, gate score statistics (design note: healthy around mean 0.5, std
+0.2), one head's attention map for the figure, and masked-reconstruction MSE.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from alphastomics import metrics as M
+from alphastomics.artifacts import check_compatible
+from alphastomics.config import Config
+from alphastomics.data import ProcessedData, collate
+from alphastomics.diffusion import Diffusion, masked_reconstruction
+from alphastomics.model import Denoiser, masked_centre
+
+ATTENTION_MAP_CELLS = 256
+
+
+def model_diagnostics(
+    checkpoint: Path, data_dir: Path, sections: list[str], cfg: Config
+) -> tuple[dict[str, Any], dict[str, np.ndarray], float]:
+    """(diagnostics, attention map for the report's figure, masked-reconstruction MSE per section) on
+    ``sections``; the last is empty when the model's expression head never trained.
+
+    The model sees each section whole, or a seeded random subset of ``evaluation.diagnostics_max_cells``
+    cells (attention maps are N x N), with its generated modality noised to t = ``evaluation.diagnostic_time``.
+    """
+    ecfg = cfg.evaluation
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, mcfg, ckpt = Denoiser.from_checkpoint(checkpoint, device)
+    data = ProcessedData(data_dir)
+    check_compatible(data.manifest, ckpt, data_dir, checkpoint)
+    diffusion = Diffusion(mcfg.diffusion)
+    mode = mcfg.diffusion.mode
+    step = max(1, round(ecfg.diagnostic_time * diffusion.T))
+    fraction = ecfg.masked_fraction
+    # The expression head learns only from an expression loss: none in expr_to_pos without masked
+    # diffusion, where it stays at its zero initialisation and every variant would score the same number.
+    trained_expression = mode != "expr_to_pos" or mcfg.diffusion.mask_fraction > 0
+    gen = torch.Generator(device="cpu").manual_seed(ecfg.seed)
+    rng = np.random.default_rng(ecfg.seed)
+
+    sinks: list[dict[str, Any]] = []
+    gates: dict[int, list[np.ndarray]] = {}
+    masked: dict[str, float] = {}
+    subsampled: dict[str, dict[str, int]] = {}
+    attention_map: dict[str, np.ndarray] = {}
+    for s in sections:
+        full = data.section(s)
+        whole = collate([full]).to(device)
+        with torch.no_grad():
+            if trained_expression:
+                masked[s] = float(masked_reconstruction(model, whole, fraction, generator=gen))
+        sec = full
+        if len(full) > ecfg.diagnostics_max_cells:
+            sec = full.take(np.sort(rng.choice(len(full), ecfg.diagnostics_max_cells, replace=False)))
+            subsampled[s] = {"cells": len(full), "used": len(sec)}
+        batch = collate([sec]).to(device)
+        mask = batch.mask
+        b = mask.shape[0]
+        x_p = masked_centre(batch.positions, mask)
+        t = torch.full((b,), step, dtype=torch.long, device=device)
+        in_e, t_e, in_p, t_p = diffusion.noise_generated(batch.expression, x_p, mask, t, mode, gen)
+        with torch.no_grad():
+            *_, layers = model(
+                in_e, in_p, t_e, mask, expression_t=t_e, position_t=t_p, return_diagnostics=True
+            )
+        m = mask.cpu().numpy()
+        pos = x_p[0].float().cpu().numpy()
+        radius = np.linalg.norm(pos, axis=1) / max(float(np.sqrt((pos**2).sum(axis=1).mean())), 1e-12)
+        best = (-1.0, 0, 0)
+        for li, d in enumerate(layers):
+            attn = d["attn"].float().cpu().numpy()
+            sink = M.attention_sink(attn, m)
+            for h in range(attn.shape[1]):
+                j = int(sink["index"][0, h])
+                share = float(sink["share"][0, h])
+                sinks.append(
+                    {
+                        "section": s,
+                        "layer": li,
+                        "head": h,
+                        "n_cells": int(sink["n"][0]),
+                        "share": share,
+                        "share_x_uniform": share * int(sink["n"][0]),
+                        "cell_id": str(sec.cell_ids[j]),
+                        "cell_radius": float(radius[j]),
+                    }
+                )
+                if share > best[0]:
+                    best = (share, li, h)
+            if d.get("gate") is not None:
+                gates.setdefault(li, []).append(d["gate"].float().cpu().numpy()[m])
+        if not attention_map:
+            attention_map = _attention_map(layers, best[1], best[2], sec, pos, s, rng)
+        del layers
+
+    gate_rows = [{"layer": li, **M.gate_stats(np.concatenate(v)[None])} for li, v in sorted(gates.items())]
+    per_layer = []
+    for li in sorted({r["layer"] for r in sinks}):
+        rows = [r for r in sinks if r["layer"] == li]
+        heads = sorted({r["head"] for r in rows})
+        per_layer.append(
+            {
+                "layer": li,
+                "share": float(np.mean([r["share"] for r in rows])),  # mean over heads and sections
+                "share_max": float(np.max([r["share"] for r in rows])),
+                "share_x_uniform": float(np.mean([r["share_x_uniform"] for r in rows])),
+                "share_per_head": [
+                    float(np.mean([r["share"] for r in rows if r["head"] == h])) for h in heads
+                ],
+                "sink_radius_mean": float(np.mean([r["cell_radius"] for r in rows])),
+            }
+        )
+    diag = {
+        "diffusion_time": step / diffusion.T,
+        "mode": mode,
+        "sections": sections,
+        "subsampled": subsampled,
+        "masked_fraction": fraction,
+        "attention_sink": per_layer,
+        "attention_sink_detail": sinks,
+        "gate": gate_rows,
+    }
+    return diag, attention_map, masked
+
+
+def _attention_map(
+    layers: list[dict[str, Any]],
+    layer: int,
+    head: int,
+    sec: Any,
+    pos: np.ndarray,
+    section: str,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """One head's attention among <= ATTENTION_MAP_CELLS cells (rows/columns of the full-context matrix, so
+    rows no longer sum to 1), the most-attended cell always included."""
+    attn = layers[layer]["attn"][0, head].float().cpu().numpy()  # (N, N)
+    n = attn.shape[0]
+    col_share = attn.sum(axis=0) / n
+    keep = np.arange(n)
+    if n > ATTENTION_MAP_CELLS:
+        sink = int(col_share.argmax())
+        others = rng.choice(np.delete(np.arange(n), sink), ATTENTION_MAP_CELLS - 1, replace=False)
+        keep = np.sort(np.r_[others, sink])
+    return {
+        "attn": attn[np.ix_(keep, keep)].astype(np.float32),
+        "column_share": col_share[keep].astype(np.float32),
+        "positions": pos[keep].astype(np.float32),
+        "cell_id": np.asarray(sec.cell_ids[keep]).astype(str),
+        "section": np.array(section),
+        "layer": np.array(layer),
+        "head": np.array(head),
+    }

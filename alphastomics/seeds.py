@@ -1,0 +1,17 @@
+"""Seeds that depend only on (seed, step, rank, stream), never on what ran before.
+
+Every random draw of a training step, a validation pass or a sampled section is seeded from such a tuple, so a
+resumed run draws exactly what an uninterrupted one would, and draws of different purposes (the streams below)
+never share a generator state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DROPOUT_STREAM, NOISE_STREAM, VAL_STREAM, DIAG_STREAM, SAMPLE_STREAM = 1, 2, 3, 4, 5
+
+
+def step_seed(seed: int, step: int, rank: int, stream: int) -> int:
+    """A 63-bit seed that depends only on its arguments (not on what ran before: resumable)."""
+    return int(np.random.SeedSequence([seed, step, rank, stream]).generate_state(2, dtype=np.uint64)[0] >> 1)
