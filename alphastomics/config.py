@@ -26,6 +26,16 @@ GateType = Literal["headwise", "elementwise", "none"]
 Mode = Literal["expr_to_pos", "pos_to_expr", "joint"]
 
 
+def generates_expression(mode: Mode) -> bool:
+    """Whether a diffusion mode generates expression (else expression is the clean conditioning)."""
+    return mode in ("pos_to_expr", "joint")
+
+
+def generates_positions(mode: Mode) -> bool:
+    """Whether a diffusion mode generates coordinates (else coordinates are the clean conditioning)."""
+    return mode in ("expr_to_pos", "joint")
+
+
 class ConfigError(AlphaSTomicsError, ValueError):
     """A config file or override is wrong; the message says where and how to fix it."""
 

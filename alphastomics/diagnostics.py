@@ -16,7 +16,7 @@ import torch
 
 from alphastomics import metrics as M
 from alphastomics.artifacts import check_compatible
-from alphastomics.config import Config
+from alphastomics.config import Config, EvalConfig
 from alphastomics.data import ProcessedData, collate
 from alphastomics.diffusion import Diffusion, masked_reconstruction
 from alphastomics.model import Denoiser, masked_centre
@@ -42,9 +42,8 @@ def model_diagnostics(
     mode = mcfg.diffusion.mode
     step = max(1, round(ecfg.diagnostic_time * diffusion.T))
     fraction = ecfg.masked_fraction
-    # The expression head learns only from an expression loss: none in expr_to_pos without masked
-    # diffusion, where it stays at its zero initialisation and every variant would score the same number.
-    trained_expression = mode != "expr_to_pos" or mcfg.diffusion.mask_fraction > 0
+    # Masked reconstruction needs an expression head: built only when an expression loss trains it.
+    trained_expression = model.expression_out is not None
     gen = torch.Generator(device="cpu").manual_seed(ecfg.seed)
     rng = np.random.default_rng(ecfg.seed)
 
@@ -161,3 +160,34 @@ def _attention_map(
         "layer": np.array(layer),
         "head": np.array(head),
     }
+
+
+@torch.no_grad()
+def gate_statistics(
+    model: torch.nn.Module, diffusion: Diffusion, batch: Any, seed: int, ecfg: EvalConfig
+) -> dict[str, list[float]]:
+    """Gate score mean/std per layer over real cells (design note: healthy ~0.5 / ~0.2); {} without gates.
+
+    One pass of the diagnostics path on the first example of a (training) batch, its first
+    ``evaluation.diagnostics_max_cells`` cells (the path holds an N x N matrix per layer), the generated
+    modality noised to ``evaluation.diagnostic_time`` as in ``model_diagnostics``.
+    """
+    n = ecfg.diagnostics_max_cells
+    expr, pos, mask = (x[:1, :n] for x in (batch.expression, batch.positions, batch.mask))
+    device = mask.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    t = torch.full((1,), max(1, round(ecfg.diagnostic_time * diffusion.T)), dtype=torch.long, device=device)
+    in_e, t_e, in_p, t_p = diffusion.noise_generated(expr, masked_centre(pos, mask), mask, t, diffusion.cfg.mode, gen)
+    was_training = model.training
+    model.eval()
+    *_, layers = model(in_e, in_p, t_e, mask, expression_t=t_e, position_t=t_p, return_diagnostics=True)
+    model.train(was_training)
+    means, stds = [], []
+    for layer in layers:
+        gate = layer.get("gate") if layer else None
+        if gate is None:
+            continue
+        real = gate[mask].float()  # (cells, H or C)
+        means.append(round(float(real.mean()), 6))
+        stds.append(round(float(real.std()), 6))
+    return {"gate_mean": means, "gate_std": stds} if means else {}

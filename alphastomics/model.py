@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from alphastomics.artifacts import DataError, load_checkpoint
 from alphastomics.attention import Attention
-from alphastomics.config import Config, ModelConfig, config_from_dict
+from alphastomics.config import Config, ModelConfig, config_from_dict, generates_expression, generates_positions
 
 Diagnostics = dict[str, Tensor | None]
 
@@ -93,7 +93,7 @@ class GatedSelfAttentionModel(nn.Module):
     reads them through its own adaLN and passes them on unchanged.
     """
 
-    def __init__(self, cfg: ModelConfig, dims: int) -> None:
+    def __init__(self, cfg: ModelConfig, dims: int, update_positions: bool = True) -> None:
         super().__init__()
         c = cfg.d_model
         self.num_frequencies = cfg.num_position_frequencies
@@ -102,10 +102,11 @@ class GatedSelfAttentionModel(nn.Module):
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(c, 3 * c))  # shift, scale, residual gate
         self.attn = Attention(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
-        # No biases here: masked_centre subtracts the mean over cells, which cancels any constant shift, so
-        # a bias would be a parameter without a gradient.
-        self.pos_norm = nn.LayerNorm(c, eps=1e-6, bias=False)
-        self.pos_update = nn.Linear(c, dims, bias=False)
+        # Built only where the updated coordinates are read (not in the last block of a model that does not
+        # generate them). No biases: masked_centre subtracts the mean over cells, which cancels any constant
+        # shift, so a bias would be a parameter without a gradient.
+        self.pos_norm = nn.LayerNorm(c, eps=1e-6, bias=False) if update_positions else None
+        self.pos_update = nn.Linear(c, dims, bias=False) if update_positions else None
 
     def forward(
         self, h: Tensor, time: Tensor, positions: Tensor, mask: Tensor, need_weights: bool = False
@@ -119,17 +120,18 @@ class GatedSelfAttentionModel(nn.Module):
         else:
             y = self.attn(x, mask)
         h = h + gate * self.dropout(y)
-        positions = masked_centre(positions + self.pos_update(self.pos_norm(h)), mask)
+        if self.pos_update is not None:
+            positions = masked_centre(positions + self.pos_update(self.pos_norm(h)), mask)
         return h, positions, time, diag
 
 
 class TransformerLayer(nn.Module):
     """GatedSelfAttentionModel + a time-modulated feed-forward; same interface as the block."""
 
-    def __init__(self, cfg: ModelConfig, dims: int) -> None:
+    def __init__(self, cfg: ModelConfig, dims: int, update_positions: bool = True) -> None:
         super().__init__()
         c = cfg.d_model
-        self.attention = GatedSelfAttentionModel(cfg, dims)
+        self.attention = GatedSelfAttentionModel(cfg, dims, update_positions)
         self.norm = nn.LayerNorm(c, elementwise_affine=False, eps=1e-6)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(c, 3 * c))
         self.ff = nn.Sequential(
@@ -150,21 +152,43 @@ class TransformerLayer(nn.Module):
 
 
 class Denoiser(nn.Module):
-    """Predicts clean expression (B,N,G) and clean centred coordinates (B,N,D) from noisy ones."""
+    """Predicts clean expression (B,N,G) and clean centred coordinates (B,N,D) from noisy ones.
 
-    def __init__(self, cfg: ModelConfig, n_genes: int, dims: int) -> None:
+    Heads are built only for what is trained (DiT builds its learned-sigma head only when asked): the
+    expression head when the mode generates expression or masked diffusion reconstructs it, the position
+    head (and the last block's position update) when the mode generates coordinates. A modality without a
+    head is returned as given (it is the clean conditioning), so every parameter gets a gradient.
+    """
+
+    def __init__(
+        self, cfg: ModelConfig, n_genes: int, dims: int, *, predict_expression: bool = True,
+        predict_positions: bool = True,
+    ) -> None:
         super().__init__()
         c = cfg.d_model
         self.cfg, self.n_genes, self.dims = cfg, n_genes, dims
         self.expression_in = nn.Linear(n_genes, c)
         self.expression_time = TimeEmbedding(cfg)
         self.position_time = TimeEmbedding(cfg)
-        self.layers = nn.ModuleList(TransformerLayer(cfg, dims) for _ in range(cfg.num_layers))
+        last = cfg.num_layers - 1
+        self.layers = nn.ModuleList(
+            TransformerLayer(cfg, dims, update_positions=predict_positions or i < last) for i in range(cfg.num_layers)
+        )
         self.final_norm = nn.LayerNorm(c, elementwise_affine=False, eps=1e-6)
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(c, 2 * c))
-        self.expression_out = nn.Linear(c, n_genes)
-        self.position_out = nn.Linear(c, dims, bias=False)  # no bias: re-centring cancels it
+        self.expression_out = nn.Linear(c, n_genes) if predict_expression else None
+        self.position_out = nn.Linear(c, dims, bias=False) if predict_positions else None  # bias: see pos_update
         self._init_weights()
+
+    @classmethod
+    def from_config(cls, cfg: Config, n_genes: int, dims: int) -> Denoiser:
+        """The denoiser that ``cfg``'s diffusion mode trains: heads for what that mode learns to predict."""
+        mode = cfg.diffusion.mode
+        return cls(
+            cfg.model, n_genes, dims,
+            predict_expression=generates_expression(mode) or cfg.diffusion.mask_fraction > 0,
+            predict_positions=generates_positions(mode),
+        )
 
     @classmethod
     def from_checkpoint(
@@ -177,7 +201,7 @@ class Denoiser(nn.Module):
             if key not in ckpt:
                 raise DataError(f"{path}: checkpoint has no '{key}'; rerun train with this version")
         cfg = config_from_dict(ckpt["config"], source=str(path))
-        model = cls(cfg.model, ckpt["n_genes"], ckpt["dims"])
+        model = cls.from_config(cfg, ckpt["n_genes"], ckpt["dims"])
         model.load_state_dict(ckpt["ema"])
         model.to(device).eval()
         return model, cfg, ckpt
@@ -198,7 +222,7 @@ class Denoiser(nn.Module):
         zero = [self.final_modulation[-1], self.expression_out, self.position_out]
         for layer in self.layers:
             zero += [layer.modulation[-1], layer.attention.modulation[-1], layer.attention.pos_update]
-        for module in zero:
+        for module in filter(None, zero):
             nn.init.zeros_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -225,15 +249,15 @@ class Denoiser(nn.Module):
         time = self.expression_time(t_expr) + self.position_time(t_pos)  # (B, C)
         m = mask[..., None].to(expression.dtype)
         h = self.expression_in(expression * m)  # (B, N, C)
-        pos = masked_centre(positions, mask)
+        pos = given = masked_centre(positions, mask)
         diagnostics = []
         for layer in self.layers:
             h, pos, time, diag = layer(h, time, pos, mask, need_weights=return_diagnostics)
             diagnostics.append(diag)
         shift, scale = self.final_modulation(time)[:, None].chunk(2, dim=-1)
         x = modulate(self.final_norm(h), shift, scale)
-        expression_x0 = self.expression_out(x) * m
-        positions_x0 = masked_centre(pos + self.position_out(x), mask)
+        expression_x0 = self.expression_out(x) * m if self.expression_out is not None else expression * m
+        positions_x0 = masked_centre(pos + self.position_out(x), mask) if self.position_out is not None else given
         if return_diagnostics:
             return expression_x0, positions_x0, diagnostics
         return expression_x0, positions_x0

@@ -34,6 +34,7 @@ from torch import nn
 from alphastomics import AlphaSTomicsError
 from alphastomics.artifacts import atomic_write_text, load_checkpoint, save_checkpoint
 from alphastomics.config import Config, ConfigError, TrainConfig, config_from_dict, to_dict
+from alphastomics.diagnostics import gate_statistics
 from alphastomics.model import Denoiser
 from alphastomics.seeds import DIAG_STREAM, DROPOUT_STREAM, NOISE_STREAM, VAL_STREAM, step_seed
 
@@ -41,7 +42,6 @@ from alphastomics.seeds import DIAG_STREAM, DROPOUT_STREAM, NOISE_STREAM, VAL_ST
 # config, so reproducibility checks drop them.
 TIMING_FIELDS = ("cells_per_s", "peak_mem_mb", "elapsed_s")
 
-_DIAG_CELLS = 512
 
 
 class TrainingError(AlphaSTomicsError):
@@ -244,43 +244,6 @@ def validation_loss(model: nn.Module, diffusion: Any, batches: list[Any], seed: 
     return totals
 
 
-@torch.no_grad()
-def gate_statistics(model: nn.Module, diffusion: Any, batch: Any, seed: int) -> dict[str, list[float]]:
-    """Gate score mean/std per layer over real cells (design note: healthy ~0.5 / ~0.2); {} without gates.
-
-    One pass of the diagnostics path at mid diffusion time (the diffused modality noised to t = T/2, the
-    conditioning one clean), on the first example of a training batch, at most _DIAG_CELLS cells: the
-    diagnostics path holds an N x N attention matrix per layer.
-    """
-    mode = diffusion.cfg.mode
-    device = batch.mask.device
-    expr, pos, mask = (x[:1, :_DIAG_CELLS] for x in (batch.expression, batch.positions, batch.mask))
-    b = 1
-    gen = torch.Generator(device=device).manual_seed(seed)
-    t_int = torch.full((b,), diffusion.T // 2, dtype=torch.long)
-    half, zero = torch.full((b,), 0.5, device=device), torch.zeros(b, device=device)
-    if mode in ("pos_to_expr", "joint"):
-        expr = diffusion.q_sample(expr, t_int, torch.randn(expr.shape, generator=gen, device=device))
-    if mode in ("expr_to_pos", "joint"):
-        pos = diffusion.q_sample(pos, t_int, torch.randn(pos.shape, generator=gen, device=device))
-    t_e = half if mode in ("pos_to_expr", "joint") else zero
-    t_p = half if mode in ("expr_to_pos", "joint") else zero
-    was_training = model.training
-    model.eval()
-    _, _, diagnostics = model(expr, pos, half, mask, expression_t=t_e, position_t=t_p,
-                              return_diagnostics=True)
-    model.train(was_training)
-    means, stds = [], []
-    for layer in diagnostics:
-        gate = layer.get("gate") if layer else None
-        if gate is None:
-            continue
-        real = gate[mask].float()  # (cells, H or C)
-        means.append(round(float(real.mean()), 6))
-        stds.append(round(float(real.std()), 6))
-    return {"gate_mean": means, "gate_std": stds} if means else {}
-
-
 # --------------------------------------------------------------------------------------------------------
 # Run-folder bookkeeping
 
@@ -475,7 +438,7 @@ def train(
     val_batches = list(itertools.islice(eval_batches(data, "val"), t_cfg.val_batches))
 
     # -- 4. Model, EMA copy, diffusion.
-    model = Denoiser(cfg.model, n_genes, dims).to(device)
+    model = Denoiser.from_config(cfg, n_genes, dims).to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     diffusion = Diffusion(cfg.diffusion)
     params_total, params_attention = count_parameters(model)
@@ -515,12 +478,9 @@ def train(
     if t_cfg.compile:
         net = torch.compile(net)
     if d.enabled:
-        # In expr_to_pos / pos_to_expr one output head gets no gradient: DDP must be told.
-        net = nn.parallel.DistributedDataParallel(
-            net,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.diffusion.mode != "joint",
-        )
+        # Every parameter gets a gradient in every mode (the model builds only the heads it trains), so
+        # DDP needs no find_unused_parameters.
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
     def save(path: Path, step: int) -> None:
         if not d.is_main:
@@ -624,7 +584,7 @@ def train(
                           "grad_norm": round(grad_norm, 8)}
                 if d.is_main:
                     seed = step_seed(t_cfg.seed, step, 0, DIAG_STREAM)
-                    record.update(gate_statistics(model, diffusion, micro_batches[0], seed))
+                    record.update(gate_statistics(model, diffusion, micro_batches[0], seed, cfg.evaluation))
                 record.update(
                     cells_per_s=round(cells_window / max(now - t_window, 1e-9), 2),
                     peak_mem_mb=round(peak_memory_mb(device), 1),

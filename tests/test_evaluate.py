@@ -231,7 +231,7 @@ def tiny_checkpoint(proc: Path, path: Path, diffusion: dict | None = None, **mod
     cfg = load_config(overrides={**SYNTH, "TransformerLayer_setting": settings, "diffusion": diffusion or {}})
     manifest = json.loads((proc / "manifest.json").read_text())
     torch.manual_seed(0)
-    net = Denoiser(cfg.model, manifest["n_genes"], manifest["dims"])
+    net = Denoiser.from_config(cfg, manifest["n_genes"], manifest["dims"])
     torch.save(
         {
             "config": cfg.to_dict(),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 
 import pytest
 import torch
 
 from alphastomics.__main__ import main as cli
 from alphastomics.config import ModelConfig, load_config
+from alphastomics.diffusion import Diffusion
 from alphastomics.model import (
     ABLATION_VARIANTS,
     Denoiser,
@@ -53,6 +55,30 @@ def tensors(b: int, n: int, dims: int, seed: int = 1) -> tuple[torch.Tensor, ...
         torch.rand(b, generator=g, dtype=torch.float64),
         torch.ones(b, n, dtype=torch.bool),
     )
+
+
+@pytest.mark.parametrize("mask_fraction", [0.0, 0.15])
+@pytest.mark.parametrize("mode", ["expr_to_pos", "pos_to_expr", "joint"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=IDS)
+def test_every_parameter_gets_a_gradient_in_every_mode(variant, mode, mask_fraction):
+    # The model builds only the heads its mode trains: no parameter is left without a gradient (DDP then
+    # needs no find_unused_parameters, and no dead weight is saved in checkpoints).
+    gated, gate, qk = variant
+    settings = {"d_model": 32, "num_heads": 4, "num_layers": 2, "dropout": 0.0, "time_embed_dim": 16,
+                "use_gated_attention": gated, "gate_type": gate, "use_qk_norm": qk}
+    cfg = load_config(overrides={"TransformerLayer_setting": settings,
+                                 "diffusion": {"mode": mode, "mask_fraction": mask_fraction}})
+    model = randomised(Denoiser.from_config(cfg, G, 2)).train()
+    has_expression_head = mode != "expr_to_pos" or mask_fraction > 0
+    assert (model.expression_out is not None) == has_expression_head
+    assert (model.position_out is not None) == (mode != "pos_to_expr")
+    expr, pos, _, mask = tensors(2, 12, 2)
+    mask[1, 9:] = False
+    batch = types.SimpleNamespace(expression=expr.float(), positions=pos.float(), mask=mask)
+    losses = Diffusion(cfg.diffusion).training_losses(model, batch, generator=torch.Generator().manual_seed(0))
+    losses["loss"].backward()
+    dead = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead
 
 
 @pytest.mark.parametrize("dims", [2, 3])
