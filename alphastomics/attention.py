@@ -14,8 +14,9 @@ optional output gate at the paper's G1 position, ``y = attn(q, k, v) * sigmoid(x
 normalised input, whose projection is fused into the query projection; headwise = one scalar per head and
 cell, elementwise = one per channel. Then the output projection.
 
-``use_gated_attention: false`` is LUNA's linear baseline exactly: ``gate_type`` and ``use_qk_norm`` are
-ignored (no gate, no QK-norm), so the design note's ablation row "linear baseline" needs only that one key.
+The three settings are orthogonal (``alphastomics.variants``): ``attention`` picks the kernel, ``gate`` and
+``qk_norm`` wrap whichever kernel runs. LUNA's linear baseline is ``attention: linear, gate: none, qk_norm:
+false`` (the design note's ``use_gated_attention: false``).
 """
 
 from __future__ import annotations
@@ -87,18 +88,16 @@ class Attention(nn.Module):
             )
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.d_model // cfg.num_heads
-        self.kernel = "softmax" if cfg.use_gated_attention else "linear"
-        gate = cfg.gate_type if cfg.use_gated_attention else "none"
-        self.gate_type = gate
-        self.gate_dim = {"none": 0, "headwise": cfg.num_heads, "elementwise": cfg.d_model}[gate]
+        self.kernel = cfg.attention
+        self.gate_type = cfg.gate
+        self.gate_dim = {"none": 0, "headwise": cfg.num_heads, "elementwise": cfg.d_model}[cfg.gate]
         d = cfg.d_model
         # The gate projection is fused into the query projection (Qwen3-Next): one matmul for both.
         self.to_q = nn.Linear(d, d + self.gate_dim, bias=False)
         self.to_kv = nn.Linear(d, 2 * d, bias=False)
         self.to_out = nn.Linear(d, d, bias=False)
-        use_norm = cfg.use_qk_norm and cfg.use_gated_attention
-        self.q_norm = nn.RMSNorm(self.head_dim) if use_norm else None
-        self.k_norm = nn.RMSNorm(self.head_dim) if use_norm else None
+        self.q_norm = nn.RMSNorm(self.head_dim) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim) if cfg.qk_norm else None
 
     def _heads(self, x: Tensor) -> Tensor:
         b, n, _ = x.shape

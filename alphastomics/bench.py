@@ -515,7 +515,7 @@ Runner = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def bench_attention(quick: bool, run: Runner | None = None) -> str:
-    from alphastomics.model import ABLATION_VARIANTS
+    from alphastomics.variants import VARIANTS as ABLATION_VARIANTS
 
     run = run or run_case_in_child
     sizes = [64, 256] if quick else [256, 1024, 4096, 16384]
@@ -533,7 +533,7 @@ def bench_train_step(quick: bool) -> str:
 
 
 def train_step_table(quick: bool, run: Runner | None = None) -> str:
-    from alphastomics.model import ABLATION_VARIANTS
+    from alphastomics.variants import VARIANTS as ABLATION_VARIANTS
 
     run = run or run_case_in_child
     sizes = [64, 128] if quick else [1024, 4096]

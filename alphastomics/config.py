@@ -20,9 +20,9 @@ from typing import Any, Literal
 import yaml
 
 from alphastomics import AlphaSTomicsError
+from alphastomics.variants import Gate, Kernel, from_design_note
 
 Source = Literal["bdtnp", "synthetic", "h5ad", "csv"]
-GateType = Literal["headwise", "elementwise", "none"]
 Mode = Literal["expr_to_pos", "pos_to_expr", "joint"]
 
 
@@ -103,9 +103,11 @@ class ModelConfig:
     num_heads: int = 8
     ff_mult: int = 4
     dropout: float = 0.1
-    use_gated_attention: bool = True  # false = the linear-attention baseline (LUNA)
-    gate_type: GateType = "headwise"
-    use_qk_norm: bool = True
+    # The attention variant (alphastomics.variants): kernel, output gate, QK-norm. The design note's keys
+    # use_gated_attention / gate_type / use_qk_norm are read too and mapped onto these.
+    attention: Kernel = "softmax"
+    gate: Gate = "headwise"
+    qk_norm: bool = True
     time_embed_dim: int = 128
     num_position_frequencies: int = 8
 
@@ -317,14 +319,14 @@ def load_config(
             raise ConfigError(f"{p}: not valid YAML{at}; fix the syntax") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(data).__name__}")
-        merged = _merge(merged, data)
+        merged = _merge(merged, _design_note_keys(data, str(p)))
         sources.append(str(p))
     if isinstance(overrides, dict):
-        merged = _merge(merged, overrides)
+        merged = _merge(merged, _design_note_keys(overrides, "overrides"))
         sources.append("overrides")
     else:
         for text in overrides or []:
-            merged = _merge(merged, parse_override(text))
+            merged = _merge(merged, _design_note_keys(parse_override(text), "--set"))
         if overrides:
             sources.append("--set")
     return _build(Config, merged, "", " + ".join(sources) or "config")
@@ -344,7 +346,22 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def config_from_dict(data: dict[str, Any], source: str = "checkpoint") -> Config:
-    return _build(Config, data, "", source)
+    return _build(Config, _design_note_keys(data, source), "", source)
+
+
+_DESIGN_NOTE_TYPES = {"use_gated_attention": bool, "gate_type": Gate, "use_qk_norm": bool}
+
+
+def _design_note_keys(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """The design note's attention keys checked under their own names, then rewritten to the package's (one
+    source at a time, so a later file or override still wins over an earlier one)."""
+    section = data.get("TransformerLayer_setting")
+    if not isinstance(section, dict):
+        return data
+    for key, tp in _DESIGN_NOTE_TYPES.items():
+        if key in section:
+            _coerce(section[key], tp, f"TransformerLayer_setting.{key}", source)
+    return {**data, "TransformerLayer_setting": from_design_note(section)}
 
 
 def dump_config(cfg: Config, path: str | Path) -> None:

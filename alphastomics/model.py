@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from alphastomics.artifacts import DataError, load_checkpoint
 from alphastomics.attention import Attention
 from alphastomics.config import Config, ModelConfig, config_from_dict, generates_expression, generates_positions
+from alphastomics.variants import VARIANTS
 
 Diagnostics = dict[str, Tensor | None]
 
@@ -266,15 +267,6 @@ class Denoiser(nn.Module):
 # --------------------------------------------------------------------------------------------------------
 # `python -m alphastomics params`: parameter table of the ablation
 
-# name -> (use_gated_attention, gate_type, use_qk_norm): the design note's four rows + a softmax control.
-ABLATION_VARIANTS: dict[str, tuple[bool, str, bool]] = {
-    "linear": (False, "none", False),
-    "gated_headwise": (True, "headwise", True),
-    "gated_elementwise": (True, "elementwise", True),
-    "gated_headwise_no_qknorm": (True, "headwise", False),
-    "softmax": (True, "none", True),
-}
-
 # The design note's claims per attention layer at d_model 256, 8 heads (relative to linear).
 _CLAIMED_OVERHEAD = {
     "gated_headwise": "+4 %",
@@ -284,8 +276,8 @@ _CLAIMED_OVERHEAD = {
 
 
 def variant_config(cfg: ModelConfig, name: str) -> ModelConfig:
-    gated, gate, qk = ABLATION_VARIANTS[name]
-    return dataclasses.replace(cfg, use_gated_attention=gated, gate_type=gate, use_qk_norm=qk)
+    """``cfg`` with the attention settings of the named variant (``alphastomics.variants.VARIANTS``)."""
+    return dataclasses.replace(cfg, **VARIANTS[name].settings())
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -295,7 +287,7 @@ def count_parameters(module: nn.Module) -> int:
 def parameter_table(cfg: ModelConfig, n_genes: int, dims: int) -> list[dict[str, Any]]:
     """Per variant: attention parameters per layer, parameters per layer, total, overheads vs linear."""
     rows = []
-    for name in ABLATION_VARIANTS:
+    for name in VARIANTS:
         model = Denoiser(variant_config(cfg, name), n_genes, dims)
         layer = model.layers[0]
         rows.append(

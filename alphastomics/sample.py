@@ -23,26 +23,15 @@ import pyarrow.parquet as pq
 import torch
 
 from alphastomics import AlphaSTomicsError
-from alphastomics.config import Config, ModelConfig
+from alphastomics.config import Config
 from alphastomics.artifacts import check_compatible, read_manifest, write_samples
 from alphastomics.model import Denoiser
 from alphastomics.seeds import SAMPLE_STREAM, step_seed
+from alphastomics.variants import variant_name
 
 
 class SampleError(AlphaSTomicsError):
     """The checkpoint and the processed data do not belong together, or the split is empty."""
-
-
-def variant_name(m: ModelConfig) -> str:
-    """The ablation table's name of the attention variant (``alphastomics.model.ABLATION_VARIANTS``)."""
-    from alphastomics.model import ABLATION_VARIANTS
-
-    if not m.use_gated_attention:
-        return "linear"  # gate_type and use_qk_norm are ignored by the linear kernel
-    for name, settings in ABLATION_VARIANTS.items():
-        if settings == (m.use_gated_attention, m.gate_type, m.use_qk_norm):
-            return name
-    return f"gated_{m.gate_type}" + ("_qknorm" if m.use_qk_norm else "")
 
 
 def _generate(model: torch.nn.Module, diffusion: Any, batch: Any, mode: str, steps: int, seed: int,
@@ -134,9 +123,10 @@ def sample(
         parts.append(pa.table(columns))
 
     table = pa.concat_tables(parts)
+    m = ckpt_cfg.model
     meta = {
         b"alphastomics.mode": mode.encode(),
-        b"alphastomics.method": variant_name(ckpt_cfg.model).encode(),
+        b"alphastomics.method": variant_name(m.attention, m.gate, m.qk_norm).encode(),
         b"alphastomics.genes": json.dumps(manifest["genes"]).encode(),
         b"alphastomics.split": split.encode(),
         b"alphastomics.checkpoint": str(checkpoint).encode(),

@@ -37,6 +37,7 @@ from alphastomics.config import Config, ConfigError, TrainConfig, config_from_di
 from alphastomics.diagnostics import gate_statistics
 from alphastomics.model import Denoiser
 from alphastomics.seeds import DIAG_STREAM, DROPOUT_STREAM, NOISE_STREAM, VAL_STREAM, step_seed
+from alphastomics.variants import variant_name
 
 # Fields of metrics.jsonl that measure the machine, not the model: they differ between two runs of the same
 # config, so reproducibility checks drop them.
@@ -126,9 +127,10 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 def variant_settings(cfg: Config) -> dict[str, Any]:
     m = cfg.model
     return {
-        "use_gated_attention": m.use_gated_attention,
-        "gate_type": m.gate_type,
-        "use_qk_norm": m.use_qk_norm,
+        "name": variant_name(m.attention, m.gate, m.qk_norm),
+        "attention": m.attention,
+        "gate": m.gate,
+        "qk_norm": m.qk_norm,
         "d_model": m.d_model,
         "num_layers": m.num_layers,
         "num_heads": m.num_heads,

@@ -117,10 +117,8 @@ def attention_table(sizes: list[int], variants: list[str], dtype: str, peak: flo
         for v in variants:
             cfg = _variant(v)
             r = run_case({**base, "variant": v, "dtype": dtype})
-            gate = {"none": 0, "headwise": cfg.num_heads, "elementwise": cfg.d_model}[cfg.gate_type]
-            kernel = "softmax" if cfg.use_gated_attention else "linear"
-            tflops = attention_flops(n, cfg.d_model, cfg.num_heads, gate if cfg.use_gated_attention else 0,
-                                     kernel) / r["seconds"] / 1e12
+            gate = {"none": 0, "headwise": cfg.num_heads, "elementwise": cfg.d_model}[cfg.gate]
+            tflops = attention_flops(n, cfg.d_model, cfg.num_heads, gate, cfg.attention) / r["seconds"] / 1e12
             share = f"{100 * tflops / peak:.1f} %" if peak and dtype == "bfloat16" else "-"
             speed = f"{naive['seconds'] / r['seconds']:.1f}x" if "error" not in naive else "-"
             rows.append([f"{n:,}", f"{v} {dtype}", _ms(r), _mb(r), f"{tflops:.1f}", share, speed])
@@ -155,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from alphastomics.bench import machine, run_case, table
-    from alphastomics.model import ABLATION_VARIANTS
+    from alphastomics.variants import VARIANTS as ABLATION_VARIANTS
 
     t0 = time.perf_counter()
     name = torch.cuda.get_device_name(0)

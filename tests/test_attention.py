@@ -15,11 +15,11 @@ from alphastomics.attention import (
     softmax_attention,
     softmax_attention_matrix,
 )
-from alphastomics.config import ConfigError, ModelConfig
+from alphastomics.config import ConfigError, ModelConfig, load_config
 
 SMALL = ModelConfig(d_model=32, num_heads=4, num_layers=1, dropout=0.0)
 
-# (use_gated_attention, gate_type, use_qk_norm): linear baseline + softmax x gate x QK-norm.
+# (softmax kernel?, gate, qk_norm): the linear baseline + softmax x gate x QK-norm.
 VARIANTS = [(False, "none", False)] + [
     (True, gate, qk) for gate in ("none", "headwise", "elementwise") for qk in (True, False)
 ]
@@ -29,7 +29,7 @@ IDS = ["linear"] + [f"softmax-{g}-{'qk' if qk else 'noqk'}" for _, g, qk in VARI
 
 def make(gated: bool, gate: str, qk: bool, seed: int = 0) -> Attention:
     torch.manual_seed(seed)
-    cfg = dataclasses.replace(SMALL, use_gated_attention=gated, gate_type=gate, use_qk_norm=qk)
+    cfg = dataclasses.replace(SMALL, attention="softmax" if gated else "linear", gate=gate, qk_norm=qk)
     module = Attention(cfg)
     # Random RMSNorm weights, so QK-norm is not the identity-scaled default.
     for p in module.parameters():
@@ -167,13 +167,26 @@ def test_gate_of_all_ones_reproduces_ungated_attention(gate):
     assert not torch.allclose(gated(x, mask), plain(x, mask), atol=1e-4)
 
 
-def test_linear_baseline_ignores_gate_type_and_qk_norm():
-    # use_gated_attention: false is LUNA's kernel whatever the other two switches say (documented choice).
+def test_design_note_linear_baseline_ignores_gate_type_and_qk_norm():
+    # use_gated_attention: false is LUNA's kernel whatever the other two design-note keys say beside it.
     for gate in ("none", "headwise", "elementwise"):
         for qk in (True, False):
-            module = make(False, gate, qk)
+            section = {"use_gated_attention": False, "gate_type": gate, "use_qk_norm": qk}
+            cfg = load_config(overrides={"TransformerLayer_setting": {**section, "d_model": 32, "num_heads": 4}})
+            assert (cfg.model.attention, cfg.model.gate, cfg.model.qk_norm) == ("linear", "none", False)
+            module = Attention(cfg.model)
             assert module.kernel == "linear" and module.gate_dim == 0 and module.q_norm is None
             assert sum(p.numel() for p in module.parameters()) == 4 * SMALL.d_model**2
+
+
+def test_gate_and_qk_norm_compose_with_the_linear_kernel():
+    # The three settings are orthogonal: a gated linear attention is a variant like any other.
+    module = make(False, "headwise", True)
+    assert module.kernel == "linear" and module.gate_dim == SMALL.num_heads and module.q_norm is not None
+    x, mask = torch.randn(2, 9, SMALL.d_model), torch.ones(2, 9, dtype=torch.bool)
+    y, diag = module(x, mask, need_weights=True)
+    torch.testing.assert_close(y, module(x, mask), rtol=1e-4, atol=1e-5)
+    assert diag["gate"].shape == (2, 9, SMALL.num_heads)
 
 
 def test_parameter_counts_by_hand():

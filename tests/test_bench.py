@@ -28,7 +28,7 @@ def _gpu_check():
 
 
 def test_naive_reference_equals_plain_softmax_attention() -> None:
-    cfg = dataclasses.replace(ModelConfig(d_model=32, num_heads=4), gate_type="none", use_qk_norm=False)
+    cfg = dataclasses.replace(ModelConfig(d_model=32, num_heads=4), gate="none", qk_norm=False)
     ours = Attention(cfg)
     naive = bench.naive_attention_module(32, 4)
     naive.load_state_dict(ours.state_dict())

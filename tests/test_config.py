@@ -34,7 +34,7 @@ def test_defaults_without_files():
 
 def test_design_note_block_loads_as_written(design_note_yaml):
     cfg = load_config(design_note_yaml)
-    assert cfg.model.gate_type == "headwise" and cfg.model.use_qk_norm and cfg.model.use_gated_attention
+    assert cfg.model.gate == "headwise" and cfg.model.qk_norm and cfg.model.attention == "softmax"
     assert cfg.training.batch_size == 1024 and cfg.training.accumulate_grad_batches == 4
     # PyYAML reads 1e-4 (no dot) as the string '1e-4'; the boundary makes it the float it means.
     assert yaml.safe_load("x: 1e-4")["x"] == "1e-4"
@@ -53,7 +53,7 @@ def test_later_files_and_overrides_win(tmp_path):
     cfg = load_config([a, b], ["training.max_steps=20", "TransformerLayer_setting.gate_type=elementwise"])
     assert cfg.training.batch_size == 16  # b over a
     assert cfg.training.max_steps == 20  # --set over files
-    assert cfg.model.gate_type == "elementwise"
+    assert cfg.model.gate == "elementwise"
 
 
 def test_round_trip_through_dict_and_yaml(tmp_path):

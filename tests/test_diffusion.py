@@ -321,7 +321,7 @@ def test_joint_and_pos_to_expr_sampling_with_oracle():
 def tiny_model(dims: int, gated: bool = True, seed: int = 0) -> Denoiser:
     torch.manual_seed(seed)
     cfg = ModelConfig(
-        d_model=32, num_heads=4, num_layers=2, dropout=0.0, time_embed_dim=16, use_gated_attention=gated
+        d_model=32, num_heads=4, num_layers=2, dropout=0.0, time_embed_dim=16, attention="softmax" if gated else "linear"
     )
     return Denoiser(cfg, G, dims)
 

@@ -285,7 +285,7 @@ def test_checkpoint_diagnostics_and_attention_map(proc: Path, tmp_path: Path) ->
 
 def test_linear_checkpoint_has_sinks_but_no_gates(proc: Path, tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(
-        proc, tmp_path / "final.pt", use_gated_attention=False, gate_type="none", use_qk_norm=False
+        proc, tmp_path / "final.pt", attention="linear", gate="none", qk_norm=False
     )
     cfg = load_config(overrides={**SYNTH, "evaluation": {"num_random_references": 1}})
     samples = write_samples(proc, tmp_path / "s.parquet")

@@ -11,8 +11,8 @@ import torch
 from alphastomics.__main__ import main as cli
 from alphastomics.config import ModelConfig, load_config
 from alphastomics.diffusion import Diffusion
+from alphastomics.variants import VARIANTS as NAMED_VARIANTS
 from alphastomics.model import (
-    ABLATION_VARIANTS,
     Denoiser,
     GatedSelfAttentionModel,
     TransformerLayer,
@@ -43,7 +43,7 @@ def randomised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 # rounding differences of the centring sum order to ~1e-4, which is noise, not a broken property.
 def denoiser(variant: tuple[bool, str, bool], dims: int, seed: int = 0) -> Denoiser:
     gated, gate, qk = variant
-    cfg = dataclasses.replace(SMALL, use_gated_attention=gated, gate_type=gate, use_qk_norm=qk)
+    cfg = dataclasses.replace(SMALL, attention="softmax" if gated else "linear", gate=gate, qk_norm=qk)
     return randomised(Denoiser(cfg, G, dims), seed).double()
 
 
@@ -65,7 +65,7 @@ def test_every_parameter_gets_a_gradient_in_every_mode(variant, mode, mask_fract
     # needs no find_unused_parameters, and no dead weight is saved in checkpoints).
     gated, gate, qk = variant
     settings = {"d_model": 32, "num_heads": 4, "num_layers": 2, "dropout": 0.0, "time_embed_dim": 16,
-                "use_gated_attention": gated, "gate_type": gate, "use_qk_norm": qk}
+                "attention": "softmax" if gated else "linear", "gate": gate, "qk_norm": qk}
     cfg = load_config(overrides={"TransformerLayer_setting": settings,
                                  "diffusion": {"mode": mode, "mask_fraction": mask_fraction}})
     model = randomised(Denoiser.from_config(cfg, G, 2)).train()
@@ -206,7 +206,7 @@ def test_parameter_table_matches_hand_counts():
     cfg = ModelConfig()  # the design note's size: d_model 256, 8 heads, 6 layers
     d, h = cfg.d_model, cfg.num_heads
     rows = {r["variant"]: r for r in parameter_table(cfg, 84, 3)}
-    assert list(rows) == list(ABLATION_VARIANTS)
+    assert list(rows) == list(NAMED_VARIANTS)
     linear = 4 * d * d
     assert rows["linear"]["attention_per_layer"] == linear
     assert rows["gated_headwise"]["attention_per_layer"] == linear + d * h + 2 * (d // h)
@@ -222,6 +222,6 @@ def test_params_cli_prints_every_variant(capsys):
     assert cli(["params", "--set", "TransformerLayer_setting.num_layers=2"]) == 0
     out = capsys.readouterr().out
     assert "2 layers" in out
-    for name in ABLATION_VARIANTS:
+    for name in NAMED_VARIANTS:
         assert name in out
     assert "+25.0%" in out  # elementwise gate: d^2 extra on 4 d^2
