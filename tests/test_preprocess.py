@@ -460,3 +460,16 @@ def test_no_selection_when_genes_do_not_exceed_n_top_genes(tmp_path: Path) -> No
     assert m["n_genes"] == 12
     with pytest.raises(DataError, match="dataset.n_top_genes is 0"):
         preprocess_anndata(a, replace(DCFG, n_top_genes=0), tmp_path / "r")
+
+
+def test_scanpy_normalisation_works_in_place_and_equals_the_formula() -> None:
+    from alphastomics.preprocess import _normalise
+
+    x = np.random.default_rng(0).poisson(0.5, (200, 30)).astype(np.float32)
+    x[7] = 0.0
+    before = x.copy()
+    out = _normalise(x, True, 1e4, None)
+    assert out is x  # no second copy of a section
+    expected = np.log1p(before.astype(np.float64) / np.maximum(before.sum(axis=1, keepdims=True), 1) * 1e4)
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    assert (out[7] == 0).all()
