@@ -3,13 +3,14 @@
 Expression: counts (all values integers >= 0) are library-size normalised to ``target_sum`` and log1p'd
 (``scanpy.pp.normalize_total`` + ``log1p``); already-normalised values are kept; genes are selected (a gene
 list, or ``scanpy.pp.highly_variable_genes`` on training sections when there are more than
-``n_top_genes``); then every kept gene is
-standardised with mean/std from **training sections only**, so nothing about held-out sections leaks into
-the model. Coordinates are centred per section and divided by one global scale (RMS radius of the training
-cells), which keeps aspect ratios and maps back to the original units.
+``n_top_genes``); then every kept gene is standardised with mean/std from **training sections only**, so
+nothing about held-out sections leaks into the model. Coordinates are centred per section and divided by
+one global scale (RMS radius of the training cells), which keeps aspect ratios and maps back to the
+original units.
 
-Memory: the data are streamed section by section in three passes (validate/detect, training statistics,
-write), each holding one section's expression matrix, normalised in place; a data set is never held twice.
+Memory: the data are streamed section by section (validate/detect, gene selection, training statistics,
+write), each pass holding one section's dense matrix, normalised in place; a sparse input matrix stays in
+memory as CSR (datasets.py), a dense one on disk; the training cells for gene selection are held sparse.
 """
 
 from __future__ import annotations
