@@ -64,10 +64,15 @@ class DatasetConfig:
     # two text files (dge.txt, geometry.txt), used instead of downloading when given.
     path: str | None = None
     coordinate_key: str = "spatial"  # h5ad: obsm key
+    # h5ad: two or three obs columns holding x, y[, z] instead of obsm[coordinate_key] (empty = use obsm)
+    coordinate_obs: tuple[str, ...] = ()
     section_key: str | None = "section"  # h5ad obs column / csv column (csv default cell_section)
     cell_type_key: str | None = "cell_type"
     layer: str | None = None  # h5ad: layer holding expression (None = X)
-    genes_file: str | None = None  # optional gene list (one name per line) to keep
+    genes_file: str | None = None  # optional gene list (one name per line) to keep; wins over n_top_genes
+    # Highly variable genes (scanpy, flavor "seurat") chosen on training sections only, when the data have
+    # more genes than this; null keeps every gene.
+    n_top_genes: int | None = 2000
     # Sections for data without them (bdtnp): cut into K parallel slabs along one axis.
     num_slabs: int = 8
     slab_axis: Literal["x", "y", "z"] = "x"

@@ -245,11 +245,21 @@ def neighborhood_nmi(
 # Moran's I
 
 
+def knn_graph(positions: np.ndarray, k: int) -> sparse.csr_matrix:
+    """(N, N) binary kNN adjacency (row i has ones at the k nearest other cells), float64 CSR."""
+    idx = knn_indices(positions, k)
+    n, kk = idx.shape
+    return sparse.csr_matrix((np.ones(n * kk), idx.ravel(), np.arange(0, n * kk + 1, kk)), shape=(n, n))
+
+
 def morans_i(positions: np.ndarray, values: np.ndarray, *, k: int = 10) -> np.ndarray:
     """(G,) Moran's I per column: I = sum_i z_i (mean_{j in kNN(i)} z_j) / sum_i z_i^2, z = v - mean(v).
 
-    This is N/S0 z'Wz / z'z with binary kNN weights row-standardised (S0 = N). NaN for constant columns.
+    This is N/S0 z'Wz / z'z with binary kNN weights (S0 = N k), the same number as row-standardised weights;
+    computed by ``scanpy.metrics.morans_i`` on the kNN graph. NaN for constant columns.
     """
+    import scanpy as sc
+
     x = _points(positions, "positions")
     v = np.asarray(values, dtype=np.float64)
     if v.ndim == 1:
@@ -257,17 +267,12 @@ def morans_i(positions: np.ndarray, values: np.ndarray, *, k: int = 10) -> np.nd
     if v.shape[0] != len(x):
         raise MetricInputError(f"metric input 'values' has {v.shape[0]} rows for {len(x)} positions")
     z = v - v.mean(axis=0)
-    idx = knn_indices(x, k)
-    n, kk = idx.shape
-    # Sparse W (k entries of 1/k per row): z[idx] would need N*k*G floats (20k cells x 500 genes: 800 MB).
-    w = sparse.csr_matrix(
-        (np.full(n * kk, 1.0 / kk), idx.ravel(), np.arange(0, n * kk + 1, kk)), shape=(n, n)
-    )
-    lag = w @ z  # (N, G): neighbour mean of each gene
     denom = (z**2).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = (z * lag).sum(axis=0) / denom
-    out[denom <= 1e-12 * max(1.0, float(np.abs(v).max(initial=0.0)) ** 2)] = np.nan
+    constant = denom <= 1e-12 * max(1.0, float(np.abs(v).max(initial=0.0)) ** 2)
+    out = np.full(v.shape[1], np.nan)
+    if (~constant).any():
+        # scanpy wants features in rows; constant columns would divide 0 by 0 inside its numba kernel
+        out[~constant] = np.atleast_1d(sc.metrics.morans_i(knn_graph(x, k), np.ascontiguousarray(z[:, ~constant].T)))
     return out
 
 

@@ -1,18 +1,22 @@
 """The ``preprocess`` stage: raw sections -> ``cells.parquet`` + ``manifest.json`` (docs/architecture.md).
 
 Expression: counts (all values integers >= 0) are library-size normalised to ``target_sum`` and log1p'd
-(the scanpy ``normalize_total`` + ``log1p`` recipe); already-normalised values are kept; then every gene is
-standardised with mean/std from **training sections only**, so nothing about held-out sections leaks into
-the model. Coordinates are centred per section and divided by one global scale (RMS radius of the training
-cells), which keeps aspect ratios and maps back to the original units.
+(``scanpy.pp.normalize_total`` + ``log1p``); already-normalised values are kept; genes are selected (a gene
+list, or ``scanpy.pp.highly_variable_genes`` on training sections when there are more than
+``n_top_genes``); then every kept gene is standardised with mean/std from **training sections only**, so
+nothing about held-out sections leaks into the model. Coordinates are centred per section and divided by
+one global scale (RMS radius of the training cells), which keeps aspect ratios and maps back to the
+original units.
 
-Memory: the data are streamed section by section in three passes (validate/detect, training statistics,
-write), each holding one section's expression matrix, normalised in place; a data set is never held twice.
+Memory: the data are streamed section by section (validate/detect, gene selection, training statistics,
+write), each pass holding one section's dense matrix, normalised in place; a sparse input matrix stays in
+memory as CSR (datasets.py), a dense one on disk; the training cells for gene selection are held sparse.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,62 +27,48 @@ import pyarrow.parquet as pq
 from alphastomics import __version__
 from alphastomics.artifacts import FORMAT, DataError, atomic_dir
 from alphastomics.config import DatasetConfig, to_dict
-from alphastomics.datasets import RawData, from_anndata, open_raw
+from alphastomics.datasets import RawData, assign_splits, from_anndata, open_raw
 
 SPLITS = ("train", "val", "test")
 STD_FLOOR = 1e-6  # genes constant over training cells are divided by 1, not by ~0
 
 
-def assign_splits(names: list[str], dcfg: DatasetConfig, slab_cut: bool, where: str) -> dict[str, str]:
-    """Section -> split. Explicit lists win; slab-cut data hold out odd slabs; else a seeded shuffle."""
-    if len(names) < 2:
-        raise DataError(
-            f"{where}: only one section ('{names[0]}'); splits are by section, never by cell, so at least 2 "
-            "sections are needed: set dataset.section_key to an obs column with several sections or give one file per section"
-        )
-    known = set(names)
-    if dcfg.val_sections or dcfg.test_sections:
-        for key, listed in (("val_sections", dcfg.val_sections), ("test_sections", dcfg.test_sections)):
-            unknown = [s for s in listed if s not in known]
-            if unknown:
-                raise DataError(f"config: dataset.{key} names unknown section(s) {unknown}; use names from {sorted(known)[:8]}")
-        both = set(dcfg.val_sections) & set(dcfg.test_sections)
-        if both:
-            raise DataError(f"config: section(s) {sorted(both)} in both dataset.val_sections and test_sections; list each once")
-        split = {s: "val" if s in dcfg.val_sections else "test" if s in dcfg.test_sections else "train" for s in names}
-        if "train" not in split.values():
-            raise DataError("config: dataset.val_sections + test_sections hold out every section; leave one for training")
-        return split
-    if slab_cut:
-        # Adjacent-slab hold-out, like adjacent tissue sections: odd slabs are held out, alternating
-        # test, val, test, ... (slab01 test, slab03 val, slab05 test, slab07 val); even slabs train.
-        split = {}
-        for i, s in enumerate(names):
-            split[s] = "train" if i % 2 == 0 else ("test" if (i // 2) % 2 == 0 else "val")
-        return split
-    rng = np.random.default_rng(dcfg.split_seed)
-    order = [names[i] for i in rng.permutation(len(names))]
-    n = len(names)
-    n_test = max(1, int(round(dcfg.test_fraction * n)))
-    n_val = int(round(dcfg.val_fraction * n))
-    n_val = min(n_val, n - n_test - 1)  # keep at least one training section
-    n_test = min(n_test, n - 1)
-    split = {s: "train" for s in names}
-    for s in order[:n_test]:
-        split[s] = "test"
-    for s in order[n_test : n_test + max(n_val, 0)]:
-        split[s] = "val"
-    return split
-
-
 def _normalise(x: np.ndarray, counts: bool, target_sum: float, keep: np.ndarray | None) -> np.ndarray:
-    """In place: library-size normalise + log1p when ``counts`` (cells with no counts stay zero); then keep
-    the ``keep`` columns (gene list), so library sizes count every measured gene."""
+    """Library-size normalise + log1p when ``counts`` (``scanpy.pp.normalize_total`` + ``log1p``; cells
+    with no counts stay zero); then keep the ``keep`` columns (gene list), so library sizes count every
+    measured gene."""
     if counts:
-        lib = x.sum(axis=1, keepdims=True, dtype=np.float64)
-        x *= (target_sum / np.maximum(lib, 1e-12)).astype(np.float32)
-        np.log1p(x, out=x)
+        x = _scanpy_lognorm(x, target_sum)
     return x if keep is None else np.ascontiguousarray(x[:, keep])
+
+
+def _scanpy_lognorm(x: Any, target_sum: float) -> Any:
+    import anndata as ad
+    import scanpy as sc
+
+    a = ad.AnnData(x)
+    with warnings.catch_warnings():  # cells without counts stay zero, as documented
+        warnings.filterwarnings("ignore", "Some cells have zero counts")
+        sc.pp.normalize_total(a, target_sum=target_sum)
+    sc.pp.log1p(a)
+    return a.X
+
+
+def select_hvg(raw: RawData, train: list[int], counts: bool, target_sum: float, n_top: int) -> np.ndarray:
+    """Column indices (in file order) of the ``n_top`` highly variable genes of the **training** sections,
+    by ``scanpy.pp.highly_variable_genes`` (flavor "seurat": dispersion of log-normalised values, z-scored
+    within mean bins). Held-out sections are never read here, so the selection leaks nothing of them."""
+    import anndata as ad
+    import scanpy as sc
+    from scipy import sparse
+
+    # Sparse: training cells x all genes (e.g. 13,000) would not fit densely on a large data set.
+    blocks = [sparse.csr_matrix(_normalise(raw.sections[i].load(), counts, target_sum, None)) for i in train]
+    a = ad.AnnData(sparse.vstack(blocks, format="csr"))
+    del blocks
+    a.var_names = raw.genes
+    sc.pp.highly_variable_genes(a, n_top_genes=n_top, flavor="seurat", subset=False)
+    return np.flatnonzero(a.var["highly_variable"].to_numpy())
 
 
 def _check_section(raw: RawData, i: int, x: np.ndarray) -> None:
@@ -101,7 +91,6 @@ def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, A
     split = assign_splits([s.name for s in secs], dcfg, raw.slab_cut, secs[0].file)
     train = [i for i, s in enumerate(secs) if split[s.name] == "train"]
     g = len(raw.genes)  # columns read; len(genes) columns written
-    genes = raw.kept_genes
 
     # Pass 1: validate, detect counts vs normalised values.
     is_counts, nonneg = True, True
@@ -120,6 +109,19 @@ def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, A
         raise DataError(f"{secs[0].file}: {raw.expression_field} has negative values but dataset.normalization is "
                         "'counts'; set it to 'normalized' or 'auto'")
     counts = mode == "counts"
+
+    # Gene selection: a gene list wins; else highly variable genes of the training sections when the data
+    # have more genes than dataset.n_top_genes; else every gene.
+    if raw.keep is not None:
+        selection = {"method": "genes_file", "genes_file": dcfg.genes_file}
+    elif dcfg.n_top_genes is not None and g > dcfg.n_top_genes:
+        raw.keep = select_hvg(raw, train, counts, dcfg.target_sum, dcfg.n_top_genes)
+        selection = {"method": "highly_variable_genes", "flavor": "seurat", "n_top_genes": dcfg.n_top_genes}
+    else:
+        selection = {"method": "all"}
+    selection |= {"from_genes": g, "selected": int(g if raw.keep is None else len(raw.keep)),
+                  "on_sections": [secs[i].name for i in train]}
+    genes = raw.kept_genes
 
     # Pass 2: per-gene mean/std over training cells (Chan et al. pairwise merge of per-section moments).
     n_tot, mean, m2 = 0, np.zeros(len(genes)), np.zeros(len(genes))
@@ -159,6 +161,7 @@ def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, A
         "splits": {k: [s.name for s in secs if split[s.name] == k] for k in SPLITS},
         "cells_per_section": {s.name: s.n_cells for s in secs},
         "cell_types": cell_types or None,
+        "gene_selection": selection,
         "normalization": {
             "input": "counts" if is_counts else "normalized",
             "applied": "library_size_log1p" if counts else "none",
@@ -168,6 +171,8 @@ def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, A
         },
         "coordinates": {"scale": scale, "centers": {k: [*map(float, v), *[0.0] * (3 - dims)] for k, v in centers.items()}},
         "source_checksums": dict(raw.checksums),
+        "source_files": dict(raw.source_files or {}),
+        "notes": list(raw.notes or []),
         "parameters": to_dict(dcfg),
     }
     schema = pa.schema(
@@ -244,6 +249,9 @@ def preprocess_anndata(adata: Any, dcfg: DatasetConfig, out_dir: Path) -> dict[s
 def main(args: Any, cfg: Any) -> int:
     m = preprocess(args.raw, cfg.dataset, args.out)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in m["splits"].items())
-    print(f"preprocess: {m['n_cells']} cells x {m['n_genes']} genes, {m['dims']}D, sections {sizes}, "
-          f"input {m['normalization']['input']} -> {args.out}")
+    sel = m["gene_selection"]
+    how = {"all": "all genes", "genes_file": "genes_file",
+           "highly_variable_genes": "highly variable on training sections"}[sel["method"]]
+    print(f"preprocess: {m['n_cells']} cells x {m['n_genes']} genes ({how}, of {sel['from_genes']}), {m['dims']}D, "
+          f"sections {sizes}, input {m['normalization']['input']} -> {args.out}")
     return 0

@@ -584,6 +584,35 @@ def _manifests(runs: list[Run], data_dirs: list[Path]) -> dict[str, dict[str, An
     return out
 
 
+def _datasets_as_run(manifests: dict[str, dict[str, Any]], config_text: str) -> str:
+    """YAML of each data set as preprocess really ran it (its manifest), plus the workflow's overrides for it."""
+    import yaml
+
+    if not manifests:
+        return ""
+    try:
+        workflow_cfg = yaml.safe_load(config_text)
+    except yaml.YAMLError:
+        workflow_cfg = None
+    entries = workflow_cfg.get("datasets") if isinstance(workflow_cfg, dict) else None
+    out = {}
+    for ds, m in sorted(manifests.items()):
+        entry = entries.get(ds) if isinstance(entries, dict) else None
+        out[ds] = {
+            "dataset": m.get("parameters"),
+            "overrides": (entry or {}).get("overrides") or {},
+            "gene_selection": m.get("gene_selection"),
+            "cells": m.get("n_cells"),
+            "genes": m.get("n_genes"),
+            "dims": m.get("dims"),
+            "splits": m.get("splits"),
+            "normalization": {k: v for k, v in (m.get("normalization") or {}).items() if k in ("input", "applied", "target_sum")},
+            "source_files": m.get("source_files") or {},
+            "source_sha256": m.get("source_checksums") or {},
+        }
+    return "\n# Data sets as preprocessed (from each manifest.json)\n" + yaml.safe_dump({"datasets_as_run": out}, sort_keys=False)
+
+
 def provenance(
     runs: list[Run], cfg: Any, data_dirs: list[Path], config_snapshot: Path | None
 ) -> dict[str, Any]:
@@ -601,7 +630,13 @@ def provenance(
     else:
         config_text = yaml.safe_dump(to_dict(cfg), sort_keys=False) if cfg is not None else NOT_MEASURED
         config_src = "configuration given to the report stage"
-    checksums = {ds: (m.get("source_checksums") or {}) for ds, m in _manifests(runs, data_dirs).items()}
+    manifests = _manifests(runs, data_dirs)
+    # Source files by the user's own path (fetch-data records it), each with its sha256.
+    checksums = {
+        ds: {(m.get("source_files") or {}).get(f, f): h for f, h in (m.get("source_checksums") or {}).items()}
+        for ds, m in manifests.items()
+    }
+    config_text += _datasets_as_run(manifests, config_text)
     return {
         "config_text": config_text,
         "config_src": config_src,

@@ -93,7 +93,7 @@ def test_csv_reader_reads_luna_columns(tmp_path: Path) -> None:
         "g1": [1, 2, 3, 4], "g2": [0, 0, 5, 1],
     })
     df.to_csv(tmp_path / "cells.csv", index=False)
-    dcfg = DatasetConfig(source="csv", path=str(tmp_path / "cells.csv"))
+    dcfg = DatasetConfig(source="csv", path=str(tmp_path / "cells.csv"), val_fraction=0.0)  # 2 sections
     fetch_user_files(tmp_path / "raw", dcfg)
     raw = open_raw(tmp_path / "raw", dcfg)
     assert raw.genes == ["g1", "g2"] and raw.dims == 2 and [s.name for s in raw.sections] == ["a", "b"]
@@ -110,7 +110,7 @@ def test_h5ad_folder_is_one_section_per_file_on_shared_genes(tmp_path: Path) -> 
         adata.obs_names = [f"{name}_{i}" for i in range(3)]
         adata.obsm["spatial"] = np.random.default_rng(0).normal(size=(3, 2))
         adata.write_h5ad(src / f"{name}.h5ad")
-    dcfg = DatasetConfig(source="h5ad", path=str(src))
+    dcfg = DatasetConfig(source="h5ad", path=str(src), val_fraction=0.0)  # 2 sections
     fetch_user_files(tmp_path / "raw", dcfg)
     raw = open_raw(tmp_path / "raw", dcfg)
     assert raw.genes == ["a", "c"] and [s.name for s in raw.sections] == ["s1", "s2"]

@@ -125,8 +125,19 @@ def test_split_rules() -> None:
     a = assign_splits(names, DCFG, False, "x")
     assert a == assign_splits(names, DCFG, False, "x") != assign_splits(names, replace(DCFG, split_seed=1), False, "x")
     assert sorted(a.values()).count("test") == 2 and sorted(a.values()).count("val") == 2
-    two = assign_splits(["a", "b"], replace(DCFG, val_fraction=0.5, test_fraction=0.5), False, "x")
+    two = assign_splits(["a", "b"], replace(DCFG, val_fraction=0.0, test_fraction=0.5), False, "x")
     assert sorted(two.values()) == ["test", "train"]
+    with pytest.raises(DataError, match=r"f.h5ad: 2 sections \(a, b\) cannot give .*dataset.val_fraction=0.*dataset.test_sections"):
+        assign_splits(["a", "b"], DCFG, False, "f.h5ad")
+    for seed in range(5):  # three sections: one each, whatever the shuffle
+        three = assign_splits(["a", "b", "c"], replace(DatasetConfig(), split_seed=seed), False, "x")
+        assert sorted(three.values()) == ["test", "train", "val"]
+    # the documented rule for more: max(1, round(fraction * n)) each, at least one training section
+    for n, (n_val, n_test) in {4: (1, 1), 6: (1, 2), 10: (2, 2), 20: (3, 5)}.items():
+        got = list(assign_splits([f"s{i}" for i in range(n)], DatasetConfig(), False, "x").values())
+        assert (got.count("val"), got.count("test")) == (n_val, n_test), n
+    explicit3 = assign_splits(["a", "b", "c"], replace(DCFG, test_sections=("a",)), False, "x")
+    assert explicit3 == {"a": "test", "b": "train", "c": "train"}  # explicit lists still win
     with pytest.raises(DataError, match="splits are by section"):
         assign_splits(["only"], DCFG, False, "f.h5ad")
     with pytest.raises(DataError, match="unknown section"):
@@ -139,7 +150,7 @@ def test_split_rules() -> None:
 
 def _bad_h5ad(tmp_path: Path, adatas: dict[str, ad.AnnData], **cfg: object) -> tuple[DatasetConfig, Path]:
     src = tmp_path / "src"
-    src.mkdir()
+    src.mkdir(parents=True)
     for name, a in adatas.items():
         a.write_h5ad(src / f"{name}.h5ad")
     path = src if len(adatas) > 1 else src / f"{next(iter(adatas))}.h5ad"
@@ -184,7 +195,7 @@ def test_bad_no_shared_genes(tmp_path: Path) -> None:
     a, b = toy_adata(1), toy_adata(1)
     b.var_names = [f"other{j}" for j in range(b.n_vars)]
     dcfg, _ = _bad_h5ad(tmp_path, {"a": a, "b": b})
-    _expect_error(tmp_path, dcfg, str(tmp_path / "raw"), "no gene is shared", "a.h5ad, b.h5ad")
+    _expect_error(tmp_path, dcfg, str(tmp_path / "src"), "no gene is shared", "a.h5ad, b.h5ad")
 
 
 def test_bad_section_with_one_cell(tmp_path: Path) -> None:
@@ -235,8 +246,230 @@ def test_gene_list_selects_and_orders_genes(tmp_path: Path) -> None:
 def test_cli_prints_one_line_and_exits_2_on_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     dcfg, _ = _bad_h5ad(tmp_path, {"d": toy_adata(dims=4)})
     rc = cli(["fetch-data", "--out", str(tmp_path / "raw"), "--set", "dataset.source=h5ad", "--set", f"dataset.path={dcfg.path}"])
-    assert rc == 0
-    rc = cli(["preprocess", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), "--set", "dataset.source=h5ad"])
     err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and err.startswith("error: ") and "d.h5ad" in err
-    assert not (tmp_path / "out").exists()
+    # fetch-data validates what it fetches: the user's own file is named, nothing is left behind
+    assert rc == 2 and err.count("\n") == 1 and err.startswith(f"error: {dcfg.path}: obsm['spatial'] has shape 150x4")
+    assert not (tmp_path / "raw").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+# ---------------------------------------------------------------- every AnnData layout a lab produces
+
+
+def _cells(out: Path) -> pd.DataFrame:
+    """The processed table keyed by cell id (row order inside a section follows the file)."""
+    t = pq.read_table(out / "cells.parquet").to_pandas()
+    return t.set_index("cell_id").sort_index()
+
+
+def _layout(a: ad.AnnData, layout: str, rng: np.random.Generator) -> tuple[ad.AnnData, dict[str, object]]:
+    from scipy import sparse
+
+    a = a[rng.permutation(a.n_obs)].copy()  # sections interleaved: never contiguous rows
+    if layout == "csr_shuffled":
+        a.X = sparse.csr_matrix(a.X)
+        return a, {}
+    if layout == "csc_shuffled":
+        a.X = sparse.csc_matrix(a.X)
+        return a, {}
+    if layout == "layer":  # counts in a layer, normalised values in X (scanpy's usual state after normalising)
+        a.layers["counts"] = sparse.csr_matrix(a.X)
+        a.X = np.log1p(a.X) * 3.0
+        return a, {"layer": "counts"}
+    if layout == "obs_columns":
+        a.obs["x_um"], a.obs["y_um"] = a.obsm["spatial"][:, 0], a.obsm["spatial"][:, 1]
+        del a.obsm["spatial"]
+        return a, {"coordinate_obs": ("x_um", "y_um")}
+    if layout == "obsm_other_key":
+        a.obsm["X_centroids"] = a.obsm.pop("spatial")
+        return a, {"coordinate_key": "X_centroids"}
+    return a, {}
+
+
+@pytest.mark.parametrize("layout", ["dense_shuffled", "csr_shuffled", "csc_shuffled", "layer", "obs_columns", "obsm_other_key"])
+def test_every_anndata_layout_gives_the_same_processed_cells(tmp_path: Path, layout: str) -> None:
+    base = toy_adata(n_sections=4, n=25, genes=7)
+    base.X[5] = 0.0  # a cell without counts stays zero
+    ref_cfg, _ = _bad_h5ad(tmp_path / "ref", {"d": base})
+    fetch_user_files(tmp_path / "ref" / "raw", ref_cfg)
+    preprocess(tmp_path / "ref" / "raw", ref_cfg, tmp_path / "ref" / "out")
+    a, keys = _layout(base, layout, np.random.default_rng(1))
+    dcfg, _ = _bad_h5ad(tmp_path / "alt", {"d": a}, **keys)
+    fetch_user_files(tmp_path / "alt" / "raw", dcfg)
+    m = preprocess(tmp_path / "alt" / "raw", dcfg, tmp_path / "alt" / "out")
+    want, got = _cells(tmp_path / "ref" / "out"), _cells(tmp_path / "alt" / "out")
+    assert m["normalization"]["input"] == "counts" and m["n_cells"] == 100
+    assert list(got.index) == list(want.index)
+    for col in ("section", "split", "x", "y", "z", "cell_type"):
+        assert list(got[col]) == list(want[col]), col
+    np.testing.assert_array_equal(np.stack(got["expression"]), np.stack(want["expression"]))
+
+
+def test_rows_of_a_section_are_gathered_by_index_from_a_sparse_file(tmp_path: Path) -> None:
+    from scipy import sparse
+
+    a = toy_adata(n_sections=3, n=20, genes=5)
+    order = np.random.default_rng(3).permutation(a.n_obs)
+    a = a[order].copy()
+    dense = a.X.copy()
+    a.X = sparse.csr_matrix(a.X)
+    dcfg, _ = _bad_h5ad(tmp_path, {"d": a})
+    fetch_user_files(tmp_path / "raw", dcfg)
+    from alphastomics.datasets import open_raw
+
+    raw = open_raw(tmp_path / "raw", dcfg)
+    for s in raw.sections:
+        rows = np.flatnonzero(a.obs["section"].to_numpy() == s.name)
+        assert np.diff(rows).max() > 1  # really scattered
+        np.testing.assert_array_equal(s.load(), dense[rows])
+        assert list(s.cell_ids) == list(a.obs_names[rows])
+
+
+# ---------------------------------------------------------------- checks: one line, the user's file, the key
+
+
+def test_duplicate_cell_ids_are_refused(tmp_path: Path) -> None:
+    a = toy_adata()
+    a.obs_names = ["c0"] * 3 + list(a.obs_names[3:])
+    dcfg, src = _bad_h5ad(tmp_path, {"d": a})
+    msg = _expect_error(tmp_path, dcfg, str(src / "d.h5ad"), "obs_names has 2 duplicate cell id(s) (first 'c0')",
+                        "obs_names_make_unique")
+    assert not (tmp_path / "raw").exists()  # fetch-data itself refused
+    assert msg.startswith(str(src / "d.h5ad"))
+
+
+def test_duplicate_gene_names_are_made_unique_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = toy_adata(genes=4)
+    a.var_names = ["Actb", "Gapdh", "Actb", "Actb"]
+    dcfg, src = _bad_h5ad(tmp_path, {"d": a})
+    fetch_user_files(tmp_path / "raw", dcfg)
+    m = preprocess(tmp_path / "raw", dcfg, tmp_path / "out")
+    assert m["genes"] == ["Actb", "Gapdh", "Actb-1", "Actb-2"]  # anndata's var_names_make_unique
+    err = capsys.readouterr().err
+    assert f"note: {src / 'd.h5ad'}: var_names has 2 repeated gene name(s) (Actb); made unique" in err
+
+
+def test_constant_z_is_treated_as_2d_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = toy_adata(n_sections=3, dims=3)
+    a.obsm["spatial"][:, 2] = np.repeat([0.0, 10.0, 20.0], 30)  # z = section depth: constant per section
+    dcfg, _ = _bad_h5ad(tmp_path, {"d": a})
+    fetch_user_files(tmp_path / "raw", dcfg)
+    m = preprocess(tmp_path / "raw", dcfg, tmp_path / "out")
+    two_d = preprocess_anndata(toy_adata(n_sections=3, dims=3)[:, :], replace(DCFG, coordinate_obs=()), tmp_path / "unused")
+    assert m["dims"] == 2 and two_d["dims"] == 3 and m["notes"] == ["constant z dropped: 2D"]
+    assert "z is constant within every section; sections treated as 2D" in capsys.readouterr().err
+    assert (_cells(tmp_path / "out")["z"] == 0).all()
+
+
+def test_nan_in_sparse_expression_names_the_users_file_not_the_link(tmp_path: Path) -> None:
+    from scipy import sparse
+
+    a = toy_adata()
+    a.X[40, 1] = np.nan
+    a = a[np.random.default_rng(0).permutation(a.n_obs)].copy()
+    a.X = sparse.csr_matrix(a.X)
+    dcfg, src = _bad_h5ad(tmp_path, {"d": a})
+    msg = _expect_error(tmp_path, dcfg, f"{src / 'd.h5ad'}: X has NaN/inf in 1 cells of section 's1'")
+    assert "/raw/" not in msg
+
+
+def test_missing_layer_and_obs_columns_name_the_key_to_set(tmp_path: Path) -> None:
+    dcfg, _ = _bad_h5ad(tmp_path, {"d": toy_adata()}, layer="counts")
+    _expect_error(tmp_path, dcfg, "layers['counts'] not found (layers: none)", "dataset.layer")
+    dcfg = replace(dcfg, layer=None, coordinate_obs=("x", "y"))
+    _expect_error(tmp_path, dcfg, "obs column(s) ['x', 'y'] not found (obs has: section, cell_type)", "dataset.coordinate_obs")
+    dcfg = replace(dcfg, coordinate_obs=(), section_key="slice")
+    _expect_error(tmp_path, dcfg, "obs['slice'] not found", "dataset.section_key")
+
+
+def test_obsm_without_the_key_lists_what_it_has(tmp_path: Path) -> None:
+    a = toy_adata()
+    a.obsm["X_umap"] = a.obsm.pop("spatial")
+    dcfg, _ = _bad_h5ad(tmp_path, {"d": a})
+    _expect_error(tmp_path, dcfg, "obsm['spatial'] not found (obsm has: X_umap)", "dataset.coordinate_key")
+    del a.obsm["X_umap"]
+    dcfg, _ = _bad_h5ad(tmp_path / "b", {"d": a})
+    with pytest.raises(DataError, match=r"obsm has: nothing\); set dataset.coordinate_key"):
+        fetch_user_files(tmp_path / "b" / "raw", dcfg)
+
+
+def test_two_sections_with_validation_wanted_say_how_to_set_splits(tmp_path: Path) -> None:
+    dcfg, src = _bad_h5ad(tmp_path, {"d": toy_adata(2)})
+    _expect_error(tmp_path, dcfg, str(src / "d.h5ad"), "2 sections (s0, s1)", "dataset.val_fraction=0", "dataset.test_sections")
+
+
+def test_three_sections_default_to_one_train_one_val_one_test(tmp_path: Path) -> None:
+    dcfg, _ = _bad_h5ad(tmp_path, {"d": toy_adata(3)})
+    fetch_user_files(tmp_path / "raw", replace(dcfg, val_fraction=0.15, test_fraction=0.25))
+    m = preprocess(tmp_path / "raw", replace(dcfg, val_fraction=0.15, test_fraction=0.25), tmp_path / "out")
+    assert sorted(len(v) for v in m["splits"].values()) == [1, 1, 1]
+
+
+def test_fetch_data_refuses_a_text_file_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "cells.h5ad"
+    f.write_text("cell,x,y\nc1,0,0\n")
+    rc = cli(["fetch-data", "--out", str(tmp_path / "raw"), "--set", "dataset.source=h5ad", "--set", f"dataset.path={f}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == f"error: {f}: not a readable .h5ad (HDF5) file; re-export it with anndata (adata.write_h5ad) or fix dataset.path\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.h5ad"]
+
+
+# ---------------------------------------------------------------- gene selection (scanpy, training sections only)
+
+
+def _many_genes(n_sections: int = 3, n: int = 60, genes: int = 40, seed: int = 0) -> ad.AnnData:
+    rng = np.random.default_rng(seed)
+    rate = rng.gamma(0.5, 4.0, genes)
+    x = rng.poisson(rate * rng.gamma(2.0, 0.5, (n_sections * n, genes))).astype(np.float32)
+    obs = pd.DataFrame({"section": np.repeat([f"s{i}" for i in range(n_sections)], n)},
+                       index=[f"c{i}" for i in range(n_sections * n)])
+    a = ad.AnnData(x, obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(genes)]))
+    a.obsm["spatial"] = rng.uniform(0, 100, (n_sections * n, 2))
+    return a
+
+
+def test_highly_variable_genes_are_scanpys_choice_on_training_sections_only(tmp_path: Path) -> None:
+    import scanpy as sc
+
+    a = _many_genes()
+    dcfg = replace(DCFG, n_top_genes=10, test_sections=("s2",), val_sections=("s1",))
+    m = preprocess_anndata(a, dcfg, tmp_path / "p")
+    train = a[a.obs["section"] == "s0"].copy()
+    sc.pp.normalize_total(train, target_sum=dcfg.target_sum)
+    sc.pp.log1p(train)
+    sc.pp.highly_variable_genes(train, n_top_genes=10, flavor="seurat")
+    expected = list(train.var_names[train.var["highly_variable"]])
+    assert m["genes"] == expected and m["n_genes"] == 10
+    assert m["gene_selection"] == {"method": "highly_variable_genes", "flavor": "seurat", "n_top_genes": 10,
+                                   "from_genes": 40, "selected": 10, "on_sections": ["s0"]}
+    # held-out sections do not move the choice
+    b = a.copy()
+    b.X[b.obs["section"] != "s0"] = np.random.default_rng(9).poisson(50.0, (120, 40))
+    assert preprocess_anndata(b, dcfg, tmp_path / "q")["genes"] == expected
+    # library sizes use every gene, then the selected columns are kept
+    sec = ProcessedData(tmp_path / "p").section("s0")
+    cols = [a.var_names.get_loc(g) for g in expected]
+    np.testing.assert_allclose(undo_normalization(sec.expression, m), lognorm(a.X[:60], dcfg.target_sum)[:, cols],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_no_selection_when_genes_do_not_exceed_n_top_genes(tmp_path: Path) -> None:
+    a = _many_genes(genes=12)
+    m = preprocess_anndata(a, replace(DCFG, n_top_genes=12), tmp_path / "p")
+    assert m["genes"] == list(a.var_names) and m["gene_selection"]["method"] == "all"
+    m = preprocess_anndata(a, replace(DCFG, n_top_genes=None), tmp_path / "q")
+    assert m["n_genes"] == 12
+    with pytest.raises(DataError, match="dataset.n_top_genes is 0"):
+        preprocess_anndata(a, replace(DCFG, n_top_genes=0), tmp_path / "r")
+
+
+def test_scanpy_normalisation_works_in_place_and_equals_the_formula() -> None:
+    from alphastomics.preprocess import _normalise
+
+    x = np.random.default_rng(0).poisson(0.5, (200, 30)).astype(np.float32)
+    x[7] = 0.0
+    before = x.copy()
+    out = _normalise(x, True, 1e4, None)
+    assert out is x  # no second copy of a section
+    expected = np.log1p(before.astype(np.float64) / np.maximum(before.sum(axis=1, keepdims=True), 1) * 1e4)
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    assert (out[7] == 0).all()

@@ -317,3 +317,35 @@ def test_slurm_profile_runs_tiny_workflow_on_fake_slurm(tmp_path):
         flags = " ".join(args[:-1])
         assert "-p cpu" in flags and "--mem 1000" in flags and "--cpus-per-task=1" in args
         assert not any(a.startswith("--gpus") for a in args)
+
+
+def test_changed_source_file_reruns_fetch_and_preprocess_untouched_reruns_nothing(tmp_path):
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    repo = make_copy(tmp_path)
+    rng = np.random.default_rng(0)
+    a = ad.AnnData(
+        rng.poisson(3.0, (60, 8)).astype(np.float32),
+        obs=pd.DataFrame({"section": np.repeat(["a", "b", "c"], 20)}, index=[f"c{i}" for i in range(60)]),
+        var=pd.DataFrame(index=[f"g{j}" for j in range(8)]),
+    )
+    a.obsm["spatial"] = rng.uniform(0, 100, (60, 2))
+    src = repo / "mine.h5ad"
+    a.write_h5ad(src)
+
+    def edit(cfg):
+        cfg["datasets"] = {"mine": {"dataset": {"source": "h5ad", "path": "mine.h5ad"}}}
+
+    cfg = write_config(repo, "mine.yaml", edit)
+    target = "results/data/mine/processed"
+    snakemake(repo, target, "--cores", "1", "--configfile", cfg)
+    assert dry_run(repo, target, "--configfile", cfg)[0] == {}
+    a.X[0, 0] += 1.0
+    a.write_h5ad(src)  # a new export of the file (Snakemake skips inputs of unchanged checksum under 1 MB)
+    later = src.stat().st_mtime + 60
+    os.utime(src, (later, later))
+    assert dry_run(repo, target, "--configfile", cfg)[0] == {"fetch_data": 1, "preprocess": 1}
+    counts, _ = dry_run(repo, "--configfile", cfg)  # and everything downstream of the data set
+    assert counts["fetch_data"] == 1 and counts["train"] >= 1 and counts["report"] == 1

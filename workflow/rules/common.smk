@@ -207,6 +207,23 @@ def train_launcher(wildcards):
 # --- inputs -------------------------------------------------------------------------------------------
 
 
+def source_files(wildcards):
+    """A user's h5ad/csv file(s) (dataset.path: a file or a folder of them): a new export reruns fetch_data
+    and what follows. A missing path gives no input, so fetch-data itself says which key to fix.
+    """
+    block = config["datasets"][wildcards.dataset]["dataset"]
+    if block["source"] not in ("h5ad", "csv") or not block.get("path"):
+        return []
+    path = Path(block["path"])
+    if path.is_dir():
+        return sorted(
+            str(p)
+            for p in path.iterdir()
+            if p.suffix == f".{block['source']}" and p.is_file()
+        )
+    return [str(path)] if path.is_file() else []
+
+
 def evaluate_extra_inputs(wildcards):
     """Models give evaluate their checkpoint (diagnostics) and training summary (cost); peers have neither."""
     if is_peer(wildcards.variant):

@@ -1,4 +1,6 @@
 rule fetch_data:
+    input:
+        source_files,
     output:
         directory(RAW),
     log:

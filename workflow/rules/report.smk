@@ -20,6 +20,8 @@ rule report:
         runtime=runtime("cpu"),
     params:
         runs=all_runs(),
+        # the workflow config this run was given (provenance); a param, so reordering its keys reruns nothing
+        snapshot=workflow.configfiles[-1],
     shell:
         "python -m alphastomics report --config {input.model_config} --runs {params.runs}"
-        " --out {output} > {log} 2>&1"
+        " --config-snapshot {params.snapshot} --out {output} > {log} 2>&1"

@@ -1,0 +1,42 @@
+"""The report's provenance shows each data set as preprocess really ran it (issue 13): its manifest's
+configuration, gene selection, the workflow's overrides for it, and the user's source file with its sha256."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import yaml
+
+from alphastomics.config import DatasetConfig
+from alphastomics.datasets import fetch_user_files
+from alphastomics.preprocess import preprocess
+from alphastomics.report import provenance
+
+
+def test_provenance_shows_the_data_set_configuration_and_the_source_file_checksum(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    a = ad.AnnData(rng.poisson(2.0, (90, 30)).astype(np.float32),
+                   obs=pd.DataFrame({"slice": np.repeat(["a", "b", "c"], 30)}, index=[f"c{i}" for i in range(90)]),
+                   var=pd.DataFrame(index=[f"g{j}" for j in range(30)]))
+    a.obsm["xy"] = rng.uniform(0, 10, (90, 2))
+    src = tmp_path / "lab.h5ad"
+    a.write_h5ad(src)
+    dcfg = DatasetConfig(name="lab", source="h5ad", path=str(src), coordinate_key="xy", section_key="slice", n_top_genes=8)
+    info = fetch_user_files(tmp_path / "raw", dcfg)
+    preprocess(tmp_path / "raw", dcfg, tmp_path / "processed")
+    snapshot = tmp_path / "config.yaml"
+    snapshot.write_text(yaml.safe_dump({"datasets": {"lab": {"dataset": {"source": "h5ad"},
+                                                               "overrides": {"training": {"max_steps": 200}}}}}))
+    prov = provenance([], None, [tmp_path / "processed"], snapshot)
+    sha = info["files"]["lab.h5ad"]
+    assert prov["checksums"] == {"lab": {str(src.resolve()): sha}}
+    as_run = yaml.safe_load(prov["config_text"])["datasets_as_run"]["lab"]
+    assert as_run["dataset"]["path"] == str(src) and as_run["dataset"]["coordinate_key"] == "xy"
+    assert as_run["dataset"]["n_top_genes"] == 8 and as_run["genes"] == as_run["gene_selection"]["selected"] >= 8
+    assert as_run["gene_selection"]["method"] == "highly_variable_genes" and as_run["gene_selection"]["from_genes"] == 30
+    assert as_run["overrides"] == {"training": {"max_steps": 200}}
+    assert as_run["source_sha256"] == {"lab.h5ad": sha}
+    assert prov["config_text"].startswith(snapshot.read_text())  # the workflow config as given, then the data sets
