@@ -96,7 +96,7 @@ def fmt_pct(x: float | None) -> str:
 def fmt_p(p: float | None) -> str:
     if not _ok(p):
         return "n/a"
-    return f"{p:.2g}" if p >= 0.001 else "< 0.001"
+    return f"{p:.2g}"
 
 
 def fmt_rel_ci(r: dict[str, Any]) -> str:
@@ -132,6 +132,9 @@ def sentence(r: dict[str, Any]) -> str:
         head += f" [95 % interval {fmt(r['ci_low'])}, {fmt(r['ci_high'])}], relative {fmt_rel_ci(r)}"
     else:
         head += f", relative {fmt_pct(r.get('relative_change'))}"
+    if "peer" in r and not _ok(r.get("p_value")):
+        diffs = np.subtract(r["variant_values"], r["reference_values"])
+        head += "; differences per section " + ", ".join(f"{s} {fmt(d)}" for s, d in zip(r["units"], diffs))
     if _ok(r.get("p_value")) or _ok(r.get("permutation_p")):
         head += f"; paired t-test p = {fmt_p(r.get('p_value'))}, sign-flip permutation p = {fmt_p(r.get('permutation_p'))}"
     if _ok(r.get("holm_p")):

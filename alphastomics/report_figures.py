@@ -43,18 +43,19 @@ def fig_forest(ds: dict[str, Any], primary: list[str]) -> str | None:
     contrasts = list(dict.fromkeys((r["variant"], r["reference"]) for r in recs))
     plt = _plt()
     fig, axs = plt.subplots(
-        1, len(metrics), figsize=(2.2 + 2.6 * len(metrics), 0.9 + 0.42 * len(contrasts)), sharey=True,
-        squeeze=False,
+        1, len(metrics), figsize=(2.4 + 2.9 * len(metrics), 1.3 + 0.45 * len(contrasts)), sharey=True,
+        squeeze=False, layout="constrained",
     )
     for ax, m in zip(axs[0], metrics):
         sign = direction(m) or 1
+        better = "higher is better \u2192" if sign == 1 else "\u2190 lower is better"
         for y, c in enumerate(contrasts):
             r = next((x for x in recs if (x["variant"], x["reference"]) == c and x["metric"] == m), None)
             if r is None or r.get("relative_change") is None:
                 continue
-            pt = 100 * sign * r["relative_change"]
+            pt = 100 * r["relative_change"]
             if r.get("relative_ci_low") is not None:
-                lo, hi = sorted((100 * sign * r["relative_ci_low"], 100 * sign * r["relative_ci_high"]))
+                lo, hi = 100 * r["relative_ci_low"], 100 * r["relative_ci_high"]
                 ax.plot([lo, hi], [y, y], color="#3a78b8", linewidth=1.6)
             sig = r.get("decision") in ("better", "worse")
             colour = "#1e7b34" if r.get("decision") == "better" else "#b3261e" if sig else "#3a78b8"
@@ -62,12 +63,11 @@ def fig_forest(ds: dict[str, Any], primary: list[str]) -> str | None:
                     markerfacecolor=colour if sig else "white")
         ax.axvline(0, color="grey", linewidth=0.8)
         ax.set_title(m, fontsize=9)
-        ax.set_xlabel(f"% change ({'higher' if sign == 1 else 'lower'} is better;\nright = better)", fontsize=8)
+        ax.set_xlabel(f"relative change (%)\n{better}", fontsize=8)
         ax.tick_params(labelsize=8)
     axs[0, 0].set_yticks(range(len(contrasts)), [f"{a} vs {b}" for a, b in contrasts], fontsize=8)
     axs[0, 0].set_ylim(len(contrasts) - 0.5, -0.5)
     fig.suptitle(f"{ds['dataset']}: filled = Holm-adjusted p < 0.05, open = no difference detected", fontsize=9)
-    fig.tight_layout()
     return _png(fig)
 
 def _png(fig: Any) -> str:

@@ -83,7 +83,7 @@ class Paired:
     ci_high: float
     t_statistic: float
     p_value: float  # two-sided paired t-test; NaN when n < 2 or the differences have no spread
-    permutation_p: float  # two-sided sign-flip permutation p; NaN when n < 1
+    permutation_p: float  # two-sided sign-flip permutation p; NaN when n < 2
     permutation_exact: bool  # all 2^n sign patterns enumerated
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,7 +94,7 @@ def sign_flip_p(d: Sequence[float]) -> tuple[float, bool]:
     """Two-sided p of mean(d) under H0 "each difference is symmetric about 0": the share of sign patterns
     s in {-1, 1}^n with |mean(s * d)| >= |mean(d)|; exact (all 2^n) for n <= EXACT_MAX_N."""
     a = np.asarray(d, dtype=np.float64)
-    if a.size == 0:
+    if a.size < 2:  # one difference: both sign patterns are as extreme, nothing to test
         return math.nan, False
     exact = a.size <= EXACT_MAX_N
     res = stats.permutation_test(
@@ -120,9 +120,9 @@ def paired(variant: Sequence[float], reference: Sequence[float], *, level: float
     if n == 0:
         return Paired(0, nan, nan, nan, nan, nan, nan, nan, False)
     mean = float(d.mean())
-    perm, exact = sign_flip_p(d)
     if n < 2:
-        return Paired(1, mean, nan, nan, nan, nan, nan, perm, exact)
+        return Paired(1, mean, nan, nan, nan, nan, nan, nan, False)
+    perm, exact = sign_flip_p(d)
     sd = float(d.std(ddof=1))
     s = summarize(d, level=level)
     if sd == 0:  # every seed moved by the same amount: the t statistic is undefined
