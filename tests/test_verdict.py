@@ -247,3 +247,22 @@ def test_family_parse_and_verdict_file_errors(tmp_path: Path) -> None:
     (tmp_path / "verdict.json").write_text('{"schema": "other"}')
     with pytest.raises(V.VerdictError, match="field 'schema'"):
         V.read(tmp_path)
+
+
+@pytest.mark.workflow
+def test_workflow_passes_the_declared_family_and_rejects_unknown_variants(tmp_path: Path) -> None:
+    from test_workflow import make_copy, snakemake, write_config
+
+    repo = make_copy(tmp_path)
+    good = write_config(repo, "good.yaml", lambda c: c.update(
+        verdict={"contrasts": [["gated_headwise", "linear"]], "primary_metrics": ["knn_preservation"]}))
+    proc = snakemake(repo, "-n", "-p", "--cores", "1", "--configfile", good)
+    assert "--verdict results/verdict.json --contrasts gated_headwise:linear --primary-metrics knn_preservation" in (
+        proc.stdout
+    )
+    bad = write_config(repo, "bad.yaml", lambda c: c.update(verdict={"contrasts": [["gated_headwise", "softmax"]]}))
+    proc = snakemake(repo, "-n", "--cores", "1", "--configfile", bad, check=False)
+    assert proc.returncode != 0
+    assert "verdict.contrasts has ['gated_headwise', 'softmax'], but 'softmax' is not a key of variants" in (
+        proc.stdout + proc.stderr
+    )
