@@ -1,11 +1,13 @@
 """Result folders -> runs and the values the verdict compares (DESIGN section 6, "Statistics").
 
-A run folder is ``results/{dataset}/{variant}/seed{seed}/`` with ``eval/metrics.json`` (and ``eval/sections.csv``),
-``train/`` and ``samples.parquet``; peers are ``results/{dataset}/peer_{method}/seed{seed}/`` without
-``train/`` (docs/architecture.md). The unit of replication is one trained model: ``seed_values`` gives one
-number per seed, the cell-weighted mean of a metric over the run's held-out sections, so two sections of one
-seed never become two observations. ``section_values`` gives one number per held-out section, the mean over
-seeds: what a peer (which has no seeds of its own to pair) is compared with.
+A run folder is ``results/{dataset}/{variant}/seed{seed}/`` with ``eval/metrics.json`` (and
+``eval/sections.csv``), ``train/`` and ``samples.parquet``; peers are
+``results/{dataset}/peer_{method}/seed{seed}/`` without ``train/`` (docs/architecture.md).
+
+The unit of replication is one trained model: ``seed_values`` gives one number per seed, the cell-weighted
+mean of a metric over the run's held-out sections, so two sections of one seed never become two
+observations. ``section_values`` gives one number per held-out section, the mean over seeds: what a peer
+(which has no seeds of its own to pair) is compared with.
 """
 
 from __future__ import annotations
@@ -27,7 +29,19 @@ class RunError(AlphaSTomicsError, ValueError):
     """A run folder is unusable; the message names the file, the field and the fix."""
 
 
-_HIGHER = ("pearson", "spearman", "corr", "knn", "ari", "nmi", "moran", "r2", "accuracy", "overlap", "preserv")
+_HIGHER = (
+    "pearson",
+    "spearman",
+    "corr",
+    "knn",
+    "ari",
+    "nmi",
+    "moran",
+    "r2",
+    "accuracy",
+    "overlap",
+    "preserv",
+)
 _LOWER = ("mse", "rmsd", "rssd", "error", "loss", "mae")
 
 
@@ -98,7 +112,7 @@ class Run:
 
 
 def parse_run_path(path: Path) -> tuple[str, str, int] | None:
-    """``.../{dataset}/{variant}/seed{seed}`` -> (dataset, variant, seed); None if the path has another shape."""
+    """``.../{dataset}/{variant}/seed{seed}`` -> (dataset, variant, seed); None for another shape."""
     m = re.fullmatch(r"seed(\d+)", path.name)
     if m is None or len(path.parts) < 3:
         return None
@@ -109,7 +123,9 @@ def load_run(path: Path) -> Run:
     """Read one run folder; missing files stay None/empty so the page can say "not measured"."""
     path = Path(path)
     if not path.is_dir():
-        raise RunError(f"{path}: run folder not found; pass folders like results/{{dataset}}/{{variant}}/seed0")
+        raise RunError(
+            f"{path}: run folder not found; pass folders like results/{{dataset}}/{{variant}}/seed0"
+        )
     mfile = path / "eval" / "metrics.json"
     metrics = _read_json(mfile) if mfile.is_file() else None
     ids = parse_run_path(path.resolve())
@@ -117,7 +133,8 @@ def load_run(path: Path) -> Run:
         m = metrics or {}
         if not all(k in m for k in ("dataset", "variant", "seed")):
             raise RunError(
-                f"{path}: cannot tell dataset/variant/seed; place the run at {{dataset}}/{{variant}}/seed{{seed}} "
+                f"{path}: cannot tell dataset/variant/seed; place the run at "
+                "{dataset}/{variant}/seed{seed} "
                 f"or add 'dataset', 'variant' and 'seed' to {mfile}"
             )
         ids = (str(m["dataset"]), str(m["variant"]), int(m["seed"]))
@@ -186,7 +203,9 @@ def seed_values(runs: list[Run], metric: str) -> dict[int, float]:
         v = r.value(metric)
         if math.isfinite(v):
             if r.seed in out:
-                raise RunError(f"{r.path}: a second run of {r.dataset}/{r.variant} with seed {r.seed}; pass each once")
+                raise RunError(
+                    f"{r.path}: a second run of {r.dataset}/{r.variant} with seed {r.seed}; pass each once"
+                )
             out[r.seed] = v
     return out
 

@@ -47,8 +47,8 @@ DEFAULT_CONTRASTS: tuple[tuple[str, str], ...] = (
     ("gated_headwise", "gated_headwise_no_qknorm"),
     ("softmax", "linear"),
 )
-# Placement quality that is invariant to rotation, reflection and scale, plus masked reconstruction where the
-# model reconstructs expression (docs/metrics.md says why Moran's I correlation and unscaled RMSD are not here).
+# Placement quality invariant to rotation, reflection and scale, plus masked reconstruction where the model
+# reconstructs expression (docs/metrics.md says why Moran's I correlation and unscaled RMSD are not here).
 DEFAULT_PRIMARY: tuple[str, ...] = (
     "knn_preservation",
     "distance_spearman",
@@ -92,7 +92,10 @@ class Family:
             for c in contrasts:
                 a, sep, b = c.partition(":")
                 if not sep or not a or not b or a == b:
-                    raise VerdictError(f"--contrasts: '{c}' is not VARIANT:REFERENCE of two variants; e.g. gated_headwise:linear")
+                    raise VerdictError(
+                        f"--contrasts: '{c}' is not VARIANT:REFERENCE of two variants; "
+                        "e.g. gated_headwise:linear"
+                    )
                 pairs.append((a, b))
             pairs = tuple(pairs)
         return cls(tuple(pairs), tuple(primary) if primary else DEFAULT_PRIMARY)
@@ -163,7 +166,9 @@ def decide(records: list[dict[str, Any]], family: Family, *, min_n: int = 2) -> 
     for r, h in zip(records, adjusted):
         r["holm_p"] = h if r["n"] >= min_n and math.isfinite(r["p_value"]) else math.nan
         r["family_size"] = m
-        r["mde"] = stats.min_detectable_effect(r["sd_difference"], r["n"], alpha=family.alpha / m, target=family.power)
+        r["mde"] = stats.min_detectable_effect(
+            r["sd_difference"], r["n"], alpha=family.alpha / m, target=family.power
+        )
         r["mde_relative"] = _div(r["mde"], r["reference_mean"])
         d = direction(r["metric"]) or 0
         if math.isfinite(r["holm_p"]) and r["holm_p"] < family.alpha and d != 0:
@@ -173,10 +178,14 @@ def decide(records: list[dict[str, Any]], family: Family, *, min_n: int = 2) -> 
         elif math.isfinite(r["mde_relative"]):
             r["decision"] = f"no difference detected (smallest detectable: {100 * r['mde_relative']:.1f} %)"
         else:
-            r["decision"] = "no difference detected (smallest detectable: not estimable, the differences have no spread)"
+            r["decision"] = (
+                "no difference detected (smallest detectable: not estimable, the differences have no spread)"
+            )
 
 
-def _expectation(label: str, metric: str, lo: float | None, hi: float | None, rec: dict[str, Any] | None) -> dict[str, Any]:
+def _expectation(
+    label: str, metric: str, lo: float | None, hi: float | None, rec: dict[str, Any] | None
+) -> dict[str, Any]:
     """met: the relative interval excludes 0 and reaches the expected range (or beyond it, in the expected
     direction); inconclusive: it overlaps both 0 and that range; not met: it misses the range."""
     if lo is None or hi is None:
@@ -219,53 +228,74 @@ def _largest_sink(runs: list[Run]) -> float:
     return float(np.nanmean(shares)) if shares else math.nan
 
 
-def dataset_verdict(view: DatasetView, family: Family) -> dict[str, Any]:
-    ds = view.name
+def contrast_records(
+    view: DatasetView, family: Family
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, str]]]:
+    """(primary records with decisions, secondary records, skipped): the declared contrasts, paired by seed."""
     metrics = view.metric_names()
-    primary = [m for m in family.primary_metrics]
     records: list[dict[str, Any]] = []
     secondary: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     for variant, reference in family.contrasts:
+        pair = {"variant": variant, "reference": reference}
         missing = [v for v in (variant, reference) if v not in view.variants]
         if missing:
-            skipped.append({"variant": variant, "reference": reference, "reason": f"no runs of {', '.join(missing)}"})
+            skipped.append(pair | {"reason": f"no runs of {', '.join(missing)}"})
             continue
-        a_runs, b_runs = view.variants[variant], view.variants[reference]
         for m in metrics:
-            a, b = seed_values(a_runs, m), seed_values(b_runs, m)
-            if not a or not b:
-                if m in primary:
-                    skipped.append({"variant": variant, "reference": reference, "metric": m, "reason": "not measured"})
-                continue
-            (records if m in primary else secondary).append(compare(ds, variant, reference, m, a, b))
-        for m in primary:
+            a = seed_values(view.variants[variant], m)
+            b = seed_values(view.variants[reference], m)
+            if a and b:
+                rec = compare(view.name, variant, reference, m, a, b)
+                (records if m in family.primary_metrics else secondary).append(rec)
+            elif m in family.primary_metrics:
+                skipped.append(pair | {"metric": m, "reason": "not measured on both sides"})
+        for m in family.primary_metrics:
             if m not in metrics:
-                skipped.append({"variant": variant, "reference": reference, "metric": m,
-                                "reason": "not measured (the mode does not produce it)"})
+                skipped.append(pair | {"metric": m, "reason": "not measured (the mode does not produce it)"})
     decide(records, family)
     for r in secondary:
         r["holm_p"] = None
         r["decision"] = None  # secondary: shown, never given a verdict word
+    return records, secondary, skipped
 
+
+def peer_records(view: DatasetView, family: Family) -> list[dict[str, Any]]:
+    """Every variant against every peer on the primary metrics, paired by held-out section (the variant's
+    mean over seeds); tested, Holm-adjusted among themselves, only with MIN_PEER_SECTIONS sections or more."""
     peers: list[dict[str, Any]] = []
     for peer, p_runs in view.peers.items():
         for variant, v_runs in view.variants.items():
-            for m in primary:
+            for m in family.primary_metrics:
                 a, b = section_values(v_runs, m), section_values(p_runs, m)
                 if a and b:
-                    rec = compare(ds, variant, peer, m, a, b)
-                    rec["peer"] = peer.removeprefix("peer_")
-                    peers.append(rec)
-    testable = [r for r in peers if r["n"] >= MIN_PEER_SECTIONS]
-    decide(testable, family, min_n=MIN_PEER_SECTIONS)
+                    peers.append(
+                        compare(view.name, variant, peer, m, a, b) | {"peer": peer.removeprefix("peer_")}
+                    )
+    decide([r for r in peers if r["n"] >= MIN_PEER_SECTIONS], family, min_n=MIN_PEER_SECTIONS)
+    untested = (
+        "p_value",
+        "permutation_p",
+        "t_statistic",
+        "ci_low",
+        "ci_high",
+        "relative_ci_low",
+        "relative_ci_high",
+        "holm_p",
+        "mde",
+        "mde_relative",
+        "family_size",
+    )
     for r in peers:
         if r["n"] < MIN_PEER_SECTIONS:
-            for k in ("p_value", "permutation_p", "t_statistic", "ci_low", "ci_high", "relative_ci_low", "relative_ci_high"):
-                r[k] = None
-            r.update(holm_p=None, mde=None, mde_relative=None, family_size=None,
-                     decision=f"too few sections to test ({r['n']} < {MIN_PEER_SECTIONS})")
+            r.update(dict.fromkeys(untested))
+            r["decision"] = f"too few sections to test ({r['n']} < {MIN_PEER_SECTIONS})"
+    return peers
 
+
+def describe(view: DatasetView) -> tuple[dict[str, Any], dict[str, float]]:
+    """(method -> metric -> mean and t interval over seeds, metric -> mean random-placement value)."""
+    metrics = view.metric_names()
     table = {}
     for kind, groups in (("variant", view.variants), ("peer", view.peers)):
         for name, rs in groups.items():
@@ -275,39 +305,58 @@ def dataset_verdict(view: DatasetView, family: Family) -> dict[str, Any]:
                 if s.n:
                     row[m] = {"mean": s.mean, "ci_low": s.low, "ci_high": s.high, "n": s.n}
             table[name] = {"kind": kind, "metrics": row}
-    refs = [r.metrics["random_reference"] for r in view.all_runs if r.metrics and r.metrics.get("random_reference")]
+    refs = [r.metrics["random_reference"] for r in view.all_runs if (r.metrics or {}).get("random_reference")]
     random_reference = {}
     for m in metrics:
         vals = [float(x[m]) for x in refs if isinstance(x.get(m), (int, float)) and math.isfinite(x[m])]
         if vals:
             random_reference[m] = float(np.mean(vals))
+    return table, random_reference
 
-    by_key = {(r["variant"], r["reference"], r["metric"]): r for r in records + secondary}
-    expectations = []
+
+def expectation_rows(
+    view: DatasetView, family: Family, records: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The design note's expectations for each declared contrast against the baseline, and its sink check
+    with the ungated softmax control beside it."""
+    by_key = {(r["variant"], r["reference"], r["metric"]): r for r in records}
     control = view.variants.get("softmax")
+    rows: list[dict[str, Any]] = []
     for variant, reference in family.contrasts:
         if reference != view.baseline or variant not in view.variants or reference not in view.variants:
             continue
         for label, metric, lo, hi in EXPECTATIONS:
             row = _expectation(label, metric, lo, hi, by_key.get((variant, reference, metric)))
-            expectations.append(row | {"variant": variant})
+            rows.append(row | {"variant": variant})
         share = _largest_sink(view.variants[variant])
         ctrl = _largest_sink(control) if control and variant != "softmax" else math.nan
         mark = "not measured" if not math.isfinite(share) else "met" if share < SINK_THRESHOLD else "not met"
         if mark == "met" and math.isfinite(ctrl) and ctrl < SINK_THRESHOLD:
             mark = "met, but so does the ungated control"
-        expectations.append({
-            "label": "no attention sink", "metric": "attention_sink_share", "variant": variant,
-            "expected": f"< {SINK_THRESHOLD:.0%} to one cell", "largest_share": share,
-            "control_largest_share": ctrl, "mark": mark,
-        })
+        rows.append(
+            {
+                "label": "no attention sink",
+                "metric": "attention_sink_share",
+                "variant": variant,
+                "expected": f"< {SINK_THRESHOLD:.0%} to one cell",
+                "largest_share": share,
+                "control_largest_share": ctrl,
+                "mark": mark,
+            }
+        )
+    return rows
+
+
+def dataset_verdict(view: DatasetView, family: Family) -> dict[str, Any]:
+    records, secondary, skipped = contrast_records(view, family)
+    table, random_reference = describe(view)
     return {
-        "dataset": ds,
+        "dataset": view.name,
         "seeds": {v: sorted(r.seed for r in rs) for v, rs in view.variants.items()},
         "records": records,
         "secondary": secondary,
-        "peers": peers,
-        "expectations": expectations,
+        "peers": peer_records(view, family),
+        "expectations": expectation_rows(view, family, records + secondary),
         "skipped": skipped,
         "table": table,
         "random_reference": random_reference,
@@ -318,25 +367,29 @@ def build(runs: list[Run], family: Family | None = None, *, baseline: str = BASE
     """The whole verdict (JSON-ready: NaN as null) of the runs given."""
     family = family or Family()
     datasets = [dataset_verdict(v, family) for v in group_runs(runs, baseline)]
-    return _clean({
-        "schema": SCHEMA,
-        "baseline": baseline,
-        "family": {
-            "contrasts": [list(c) for c in family.contrasts],
-            "primary_metrics": list(family.primary_metrics),
-            "alpha": family.alpha,
-            "power": family.power,
-            "interval": "95 % Student t over the paired units",
-            "p_value": "two-sided paired t-test (scipy.stats.ttest_1samp on the differences)",
-            "permutation_p": "two-sided sign-flip permutation of the mean difference, all 2^n patterns (n <= 12)",
-            "holm_p": "Holm step-down over the data set's family (declared contrasts x primary metrics)",
-            "mde": "smallest |mean difference| a two-sided t-test on n differences with their sd detects with "
-                   "80 % power at level alpha / family size (noncentral t)",
-            "min_peer_sections": MIN_PEER_SECTIONS,
-        },
-        "runs": sorted(str(r.path) for r in runs),
-        "datasets": datasets,
-    })
+    return _clean(
+        {
+            "schema": SCHEMA,
+            "baseline": baseline,
+            "family": {
+                "contrasts": [list(c) for c in family.contrasts],
+                "primary_metrics": list(family.primary_metrics),
+                "alpha": family.alpha,
+                "power": family.power,
+                "interval": "95 % Student t over the paired units",
+                "p_value": "two-sided paired t-test (scipy.stats.ttest_1samp on the differences)",
+                "permutation_p": "two-sided sign-flip permutation of the mean difference, all 2^n patterns "
+                "(n <= 12)",
+                "holm_p": "Holm step-down over the data set's family (declared contrasts x primary metrics)",
+                "mde": "smallest |mean difference| a two-sided t-test on n differences with their sd "
+                "detects with "
+                "80 % power at level alpha / family size (noncentral t)",
+                "min_peer_sections": MIN_PEER_SECTIONS,
+            },
+            "runs": sorted(str(r.path) for r in runs),
+            "datasets": datasets,
+        }
+    )
 
 
 def write(verdict: dict[str, Any], out: Path) -> Path:
@@ -363,7 +416,9 @@ def read(path: Path) -> dict[str, Any]:
     if path.is_dir():
         path = path / "verdict.json"
     if not path.is_file():
-        raise VerdictError(f"{path}: not found; run the workflow (make run) or the report stage with --verdict")
+        raise VerdictError(
+            f"{path}: not found; run the workflow (make run) or the report stage with --verdict"
+        )
     try:
         v = json.loads(path.read_text())
     except json.JSONDecodeError as err:

@@ -9,7 +9,15 @@ import math
 import numpy as np
 import pytest
 
-from alphastomics.stats import holm, min_detectable_effect, paired, power, relative_change, sign_flip_p, summarize
+from alphastomics.stats import (
+    holm,
+    min_detectable_effect,
+    paired,
+    power,
+    relative_change,
+    sign_flip_p,
+    summarize,
+)
 
 
 def test_summary_t_interval_hand_computed() -> None:
@@ -38,9 +46,13 @@ def test_paired_hand_computed() -> None:
     # differences 0.5, 0.4, 0.6: mean 0.5, s 0.1 -> t = 0.5 / (0.1 / sqrt 3) = 8.660, df 2
     out = paired([1.5, 2.4, 3.6], [1.0, 2.0, 3.0])
     t = 0.5 / (0.1 / math.sqrt(3))
-    assert out.n == 3 and out.mean_difference == pytest.approx(0.5) and out.sd_difference == pytest.approx(0.1)
+    assert (
+        out.n == 3 and out.mean_difference == pytest.approx(0.5) and out.sd_difference == pytest.approx(0.1)
+    )
     assert out.t_statistic == pytest.approx(t)
-    assert out.p_value == pytest.approx(1 - t / math.sqrt(t**2 + 2))  # two-sided p of t with df 2, closed form
+    assert out.p_value == pytest.approx(
+        1 - t / math.sqrt(t**2 + 2)
+    )  # two-sided p of t with df 2, closed form
     half = 4.302652729749464 * 0.1 / math.sqrt(3)
     assert (out.ci_low, out.ci_high) == pytest.approx((0.5 - half, 0.5 + half))
     # all three differences positive: 2 of the 2^3 sign patterns are as extreme
@@ -54,8 +66,9 @@ def test_sign_flip_p_by_hand() -> None:
     assert sign_flip_p([0.1, 0.2, 0.3, 0.4, 0.5])[0] == pytest.approx(2 / 32)  # never below 1/16 with n = 5
     rng = np.random.default_rng(1)
     d = rng.normal(0.3, 1.0, 9)
-    brute = np.mean([abs(np.mean(np.array(s) * d)) >= abs(d.mean()) - 1e-12
-                     for s in itertools.product((-1, 1), repeat=9)])
+    brute = np.mean(
+        [abs(np.mean(np.array(s) * d)) >= abs(d.mean()) - 1e-12 for s in itertools.product((-1, 1), repeat=9)]
+    )
     assert sign_flip_p(d) == (pytest.approx(brute), True)
     assert math.isnan(sign_flip_p([1.0])[0])
 

@@ -24,13 +24,21 @@ SEEDS = [0, 1, 2, 3, 4]
 SECTIONS = {"s0": 30, "s1": 70}  # cell counts: the per-seed value is a 30:70 weighted mean
 
 
-def _write(root: Path, dataset: str, variant: str, seed: int, sections: dict[str, dict[str, float]],
-           n_cells: dict[str, int]) -> Path:
+def _write(
+    root: Path,
+    dataset: str,
+    variant: str,
+    seed: int,
+    sections: dict[str, dict[str, float]],
+    n_cells: dict[str, int],
+) -> Path:
     run = root / dataset / variant / f"seed{seed}"
     (run / "eval").mkdir(parents=True)
     rows = [{"section": s, "n_cells": n_cells[s], **vals} for s, vals in sections.items()]
     metrics = sorted({m for r in rows for m in r} - {"section", "n_cells"})
-    overall = {m: float(np.average([r[m] for r in rows], weights=[r["n_cells"] for r in rows])) for m in metrics}
+    overall = {
+        m: float(np.average([r[m] for r in rows], weights=[r["n_cells"] for r in rows])) for m in metrics
+    }
     (run / "eval" / "metrics.json").write_text(json.dumps({"overall": overall, "per_section": rows}))
     return run
 
@@ -41,18 +49,32 @@ def _planted(root: Path) -> list[Path]:
     rng = np.random.default_rng(3)
     runs = []
     for seed in SEEDS:
-        lin = {s: {"knn_preservation": 0.50 + 0.02 * rng.normal(), "distance_spearman": 0.80 + 0.02 * rng.normal(),
-                   "procrustes_rmsd_scaled": 0.40 + 0.02 * rng.normal(), "morans_i_corr": 0.9} for s in SECTIONS}
-        head = {s: {m: v + (0.05 if m == "knn_preservation" else 0.0) + 0.003 * rng.normal()
-                    for m, v in vals.items()} for s, vals in lin.items()}
+        lin = {
+            s: {
+                "knn_preservation": 0.50 + 0.02 * rng.normal(),
+                "distance_spearman": 0.80 + 0.02 * rng.normal(),
+                "procrustes_rmsd_scaled": 0.40 + 0.02 * rng.normal(),
+                "morans_i_corr": 0.9,
+            }
+            for s in SECTIONS
+        }
+        head = {
+            s: {
+                m: v + (0.05 if m == "knn_preservation" else 0.0) + 0.003 * rng.normal()
+                for m, v in vals.items()
+            }
+            for s, vals in lin.items()
+        }
         soft = {s: {m: v + 0.01 * rng.normal() for m, v in vals.items()} for s, vals in lin.items()}
         for name, vals in (("linear", lin), ("gated_headwise", head), ("softmax", soft)):
             runs.append(_write(root, "toy", name, seed, vals, SECTIONS))
     return runs
 
 
-FAMILY = V.Family(contrasts=(("gated_headwise", "linear"), ("softmax", "linear"), ("gated_elementwise", "linear")),
-                  primary_metrics=PRIMARY)
+FAMILY = V.Family(
+    contrasts=(("gated_headwise", "linear"), ("softmax", "linear"), ("gated_elementwise", "linear")),
+    primary_metrics=PRIMARY,
+)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +122,7 @@ def _power(effect: float, sd: float, n: int, alpha: float) -> float:
 
 
 def recompute_and_check(results: Path, v: dict) -> int:
-    """Every number of every primary record of ``v``, from ``results/{dataset}/{variant}/seed*/eval/metrics.json``."""
+    """Every number of every primary record of ``v``, from the runs' ``eval/metrics.json`` files."""
     checked = 0
     for ds in v["datasets"]:
         recs = ds["records"]
@@ -109,8 +131,15 @@ def recompute_and_check(results: Path, v: dict) -> int:
                 set(int(p.name[4:]) for p in (results / ds["dataset"] / r["variant"]).glob("seed*"))
                 & set(int(p.name[4:]) for p in (results / ds["dataset"] / r["reference"]).glob("seed*"))
             )
-            a = np.array([_seed_value(results / ds["dataset"] / r["variant"] / f"seed{s}", r["metric"]) for s in seeds])
-            b = np.array([_seed_value(results / ds["dataset"] / r["reference"] / f"seed{s}", r["metric"]) for s in seeds])
+            a = np.array(
+                [_seed_value(results / ds["dataset"] / r["variant"] / f"seed{s}", r["metric"]) for s in seeds]
+            )
+            b = np.array(
+                [
+                    _seed_value(results / ds["dataset"] / r["reference"] / f"seed{s}", r["metric"])
+                    for s in seeds
+                ]
+            )
             d = a - b
             n = len(d)
             half = st.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)
@@ -133,7 +162,10 @@ def recompute_and_check(results: Path, v: dict) -> int:
             if h < 0.05:
                 assert r["decision"] == ("better" if sign * r["mean_difference"] > 0 else "worse")
             else:
-                assert r["decision"] == f"no difference detected (smallest detectable: {100 * r['mde_relative']:.1f} %)"
+                assert (
+                    r["decision"]
+                    == f"no difference detected (smallest detectable: {100 * r['mde_relative']:.1f} %)"
+                )
     return checked
 
 
@@ -157,17 +189,25 @@ def test_planted_effect_is_better_and_nothing_else_gets_a_word(planted) -> None:
     assert {r["metric"] for r in sec} == {"morans_i_corr"}
     assert all(r["decision"] is None and r["holm_p"] is None for r in sec)
     # a declared contrast without runs is listed, not silently dropped
-    assert {"variant": "gated_elementwise", "reference": "linear", "reason": "no runs of gated_elementwise"} in (
-        v["datasets"][0]["skipped"]
-    )
+    assert {
+        "variant": "gated_elementwise",
+        "reference": "linear",
+        "reason": "no runs of gated_elementwise",
+    } in (v["datasets"][0]["skipped"])
 
 
 def test_two_sections_of_one_seed_are_never_two_pairs(tmp_path: Path) -> None:
     # One seed each, four sections that all move the same way: one pair, so no test at all.
     sections = {f"s{i}": 50 for i in range(4)}
     runs = [
-        _write(tmp_path, "toy", name, 0, {s: {"knn_preservation": 0.5 + shift + 0.01 * i} for i, s in enumerate(sections)},
-               sections)
+        _write(
+            tmp_path,
+            "toy",
+            name,
+            0,
+            {s: {"knn_preservation": 0.5 + shift + 0.01 * i} for i, s in enumerate(sections)},
+            sections,
+        )
         for name, shift in (("linear", 0.0), ("gated_headwise", 0.1))
     ]
     fam = V.Family(contrasts=(("gated_headwise", "linear"),), primary_metrics=("knn_preservation",))
@@ -180,11 +220,26 @@ def _peer_fixture(root: Path, n_sections: int) -> list[Path]:
     sections = {f"s{i}": 40 + i for i in range(n_sections)}
     runs = []
     for seed in (0, 1, 2):
-        runs.append(_write(root, "toy", "linear", seed,
-                           {s: {"knn_preservation": 0.5 + 0.1 * seed + 0.01 * i} for i, s in enumerate(sections)},
-                           sections))
-    runs.append(_write(root, "toy", "peer_knn", 0, {s: {"knn_preservation": 0.3 + 0.02 * i * i}
-                                                   for i, s in enumerate(sections)}, sections))
+        runs.append(
+            _write(
+                root,
+                "toy",
+                "linear",
+                seed,
+                {s: {"knn_preservation": 0.5 + 0.1 * seed + 0.01 * i} for i, s in enumerate(sections)},
+                sections,
+            )
+        )
+    runs.append(
+        _write(
+            root,
+            "toy",
+            "peer_knn",
+            0,
+            {s: {"knn_preservation": 0.3 + 0.02 * i * i} for i, s in enumerate(sections)},
+            sections,
+        )
+    )
     return runs
 
 
@@ -222,8 +277,13 @@ def test_a_peer_with_six_sections_is_tested_per_section(tmp_path: Path) -> None:
     ],
 )
 def test_expectation_marks(lo, hi, interval, mark) -> None:
-    rec = {"variant": "g", "n": 5, "relative_change": sum(interval) / 2, "relative_ci_low": interval[0],
-           "relative_ci_high": interval[1]}
+    rec = {
+        "variant": "g",
+        "n": 5,
+        "relative_change": sum(interval) / 2,
+        "relative_ci_low": interval[0],
+        "relative_ci_high": interval[1],
+    }
     assert V._expectation("x", "m", lo, hi, rec)["mark"] == mark
 
 
@@ -254,13 +314,21 @@ def test_workflow_passes_the_declared_family_and_rejects_unknown_variants(tmp_pa
     from test_workflow import make_copy, snakemake, write_config
 
     repo = make_copy(tmp_path)
-    good = write_config(repo, "good.yaml", lambda c: c.update(
-        verdict={"contrasts": [["gated_headwise", "linear"]], "primary_metrics": ["knn_preservation"]}))
-    proc = snakemake(repo, "-n", "-p", "--cores", "1", "--configfile", good)
-    assert "--verdict results/verdict.json --contrasts gated_headwise:linear --primary-metrics knn_preservation" in (
-        proc.stdout
+    good = write_config(
+        repo,
+        "good.yaml",
+        lambda c: c.update(
+            verdict={"contrasts": [["gated_headwise", "linear"]], "primary_metrics": ["knn_preservation"]}
+        ),
     )
-    bad = write_config(repo, "bad.yaml", lambda c: c.update(verdict={"contrasts": [["gated_headwise", "softmax"]]}))
+    proc = snakemake(repo, "-n", "-p", "--cores", "1", "--configfile", good)
+    assert (
+        "--verdict results/verdict.json --contrasts gated_headwise:linear --primary-metrics knn_preservation"
+        in (proc.stdout)
+    )
+    bad = write_config(
+        repo, "bad.yaml", lambda c: c.update(verdict={"contrasts": [["gated_headwise", "softmax"]]})
+    )
     proc = snakemake(repo, "-n", "--cores", "1", "--configfile", bad, check=False)
     assert proc.returncode != 0
     assert "verdict.contrasts has ['gated_headwise', 'softmax'], but 'softmax' is not a key of variants" in (
