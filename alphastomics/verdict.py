@@ -231,7 +231,7 @@ def _largest_sink(runs: list[Run]) -> float:
 def contrast_records(
     view: DatasetView, family: Family
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, str]]]:
-    """(primary records with decisions, secondary records, skipped): the declared contrasts, paired by seed."""
+    """(primary records with decisions, secondary records, skipped) of the declared contrasts."""
     metrics = view.metric_names()
     records: list[dict[str, Any]] = []
     secondary: list[dict[str, Any]] = []
