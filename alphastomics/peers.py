@@ -350,13 +350,15 @@ def common_frame(manifest: dict[str, Any], where: Path) -> dict[str, np.ndarray]
 
     params = (manifest.get("parameters") or {}).get("synthetic")
     if not isinstance(params, dict):
-        raise PeerError(f"{where}: field 'parameters.synthetic' is missing; rerun preprocess with this version")
+        raise PeerError(
+            f"{where}: field 'parameters.synthetic' is missing; rerun preprocess with this version"
+        )
     rotations = synthetic_rotations(SyntheticConfig(**params))
     missing = [s for s in manifest["splits"].get("train", []) if s not in rotations]
     if missing:
         raise PeerError(
-            f"{where}: training section '{missing[0]}' is not one the synthetic generator (parameters.synthetic) "
-            "makes; rerun fetch-data and preprocess together"
+            f"{where}: training section '{missing[0]}' is not one the synthetic generator "
+            "(parameters.synthetic) makes; rerun fetch-data and preprocess together"
         )
     return rotations
 

@@ -1,11 +1,12 @@
 """The comparison report: one self-contained HTML page that answers "does gating help, and at what cost?".
 
-The page renders ``results/verdict.json`` (``alphastomics.verdict``: the declared contrasts tested over seeds,
-Holm-adjusted, with intervals) and adds what the verdict does not decide: descriptive tables, cost, figures and
-provenance, read from the run folders (``alphastomics.runs``). Its first screen is the answer: per data set a
-forest plot of the declared contrasts on the primary metrics and a table of decisions; the sentence per test
-follows, collapsed. Gated attention is that of Qiu et al. 2025 (arXiv 2505.06708), the baseline the linear
-attention of LUNA (Yu et al. 2025). Inline CSS and PNG figures as data URIs: the page opens without network.
+The page renders ``results/verdict.json`` (``alphastomics.verdict``: the declared contrasts tested over
+seeds, Holm-adjusted, with intervals) and adds what the verdict does not decide: descriptive tables, cost,
+figures and provenance, read from the run folders (``alphastomics.runs``). Its first screen is the answer:
+per data set a forest plot of the declared contrasts on the primary metrics and a table of decisions; the
+sentence per test follows, collapsed. Gated attention is that of Qiu et al. 2025 (arXiv 2505.06708), the
+baseline the linear attention of LUNA (Yu et al. 2025). Inline CSS and PNG figures as data URIs: the page
+opens without network.
 
 ``python -m alphastomics.report --markdown RESULTS`` prints the decisions with intervals per data set from
 ``RESULTS/verdict.json`` (README, "What make run found"); ``--screenshot PAGE.html OUT.png`` renders a page in
@@ -32,7 +33,15 @@ import numpy as np
 
 from alphastomics import AlphaSTomicsError, __version__
 from alphastomics import verdict as V
-from alphastomics.runs import DatasetView, Run, _is_num, _read_json, group_runs, load_run, parse_run_path  # noqa: F401
+from alphastomics.runs import (  # noqa: F401  (load_run, parse_run_path: this module's API too)
+    DatasetView,
+    Run,
+    _is_num,
+    _read_json,
+    group_runs,
+    load_run,
+    parse_run_path,
+)
 
 
 class ReportError(AlphaSTomicsError, ValueError):
@@ -125,8 +134,8 @@ def sentence(r: dict[str, Any]) -> str:
     units = "sections" if "peer" in r else "seeds"
     head = (
         f"{r['variant']} vs {r['reference'].removeprefix('peer_')} on {label(r['metric'])} ({r['metric']}, "
-        f"{word} is better), {r['n']} paired {units}: {fmt(r['variant_mean'])} vs {fmt(r['reference_mean'])}, "
-        f"difference {fmt(r['mean_difference'])}"
+        f"{word} is better), {r['n']} paired {units}: {fmt(r['variant_mean'])} vs "
+        f"{fmt(r['reference_mean'])}, difference {fmt(r['mean_difference'])}"
     )
     if _ok(r.get("ci_low")):
         head += f" [95 % interval {fmt(r['ci_low'])}, {fmt(r['ci_high'])}], relative {fmt_rel_ci(r)}"
@@ -136,7 +145,10 @@ def sentence(r: dict[str, Any]) -> str:
         diffs = np.subtract(r["variant_values"], r["reference_values"])
         head += "; differences per section " + ", ".join(f"{s} {fmt(d)}" for s, d in zip(r["units"], diffs))
     if _ok(r.get("p_value")) or _ok(r.get("permutation_p")):
-        head += f"; paired t-test p = {fmt_p(r.get('p_value'))}, sign-flip permutation p = {fmt_p(r.get('permutation_p'))}"
+        head += (
+            f"; paired t-test p = {fmt_p(r.get('p_value'))}, "
+            f"sign-flip permutation p = {fmt_p(r.get('permutation_p'))}"
+        )
     if _ok(r.get("holm_p")):
         head += f", Holm-adjusted p = {fmt_p(r['holm_p'])} (family of {r['family_size']})"
     if r.get("decision"):
@@ -357,7 +369,14 @@ def provenance(
 def _render(verdict: dict[str, Any], runs: list[Run], prov: dict[str, Any]) -> str:
     import jinja2
 
-    from alphastomics.report_figures import fig_attention, fig_forest, fig_gates, fig_loss, fig_positions, fig_sinks
+    from alphastomics.report_figures import (
+        fig_attention,
+        fig_forest,
+        fig_gates,
+        fig_loss,
+        fig_positions,
+        fig_sinks,
+    )
 
     primary = list(verdict["family"]["primary_metrics"])
     views = {v.name: v for v in group_runs(runs, verdict["baseline"])}
@@ -387,8 +406,11 @@ def _render(verdict: dict[str, Any], runs: list[Run], prov: dict[str, Any]) -> s
             cost=cost_table(view),
             bdtnp=BDTNP_REFERENCE if ds["dataset"] == "bdtnp" else None,
             figures=[
-                ("Training and validation loss per variant: mean over seeds, band = min..max over seeds (moving "
-                 "average over 1/40 of the logged points)", fig_loss(view)),
+                (
+                    "Training and validation loss per variant: mean over seeds, band = min..max over seeds "
+                    "(moving average over 1/40 of the logged points)",
+                    fig_loss(view),
+                ),
                 (f"Predicted vs true coordinates after Procrustes alignment: {pos_caption}", pos_png),
                 ("Gate score histograms per layer (healthy: mean about 0.5, std about 0.2)", fig_gates(view)),
                 ("Attention-sink share per layer: attention mass received by the most-attended cell",
@@ -444,7 +466,9 @@ def build_report(
     """Read every run folder, write the verdict (``verdict_out``, default next to ``out``) and then the
     HTML page rendered from it; both atomically, the page only after the verdict."""
     if not run_dirs:
-        raise ReportError("report: no run folders given; pass --runs results/{dataset}/{variant}/seed{seed} ...")
+        raise ReportError(
+            "report: no run folders given; pass --runs results/{dataset}/{variant}/seed{seed} ..."
+        )
     runs = [load_run(Path(p)) for p in run_dirs]
     verdict = V.build(runs, family, baseline=baseline)
     html = _render(verdict, runs, provenance(runs, cfg, list(data_dirs or []), config_snapshot))
@@ -529,9 +553,9 @@ def markdown_summary(results: Path) -> str:
         cols, rows = decisions_table(ds, primary)
         seeds = sorted({len(s) for s in ds["seeds"].values()})
         out.append(
-            f"**{ds['dataset']}** ({'/'.join(map(str, seeds))} seeds per variant; relative change of the mean "
-            f"paired difference [95 % t interval over seeds]; Holm-adjusted p over {len(ds['records'])} tests; "
-            "better/worse only when it is < 0.05)\n"
+            f"**{ds['dataset']}** ({'/'.join(map(str, seeds))} seeds per variant; relative change of the "
+            f"mean paired difference [95 % t interval over seeds]; Holm-adjusted p over "
+            f"{len(ds['records'])} tests; better/worse only when it is < 0.05)\n"
         )
         if not rows:
             out.append("No declared contrast could be tested here (see verdict.json, 'skipped').\n")
@@ -550,8 +574,10 @@ def markdown_summary(results: Path) -> str:
             for r in ds["peers"]:
                 diffs = ", ".join(fmt(d) for d in np.subtract(r["variant_values"], r["reference_values"]))
                 if r["p_value"] is None:
-                    out.append(f"- {r['variant']} vs {r['peer']}, {r['metric']}: differences per section {diffs}; "
-                               f"{r['decision']}")
+                    out.append(
+                        f"- {r['variant']} vs {r['peer']}, {r['metric']}: differences per section {diffs}; "
+                        f"{r['decision']}"
+                    )
                 else:
                     out.append(f"- {r['variant']} vs {r['peer']}, {r['metric']}: {fmt_rel_ci(r)}, p_Holm "
                                f"{fmt_p(r['holm_p'])}: {r['decision']}")

@@ -67,7 +67,9 @@ def fig_forest(ds: dict[str, Any], primary: list[str]) -> str | None:
         ax.tick_params(labelsize=8)
     axs[0, 0].set_yticks(range(len(contrasts)), [f"{a} vs {b}" for a, b in contrasts], fontsize=8)
     axs[0, 0].set_ylim(len(contrasts) - 0.5, -0.5)
-    fig.suptitle(f"{ds['dataset']}: filled = Holm-adjusted p < 0.05, open = no difference detected", fontsize=9)
+    fig.suptitle(
+        f"{ds['dataset']}: filled = Holm-adjusted p < 0.05, open = no difference detected", fontsize=9
+    )
     return _png(fig)
 
 def _png(fig: Any) -> str:

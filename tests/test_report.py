@@ -212,34 +212,45 @@ def test_first_screen_is_the_forest_plot_then_the_decisions(page):
     assert head["distance_spearman"].startswith("no difference detected (smallest detectable: ")
     assert head["procrustes_rmsd_scaled"].startswith("no difference detected")  # identical to linear
     # -30 % on every seed but the same amount each time: no spread, no t-test, no word
-    assert head["masked_reconstruction_mse"].startswith("no difference detected (smallest detectable: not estimable")
+    assert head["masked_reconstruction_mse"].startswith(
+        "no difference detected (smallest detectable: not estimable"
+    )
     assert all(c.startswith("no difference detected") for c in cells["gated_elementwise vs linear"])
     # the page's numbers are verdict.json's
     rec = next(r for r in _verdict(page)["datasets"][0]["records"]
                if (r["variant"], r["metric"]) == ("gated_headwise", "knn_preservation"))
-    assert f"+10.0 % [{100 * rec['relative_ci_low']:+.1f}, {100 * rec['relative_ci_high']:+.1f} %]" in verdict_part
+    ci = f"[{100 * rec['relative_ci_low']:+.1f}, {100 * rec['relative_ci_high']:+.1f} %]"
+    assert f"+10.0 % {ci}" in verdict_part
     assert "Holm p " + html_escape(report.fmt_p(rec["holm_p"])) in verdict_part
 
 
 def test_prose_secondary_and_peers_in_details(page):
     text = _text(page[1])
-    assert re.search(r"gated_headwise vs linear on neighbour preservation \(knn_preservation, higher is better\), "
-                     r"3 paired seeds: .*?Holm-adjusted p = \S+ \(family of 7\): better\.", text)
+    assert re.search(
+        r"gated_headwise vs linear on neighbour preservation \(knn_preservation, higher is better\), "
+        r"3 paired seeds: .*?Holm-adjusted p = \S+ \(family of 7\): better\.",
+        text,
+    )
     # Moran's I is secondary: numbers, never a word
     assert re.search(r"gated_headwise vs linear on spatial-pattern agreement \(Moran's I\) \(morans_i_corr, "
                      r"higher is better\), 3 paired seeds: [^.]*\.[^:]*p = \S+\.", text.replace("&#39;", "'"))
     v = _verdict(page)["datasets"][0]
     assert all(r["decision"] is None for r in v["secondary"])
     # the peer ran once on 4 sections: per-section differences, no test
-    assert all(r["decision"] == "too few sections to test (4 < 5)" and r["p_value"] is None for r in v["peers"])
-    assert re.search(r"gated_headwise vs knn on neighbour preservation .*?, 4 paired sections: .*?; differences per "
-                     r"section s0 \S+, s1 \S+, s2 \S+, s3 \S+: too few sections to test \(4 < 5\)\.", text)
+    assert all(r["decision"] == "too few sections to test (4 < 5)" for r in v["peers"])
+    assert all(r["p_value"] is None for r in v["peers"])
+    assert re.search(
+        r"gated_headwise vs knn on neighbour preservation .*?, 4 paired sections: .*?; differences per "
+        r"section s0 \S+, s1 \S+, s2 \S+, s3 \S+: too few sections to test \(4 < 5\)\.",
+        text,
+    )
     assert "gated_headwise_no_qknorm vs linear: no runs of gated_headwise_no_qknorm" in text
 
 
 def test_expectations_marked(page):
     rows = re.findall(
-        r"<tr><td>(\w+)</td><td>([^<]+)</td><td>[^<]*</td><td>([^<]*)</td>\s*<td class=\"mark-[\w-]+\">([^<]+)</td>",
+        r"<tr><td>(\w+)</td><td>([^<]+)</td><td>[^<]*</td><td>([^<]*)</td>\s*"
+        r"<td class=\"mark-[\w-]+\">([^<]+)</td>",
         page[1],
     )
     marks = {(v, label.replace("&#39;", "'")): mark for v, label, _, mark in rows}
