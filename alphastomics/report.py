@@ -95,11 +95,14 @@ def fmt(x: float | None, digits: int = 3) -> str:
 
 
 def fmt_pct(x: float | None) -> str:
-    """A fraction as a signed percentage: 0.052 -> '+5.2 %'."""
+    """A fraction as a signed percentage: 0.052 -> '+5.2 %'; below 0.1 % two significant digits
+    (0.00031 -> '+0.031 %'), so a tiny interval does not read as exactly zero."""
     if not _ok(x):
         return NOT_MEASURED
     x = 100 * x
-    return f"{0.0 if abs(x) < 0.05 else x:+.1f} %"  # no "-0.0 %"
+    if x == 0:
+        return "0.0 %"
+    return f"{x:+.1f} %" if abs(x) >= 0.1 else f"{x:+.2g} %"
 
 
 def fmt_p(p: float | None) -> str:

@@ -118,6 +118,11 @@ def _div(a: float, b: float) -> float:
     return a / abs(b) if math.isfinite(a) and math.isfinite(b) and b != 0 else math.nan
 
 
+def _pct(x: float) -> str:
+    """A positive fraction in percent: one decimal, or two significant digits below 0.1 %."""
+    return f"{100 * x:.1f}" if 100 * x >= 0.1 else f"{100 * x:.2g}"
+
+
 def _word(metric: str) -> str:
     d = direction(metric)
     return "higher" if d == 1 else "lower" if d == -1 else "unknown"
@@ -176,7 +181,7 @@ def decide(records: list[dict[str, Any]], family: Family, *, min_n: int = 2) -> 
         elif r["n"] < min_n:
             r["decision"] = f"no test (n = {r['n']} < {min_n})"
         elif math.isfinite(r["mde_relative"]):
-            r["decision"] = f"no difference detected (smallest detectable: {100 * r['mde_relative']:.1f} %)"
+            r["decision"] = f"no difference detected (smallest detectable: {_pct(r['mde_relative'])} %)"
         else:
             r["decision"] = (
                 "no difference detected (smallest detectable: not estimable, the differences have no spread)"
@@ -196,7 +201,8 @@ def _expectation(
         region = (-math.inf, hi) if hi < 0 else (lo, math.inf)
         expected = f"{lo:+.0f} .. {hi:+.0f} %"
     out: dict[str, Any] = {"label": label, "metric": metric, "expected": expected, "variant": None}
-    if rec is None or rec["n"] < 2 or not math.isfinite(rec.get("relative_ci_low") or math.nan):
+    low = None if rec is None else rec.get("relative_ci_low")
+    if rec is None or rec["n"] < 2 or low is None or not math.isfinite(low):
         return out | {"mark": "not measured"}
     a, b = 100 * rec["relative_ci_low"], 100 * rec["relative_ci_high"]
     hits_region = b > region[0] and a < region[1]

@@ -162,10 +162,9 @@ def recompute_and_check(results: Path, v: dict) -> int:
             if h < 0.05:
                 assert r["decision"] == ("better" if sign * r["mean_difference"] > 0 else "worse")
             else:
-                assert (
-                    r["decision"]
-                    == f"no difference detected (smallest detectable: {100 * r['mde_relative']:.1f} %)"
-                )
+                pct = 100 * r["mde_relative"]
+                shown = f"{pct:.1f}" if pct >= 0.1 else f"{pct:.2g}"
+                assert r["decision"] == f"no difference detected (smallest detectable: {shown} %)"
     return checked
 
 
@@ -274,6 +273,7 @@ def test_a_peer_with_six_sections_is_tested_per_section(tmp_path: Path) -> None:
         (5.0, 10.0, (-0.08, -0.01), "not met"),  # the wrong way
         (None, None, (0.01, 0.03), "met"),  # "up"
         (None, None, (-0.01, 0.03), "inconclusive"),
+        (5.0, 10.0, (0.0, 0.0), "not met"),  # no change on any seed (a zero bound is a bound, not missing)
     ],
 )
 def test_expectation_marks(lo, hi, interval, mark) -> None:
