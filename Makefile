@@ -33,4 +33,4 @@ chromium:
 	  || echo "chromium is not installed and this is not root: the report render test will be skipped"; }
 
 clean:
-	rm -rf results/data results/logs results/benchmarks results/report.html .snakemake
+	rm -rf results/data results/logs results/benchmarks results/report.html results/verdict.json .snakemake

@@ -89,6 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="processed data folders (manifest.json: data checksums for provenance)",
     )
     p.add_argument("--config-snapshot", dest="config_snapshot", type=Path, help="config file as run (provenance)")
+    p.add_argument(
+        "--verdict", type=Path, metavar="JSON", help="verdict file to write (default: verdict.json next to --out)"
+    )
+    p.add_argument(
+        "--contrasts", nargs="+", metavar="VARIANT:REFERENCE",
+        help="declared contrasts (workflow: config 'verdict.contrasts'; default: alphastomics.verdict.DEFAULT_CONTRASTS)",
+    )
+    p.add_argument(
+        "--primary-metrics", dest="primary_metrics", nargs="+", metavar="METRIC",
+        help="declared primary metrics (workflow: config 'verdict.primary_metrics')",
+    )
 
     p = sub.add_parser("baseline", help="a peer method (knn, tangram, novosparc, celery) on held-out sections")
     _common(p)

@@ -190,7 +190,8 @@ def generate_synthetic(scfg: SyntheticConfig) -> Any:
     Each section is an ellipse (2D) or ellipsoid (3D) of random size, rotation and offset. Cell types are
     wavy layers along the tissue's y axis; marker genes rise in one type, gradient genes follow a tissue
     axis, the rest are background; counts are Poisson-gamma (negative binomial, dispersion = ``noise``).
-    The tissue-frame coordinates (ground truth before rotation) are kept in ``obsm['tissue_frame']``.
+    The tissue-frame coordinates (ground truth before rotation) are kept in ``obsm['tissue_frame']``, each
+    section's rotation in ``uns['section_rotation']`` (section -> D x D list).
     """
     import anndata as ad
 
@@ -213,6 +214,7 @@ def generate_synthetic(scfg: SyntheticConfig) -> Any:
     amplitude = rng.uniform(1.0, 2.0, n_grad)
     semi_axes = np.array([1.0, 0.6, 0.5][:d])
     xs, frames, sections, types, ids, coords = [], [], [], [], [], []
+    rotations: dict[str, np.ndarray] = {}
     for s in range(scfg.num_sections):
         n = int(rng.integers(scfg.min_cells, scfg.max_cells + 1))
         u = rng.standard_normal((n, d))
@@ -229,7 +231,9 @@ def generate_synthetic(scfg: SyntheticConfig) -> Any:
         xs.append(rng.poisson(rate).astype(np.float32))
         size = rng.uniform(0.8, 1.25) * 100.0  # about microns
         frame = u * semi_axes
-        coords.append(frame * size @ _random_rotation(rng, d).T + rng.uniform(-500, 500, d))
+        rotation = _random_rotation(rng, d)
+        coords.append(frame * size @ rotation.T + rng.uniform(-500, 500, d))
+        rotations[f"section{s:02d}"] = rotation
         frames.append(frame)
         sections += [f"section{s:02d}"] * n
         types += [f"type{i}" for i in t]
@@ -238,7 +242,16 @@ def generate_synthetic(scfg: SyntheticConfig) -> Any:
     adata = ad.AnnData(np.concatenate(xs), obs=obs, var=pd.DataFrame(index=names))
     adata.obsm["spatial"] = np.concatenate(coords)
     adata.obsm["tissue_frame"] = np.concatenate(frames)
+    # spatial = size * tissue_frame @ R.T + offset per section: R undone, sections share one frame (peers)
+    adata.uns["section_rotation"] = {name: r.tolist() for name, r in rotations.items()}
     return adata
+
+
+def synthetic_rotations(scfg: SyntheticConfig) -> dict[str, np.ndarray]:
+    """Section -> the rotation R (D x D) the generator applied: its coordinates are ``frame @ R.T`` plus an
+    offset, so ``positions @ R`` puts every section in the one tissue frame (regenerated from the seed)."""
+    uns = generate_synthetic(scfg).uns["section_rotation"]
+    return {name: np.asarray(r, dtype=np.float64) for name, r in uns.items()}
 
 
 

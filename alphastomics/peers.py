@@ -14,7 +14,10 @@ sections as reference, and writes ``samples.parquet`` in the format of the ``sam
 
 Frame: like the model, every peer works in the per-section centred frame (the training reference pools the
 training sections, each centred on itself), so a prediction is a position relative to its section's centre;
-``main`` adds the held-out section's centre and the global scale back (manifest) to give original units.
+``main`` adds the held-out section's centre and the global scale back (manifest) to give original units. On
+synthetic data each section carries its own random rotation; the generator knows it, and ``common_frame``
+undoes it on the training sections, so the pooled reference is one tissue frame (the held-out sections keep
+theirs: every metric is invariant to rotation). Measured data is pooled as measured.
 Tangram and novoSpaRc are mapping methods: they put each cell at one reference location (the most probable
 one), so their predictions can only be training-cell positions.
 """
@@ -37,8 +40,8 @@ import numpy as np
 import pyarrow as pa
 
 from alphastomics import AlphaSTomicsError
-from alphastomics.config import PeersConfig
 from alphastomics.artifacts import write_samples
+from alphastomics.config import PeersConfig
 
 Method = Literal["knn", "tangram", "novosparc", "celery"]
 METHODS: tuple[str, ...] = ("knn", "tangram", "novosparc", "celery")
@@ -300,7 +303,10 @@ def load(data_dir: str | Path, split: str = "test") -> tuple[PeerData, HeldOut, 
     query = [data.section(s) for s in data.splits[split]]
     ref_expr = np.concatenate([s.expression for s in ref]).astype(np.float64)
     query_expr = np.concatenate([s.expression for s in query]).astype(np.float64)
-    ref_pos = np.concatenate([s.positions for s in ref]).astype(np.float64)
+    frames = common_frame(manifest, data.path / "manifest.json")
+    ref_pos = np.concatenate(
+        [s.positions @ frames[s.name] if frames else s.positions for s in ref]
+    ).astype(np.float64)
     for name, arr in (("expression", ref_expr), ("expression", query_expr), ("x/y/z", ref_pos)):
         if not np.all(np.isfinite(arr)):
             raise PeerError(f"{data.path / 'cells.parquet'}: field '{name}' holds NaN/inf; rerun preprocess")
@@ -331,6 +337,30 @@ def load(data_dir: str | Path, split: str = "test") -> tuple[PeerData, HeldOut, 
         centers=centers,
     )
     return peer, held, manifest
+
+
+def common_frame(manifest: dict[str, Any], where: Path) -> dict[str, np.ndarray] | None:
+    """Synthetic data: section -> the rotation its generator applied (``positions @ R`` undoes it), so the
+    pooled training sections share one frame; None for measured data, whose sections share the frame they
+    were measured in (an atlas' coordinates, serial slabs of one embryo)."""
+    if manifest.get("source") != "synthetic":
+        return None
+    from alphastomics.config import SyntheticConfig
+    from alphastomics.datasets import synthetic_rotations
+
+    params = (manifest.get("parameters") or {}).get("synthetic")
+    if not isinstance(params, dict):
+        raise PeerError(
+            f"{where}: field 'parameters.synthetic' is missing; rerun preprocess with this version"
+        )
+    rotations = synthetic_rotations(SyntheticConfig(**params))
+    missing = [s for s in manifest["splits"].get("train", []) if s not in rotations]
+    if missing:
+        raise PeerError(
+            f"{where}: training section '{missing[0]}' is not one the synthetic generator "
+            "(parameters.synthetic) makes; rerun fetch-data and preprocess together"
+        )
+    return rotations
 
 
 def samples_table(held: HeldOut, pred: np.ndarray, scale: float, meta: dict[str, str]) -> pa.Table:

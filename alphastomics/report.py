@@ -1,14 +1,16 @@
 """The comparison report: one self-contained HTML page that answers "does gating help, and at what cost?".
 
-Reads the run folders of the workflow (``results/{dataset}/{variant}/seed{seed}/`` with ``eval/``, ``train/``
-and ``samples.parquet``; peer baselines as ``results/{dataset}/peer_{method}/seed{seed}/`` without
-``train/``), checks the expectations of the design note "Gated Attention for AlphaSTomics" (gated attention
-of Qiu et al. 2025, arXiv 2505.06708, against the linear attention of LUNA, Yu et al. 2025) and writes one
-HTML file with inline CSS and PNG figures as data URIs, so it opens without network. Statistics (intervals,
-paired tests over seeds x sections) come from ``alphastomics.stats``.
+The page renders ``results/verdict.json`` (``alphastomics.verdict``: the declared contrasts tested over
+seeds, Holm-adjusted, with intervals) and adds what the verdict does not decide: descriptive tables, cost,
+figures and provenance, read from the run folders (``alphastomics.runs``). Its first screen is the answer:
+per data set a forest plot of the declared contrasts on the primary metrics and a table of decisions; the
+sentence per test follows, collapsed. Gated attention is that of Qiu et al. 2025 (arXiv 2505.06708), the
+baseline the linear attention of LUNA (Yu et al. 2025). Inline CSS and PNG figures as data URIs: the page
+opens without network.
 
-``python -m alphastomics.report --screenshot PAGE.html OUT.png`` renders a page in headless Chromium
-(the README screenshot, docs/report.md).
+``python -m alphastomics.report --markdown RESULTS`` prints the decisions with intervals per data set from
+``RESULTS/verdict.json`` (README, "What make run found"); ``--screenshot PAGE.html OUT.png`` renders a page in
+headless Chromium (docs/report.md).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.metadata
-import json
 import math
 import os
 import platform
@@ -25,69 +26,43 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from alphastomics import AlphaSTomicsError, __version__
+from alphastomics import verdict as V
+from alphastomics.runs import (  # noqa: F401  (load_run, parse_run_path: this module's API too)
+    DatasetView,
+    Run,
+    _is_num,
+    _read_json,
+    group_runs,
+    load_run,
+    parse_run_path,
+)
 
 
 class ReportError(AlphaSTomicsError, ValueError):
-    """A run folder or report input is unusable; the message names the file, the field and the fix."""
+    """A report input is unusable; the message names the file, the field and the fix."""
 
 
 NOT_MEASURED = "not measured"
+SINK_THRESHOLD = V.SINK_THRESHOLD
 
-# The design note's expected change against linear attention: (label, metric, lo %, hi %, direction).
-# lo/hi bound the expected relative change; None means "any change in the good direction".
-EXPECTATIONS: list[tuple[str, str, float | None, float | None]] = [
-    ("expression MSE", "expression_mse", -10.0, -5.0),
-    ("position distance MSE", "distance_mse", -15.0, -10.0),
-    ("masked reconstruction MSE", "masked_reconstruction_mse", -20.0, -15.0),
-    ("kNN preservation", "knn_preservation", 5.0, 10.0),
-    ("Moran's I agreement", "morans_i_corr", None, None),
-]
-# Headline metrics of the verdict, in this order, when measured.
-HEADLINE = [
-    "distance_mse",
-    "knn_preservation",
-    "procrustes_rmsd",
-    "morans_i_corr",
-    "neighborhood_ari",
-    "expression_mse",
-    "masked_reconstruction_mse",
-]
-# Plain-language names for the verdict (the metric key follows in brackets).
+# Plain-language names (the metric key follows in brackets).
 LABELS = {
-    "distance_mse": "pairwise-distance error",
     "knn_preservation": "neighbour preservation",
-    "procrustes_rmsd": "position error after alignment",
+    "distance_spearman": "pairwise-distance rank agreement",
+    "procrustes_rmsd_scaled": "position error after scaled alignment",
+    "masked_reconstruction_mse": "masked reconstruction error",
+    "distance_mse": "pairwise-distance error",
+    "procrustes_rmsd": "position error after alignment (unscaled)",
     "expression_mse": "expression error",
     "morans_i_corr": "spatial-pattern agreement (Moran's I)",
     "neighborhood_ari": "cell-type neighbourhood agreement",
-    "masked_reconstruction_mse": "masked reconstruction error",
 }
-# An attention sink: one cell receives more than this share of all attention (uniform is 1/N). Qiu et al.
-# report ~47 % on the first token without gating and ~5 % with it; 10 % separates those regimes.
-SINK_THRESHOLD = 0.10
-
-_HIGHER = (
-    "pearson",
-    "spearman",
-    "corr",
-    "knn",
-    "ari",
-    "nmi",
-    "moran",
-    "r2",
-    "accuracy",
-    "overlap",
-    "preserv",
-)
-_LOWER = ("mse", "rmsd", "rssd", "error", "loss", "mae")
 
 # Quoted, not measured here: ../shared/data/bdtnp/README.md (random 50/50 cell split, not the slab split).
 BDTNP_REFERENCE = {
@@ -102,378 +77,147 @@ BDTNP_REFERENCE = {
     ],
 }
 
-# --------------------------------------------------------------------------------------------------------
-# Loading runs
-
-
-@dataclass
-class Run:
-    """One run folder: dataset/variant/seed and whatever of its outputs exist (None = not measured)."""
-
-    path: Path
-    dataset: str
-    variant: str
-    seed: int
-    metrics: dict[str, Any] | None = None
-    sections: pd.DataFrame | None = None  # one row per held-out section: section, n_cells, metric columns
-    train_log: list[dict[str, Any]] = field(default_factory=list)
-    summary: dict[str, Any] | None = None
-
-    @property
-    def is_peer(self) -> bool:
-        return self.variant.startswith("peer_")
-
-    @property
-    def overall(self) -> dict[str, float]:
-        return {k: _num(v) for k, v in ((self.metrics or {}).get("overall") or {}).items() if _is_num(v)}
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _num(v: Any) -> float:
-    return float(v) if _is_num(v) else float("nan")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ReportError(
-            f"{path}: not valid JSON (line {err.lineno}); rerun the stage that wrote it"
-        ) from None
-
-
-def parse_run_path(path: Path) -> tuple[str, str, int] | None:
-    """``.../{dataset}/{variant}/seed{seed}`` -> (dataset, variant, seed); None if the path has another shape."""
-    m = re.fullmatch(r"seed(\d+)", path.name)
-    if m is None or len(path.parts) < 3:
-        return None
-    return path.parent.parent.name, path.parent.name, int(m.group(1))
-
-
-def load_run(path: Path) -> Run:
-    """Read one run folder; missing files stay None/empty so the page can say "not measured"."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ReportError(
-            f"{path}: run folder not found; pass folders like results/{{dataset}}/{{variant}}/seed0"
-        )
-    mfile = path / "eval" / "metrics.json"
-    metrics = _read_json(mfile) if mfile.is_file() else None
-    ids = parse_run_path(path.resolve())
-    if ids is None:
-        m = metrics or {}
-        if not all(k in m for k in ("dataset", "variant", "seed")):
-            raise ReportError(
-                f"{path}: cannot tell dataset/variant/seed; place the run at {{dataset}}/{{variant}}/seed{{seed}} "
-                f"or add 'dataset', 'variant' and 'seed' to {mfile}"
-            )
-        ids = (str(m["dataset"]), str(m["variant"]), int(m["seed"]))
-    run = Run(path, *ids, metrics=metrics)
-    if metrics and metrics.get("per_section"):
-        run.sections = pd.DataFrame(metrics["per_section"])
-    elif (path / "eval" / "sections.csv").is_file():
-        run.sections = pd.read_csv(path / "eval" / "sections.csv")
-    log = path / "train" / "metrics.jsonl"
-    if log.is_file():
-        for i, line in enumerate(log.read_text().splitlines()):
-            if line.strip():
-                try:
-                    run.train_log.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise ReportError(
-                        f"{log}: line {i + 1} is not JSON; rerun training for this run"
-                    ) from None
-    summ = path / "train" / "train_summary.json"
-    if summ.is_file():
-        run.summary = _read_json(summ)
-    return run
-
 
 # --------------------------------------------------------------------------------------------------------
-# Numbers
+# Formatting (None/NaN -> "not measured")
 
 
-def direction(metric: str) -> Literal[1, -1] | None:
-    """+1 if higher is better, -1 if lower is better, None if the name does not say."""
-    name = metric.lower()
-    if any(t in name for t in _HIGHER):
-        return 1
-    if any(t in name for t in _LOWER):
-        return -1
-    return None
-
-
-@dataclass
-class Comparison:
-    """A metric of one variant over seeds, and its comparison with a reference variant (if any)."""
-
-    mean: float
-    lo: float
-    hi: float
-    n_seeds: int
-    rel_change: float = float("nan")  # percent vs the reference mean
-    p_value: float = float("nan")
-    significant: bool | None = None  # None = no test could be run
-    n_pairs: int = 0
-    method: str = "none"
-
-
-def _per_section(runs: list[Run], metric: str) -> pd.DataFrame:
-    rows = [
-        r.sections.assign(seed=r.seed)[["seed", "section", metric]]
-        for r in runs
-        if r.sections is not None and {"section", metric} <= set(r.sections.columns)
-    ]
-    return pd.concat(rows) if rows else pd.DataFrame(columns=["seed", "section", metric])
-
-
-def paired_values(a: list[Run], b: list[Run], metric: str) -> tuple[dict, dict]:
-    """Per-section values of two variants keyed by (seed, section); keyed by section alone (means over
-    seeds) when the seeds do not overlap (a deterministic peer run once against a model run with seeds)."""
-    ta, tb = _per_section(a, metric), _per_section(b, metric)
-    da = {(int(s), str(c)): float(v) for s, c, v in ta.itertuples(index=False)}
-    db = {(int(s), str(c)): float(v) for s, c, v in tb.itertuples(index=False)}
-    if not set(da) & set(db):
-        da = {str(k): float(v) for k, v in ta.groupby("section")[metric].mean().items()}
-        db = {str(k): float(v) for k, v in tb.groupby("section")[metric].mean().items()}
-    return da, db
-
-
-def summarize(runs: list[Run], metric: str, reference: list[Run] | None = None) -> Comparison | None:
-    """Mean and 95 % interval over seeds; with a reference: relative change and a paired test over seeds x
-    sections (both from alphastomics.stats)."""
-    from alphastomics import stats
-
-    s = stats.summarize(r.overall.get(metric, float("nan")) for r in runs)
-    if s.n == 0:
-        return None
-    c = Comparison(s.mean, s.low, s.high, s.n)
-    if reference:
-        ref = stats.summarize(r.overall.get(metric, float("nan")) for r in reference)
-        c.rel_change = 100.0 * stats.relative_change(s.mean, ref.mean)
-        t = stats.paired_test(*paired_values(runs, reference, metric))
-        c.n_pairs, c.p_value, c.method = t.n, t.p_value, t.method
-        c.significant = None if t.method == "none" else t.significant
-    return c
+def _ok(x: Any) -> bool:
+    return _is_num(x) and math.isfinite(x)
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
-    if x is None or not math.isfinite(x):
+    if not _ok(x):
         return NOT_MEASURED
     if x != 0 and (abs(x) >= 1e4 or abs(x) < 1e-3):
         return f"{x:.{digits - 1}e}"
     return f"{x:.{digits}g}" if abs(x) >= 1 else f"{x:.{digits}f}"
 
 
-def fmt_pct(x: float) -> str:
-    if not math.isfinite(x):
+def fmt_pct(x: float | None) -> str:
+    """A fraction as a signed percentage: 0.052 -> '+5.2 %'; below 0.1 % two significant digits
+    (0.00031 -> '+0.031 %'), so a tiny interval does not read as exactly zero."""
+    if not _ok(x):
         return NOT_MEASURED
-    return f"{0.0 if abs(x) < 0.05 else x:+.1f} %"  # no "-0.0 %"
+    x = 100 * x
+    if x == 0:
+        return "0.0 %"
+    return f"{x:+.1f} %" if abs(x) >= 0.1 else f"{x:+.2g} %"
 
 
-def fmt_ci(s: Comparison | None) -> str:
-    if s is None:
+def fmt_p(p: float | None) -> str:
+    if not _ok(p):
+        return "n/a"
+    return f"{p:.2g}"
+
+
+def fmt_rel_ci(r: dict[str, Any]) -> str:
+    """'+5.2 % [+1.0, +9.4] %' (relative change and its 95 % interval)."""
+    if not _ok(r.get("relative_ci_low")):
+        return fmt_pct(r.get("relative_change"))
+    lo, hi = fmt_pct(r["relative_ci_low"]), fmt_pct(r["relative_ci_high"])
+    return f"{fmt_pct(r['relative_change'])} [{lo.removesuffix(' %')}, {hi}]"
+
+
+def fmt_mean_ci(cell: dict[str, Any] | None) -> str:
+    if not cell or not _ok(cell.get("mean")):
         return NOT_MEASURED
-    if s.n_seeds < 2 or not math.isfinite(s.lo):
-        return f"{fmt(s.mean)} (1 seed)"
-    return f"{fmt(s.mean)} [{fmt(s.lo)}, {fmt(s.hi)}]"
+    if not _ok(cell.get("ci_low")):
+        return f"{fmt(cell['mean'])} ({cell.get('n', 1)} seed)"
+    return f"{fmt(cell['mean'])} [{fmt(cell['ci_low'])}, {fmt(cell['ci_high'])}]"
 
 
-def fmt_test(s: Comparison) -> str:
-    if s.significant is None:
-        return f"not significant (no test possible on {s.n_pairs} paired seed x section value(s))"
-    word = "significant" if s.significant else "not significant"
-    test = {"wilcoxon": "Wilcoxon ", "paired-t": "paired t-"}.get(s.method, s.method + " ")
-    return f"{word} ({test}test over {s.n_pairs} seed x section pairs, p = {s.p_value:.2g})"
+def label(metric: str) -> str:
+    return LABELS.get(metric, metric)
+
+
+def sentence(r: dict[str, Any]) -> str:
+    """One test in words, every number from the record."""
+    word = r["better"]
+    units = "sections" if "peer" in r else "seeds"
+    head = (
+        f"{r['variant']} vs {r['reference'].removeprefix('peer_')} on {label(r['metric'])} ({r['metric']}, "
+        f"{word} is better), {r['n']} paired {units}: {fmt(r['variant_mean'])} vs "
+        f"{fmt(r['reference_mean'])}, difference {fmt(r['mean_difference'])}"
+    )
+    if _ok(r.get("ci_low")):
+        head += f" [95 % interval {fmt(r['ci_low'])}, {fmt(r['ci_high'])}], relative {fmt_rel_ci(r)}"
+    else:
+        head += f", relative {fmt_pct(r.get('relative_change'))}"
+    if "peer" in r and not _ok(r.get("p_value")):
+        diffs = np.subtract(r["variant_values"], r["reference_values"])
+        head += "; differences per section " + ", ".join(f"{s} {fmt(d)}" for s, d in zip(r["units"], diffs))
+    if _ok(r.get("p_value")) or _ok(r.get("permutation_p")):
+        head += (
+            f"; paired t-test p = {fmt_p(r.get('p_value'))}, "
+            f"sign-flip permutation p = {fmt_p(r.get('permutation_p'))}"
+        )
+    if _ok(r.get("holm_p")):
+        head += f", Holm-adjusted p = {fmt_p(r['holm_p'])} (family of {r['family_size']})"
+    if r.get("decision"):
+        head += f": {r['decision']}"
+    return head + "."
 
 
 # --------------------------------------------------------------------------------------------------------
-# The data set: variants, verdict, expectations, tables
+# Tables from the verdict
 
 
-@dataclass
-class DatasetView:
-    name: str
-    baseline: str
-    variants: dict[str, list[Run]]  # AlphaSTomics variants, baseline first
-    peers: dict[str, list[Run]]
-
-    @property
-    def all_runs(self) -> list[Run]:
-        return [r for rs in (*self.variants.values(), *self.peers.values()) for r in rs]
-
-    def metric_names(self) -> list[str]:
-        names: list[str] = []
-        for r in self.all_runs:
-            names += [k for k in r.overall if k not in names]
-        return names
+def contrast_name(variant: str, reference: str) -> str:
+    return f"{variant} vs {reference}"
 
 
-def group_runs(runs: list[Run], baseline: str) -> list[DatasetView]:
-    views = []
-    for ds in sorted({r.dataset for r in runs}):
-        mine = sorted((r for r in runs if r.dataset == ds), key=lambda r: (r.variant, r.seed))
-        variants: dict[str, list[Run]] = {}
-        peers: dict[str, list[Run]] = {}
-        for r in mine:
-            (peers if r.is_peer else variants).setdefault(r.variant, []).append(r)
-        if baseline in variants:
-            variants = {baseline: variants.pop(baseline), **variants}
-        views.append(DatasetView(ds, baseline, variants, peers))
-    return views
+def decisions_table(ds: dict[str, Any], primary: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Rows = declared contrasts (in declared order), columns = primary metrics measured here."""
+    cols = [m for m in primary if any(r["metric"] == m for r in ds["records"])]
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in ds["records"]:
+        key = (r["variant"], r["reference"])
+        row = rows.setdefault(key, {"name": contrast_name(*key), "cells": {m: None for m in cols}})
+        row["cells"][r["metric"]] = {
+            "change": fmt_rel_ci(r),
+            "holm": fmt_p(r.get("holm_p")),
+            "decision": r["decision"],
+            "kind": r["decision"] if r["decision"] in ("better", "worse") else "none",
+        }
+    return cols, list(rows.values())
 
 
-def _best(view: DatasetView, metric: str, groups: dict[str, list[Run]]) -> tuple[str, float] | None:
-    sign = direction(metric)
-    scores = {}
-    for name, runs in groups.items():
-        vals = [r.overall.get(metric, float("nan")) for r in runs]
-        vals = [v for v in vals if math.isfinite(v)]
-        if vals:
-            scores[name] = float(np.mean(vals))
-    if not scores or sign is None:
-        return None
-    name = max(scores, key=lambda k: sign * scores[k])
-    return name, scores[name]
-
-
-def verdict(view: DatasetView) -> list[str]:
-    """Sentences generated from the numbers: best variant per headline metric vs the baseline, and vs peers."""
-    base = view.variants.get(view.baseline)
-    n_seeds = max((len(rs) for rs in view.variants.values()), default=0)
-    out = [
-        f"{view.name}: {len(view.variants)} AlphaSTomics variant(s), up to {n_seeds} seed(s)"
-        + (f", {len(view.peers)} peer method(s)." if view.peers else ".")
-    ]
-    if not base:
-        out.append(
-            f"The baseline variant '{view.baseline}' has no runs here, so no change against it is measured."
-        )
-    metrics = [m for m in HEADLINE if m in view.metric_names()]
-    if not metrics:
-        out.append("No headline metric was measured (no eval/metrics.json with them).")
-    for m in metrics:
-        best = _best(view, m, view.variants)
-        if best is None:
-            continue
-        name, _ = best
-        s = summarize(view.variants[name], m, base if base and name != view.baseline else None)
-        if s is None:
-            continue
-        word = "higher" if direction(m) == 1 else "lower"
-        what = f"{LABELS.get(m, m)} ({m}, {word} is better)"
-        if name == view.baseline or not base:
-            others = {k: v for k, v in view.variants.items() if k != view.baseline}
-            runner = _best(view, m, others)
-            text = f"On {what} the baseline {name} is best with {fmt_ci(s)}"
-            if runner:
-                r = summarize(view.variants[runner[0]], m, base)
-                if r:
-                    text += (
-                        f"; the best other variant, {runner[0]}, is {fmt_pct(r.rel_change)}, {fmt_test(r)}"
-                    )
-            out.append(text + ".")
-        else:
-            out.append(
-                f"On {what} {name} is best with {fmt_ci(s)}, {fmt_pct(s.rel_change)} against "
-                f"{view.baseline}, {fmt_test(s)}."
-            )
-        peer = _best(view, m, view.peers) if view.peers else None
-        if peer:
-            p = summarize(view.variants[name], m, view.peers[peer[0]])
-            if p:
-                side = "better" if direction(m) * (p.rel_change or 0) > 0 else "worse"
-                out.append(
-                    f"Against the best peer on {LABELS.get(m, m)}, {peer[0].removeprefix('peer_')} ({fmt(peer[1])}), "
-                    f"{name} is {fmt_pct(p.rel_change)} ({side}), {fmt_test(p)}."
-                )
-    return out
-
-
-def _sink_share(run: Run) -> list[float]:
-    """Per layer: attention-sink share (mean over heads and sections) from eval diagnostics."""
-    entries = ((run.metrics or {}).get("diagnostics") or {}).get("attention_sink") or []
-    out = []
-    for e in entries:
-        v = e.get("share", e.get("share_mean")) if isinstance(e, dict) else e
-        v = np.asarray(v, dtype=float) if v is not None else np.array([np.nan])
-        out.append(float(np.nanmean(v)) if v.size else float("nan"))
-    return out
-
-
-def expectations(view: DatasetView) -> list[dict[str, str]]:
-    """One row per (expectation, non-baseline variant): expected vs measured change and a mark."""
-    base = view.variants.get(view.baseline)
-    rows = []
-    for name, runs in view.variants.items():
-        if name == view.baseline:
-            continue
-        for label, metric, lo, hi in EXPECTATIONS:
-            expected = f"{lo:+.0f} .. {hi:+.0f} %" if lo is not None else "up"
-            s = summarize(runs, metric, base) if base else None
-            if s is None or not math.isfinite(s.rel_change):
-                mark = NOT_MEASURED
-            elif not s.significant:  # False, or None: no per-section values to test, so not established
-                mark = "not significant"
-            else:
-                good = s.rel_change * (direction(metric) or 1) > 0
-                reach = lo is None or abs(s.rel_change) >= min(abs(lo), abs(hi))
-                mark = "met" if good and reach else "not met"
-            measured = NOT_MEASURED if s is None else f"{fmt_pct(s.rel_change)} ({fmt_ci(s)})"
-            rows.append(dict(variant=name, label=label, expected=expected, measured=measured, mark=mark))
-        shares = [max(sh) for sh in (_sink_share(r) for r in runs) if sh and np.isfinite(sh).any()]
-        if shares:
-            worst = float(np.nanmean(shares))
-            mark = "met" if worst < SINK_THRESHOLD else "not met"
-            measured = f"largest per-layer sink share {worst:.1%}"
-        else:
-            mark, measured = NOT_MEASURED, NOT_MEASURED
-        rows.append(
-            dict(
-                variant=name,
-                label="no attention sink",
-                expected=f"< {SINK_THRESHOLD:.0%} to one cell",
-                measured=measured,
-                mark=mark,
-            )
-        )
-    return rows
-
-
-def metrics_table(view: DatasetView) -> tuple[list[str], list[dict[str, Any]]]:
+def metrics_table(ds: dict[str, Any], runs: dict[str, list[Run]]) -> tuple[list[str], list[dict[str, Any]]]:
     """Columns = every metric measured; rows = variants, peers, then the random-placement reference."""
-    names = view.metric_names()
-    base = view.variants.get(view.baseline)
+    names: list[str] = []
+    for entry in ds["table"].values():
+        names += [m for m in entry["metrics"] if m not in names]
     rows = []
-    for kind, groups in (("variant", view.variants), ("peer", view.peers)):
-        for name, runs in groups.items():
-            cells = []
-            for m in names:
-                s = summarize(runs, m, base if base and name != view.baseline else None)
-                extra = "" if s is None or not math.isfinite(s.rel_change) else f" ({fmt_pct(s.rel_change)})"
-                cells.append(fmt_ci(s) + extra)
-            wall = [_wall_time(r) for r in runs]
-            wall = [w for w in wall if math.isfinite(w)]
-            rows.append(
-                dict(
-                    name=name,
-                    kind=kind,
-                    cells=cells,
-                    wall=fmt(float(np.mean(wall))) if wall else NOT_MEASURED,
-                )
-            )
-    refs = [r for r in view.all_runs if r.metrics and r.metrics.get("random_reference")]
-    if refs:
-        cells = []
-        for m in names:
-            vals = [_num(r.metrics["random_reference"].get(m)) for r in refs]
-            vals = [v for v in vals if math.isfinite(v)]
-            cells.append(fmt(float(np.mean(vals))) if vals else NOT_MEASURED)
-        rows.append(dict(name="random placement", kind="reference", cells=cells, wall=""))
+    for name, entry in ds["table"].items():
+        wall = [_wall_time(r) for r in runs.get(name, [])]
+        wall = [w for w in wall if math.isfinite(w)]
+        rows.append(dict(
+            name=name,
+            kind=entry["kind"],
+            cells=[fmt_mean_ci(entry["metrics"].get(m)) for m in names],
+            wall=fmt(float(np.mean(wall))) if wall else NOT_MEASURED,
+        ))
+    if ds.get("random_reference"):
+        rows.append(dict(name="random placement", kind="reference",
+                         cells=[fmt(ds["random_reference"].get(m)) for m in names], wall=""))
     return names, rows
+
+
+def expectations_rows(ds: dict[str, Any]) -> list[dict[str, str]]:
+    out = []
+    for e in ds["expectations"]:
+        if e["metric"] == "attention_sink_share":
+            measured = NOT_MEASURED
+            if _ok(e.get("largest_share")):
+                measured = f"largest per-layer sink share {e['largest_share']:.1%}"
+                if _ok(e.get("control_largest_share")):
+                    measured += f" (ungated softmax control: {e['control_largest_share']:.1%})"
+        else:
+            measured = NOT_MEASURED if e["mark"] == NOT_MEASURED else f"{fmt_rel_ci(e)} over {e['n']} seeds"
+        out.append(dict(variant=e["variant"], label=e["label"], expected=e["expected"], measured=measured,
+                        mark=e["mark"]))
+    return out
 
 
 def _wall_time(run: Run) -> float:
@@ -660,77 +404,82 @@ def provenance(
 # The page
 
 
-def build_report(
-    run_dirs: list[Path],
-    out: Path,
-    *,
-    baseline: str = "linear",
-    data_dirs: list[Path] | None = None,
-    config_snapshot: Path | None = None,
-    cfg: Any = None,
-) -> Path:
-    """Read every run folder and write the HTML page atomically to ``out``."""
+def _render(verdict: dict[str, Any], runs: list[Run], prov: dict[str, Any]) -> str:
     import jinja2
 
-    from alphastomics.report_figures import fig_attention, fig_gates, fig_loss, fig_positions, fig_sinks
+    from alphastomics.report_figures import (
+        fig_attention,
+        fig_forest,
+        fig_gates,
+        fig_loss,
+        fig_positions,
+        fig_sinks,
+    )
 
-    if not run_dirs:
-        raise ReportError(
-            "report: no run folders given; pass --runs results/{dataset}/{variant}/seed{seed} ..."
-        )
-    runs = [load_run(Path(p)) for p in run_dirs]
-    views = []
-    for view in group_runs(runs, baseline):
+    primary = list(verdict["family"]["primary_metrics"])
+    views = {v.name: v for v in group_runs(runs, verdict["baseline"])}
+    pages = []
+    for ds in verdict["datasets"]:
+        view = views.get(ds["dataset"]) or DatasetView(ds["dataset"], verdict["baseline"], {}, {})
         names = view.metric_names()
-        primary = next((m for m in HEADLINE if m in names), names[0] if names else "distance_mse")
-        cols, rows = metrics_table(view)
-        pos_png, pos_caption = fig_positions(view, primary)
-        views.append(
-            dict(
-                name=view.name,
-                baseline=baseline,
-                verdict=verdict(view),
-                expectations=expectations(view),
-                metric_cols=cols,
-                metric_rows=rows,
-                cost=cost_table(view),
-                bdtnp=BDTNP_REFERENCE if view.name == "bdtnp" else None,
-                figures=[
-                    (
-                        "Training and validation loss per variant: mean over seeds, band = min..max over seeds (moving average "
-                        "over 1/40 of the logged points)",
-                        fig_loss(view),
-                    ),
-                    (f"Predicted vs true coordinates after Procrustes alignment: {pos_caption}", pos_png),
-                    (
-                        "Gate score histograms per layer (healthy: mean about 0.5, std about 0.2)",
-                        fig_gates(view),
-                    ),
-                    (
-                        "Attention-sink share per layer: attention mass received by the most-attended cell",
-                        fig_sinks(view),
-                    ),
-                    ("Attention map of one head on one held-out section", fig_attention(view, primary)),
-                ],
-            )
-        )
+        shown = next((m for m in primary if m in names), names[0] if names else "knn_preservation")
+        cols, rows = metrics_table(ds, {**view.variants, **view.peers})
+        dcols, drows = decisions_table(ds, primary)
+        pos_png, pos_caption = fig_positions(view, shown)
+        pages.append(dict(
+            name=ds["dataset"],
+            baseline=verdict["baseline"],
+            seeds=ds["seeds"],
+            forest=fig_forest(ds, primary),
+            decision_cols=dcols,
+            decision_rows=drows,
+            sentences=[sentence(r) for r in ds["records"]],
+            secondary=[sentence(r) for r in ds["secondary"]],
+            peers=ds["peers"],
+            peer_sentences=[sentence(r) for r in ds["peers"]],
+            skipped=ds["skipped"],
+            expectations=expectations_rows(ds),
+            metric_cols=cols,
+            metric_rows=rows,
+            cost=cost_table(view),
+            bdtnp=BDTNP_REFERENCE if ds["dataset"] == "bdtnp" else None,
+            figures=[
+                (
+                    "Training and validation loss per variant: mean over seeds, band = min..max over seeds "
+                    "(moving average over 1/40 of the logged points)",
+                    fig_loss(view),
+                ),
+                (f"Predicted vs true coordinates after Procrustes alignment: {pos_caption}", pos_png),
+                ("Gate score histograms per layer (healthy: mean about 0.5, std about 0.2)", fig_gates(view)),
+                ("Attention-sink share per layer: attention mass received by the most-attended cell",
+                 fig_sinks(view)),
+                ("Attention map of one head on one held-out section", fig_attention(view, shown)),
+            ],
+        ))
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("alphastomics", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    html = env.get_template("report.html.j2").render(
-        views=views,
-        prov=provenance(runs, cfg, list(data_dirs or []), config_snapshot),
+    return env.get_template("report.html.j2").render(
+        views=pages,
+        family=verdict["family"],
+        labels=LABELS,
+        prov=prov,
         not_measured=NOT_MEASURED,
         sink_threshold=f"{SINK_THRESHOLD:.0%}",
+        fmt_pct=fmt_pct,
+        fmt=fmt,
     )
+
+
+def _write_atomic(text: str, out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(html)
+            f.write(text)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a report is for reading
@@ -741,11 +490,38 @@ def build_report(
     return out
 
 
+def build_report(
+    run_dirs: list[Path],
+    out: Path,
+    *,
+    baseline: str = V.BASELINE,
+    family: V.Family | None = None,
+    verdict_out: Path | None = None,
+    data_dirs: list[Path] | None = None,
+    config_snapshot: Path | None = None,
+    cfg: Any = None,
+) -> Path:
+    """Read every run folder, write the verdict (``verdict_out``, default next to ``out``) and then the
+    HTML page rendered from it; both atomically, the page only after the verdict."""
+    if not run_dirs:
+        raise ReportError(
+            "report: no run folders given; pass --runs results/{dataset}/{variant}/seed{seed} ..."
+        )
+    runs = [load_run(Path(p)) for p in run_dirs]
+    verdict = V.build(runs, family, baseline=baseline)
+    html = _render(verdict, runs, provenance(runs, cfg, list(data_dirs or []), config_snapshot))
+    V.write(verdict, Path(verdict_out) if verdict_out else Path(out).with_name("verdict.json"))
+    return _write_atomic(html, Path(out))
+
+
 def main(args: argparse.Namespace, cfg: Any) -> int:
+    family = V.Family.parse(getattr(args, "contrasts", None), getattr(args, "primary_metrics", None))
     out = build_report(
         args.runs,
         args.out,
-        baseline=getattr(args, "baseline", "linear"),
+        baseline=getattr(args, "baseline", V.BASELINE),
+        family=family,
+        verdict_out=getattr(args, "verdict", None),
         data_dirs=getattr(args, "data_dirs", None),
         config_snapshot=getattr(args, "config_snapshot", None),
         cfg=cfg,
@@ -801,54 +577,69 @@ def console_errors(log: str) -> list[str]:
     return [l for l in log.splitlines() if "CONSOLE" in l and re.search(r"Uncaught|Error|Failed", l)]
 
 
-MARKDOWN_METRICS = (
-    "knn_preservation",
-    "distance_pearson",
-    "distance_mse",
-    "procrustes_rmsd",
-    "morans_i_corr",
-    "masked_reconstruction_mse",
-)
+# --------------------------------------------------------------------------------------------------------
+# Markdown (README "What make run found")
 
 
-def markdown_summary(results: Path, baseline: str = "linear") -> str:
-    """Markdown tables (one per data set) of the headline position metrics of every run under ``results``:
-    mean over seeds [95 % interval] (change vs the baseline), peers and the random reference as rows."""
-    run_dirs = sorted(p.parent.parent for p in Path(results).glob("*/*/seed*/eval/metrics.json"))
-    if not run_dirs:
-        raise ReportError(f"{results}: no */*/seed*/eval/metrics.json below it; run the workflow first")
+def markdown_summary(results: Path) -> str:
+    """Per data set: the decisions with intervals (rows = declared contrasts, columns = primary metrics),
+    then the peers, all from ``results/verdict.json`` (or the verdict file itself)."""
+    v = V.read(Path(results))
+    primary = list(v["family"]["primary_metrics"])
     out = []
-    for view in group_runs([load_run(p) for p in run_dirs], baseline):
-        names, rows = metrics_table(view)
-        keep = [i for i, m in enumerate(names) if m in MARKDOWN_METRICS]
-        seeds = max(len(rs) for rs in view.variants.values()) if view.variants else 0
-        out.append(f"**{view.name}** (held-out sections; mean over {seeds} seeds [95 % interval], change vs "
-                   f"{baseline}; wall time in s)\n")
-        out.append("| method | " + " | ".join(names[i] for i in keep) + " | wall time |")
-        out.append("|---" * (len(keep) + 2) + "|")
-        for row in rows:
-            label = row["name"] if row["kind"] != "peer" else f"{row['name']} (peer)"
-            out.append(f"| {label} | " + " | ".join(row["cells"][i] for i in keep) + f" | {row['wall']} |")
-        out.append("")
+    for ds in v["datasets"]:
+        cols, rows = decisions_table(ds, primary)
+        seeds = sorted({len(s) for s in ds["seeds"].values()})
+        out.append(
+            f"**{ds['dataset']}** ({'/'.join(map(str, seeds))} seeds per variant; relative change of the "
+            f"mean paired difference [95 % t interval over seeds]; Holm-adjusted p over "
+            f"{len(ds['records'])} tests; better/worse only when it is < 0.05)\n"
+        )
+        if not rows:
+            out.append("No declared contrast could be tested here (see verdict.json, 'skipped').\n")
+        else:
+            out.append("| contrast | " + " | ".join(cols) + " |")
+            out.append("|---" * (len(cols) + 1) + "|")
+            for row in rows:
+                cells = []
+                for m in cols:
+                    c = row["cells"][m]
+                    cells.append("-" if c is None else f"{c['change']}, p_Holm {c['holm']}: {c['decision']}")
+                out.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+            out.append("")
+        if ds["peers"]:
+            out.append("Peers, per held-out section (model: mean over seeds):\n")
+            for r in ds["peers"]:
+                diffs = ", ".join(fmt(d) for d in np.subtract(r["variant_values"], r["reference_values"]))
+                if r["p_value"] is None:
+                    out.append(
+                        f"- {r['variant']} vs {r['peer']}, {r['metric']}: differences per section {diffs}; "
+                        f"{r['decision']}"
+                    )
+                else:
+                    out.append(f"- {r['variant']} vs {r['peer']}, {r['metric']}: {fmt_rel_ci(r)}, p_Holm "
+                               f"{fmt_p(r['holm_p'])}: {r['decision']}")
+            out.append("")
     return "\n".join(out)
 
 
 def _cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m alphastomics.report",
-        description="render a report page to PNG, or print the headline metrics as Markdown",
+        description="render a report page to PNG, or print the verdict as Markdown",
     )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--screenshot", nargs=2, metavar=("PAGE_HTML", "OUT_PNG"))
-    what.add_argument("--markdown", type=Path, metavar="RESULTS_DIR", help="e.g. results/")
-    p.add_argument("--baseline", default="linear")
+    what.add_argument(
+        "--markdown", type=Path, metavar="RESULTS", help="results/ (its verdict.json) or a verdict.json file"
+    )
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=2400)
     p.add_argument("--scale", type=float, default=0.5, help="shrink the PNG by this factor (README size)")
     a = p.parse_args(argv)
     if a.markdown is not None:
         try:
-            print(markdown_summary(a.markdown, a.baseline))
+            print(markdown_summary(a.markdown))
         except AlphaSTomicsError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

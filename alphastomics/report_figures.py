@@ -1,6 +1,6 @@
 """Figures of the comparison report (``alphastomics.report``): matplotlib -> PNG data URIs, so the page
-needs no network. Each ``fig_*`` takes one data set's view and returns a data URI, or None when nothing was
-measured for it."""
+needs no network. ``fig_forest`` draws one data set's verdict (``verdict.json``); every other ``fig_*`` takes
+one data set's runs and returns a data URI, or None when nothing was measured for it."""
 
 from __future__ import annotations
 
@@ -11,15 +11,66 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from alphastomics.report import (
-    NOT_MEASURED,
-    SINK_THRESHOLD,
-    DatasetView,
-    Run,
-    _best,
-    _is_num,
-    _sink_share,
-)
+from alphastomics.runs import DatasetView, Run, _is_num, direction
+from alphastomics.verdict import SINK_THRESHOLD
+from alphastomics.verdict import sink_share as _sink_share
+
+NOT_MEASURED = "not measured"
+
+
+def _best(view: DatasetView, metric: str, groups: dict[str, list[Run]]) -> tuple[str, float] | None:
+    """The group with the best mean of ``metric``: which runs the illustrative figures show (never a test)."""
+    sign = direction(metric)
+    scores = {}
+    for name, runs in groups.items():
+        vals = [v for v in (r.value(metric) for r in runs) if np.isfinite(v)]
+        if vals:
+            scores[name] = float(np.mean(vals))
+    if not scores or sign is None:
+        return None
+    name = max(scores, key=lambda k: sign * scores[k])
+    return name, scores[name]
+
+
+def fig_forest(ds: dict[str, Any], primary: list[str]) -> str | None:
+    """One data set's verdict: rows = declared contrasts, one panel per primary metric; point = relative
+    change of the mean paired difference, bar = its 95 % interval, filled when the Holm-adjusted p < alpha;
+    every panel is oriented so that right = better (the x label says which way the metric goes)."""
+    recs = ds["records"]
+    metrics = [m for m in primary if any(r["metric"] == m for r in recs)]
+    if not metrics:
+        return None
+    contrasts = list(dict.fromkeys((r["variant"], r["reference"]) for r in recs))
+    plt = _plt()
+    fig, axs = plt.subplots(
+        1, len(metrics), figsize=(2.4 + 2.9 * len(metrics), 1.3 + 0.45 * len(contrasts)), sharey=True,
+        squeeze=False, layout="constrained",
+    )
+    for ax, m in zip(axs[0], metrics):
+        sign = direction(m) or 1
+        better = "higher is better \u2192" if sign == 1 else "\u2190 lower is better"
+        for y, c in enumerate(contrasts):
+            r = next((x for x in recs if (x["variant"], x["reference"]) == c and x["metric"] == m), None)
+            if r is None or r.get("relative_change") is None:
+                continue
+            pt = 100 * r["relative_change"]
+            if r.get("relative_ci_low") is not None:
+                lo, hi = 100 * r["relative_ci_low"], 100 * r["relative_ci_high"]
+                ax.plot([lo, hi], [y, y], color="#3a78b8", linewidth=1.6)
+            sig = r.get("decision") in ("better", "worse")
+            colour = "#1e7b34" if r.get("decision") == "better" else "#b3261e" if sig else "#3a78b8"
+            ax.plot(pt, y, "o", markersize=7, markeredgecolor=colour, markeredgewidth=1.5,
+                    markerfacecolor=colour if sig else "white")
+        ax.axvline(0, color="grey", linewidth=0.8)
+        ax.set_title(m, fontsize=9)
+        ax.set_xlabel(f"relative change (%)\n{better}", fontsize=8)
+        ax.tick_params(labelsize=8)
+    axs[0, 0].set_yticks(range(len(contrasts)), [f"{a} vs {b}" for a, b in contrasts], fontsize=8)
+    axs[0, 0].set_ylim(len(contrasts) - 0.5, -0.5)
+    fig.suptitle(
+        f"{ds['dataset']}: filled = Holm-adjusted p < 0.05, open = no difference detected", fontsize=9
+    )
+    return _png(fig)
 
 def _png(fig: Any) -> str:
     import matplotlib.pyplot as plt

@@ -1,26 +1,34 @@
-"""Statistics for comparing variants across seeds and sections (DESIGN section 6, "Statistics").
+"""Statistics of the verdict (DESIGN section 6, "Statistics"): paired tests over seeds, Holm, power.
 
-- ``summarize``: mean and a 95 % Student-t interval over seeds (each seed's value is one observation;
-  sections are averaged within a seed first, so the interval reflects training-seed variation).
+The unit of replication is one trained model (data set, variant, seed); two variants are compared on the
+seeds both ran (same seed: same data order, crops and noise), one difference per seed.
+
+- ``summarize``: mean and a 95 % Student-t interval.
 - ``relative_change``: (variant - baseline) / |baseline|.
-- ``paired_test``: Wilcoxon signed-rank test (Wilcoxon 1945, via ``scipy.stats.wilcoxon``) on differences
-  paired by (seed, section); with fewer than ``MIN_WILCOXON_PAIRS`` non-zero differences the exact two-sided
-  Wilcoxon p can never fall below 0.05 (n = 5 gives at least 2/32), so it falls back to the paired t-test and
-  says so; with fewer than 2 pairs there is no test and the result is "not significant".
+- ``paired``: mean paired difference, its 95 % t interval, the paired t-test p (``scipy.stats.ttest_1samp``
+  on the differences) and the exact sign-flip permutation p (``scipy.stats.permutation_test``, all 2^n sign
+  patterns for n <= ``EXACT_MAX_N``).
+- ``holm``: Holm (1979) step-down adjusted p-values (scipy has Benjamini-Hochberg, not Holm).
+- ``min_detectable_effect``: the smallest true mean difference that a two-sided one-sample t-test on n
+  differences with standard deviation s detects with the given power at level alpha; power from the
+  noncentral t distribution (``scipy.stats.nct``), solved with ``scipy.optimize.brentq``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 ALPHA = 0.05
-MIN_WILCOXON_PAIRS = 6
+POWER = 0.80
+LEVEL = 0.95
+EXACT_MAX_N = 12  # 2^12 = 4096 sign patterns: enumerated; above, a seeded Monte Carlo draw of 9,999
+MONTE_CARLO_RESAMPLES = 9_999
 
 
 @dataclass(frozen=True)
@@ -32,32 +40,10 @@ class Summary:
     high: float
     std: float
     n: int
-    level: float = 0.95
+    level: float = LEVEL
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class PairedTest:
-    """Paired comparison of a variant against a baseline over matched (seed, section) pairs."""
-
-    n: int  # matched pairs with finite values on both sides
-    method: str  # "wilcoxon" | "paired-t" | "none"
-    statistic: float
-    p_value: float
-    significant: bool  # p < alpha; False whenever no test could be run
-    mean_difference: float  # mean of variant - baseline
-    median_difference: float
-    alpha: float = ALPHA
-    note: str = ""
-
-    @property
-    def verdict(self) -> str:
-        return "significant" if self.significant else "not significant"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "verdict": self.verdict}
 
 
 def _finite(values: Iterable[float]) -> np.ndarray:
@@ -65,7 +51,7 @@ def _finite(values: Iterable[float]) -> np.ndarray:
     return a[np.isfinite(a)]
 
 
-def summarize(values: Iterable[float], *, level: float = 0.95) -> Summary:
+def summarize(values: Iterable[float], *, level: float = LEVEL) -> Summary:
     """mean ± t_{(1+level)/2, n-1} * s / sqrt(n) over the finite values (s = sample std, ddof 1)."""
     a = _finite(values)
     n = int(a.size)
@@ -86,30 +72,99 @@ def relative_change(variant: float, baseline: float) -> float:
     return (variant - baseline) / abs(baseline)
 
 
-def paired_test(
-    variant: Mapping[Hashable, float], baseline: Mapping[Hashable, float], *, alpha: float = ALPHA
-) -> PairedTest:
-    """Two-sided paired test of variant vs baseline on the keys (e.g. (seed, section)) both hold."""
-    keys = [k for k in variant if k in baseline]
-    d = np.array([float(variant[k]) - float(baseline[k]) for k in keys], dtype=np.float64)
-    d = d[np.isfinite(d)]
+@dataclass(frozen=True)
+class Paired:
+    """One paired comparison: differences d_i = variant_i - reference_i over n matched units."""
+
+    n: int
+    mean_difference: float
+    sd_difference: float  # sample std of the differences (ddof 1); NaN when n < 2
+    ci_low: float  # 95 % t interval of the mean difference
+    ci_high: float
+    t_statistic: float
+    p_value: float  # two-sided paired t-test; NaN when n < 2 or the differences have no spread
+    permutation_p: float  # two-sided sign-flip permutation p; NaN when n < 2
+    permutation_exact: bool  # all 2^n sign patterns enumerated
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sign_flip_p(d: Sequence[float]) -> tuple[float, bool]:
+    """Two-sided p of mean(d) under H0 "each difference is symmetric about 0": the share of sign patterns
+    s in {-1, 1}^n with |mean(s * d)| >= |mean(d)|; exact (all 2^n) for n <= EXACT_MAX_N."""
+    a = np.asarray(d, dtype=np.float64)
+    if a.size < 2:  # one difference: both sign patterns are as extreme, nothing to test
+        return math.nan, False
+    exact = a.size <= EXACT_MAX_N
+    res = stats.permutation_test(
+        (a,),
+        np.mean,
+        permutation_type="samples",  # one sample: flips the sign of each observation
+        alternative="two-sided",
+        n_resamples=math.inf if exact else MONTE_CARLO_RESAMPLES,
+        rng=np.random.default_rng(0),
+    )
+    return float(res.pvalue), exact
+
+
+def paired(variant: Sequence[float], reference: Sequence[float], *, level: float = LEVEL) -> Paired:
+    """Paired comparison of two equally long sequences (matched by position); non-finite pairs dropped."""
+    v = np.asarray(variant, dtype=np.float64)
+    r = np.asarray(reference, dtype=np.float64)
+    if v.shape != r.shape:
+        raise ValueError(f"paired: {v.size} variant values but {r.size} reference values")
+    d = (v - r)[np.isfinite(v) & np.isfinite(r)]
     n = int(d.size)
+    nan = math.nan
     if n == 0:
-        return PairedTest(0, "none", math.nan, math.nan, False, math.nan, math.nan, alpha, "no matched pairs")
-    mean_d, med_d = float(d.mean()), float(np.median(d))
+        return Paired(0, nan, nan, nan, nan, nan, nan, nan, False)
+    mean = float(d.mean())
     if n < 2:
-        return PairedTest(n, "none", math.nan, math.nan, False, mean_d, med_d, alpha, "fewer than 2 pairs")
-    if not np.any(d != 0):
-        return PairedTest(n, "none", math.nan, 1.0, False, mean_d, med_d, alpha, "all differences are zero")
-    nonzero = int(np.count_nonzero(d))
-    if nonzero >= MIN_WILCOXON_PAIRS:
-        res = stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided")
-        method, note = "wilcoxon", ""
-    else:
-        res = stats.ttest_1samp(d, 0.0)
-        method = "paired-t"
-        note = f"{nonzero} non-zero differences: too few for Wilcoxon (needs {MIN_WILCOXON_PAIRS})"
-    p = float(res.pvalue)
-    stat = float(res.statistic)
-    significant = bool(math.isfinite(p) and p < alpha)
-    return PairedTest(n, method, stat, p, significant, mean_d, med_d, alpha, note)
+        return Paired(1, mean, nan, nan, nan, nan, nan, nan, False)
+    perm, exact = sign_flip_p(d)
+    sd = float(d.std(ddof=1))
+    s = summarize(d, level=level)
+    if sd == 0:  # every seed moved by the same amount: the t statistic is undefined
+        return Paired(n, mean, 0.0, mean, mean, nan, nan, perm, exact)
+    res = stats.ttest_1samp(d, 0.0)
+    return Paired(n, mean, sd, s.low, s.high, float(res.statistic), float(res.pvalue), perm, exact)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm step-down adjusted p: sort p ascending, p~_(i) = max_{j<=i} min(1, (m - j + 1) p_(j)).
+
+    A NaN p (no test possible) counts as 1: it stays in the family size m, so untestable contrasts never
+    make the others look less multiple."""
+    p = np.array([1.0 if not math.isfinite(x) else float(x) for x in pvalues])
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adjusted
+    return [float(x) for x in out]
+
+
+def power(effect: float, sd: float, n: int, alpha: float = ALPHA) -> float:
+    """Power of the two-sided one-sample t-test on n differences: P(|T| > t_{1-alpha/2, n-1}) with
+    T ~ noncentral t(df = n - 1, nc = effect * sqrt(n) / sd)."""
+    df = n - 1
+    crit = float(stats.t.ppf(1 - alpha / 2, df))
+    nc = effect * math.sqrt(n) / sd
+    upper, lower = float(stats.nct.sf(crit, df, nc)), float(stats.nct.cdf(-crit, df, nc))
+    # The far tail is negligible once nc is large, where scipy's nct.cdf can return NaN: count it as 0.
+    return upper + (lower if math.isfinite(lower) else 0.0)
+
+
+def min_detectable_effect(sd: float, n: int, *, alpha: float = ALPHA, target: float = POWER) -> float:
+    """Smallest |mean difference| the paired t-test detects with power ``target`` (noncentral t); NaN when
+    n < 2 or the spread is not a positive finite number."""
+    if n < 2 or not (math.isfinite(sd) and sd > 0):
+        return math.nan
+    # Solved in units of sd (the power depends on effect / sd only), so a tiny spread cannot overflow nc.
+    hi = 1.0
+    while power(hi, 1.0, n, alpha) < target:
+        hi *= 2
+        if hi > 1e6:
+            return math.nan
+    return sd * float(optimize.brentq(lambda e: power(e, 1.0, n, alpha) - target, 0.0, hi, xtol=1e-12))

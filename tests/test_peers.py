@@ -260,3 +260,41 @@ def test_workflow_skips_peers_that_are_not_installed(monkeypatch) -> None:
         "baseline 'tangram' skipped: its package is not installed "
         "(pip install -e '.[tangram]', or run the workflow with --sdm conda)"
     ]
+
+
+# ------------------------------------------------------------------------------------------ common frame
+
+
+def test_synthetic_training_sections_share_one_frame(synthetic_raw: Path, tiny_processed: Path) -> None:
+    """The generator writes spatial = size * tissue_frame @ R.T + offset per section; peers undo R, so each
+    pooled training section is a scaled copy of its tissue frame (x and y scaled alike, no rotation left)."""
+    import anndata as ad
+
+    from alphastomics.data import ProcessedData
+
+    data, _, manifest = peers.load(tiny_processed)
+    raw = ad.read_h5ad(next(synthetic_raw.glob("*.h5ad")))
+    proc = ProcessedData(tiny_processed)
+    start = 0
+    for name in manifest["splits"]["train"]:
+        sec = proc.section(name)
+        pooled = data.ref_positions[start : start + len(sec)]
+        start += len(sec)
+        frame = raw[list(sec.cell_ids)].obsm["tissue_frame"]
+        frame = frame - frame.mean(0)
+        fit, *_ = np.linalg.lstsq(frame, pooled, rcond=None)  # pooled ~ frame @ fit
+        size = fit[0, 0]
+        np.testing.assert_allclose(fit, size * np.eye(2), atol=1e-5)
+        np.testing.assert_allclose(frame @ fit, pooled, atol=1e-5)
+        # the stored section itself is rotated (else this test could not fail)
+        stored, *_ = np.linalg.lstsq(frame, sec.positions.astype(np.float64), rcond=None)
+        assert np.abs(stored - stored[0, 0] * np.eye(2)).max() > 1e-2
+    assert start == len(data.ref_positions)
+
+
+def test_measured_data_is_pooled_as_measured(tiny_processed: Path) -> None:
+    manifest = _manifest(tiny_processed) | {"source": "bdtnp"}
+    assert peers.common_frame(manifest, tiny_processed / "manifest.json") is None
+    broken = _manifest(tiny_processed) | {"parameters": {}}
+    with pytest.raises(peers.PeerError, match="parameters.synthetic"):
+        peers.common_frame(broken, tiny_processed / "manifest.json")

@@ -4,6 +4,8 @@ verdict, missing pieces, no external URLs, atomic writes, and a rendering check 
 from __future__ import annotations
 
 import json
+from html import escape as html_escape
+from html import unescape
 import re
 import shutil
 from pathlib import Path
@@ -13,6 +15,7 @@ import pandas as pd
 import pytest
 
 from alphastomics import report
+from alphastomics.runs import RunError, direction
 from alphastomics.__main__ import main as cli
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -21,19 +24,22 @@ SEEDS = [0, 1, 2]
 
 
 def _linear(metric: str, seed: int, i: int) -> float:
-    base = {"distance_mse": 0.10, "knn_preservation": 0.50, "morans_i_corr": 0.90, "procrustes_rmsd": 2.0}
+    base = {"distance_mse": 0.10, "knn_preservation": 0.50, "morans_i_corr": 0.90, "procrustes_rmsd": 2.0,
+            "distance_spearman": 0.80, "procrustes_rmsd_scaled": 0.40}
     return base[metric] * (1 + 0.05 * i + 0.02 * seed)
 
 
 # Per-section value of each variant as a function of the linear one: headwise is exactly 20 % better on
-# distance MSE, 10 % better on kNN and 5 % worse on Moran's I in every (seed, section); elementwise wobbles
-# around linear (+-2 % alternating by section), so its differences are noise.
+# distance MSE, 10 % better on kNN and 5 % worse on Moran's I in every (seed, section), and -1 %, 0, +1 % on
+# distance Spearman over seeds 0, 1, 2 (noise); elementwise wobbles around linear (+-2 % alternating by
+# section, so every seed's cell-weighted mean equals linear's).
 FACTORS = {
     "linear": lambda m, s, i: 1.0,
     "gated_headwise": lambda m, s, i: {
         "distance_mse": 0.8,
         "knn_preservation": 1.1,
         "morans_i_corr": 0.95,
+        "distance_spearman": 1 + 0.01 * (s - 1),
     }.get(m, 1.0),
     "gated_elementwise": lambda m, s, i: 1 + 0.02 * (-1) ** (i + s),
     "peer_knn": lambda m, s, i: {"distance_mse": 0.5, "knn_preservation": 1.2}.get(m, 1.0),
@@ -45,7 +51,8 @@ def _write_run(
 ):
     run = root / dataset / variant / f"seed{seed}"
     (run / "eval").mkdir(parents=True)
-    metrics = ["distance_mse", "knn_preservation", "morans_i_corr", "procrustes_rmsd"]
+    metrics = ["distance_mse", "knn_preservation", "morans_i_corr", "procrustes_rmsd", "distance_spearman",
+               "procrustes_rmsd_scaled"]
     per_section = [
         {
             "section": s,
@@ -164,7 +171,7 @@ def page(runs: list[Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
 
 
 def _text(html: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+    return unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)))
 
 
 def test_every_variant_and_peer_present(page):
@@ -182,50 +189,78 @@ def test_every_variant_and_peer_present(page):
         assert heading in text
 
 
-def test_verdict_sentences_match_fixture_numbers(page):
+def _verdict(page) -> dict:
+    return json.loads(page[0].with_name("verdict.json").read_text())
+
+
+def test_first_screen_is_the_forest_plot_then_the_decisions(page):
+    html = page[1]
+    verdict_part = html[html.index('id="verdict"'):html.index('id="expectations"')]
+    # forest plot (a figure), then the decisions table, then the prose collapsed
+    f, t, d = (verdict_part.index(x) for x in ('alt="forest plot of toy"', 'class="decisions"', "<details>"))
+    assert f < t < d
+    rows = re.findall(r"<tr><td>([\w ]+ vs \w+)</td>(.*?)</tr>", verdict_part, re.S)
+    cells = {name: re.findall(r"<b>([^<]+)</b>", body) for name, body in rows}
+    cols = re.findall(r"<th>(\w+)</th>", verdict_part.split('class="decisions"')[1].split("</tr>")[0])
+    assert cols == ["contrast", "knn_preservation", "distance_spearman", "procrustes_rmsd_scaled",
+                    "masked_reconstruction_mse"]
+    cols = cols[1:]
+    # declared order; elementwise has no masked reconstruction (not measured)
+    assert list(cells) == ["gated_headwise vs linear", "gated_elementwise vs linear"]
+    head = dict(zip(cols, cells["gated_headwise vs linear"]))
+    assert head["knn_preservation"] == "better"  # +10 % on every seed
+    assert head["distance_spearman"].startswith("no difference detected (smallest detectable: ")
+    assert head["procrustes_rmsd_scaled"].startswith("no difference detected")  # identical to linear
+    # -30 % on every seed but the same amount each time: no spread, no t-test, no word
+    assert head["masked_reconstruction_mse"].startswith(
+        "no difference detected (smallest detectable: not estimable"
+    )
+    assert all(c.startswith("no difference detected") for c in cells["gated_elementwise vs linear"])
+    # the page's numbers are verdict.json's
+    rec = next(r for r in _verdict(page)["datasets"][0]["records"]
+               if (r["variant"], r["metric"]) == ("gated_headwise", "knn_preservation"))
+    ci = f"[{100 * rec['relative_ci_low']:+.1f}, {100 * rec['relative_ci_high']:+.1f} %]"
+    assert f"+10.0 % {ci}" in verdict_part
+    assert "Holm p " + html_escape(report.fmt_p(rec["holm_p"])) in verdict_part
+
+
+def test_prose_secondary_and_peers_in_details(page):
     text = _text(page[1])
-    ci = r"\S+ \[\S+, \S+\]"  # mean [95 % interval]
-    # Headwise is exactly 0.8 x linear in all 12 (seed, section) pairs: -20.0 %, significant (Wilcoxon).
     assert re.search(
-        rf"On pairwise-distance error \(distance_mse, lower is better\) gated_headwise is best with "
-        rf"{ci}, -20\.0 % against linear, significant \(Wilcoxon test over 12 seed x section pairs",
+        r"gated_headwise vs linear on neighbour preservation \(knn_preservation, higher is better\), "
+        r"3 paired seeds: .*?Holm-adjusted p = \S+ \(family of 7\): better\.",
         text,
     )
+    # Moran's I is secondary: numbers, never a word
+    assert re.search(r"gated_headwise vs linear on spatial-pattern agreement \(Moran's I\) \(morans_i_corr, "
+                     r"higher is better\), 3 paired seeds: [^.]*\.[^:]*p = \S+\.", text.replace("&#39;", "'"))
+    v = _verdict(page)["datasets"][0]
+    assert all(r["decision"] is None for r in v["secondary"])
+    # the peer ran once on 4 sections: per-section differences, no test
+    assert all(r["decision"] == "too few sections to test (4 < 5)" for r in v["peers"])
+    assert all(r["p_value"] is None for r in v["peers"])
     assert re.search(
-        rf"On neighbour preservation \(knn_preservation, higher is better\) gated_headwise is best with "
-        rf"{ci}, \+10\.0 % against linear, significant",
+        r"gated_headwise vs knn on neighbour preservation .*?, 4 paired sections: .*?; differences per "
+        r"section s0 \S+, s1 \S+, s2 \S+, s3 \S+: too few sections to test \(4 < 5\)\.",
         text,
     )
-    # Elementwise only wobbles: on RMSD (factor 1 +- 2 %) the change is noise.
-    assert re.search(
-        r"gated_elementwise is best with \S+ \[\S+, \S+\], [-+]0\.0 % against linear, not significant", text
-    )
-    # Linear is best on Moran's I (headwise is 5 % worse, elementwise wobbles).
-    assert "(morans_i_corr, higher is better) the baseline linear is best" in text
-    # Peer knn (seed 0 only) = 0.5 x linear(seed 0); headwise = 0.8 x linear averaged over seeds 0..2:
-    # 0.8 * 1.095 / (0.5 * 1.075) - 1 = +63.0 % (worse), paired over the 4 sections of seed 0.
-    assert re.search(
-        r"best peer on pairwise-distance error, knn \(0\.054\), gated_headwise is \+63\.0 % \(worse\), "
-        r"significant \(paired t-test over 4 seed x section pairs",
-        text,
-    )
+    assert "gated_headwise_no_qknorm vs linear: no runs of gated_headwise_no_qknorm" in text
 
 
 def test_expectations_marked(page):
     rows = re.findall(
-        r"<tr><td>(\w+)</td><td>([^<]+)</td><td>[^<]*</td><td>([^<]*)</td>\s*<td class=\"mark-[\w-]+\">([^<]+)</td>",
+        r"<tr><td>(\w+)</td><td>([^<]+)</td><td>[^<]*</td><td>([^<]*)</td>\s*"
+        r"<td class=\"mark-[\w-]+\">([^<]+)</td>",
         page[1],
     )
     marks = {(v, label.replace("&#39;", "'")): mark for v, label, _, mark in rows}
-    assert marks[("gated_headwise", "position distance MSE")] == "met"  # -20 % beyond the expected -10..-15
+    assert marks[("gated_headwise", "position distance MSE")] == "met"  # -20 %, interval beyond -10..-15
     assert marks[("gated_headwise", "kNN preservation")] == "met"  # +10 %
-    assert marks[("gated_headwise", "Moran's I agreement")] == "not met"  # significantly down
+    assert marks[("gated_headwise", "Moran's I agreement")] == "not met"  # -5 % on every seed
     assert marks[("gated_headwise", "expression MSE")] == "not measured"  # expr_to_pos: no expression
-    assert (
-        marks[("gated_headwise", "masked reconstruction MSE")] == "not significant"
-    )  # -30 %, but untestable
+    assert marks[("gated_headwise", "masked reconstruction MSE")] == "met"  # -30 % on every seed
     assert marks[("gated_headwise", "no attention sink")] == "met"  # 3 % < 10 %
-    assert marks[("gated_elementwise", "position distance MSE")] == "not significant"
+    assert marks[("gated_elementwise", "position distance MSE")] == "not met"  # exactly 0: rules out -10 %
     assert marks[("gated_elementwise", "no attention sink")] == "not measured"
 
 
@@ -241,7 +276,7 @@ def test_tables_cost_and_provenance(page):
 def test_figures_embedded_and_no_external_urls(page):
     html = page[1]
     imgs = re.findall(r'<img src="([^"]+)"', html)
-    assert len(imgs) == 5 and all(src.startswith("data:image/png;base64,") for src in imgs)
+    assert len(imgs) == 6 and all(src.startswith("data:image/png;base64,") for src in imgs)
     assert not re.search(r"https?://", html)
     links = re.findall(r"""\b(?:src|href|action|poster)\s*=\s*["']?([^"'\s>]*)""", html, re.I)
     assert links and all(x.startswith(("data:", "#")) for x in links)
@@ -263,39 +298,50 @@ def test_bad_run_folder_errors_and_leaves_nothing(tmp_path):
     run = _write_run(tmp_path, "toy", "linear", 0)
     (run / "eval" / "metrics.json").write_text("{not json")
     out = tmp_path / "site" / "report.html"
-    with pytest.raises(report.ReportError, match=r"metrics\.json: not valid JSON"):
+    with pytest.raises(RunError, match=r"metrics\.json: not valid JSON"):
         report.build_report([run], out)
     assert not out.exists() and not list(out.parent.glob("*"))
     odd = tmp_path / "somewhere"
     (odd / "eval").mkdir(parents=True)
     (odd / "eval" / "metrics.json").write_text("{}")
-    with pytest.raises(report.ReportError, match="cannot tell dataset/variant/seed"):
+    with pytest.raises(RunError, match="cannot tell dataset/variant/seed"):
         report.load_run(odd)
 
 
 def test_path_layout_and_fields():
     assert report.parse_run_path(Path("results/bdtnp/linear/seed2")) == ("bdtnp", "linear", 2)
     assert report.parse_run_path(Path("results/bdtnp/linear/last")) is None
-    assert report.direction("distance_mse") == -1 and report.direction("distance_pearson") == 1
+    assert direction("distance_mse") == -1 and direction("distance_pearson") == 1
 
 
 def test_cli(runs, tmp_path, capsys):
     out = tmp_path / "cli.html"
-    assert cli(["report", "--runs", *map(str, runs), "--out", str(out), "--baseline", "gated_headwise"]) == 0
-    assert "against gated_headwise" in _text(out.read_text())
+    args = ["report", "--runs", *map(str, runs), "--out", str(out), "--verdict", str(tmp_path / "v.json"),
+            "--contrasts", "gated_headwise:gated_elementwise", "--primary-metrics", "knn_preservation"]
+    assert cli(args) == 0
+    v = json.loads((tmp_path / "v.json").read_text())
+    assert v["family"]["contrasts"] == [["gated_headwise", "gated_elementwise"]]
+    assert [(r["variant"], r["reference"], r["metric"]) for r in v["datasets"][0]["records"]] == [
+        ("gated_headwise", "gated_elementwise", "knn_preservation")
+    ]
+    assert "gated_headwise vs gated_elementwise" in _text(out.read_text())
     assert cli(["report", "--runs", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "run folder not found" in capsys.readouterr().err
+    assert cli(["report", "--runs", *map(str, runs), "--out", str(out), "--contrasts", "a-b"]) == 2
+    assert "not VARIANT:REFERENCE" in capsys.readouterr().err
 
 
-def test_markdown_summary_matches_the_fixture(runs, capsys):
-    results = runs[0].parent.parent.parent
+def test_markdown_prints_the_decisions_from_verdict_json(page, capsys):
+    results = page[0].parent
     assert report._cli(["--markdown", str(results)]) == 0
     text = capsys.readouterr().out
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
-    assert set(rows) >= {"linear", "gated_headwise", "gated_elementwise", "peer_knn (peer)", "random placement"}
-    # headwise is exactly 20 % below linear on distance MSE and 10 % above on kNN preservation, every pair
-    assert "(-20.0 %)" in rows["gated_headwise"] and "(+10.0 %)" in rows["gated_headwise"]
-    assert "mean over 3 seeds" in text
+    assert set(rows) == {"contrast", "gated_headwise vs linear", "gated_elementwise vs linear"}
+    rec = next(r for r in _verdict(page)["datasets"][0]["records"]
+               if (r["variant"], r["metric"]) == ("gated_headwise", "knn_preservation"))
+    ci = f"[{100 * rec['relative_ci_low']:+.1f}, {100 * rec['relative_ci_high']:+.1f} %]"
+    assert f"+10.0 % {ci}, p_Holm {report.fmt_p(rec['holm_p'])}: better" in rows["gated_headwise vs linear"]
+    assert "**toy** (3 seeds per variant" in text and "too few sections to test (4 < 5)" in text
     assert report._cli(["--markdown", str(results / "nothing-here")]) == 2
 
 
@@ -313,6 +359,10 @@ def test_renders_in_headless_chromium(page, tmp_path):
     assert img.shape == (4000, 1280)
     inked = np.flatnonzero((img < 200).mean(axis=1) > 0.002)  # rows with text or figures
     assert inked.size > 500 and inked.max() > 3000  # a long page of content, not a blank or error page
+    # The forest plot is on the first screen: its filled "better" marker (#1e7b34, gated_headwise on kNN
+    # preservation) appears in the top 1,100 px of the rendered page.
+    rgb = np.asarray(Image.open(png).convert("RGB"), dtype=int)[:1100]
+    assert (np.abs(rgb - [0x1E, 0x7B, 0x34]).sum(axis=2) < 12).sum() > 20
     # The README screenshot command: a shrunken PNG of the top of the page.
     small = tmp_path / "readme.png"
     assert report._cli(["--screenshot", str(page[0]), str(small), "--height", "600", "--scale", "0.5"]) == 0

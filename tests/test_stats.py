@@ -1,13 +1,23 @@
-"""Statistics on hand-computed numbers: t interval, relative change, paired tests."""
+"""Statistics on hand-computed numbers: t interval, relative change, paired t-test, sign-flip permutation p,
+Holm, minimum detectable effect."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 import pytest
 
-from alphastomics.stats import MIN_WILCOXON_PAIRS, paired_test, relative_change, summarize
+from alphastomics.stats import (
+    holm,
+    min_detectable_effect,
+    paired,
+    power,
+    relative_change,
+    sign_flip_p,
+    summarize,
+)
 
 
 def test_summary_t_interval_hand_computed() -> None:
@@ -32,45 +42,61 @@ def test_relative_change() -> None:
     assert math.isnan(relative_change(float("nan"), 1.0))
 
 
-def keyed(values: np.ndarray) -> dict[tuple[int, str], float]:
-    """Values over 3 seeds x 4 sections, keyed by (seed, section)."""
-    return {(s, f"sec{j}"): float(values[s * 4 + j]) for s in range(3) for j in range(4)}
+def test_paired_hand_computed() -> None:
+    # differences 0.5, 0.4, 0.6: mean 0.5, s 0.1 -> t = 0.5 / (0.1 / sqrt 3) = 8.660, df 2
+    out = paired([1.5, 2.4, 3.6], [1.0, 2.0, 3.0])
+    t = 0.5 / (0.1 / math.sqrt(3))
+    assert (
+        out.n == 3 and out.mean_difference == pytest.approx(0.5) and out.sd_difference == pytest.approx(0.1)
+    )
+    assert out.t_statistic == pytest.approx(t)
+    assert out.p_value == pytest.approx(
+        1 - t / math.sqrt(t**2 + 2)
+    )  # two-sided p of t with df 2, closed form
+    half = 4.302652729749464 * 0.1 / math.sqrt(3)
+    assert (out.ci_low, out.ci_high) == pytest.approx((0.5 - half, 0.5 + half))
+    # all three differences positive: 2 of the 2^3 sign patterns are as extreme
+    assert out.permutation_p == pytest.approx(2 / 8) and out.permutation_exact
 
 
-def test_paired_test_clearly_significant() -> None:
-    rng = np.random.default_rng(0)
-    base = rng.normal(1.0, 0.3, size=12)
-    out = paired_test(keyed(base - 0.2 - rng.uniform(0, 0.01, 12)), keyed(base))
-    # every one of 12 differences is negative: exact two-sided Wilcoxon p = 2 / 2^12
-    assert out.method == "wilcoxon" and out.n == 12
-    assert out.p_value == pytest.approx(2 / 2**12)
-    assert out.significant and out.verdict == "significant"
-    assert out.mean_difference < 0
+def test_sign_flip_p_by_hand() -> None:
+    # d = 1, -2, 3, 4, 5 (sum 11): flipping a subset with sum S gives |15 - 2 S| >= 11 iff S <= 2 or S >= 13:
+    # {}, {1}, {2} and their complements, 6 of 32 patterns
+    assert sign_flip_p([1.0, -2.0, 3.0, 4.0, 5.0]) == (pytest.approx(6 / 32), True)
+    assert sign_flip_p([0.1, 0.2, 0.3, 0.4, 0.5])[0] == pytest.approx(2 / 32)  # never below 1/16 with n = 5
+    rng = np.random.default_rng(1)
+    d = rng.normal(0.3, 1.0, 9)
+    brute = np.mean(
+        [abs(np.mean(np.array(s) * d)) >= abs(d.mean()) - 1e-12 for s in itertools.product((-1, 1), repeat=9)]
+    )
+    assert sign_flip_p(d) == (pytest.approx(brute), True)
+    assert math.isnan(sign_flip_p([1.0])[0])
 
 
-def test_paired_test_clearly_insignificant() -> None:
-    base = np.linspace(1, 2, 12)
-    noise = np.array([0.1, -0.1, 0.05, -0.05, 0.2, -0.2, 0.01, -0.01, 0.3, -0.3, 0.15, -0.15])
-    out = paired_test(keyed(base + noise), keyed(base))
-    assert out.method == "wilcoxon" and not out.significant and out.p_value > 0.5
-    assert out.to_dict()["verdict"] == "not significant"
+def test_paired_drops_non_finite_pairs_and_small_n() -> None:
+    out = paired([1.0, float("nan"), 3.0, 5.0], [0.0, 0.0, 1.0, 2.0])
+    assert out.n == 3 and out.mean_difference == pytest.approx(2.0)
+    one = paired([2.0], [1.0])
+    assert one.n == 1 and math.isnan(one.p_value) and math.isnan(one.permutation_p) and math.isnan(one.ci_low)
+    flat = paired([1.5, 2.5], [1.0, 2.0])  # the same shift on every seed: t undefined, no p
+    assert flat.sd_difference == 0 and math.isnan(flat.p_value)
+    with pytest.raises(ValueError, match="2 variant values but 1"):
+        paired([1.0, 2.0], [1.0])
 
 
-def test_pairs_are_matched_by_key_not_order() -> None:
-    base = keyed(np.arange(12.0))
-    variant = {k: v + 1.0 for k, v in reversed(list(base.items()))}
-    variant[(9, "extra")] = 100.0  # unmatched: ignored
-    out = paired_test(variant, base)
-    assert out.n == 12 and out.mean_difference == pytest.approx(1.0)
+def test_holm_by_hand() -> None:
+    # sorted 0.01, 0.03, 0.04, NaN(=1) with m = 4: 4 x 0.01, 3 x 0.03, max(0.09, 2 x 0.04), 1
+    assert holm([0.01, 0.04, 0.03, float("nan")]) == pytest.approx([0.04, 0.09, 0.09, 1.0])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+    assert holm([0.02]) == pytest.approx([0.02])
 
 
-def test_too_few_pairs_falls_back_and_says_so() -> None:
-    out = paired_test({1: 1.5, 2: 2.4, 3: 3.6}, {1: 1.0, 2: 2.0, 3: 3.0})
-    assert out.method == "paired-t" and out.n == 3 and str(MIN_WILCOXON_PAIRS) in out.note
-    # differences 0.5, 0.4, 0.6: mean 0.5, s 0.1 -> t = 0.5 / (0.1 / sqrt 3)
-    assert out.statistic == pytest.approx(0.5 / (0.1 / math.sqrt(3)))
-    single = paired_test({1: 2.0}, {1: 1.0})
-    assert single.method == "none" and single.n == 1 and not single.significant
-    same = paired_test({1: 1.0, 2: 2.0}, {1: 1.0, 2: 2.0})
-    assert not same.significant and same.p_value == 1.0
-    assert paired_test({1: 1.0}, {2: 1.0}).n == 0
+def test_min_detectable_effect_has_the_target_power() -> None:
+    for n, sd, alpha in ((3, 0.01, 0.05), (5, 2.0, 0.05 / 8), (10, 1.0, 0.05)):
+        mde = min_detectable_effect(sd, n, alpha=alpha)
+        assert power(mde, sd, n, alpha) == pytest.approx(0.8, abs=1e-9)
+        assert power(0.95 * mde, sd, n, alpha) < 0.8 < power(1.05 * mde, sd, n, alpha)
+    # large n: close to the normal approximation (z_0.975 + z_0.8) sd / sqrt(n) = 2.80 / 10, a bit above
+    assert 0.2802 < min_detectable_effect(1.0, 100) < 0.29
+    assert min_detectable_effect(2.0, 5) == pytest.approx(2 * min_detectable_effect(1.0, 5))
+    assert math.isnan(min_detectable_effect(1.0, 1)) and math.isnan(min_detectable_effect(0.0, 5))

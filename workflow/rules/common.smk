@@ -269,3 +269,23 @@ def runtime(kind):
     """Minutes per job = configured runtime x attempt (a retry after a time limit gets longer)."""
     minutes = config["resources"][kind]["runtime"]
     return lambda wildcards, attempt: minutes * attempt
+
+
+def verdict_args():
+    """--contrasts/--primary-metrics of the report from config 'verdict' (absent: the package's declared
+    defaults); a contrast naming a variant the config does not run stops the workflow before any job.
+    """
+    v = config.get("verdict") or {}
+    for pair in v.get("contrasts", []):
+        unknown = [name for name in pair if name not in VARIANTS]
+        if unknown:
+            raise WorkflowError(
+                f"config: verdict.contrasts has {pair}, but {unknown[0]!r} is not a key of variants; "
+                f"use one of {', '.join(VARIANTS)}"
+            )
+    args = ""
+    if v.get("contrasts"):
+        args += " --contrasts " + " ".join(f"{a}:{b}" for a, b in v["contrasts"])
+    if v.get("primary_metrics"):
+        args += " --primary-metrics " + " ".join(v["primary_metrics"])
+    return args

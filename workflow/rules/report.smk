@@ -3,11 +3,12 @@ rule report:
         metrics=expand("{run}/eval/metrics.json", run=all_runs()),
         model_config=config["model_config"],
     output:
-        report(
+        html=report(
             "results/report.html",
             caption="../report/report.rst",
             category="Comparison",
         ),
+        verdict="results/verdict.json",
     log:
         "results/logs/report.log",
     benchmark:
@@ -22,6 +23,8 @@ rule report:
         runs=all_runs(),
         # the workflow config this run was given (provenance); a param, so reordering its keys reruns nothing
         snapshot=workflow.configfiles[-1],
+        verdict=verdict_args(),
     shell:
         "python -m alphastomics report --config {input.model_config} --runs {params.runs}"
-        " --config-snapshot {params.snapshot} --out {output} > {log} 2>&1"
+        " --config-snapshot {params.snapshot} --out {output.html} --verdict {output.verdict}{params.verdict}"
+        " > {log} 2>&1"

@@ -1,0 +1,220 @@
+"""Result folders -> runs and the values the verdict compares (DESIGN section 6, "Statistics").
+
+A run folder is ``results/{dataset}/{variant}/seed{seed}/`` with ``eval/metrics.json`` (and
+``eval/sections.csv``), ``train/`` and ``samples.parquet``; peers are
+``results/{dataset}/peer_{method}/seed{seed}/`` without ``train/`` (docs/architecture.md).
+
+The unit of replication is one trained model: ``seed_values`` gives one number per seed, the cell-weighted
+mean of a metric over the run's held-out sections, so two sections of one seed never become two
+observations. ``section_values`` gives one number per held-out section, the mean over seeds: what a peer
+(which has no seeds of its own to pair) is compared with.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from alphastomics import AlphaSTomicsError
+
+
+class RunError(AlphaSTomicsError, ValueError):
+    """A run folder is unusable; the message names the file, the field and the fix."""
+
+
+_HIGHER = (
+    "pearson",
+    "spearman",
+    "corr",
+    "knn",
+    "ari",
+    "nmi",
+    "moran",
+    "r2",
+    "accuracy",
+    "overlap",
+    "preserv",
+)
+_LOWER = ("mse", "rmsd", "rssd", "error", "loss", "mae")
+
+
+def direction(metric: str) -> Literal[1, -1] | None:
+    """+1 if higher is better, -1 if lower is better, None if the name does not say."""
+    name = metric.lower()
+    if any(t in name for t in _HIGHER):
+        return 1
+    if any(t in name for t in _LOWER):
+        return -1
+    return None
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _num(v: Any) -> float:
+    return float(v) if _is_num(v) else float("nan")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RunError(f"{path}: not valid JSON (line {err.lineno}); rerun the stage that wrote it") from None
+
+
+@dataclass
+class Run:
+    """One run folder: dataset/variant/seed and whatever of its outputs exist (None = not measured)."""
+
+    path: Path
+    dataset: str
+    variant: str
+    seed: int
+    metrics: dict[str, Any] | None = None
+    sections: pd.DataFrame | None = None  # one row per held-out section: section, n_cells, metric columns
+    train_log: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] | None = None
+
+    @property
+    def is_peer(self) -> bool:
+        return self.variant.startswith("peer_")
+
+    @property
+    def overall(self) -> dict[str, float]:
+        return {k: _num(v) for k, v in ((self.metrics or {}).get("overall") or {}).items() if _is_num(v)}
+
+    def value(self, metric: str) -> float:
+        """This run's one number for ``metric``: sum_s n_s v_s / sum_s n_s over its held-out sections s
+        (n_s cells), from the per-section table; ``overall`` (evaluate's own weighted mean) only when the run
+        has no per-section value of the metric."""
+        t = self.sections
+        if t is not None and {"n_cells", metric} <= set(t.columns):
+            v = pd.to_numeric(t[metric], errors="coerce").to_numpy(float)
+            w = pd.to_numeric(t["n_cells"], errors="coerce").to_numpy(float)
+            ok = np.isfinite(v) & np.isfinite(w) & (w > 0)
+            if ok.any():
+                return float((v[ok] * w[ok]).sum() / w[ok].sum())
+        return self.overall.get(metric, math.nan)
+
+    def section_value(self, metric: str) -> dict[str, float]:
+        t = self.sections
+        if t is None or not {"section", metric} <= set(t.columns):
+            return {}
+        return {str(s): _num(v) for s, v in zip(t["section"], pd.to_numeric(t[metric], errors="coerce"))}
+
+
+def parse_run_path(path: Path) -> tuple[str, str, int] | None:
+    """``.../{dataset}/{variant}/seed{seed}`` -> (dataset, variant, seed); None for another shape."""
+    m = re.fullmatch(r"seed(\d+)", path.name)
+    if m is None or len(path.parts) < 3:
+        return None
+    return path.parent.parent.name, path.parent.name, int(m.group(1))
+
+
+def load_run(path: Path) -> Run:
+    """Read one run folder; missing files stay None/empty so the page can say "not measured"."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(
+            f"{path}: run folder not found; pass folders like results/{{dataset}}/{{variant}}/seed0"
+        )
+    mfile = path / "eval" / "metrics.json"
+    metrics = _read_json(mfile) if mfile.is_file() else None
+    ids = parse_run_path(path.resolve())
+    if ids is None:
+        m = metrics or {}
+        if not all(k in m for k in ("dataset", "variant", "seed")):
+            raise RunError(
+                f"{path}: cannot tell dataset/variant/seed; place the run at "
+                "{dataset}/{variant}/seed{seed} "
+                f"or add 'dataset', 'variant' and 'seed' to {mfile}"
+            )
+        ids = (str(m["dataset"]), str(m["variant"]), int(m["seed"]))
+    run = Run(path, *ids, metrics=metrics)
+    if metrics and metrics.get("per_section"):
+        run.sections = pd.DataFrame(metrics["per_section"])
+    elif (path / "eval" / "sections.csv").is_file():
+        run.sections = pd.read_csv(path / "eval" / "sections.csv")
+    log = path / "train" / "metrics.jsonl"
+    if log.is_file():
+        for i, line in enumerate(log.read_text().splitlines()):
+            if line.strip():
+                try:
+                    run.train_log.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise RunError(f"{log}: line {i + 1} is not JSON; rerun training for this run") from None
+    summ = path / "train" / "train_summary.json"
+    if summ.is_file():
+        run.summary = _read_json(summ)
+    return run
+
+
+def find_runs(results: Path) -> list[Path]:
+    """Every evaluated run folder below ``results`` (``*/*/seed*/eval/metrics.json``)."""
+    return sorted(p.parent.parent for p in Path(results).glob("*/*/seed*/eval/metrics.json"))
+
+
+@dataclass
+class DatasetView:
+    """The runs of one data set: model variants (baseline first) and peers, each a list of seeds."""
+
+    name: str
+    baseline: str
+    variants: dict[str, list[Run]]
+    peers: dict[str, list[Run]]
+
+    @property
+    def all_runs(self) -> list[Run]:
+        return [r for rs in (*self.variants.values(), *self.peers.values()) for r in rs]
+
+    def metric_names(self) -> list[str]:
+        names: list[str] = []
+        for r in self.all_runs:
+            names += [k for k in r.overall if k not in names]
+        return names
+
+
+def group_runs(runs: list[Run], baseline: str) -> list[DatasetView]:
+    views = []
+    for ds in sorted({r.dataset for r in runs}):
+        mine = sorted((r for r in runs if r.dataset == ds), key=lambda r: (r.variant, r.seed))
+        variants: dict[str, list[Run]] = {}
+        peers: dict[str, list[Run]] = {}
+        for r in mine:
+            (peers if r.is_peer else variants).setdefault(r.variant, []).append(r)
+        if baseline in variants:
+            variants = {baseline: variants.pop(baseline), **variants}
+        views.append(DatasetView(ds, baseline, variants, peers))
+    return views
+
+
+def seed_values(runs: list[Run], metric: str) -> dict[int, float]:
+    """seed -> the run's cell-weighted mean of ``metric`` over its held-out sections (finite values only)."""
+    out = {}
+    for r in runs:
+        v = r.value(metric)
+        if math.isfinite(v):
+            if r.seed in out:
+                raise RunError(
+                    f"{r.path}: a second run of {r.dataset}/{r.variant} with seed {r.seed}; pass each once"
+                )
+            out[r.seed] = v
+    return out
+
+
+def section_values(runs: list[Run], metric: str) -> dict[str, float]:
+    """held-out section -> mean over the runs (seeds) of the section's value of ``metric``."""
+    per: dict[str, list[float]] = {}
+    for r in runs:
+        for s, v in r.section_value(metric).items():
+            if math.isfinite(v):
+                per.setdefault(s, []).append(v)
+    return {s: float(np.mean(v)) for s, v in per.items()}

@@ -1,0 +1,434 @@
+"""The verdict: the declared family of contrasts tested over seeds, written to ``results/verdict.json``.
+
+Follows DESIGN section 6, "Statistics", like a methods section written before the experiment:
+
+- the contrasts and primary metrics are declared (config ``verdict:``; ``DEFAULT_CONTRASTS`` and
+  ``DEFAULT_PRIMARY`` when none are given), never picked after looking at the numbers;
+- one observation per trained model (data set, variant, seed): the run's cell-weighted mean over its held-out
+  sections (``runs.Run.value``); two variants are paired by seed;
+- per contrast x primary metric: mean paired difference, relative change, 95 % t interval, paired t-test p,
+  exact sign-flip permutation p, Holm-adjusted p over the data set's family (contrasts x primary metrics), the
+  smallest effect detectable with 80 % power at the level Holm needs, and a decision word only when the
+  Holm-adjusted p < 0.05; every other metric is a secondary record (the same numbers, no Holm p, no word);
+- peers: per held-out section, the model's seed-averaged value against the peer's value; a test only with at
+  least ``MIN_PEER_SECTIONS`` sections;
+- the design note's expected changes against linear attention, each compared with the interval.
+
+The JSON schema is documented in docs/metrics.md ("verdict.json"); the report and ``report --markdown`` only
+render this file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alphastomics import AlphaSTomicsError, stats
+from alphastomics.runs import DatasetView, Run, direction, group_runs, section_values, seed_values
+
+SCHEMA = "alphastomics.verdict/1"
+BASELINE = "linear"
+# The design note's rows (each gated variant vs linear), the gate's own effect (vs the ungated softmax
+# control), QK-norm (headwise with vs without) and the kernel (softmax vs linear).
+DEFAULT_CONTRASTS: tuple[tuple[str, str], ...] = (
+    ("gated_headwise", "linear"),
+    ("gated_elementwise", "linear"),
+    ("gated_headwise_no_qknorm", "linear"),
+    ("gated_headwise", "softmax"),
+    ("gated_elementwise", "softmax"),
+    ("gated_headwise", "gated_headwise_no_qknorm"),
+    ("softmax", "linear"),
+)
+# Placement quality invariant to rotation, reflection and scale, plus masked reconstruction where the model
+# reconstructs expression (docs/metrics.md says why Moran's I correlation and unscaled RMSD are not here).
+DEFAULT_PRIMARY: tuple[str, ...] = (
+    "knn_preservation",
+    "distance_spearman",
+    "procrustes_rmsd_scaled",
+    "masked_reconstruction_mse",
+)
+MIN_PEER_SECTIONS = 5
+
+# The design note's expected change against linear attention: (label, metric, lo %, hi %); None = "up".
+EXPECTATIONS: list[tuple[str, str, float | None, float | None]] = [
+    ("expression MSE", "expression_mse", -10.0, -5.0),
+    ("position distance MSE", "distance_mse", -15.0, -10.0),
+    ("masked reconstruction MSE", "masked_reconstruction_mse", -20.0, -15.0),
+    ("kNN preservation", "knn_preservation", 5.0, 10.0),
+    ("Moran's I agreement", "morans_i_corr", None, None),
+]
+# An attention sink: one cell receives more than this share of all attention (uniform is 1/N). Qiu et al.
+# report ~47 % on the first token without gating and ~5 % with it; 10 % separates those regimes.
+SINK_THRESHOLD = 0.10
+
+
+class VerdictError(AlphaSTomicsError, ValueError):
+    """A family declaration or verdict file is unusable; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """The declared family: (variant, reference) contrasts and primary metrics."""
+
+    contrasts: tuple[tuple[str, str], ...] = DEFAULT_CONTRASTS
+    primary_metrics: tuple[str, ...] = DEFAULT_PRIMARY
+    alpha: float = stats.ALPHA
+    power: float = stats.POWER
+
+    @classmethod
+    def parse(cls, contrasts: Sequence[str] | None, primary: Sequence[str] | None) -> Family:
+        """From the CLI: contrasts as ``VARIANT:REFERENCE``."""
+        pairs = DEFAULT_CONTRASTS
+        if contrasts:
+            pairs = []
+            for c in contrasts:
+                a, sep, b = c.partition(":")
+                if not sep or not a or not b or a == b:
+                    raise VerdictError(
+                        f"--contrasts: '{c}' is not VARIANT:REFERENCE of two variants; "
+                        "e.g. gated_headwise:linear"
+                    )
+                pairs.append((a, b))
+            pairs = tuple(pairs)
+        return cls(tuple(pairs), tuple(primary) if primary else DEFAULT_PRIMARY)
+
+
+def _clean(x: Any) -> Any:
+    """NaN/inf -> None (JSON null), numpy scalars -> Python numbers."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def _div(a: float, b: float) -> float:
+    return a / abs(b) if math.isfinite(a) and math.isfinite(b) and b != 0 else math.nan
+
+
+def _pct(x: float) -> str:
+    """A positive fraction in percent: one decimal, or two significant digits below 0.1 %."""
+    return f"{100 * x:.1f}" if 100 * x >= 0.1 else f"{100 * x:.2g}"
+
+
+def _word(metric: str) -> str:
+    d = direction(metric)
+    return "higher" if d == 1 else "lower" if d == -1 else "unknown"
+
+
+def compare(
+    dataset: str, variant: str, reference: str, metric: str, a: dict[Any, float], b: dict[Any, float]
+) -> dict[str, Any]:
+    """One paired record over the keys (seeds, or sections for peers) both sides hold; no Holm, no word."""
+    keys = sorted(set(a) & set(b), key=lambda k: (isinstance(k, str), k))
+    va = [a[k] for k in keys]
+    vb = [b[k] for k in keys]
+    p = stats.paired(va, vb)
+    ref_mean = float(np.mean(vb)) if vb else math.nan
+    return {
+        "dataset": dataset,
+        "variant": variant,
+        "reference": reference,
+        "metric": metric,
+        "better": _word(metric),
+        "n": p.n,
+        "units": keys,
+        "variant_values": va,
+        "reference_values": vb,
+        "variant_mean": float(np.mean(va)) if va else math.nan,
+        "reference_mean": ref_mean,
+        "mean_difference": p.mean_difference,
+        "sd_difference": p.sd_difference,
+        "relative_change": _div(p.mean_difference, ref_mean),
+        "ci_low": p.ci_low,
+        "ci_high": p.ci_high,
+        "relative_ci_low": _div(p.ci_low, ref_mean),
+        "relative_ci_high": _div(p.ci_high, ref_mean),
+        "t_statistic": p.t_statistic,
+        "p_value": p.p_value,
+        "permutation_p": p.permutation_p,
+        "permutation_exact": p.permutation_exact,
+    }
+
+
+def decide(records: list[dict[str, Any]], family: Family, *, min_n: int = 2) -> None:
+    """Holm over ``records`` (one family), smallest detectable effect at the level Holm needs for the
+    smallest p (alpha / m: power to reach that is power to be declared), and the decision word."""
+    m = len(records)
+    adjusted = stats.holm([r["p_value"] for r in records])
+    for r, h in zip(records, adjusted):
+        r["holm_p"] = h if r["n"] >= min_n and math.isfinite(r["p_value"]) else math.nan
+        r["family_size"] = m
+        r["mde"] = stats.min_detectable_effect(
+            r["sd_difference"], r["n"], alpha=family.alpha / m, target=family.power
+        )
+        r["mde_relative"] = _div(r["mde"], r["reference_mean"])
+        d = direction(r["metric"]) or 0
+        if math.isfinite(r["holm_p"]) and r["holm_p"] < family.alpha and d != 0:
+            r["decision"] = "better" if d * r["mean_difference"] > 0 else "worse"
+        elif r["n"] < min_n:
+            r["decision"] = f"no test (n = {r['n']} < {min_n})"
+        elif math.isfinite(r["mde_relative"]):
+            r["decision"] = f"no difference detected (smallest detectable: {_pct(r['mde_relative'])} %)"
+        else:
+            r["decision"] = (
+                "no difference detected (smallest detectable: not estimable, the differences have no spread)"
+            )
+
+
+def _expectation(
+    label: str, metric: str, lo: float | None, hi: float | None, rec: dict[str, Any] | None
+) -> dict[str, Any]:
+    """met: the relative interval excludes 0 and reaches the expected range (or beyond it, in the expected
+    direction); inconclusive: it overlaps both 0 and that range; not met: it misses the range."""
+    if lo is None or hi is None:
+        region = (0.0, math.inf)  # "up"
+        expected = "up"
+    else:
+        lo, hi = min(lo, hi), max(lo, hi)
+        region = (-math.inf, hi) if hi < 0 else (lo, math.inf)
+        expected = f"{lo:+.0f} .. {hi:+.0f} %"
+    out: dict[str, Any] = {"label": label, "metric": metric, "expected": expected, "variant": None}
+    low = None if rec is None else rec.get("relative_ci_low")
+    if rec is None or rec["n"] < 2 or low is None or not math.isfinite(low):
+        return out | {"mark": "not measured"}
+    a, b = 100 * rec["relative_ci_low"], 100 * rec["relative_ci_high"]
+    hits_region = b > region[0] and a < region[1]
+    hits_zero = a <= 0 <= b
+    mark = "not met" if not hits_region else "inconclusive" if hits_zero else "met"
+    return out | {
+        "variant": rec["variant"],
+        "relative_change": rec["relative_change"],
+        "relative_ci_low": rec["relative_ci_low"],
+        "relative_ci_high": rec["relative_ci_high"],
+        "n": rec["n"],
+        "mark": mark,
+    }
+
+
+def sink_share(run: Run) -> list[float]:
+    """Per layer: attention-sink share (mean over heads and sections) from eval diagnostics."""
+    entries = ((run.metrics or {}).get("diagnostics") or {}).get("attention_sink") or []
+    out = []
+    for e in entries:
+        v = e.get("share", e.get("share_mean")) if isinstance(e, dict) else e
+        v = np.asarray(v, dtype=float) if v is not None else np.array([np.nan])
+        out.append(float(np.nanmean(v)) if v.size and np.isfinite(v).any() else float("nan"))
+    return out
+
+
+def _largest_sink(runs: list[Run]) -> float:
+    shares = [max(sh) for sh in (sink_share(r) for r in runs) if sh and np.isfinite(sh).any()]
+    return float(np.nanmean(shares)) if shares else math.nan
+
+
+def contrast_records(
+    view: DatasetView, family: Family
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, str]]]:
+    """(primary records with decisions, secondary records, skipped) of the declared contrasts."""
+    metrics = view.metric_names()
+    records: list[dict[str, Any]] = []
+    secondary: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    for variant, reference in family.contrasts:
+        pair = {"variant": variant, "reference": reference}
+        missing = [v for v in (variant, reference) if v not in view.variants]
+        if missing:
+            skipped.append(pair | {"reason": f"no runs of {', '.join(missing)}"})
+            continue
+        for m in metrics:
+            a = seed_values(view.variants[variant], m)
+            b = seed_values(view.variants[reference], m)
+            if a and b:
+                rec = compare(view.name, variant, reference, m, a, b)
+                (records if m in family.primary_metrics else secondary).append(rec)
+            elif m in family.primary_metrics:
+                skipped.append(pair | {"metric": m, "reason": "not measured on both sides"})
+        for m in family.primary_metrics:
+            if m not in metrics:
+                skipped.append(pair | {"metric": m, "reason": "not measured (the mode does not produce it)"})
+    decide(records, family)
+    for r in secondary:
+        r["holm_p"] = None
+        r["decision"] = None  # secondary: shown, never given a verdict word
+    return records, secondary, skipped
+
+
+def peer_records(view: DatasetView, family: Family) -> list[dict[str, Any]]:
+    """Every variant against every peer on the primary metrics, paired by held-out section (the variant's
+    mean over seeds); tested, Holm-adjusted among themselves, only with MIN_PEER_SECTIONS sections or more."""
+    peers: list[dict[str, Any]] = []
+    for peer, p_runs in view.peers.items():
+        for variant, v_runs in view.variants.items():
+            for m in family.primary_metrics:
+                a, b = section_values(v_runs, m), section_values(p_runs, m)
+                if a and b:
+                    peers.append(
+                        compare(view.name, variant, peer, m, a, b) | {"peer": peer.removeprefix("peer_")}
+                    )
+    decide([r for r in peers if r["n"] >= MIN_PEER_SECTIONS], family, min_n=MIN_PEER_SECTIONS)
+    untested = (
+        "p_value",
+        "permutation_p",
+        "t_statistic",
+        "ci_low",
+        "ci_high",
+        "relative_ci_low",
+        "relative_ci_high",
+        "holm_p",
+        "mde",
+        "mde_relative",
+        "family_size",
+    )
+    for r in peers:
+        if r["n"] < MIN_PEER_SECTIONS:
+            r.update(dict.fromkeys(untested))
+            r["decision"] = f"too few sections to test ({r['n']} < {MIN_PEER_SECTIONS})"
+    return peers
+
+
+def describe(view: DatasetView) -> tuple[dict[str, Any], dict[str, float]]:
+    """(method -> metric -> mean and t interval over seeds, metric -> mean random-placement value)."""
+    metrics = view.metric_names()
+    table = {}
+    for kind, groups in (("variant", view.variants), ("peer", view.peers)):
+        for name, rs in groups.items():
+            row = {}
+            for m in metrics:
+                s = stats.summarize(seed_values(rs, m).values())
+                if s.n:
+                    row[m] = {"mean": s.mean, "ci_low": s.low, "ci_high": s.high, "n": s.n}
+            table[name] = {"kind": kind, "metrics": row}
+    refs = [r.metrics["random_reference"] for r in view.all_runs if (r.metrics or {}).get("random_reference")]
+    random_reference = {}
+    for m in metrics:
+        vals = [float(x[m]) for x in refs if isinstance(x.get(m), (int, float)) and math.isfinite(x[m])]
+        if vals:
+            random_reference[m] = float(np.mean(vals))
+    return table, random_reference
+
+
+def expectation_rows(
+    view: DatasetView, family: Family, records: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The design note's expectations for each declared contrast against the baseline, and its sink check
+    with the ungated softmax control beside it."""
+    by_key = {(r["variant"], r["reference"], r["metric"]): r for r in records}
+    control = view.variants.get("softmax")
+    rows: list[dict[str, Any]] = []
+    for variant, reference in family.contrasts:
+        if reference != view.baseline or variant not in view.variants or reference not in view.variants:
+            continue
+        for label, metric, lo, hi in EXPECTATIONS:
+            row = _expectation(label, metric, lo, hi, by_key.get((variant, reference, metric)))
+            rows.append(row | {"variant": variant})
+        share = _largest_sink(view.variants[variant])
+        ctrl = _largest_sink(control) if control and variant != "softmax" else math.nan
+        mark = "not measured" if not math.isfinite(share) else "met" if share < SINK_THRESHOLD else "not met"
+        if mark == "met" and math.isfinite(ctrl) and ctrl < SINK_THRESHOLD:
+            mark = "met, but so does the ungated control"
+        rows.append(
+            {
+                "label": "no attention sink",
+                "metric": "attention_sink_share",
+                "variant": variant,
+                "expected": f"< {SINK_THRESHOLD:.0%} to one cell",
+                "largest_share": share,
+                "control_largest_share": ctrl,
+                "mark": mark,
+            }
+        )
+    return rows
+
+
+def dataset_verdict(view: DatasetView, family: Family) -> dict[str, Any]:
+    records, secondary, skipped = contrast_records(view, family)
+    table, random_reference = describe(view)
+    return {
+        "dataset": view.name,
+        "seeds": {v: sorted(r.seed for r in rs) for v, rs in view.variants.items()},
+        "records": records,
+        "secondary": secondary,
+        "peers": peer_records(view, family),
+        "expectations": expectation_rows(view, family, records + secondary),
+        "skipped": skipped,
+        "table": table,
+        "random_reference": random_reference,
+    }
+
+
+def build(runs: list[Run], family: Family | None = None, *, baseline: str = BASELINE) -> dict[str, Any]:
+    """The whole verdict (JSON-ready: NaN as null) of the runs given."""
+    family = family or Family()
+    datasets = [dataset_verdict(v, family) for v in group_runs(runs, baseline)]
+    return _clean(
+        {
+            "schema": SCHEMA,
+            "baseline": baseline,
+            "family": {
+                "contrasts": [list(c) for c in family.contrasts],
+                "primary_metrics": list(family.primary_metrics),
+                "alpha": family.alpha,
+                "power": family.power,
+                "interval": "95 % Student t over the paired units",
+                "p_value": "two-sided paired t-test (scipy.stats.ttest_1samp on the differences)",
+                "permutation_p": "two-sided sign-flip permutation of the mean difference, all 2^n patterns "
+                "(n <= 12)",
+                "holm_p": "Holm step-down over the data set's family (declared contrasts x primary metrics)",
+                "mde": "smallest |mean difference| a two-sided t-test on n differences with their sd "
+                "detects with "
+                "80 % power at level alpha / family size (noncentral t)",
+                "min_peer_sections": MIN_PEER_SECTIONS,
+            },
+            "runs": sorted(str(r.path) for r in runs),
+            "datasets": datasets,
+        }
+    )
+
+
+def write(verdict: dict[str, Any], out: Path) -> Path:
+    """Write atomically (temp file + rename)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(verdict, f, indent=1, allow_nan=False)
+            f.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def read(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "verdict.json"
+    if not path.is_file():
+        raise VerdictError(
+            f"{path}: not found; run the workflow (make run) or the report stage with --verdict"
+        )
+    try:
+        v = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise VerdictError(f"{path}: not valid JSON (line {err.lineno}); rerun the report stage") from None
+    if not isinstance(v, dict) or v.get("schema") != SCHEMA:
+        raise VerdictError(f"{path}: field 'schema' is not {SCHEMA}; rerun the report stage of this version")
+    return v

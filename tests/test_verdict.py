@@ -1,0 +1,336 @@
+"""The verdict (alphastomics/verdict.py) on fixture run folders: decisions for a planted effect and for none,
+every number of verdict.json recomputed by hand from the per-seed metrics.json files (its documented schema),
+seeds as the unit (two sections of one seed are never two pairs), peers per section with too few sections,
+the expectations' marks, and the declared family of config/config.yaml."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats as st
+
+from alphastomics import verdict as V
+from alphastomics.runs import load_run
+
+ROOT = Path(__file__).resolve().parents[1]
+PRIMARY = ("knn_preservation", "distance_spearman", "procrustes_rmsd_scaled")
+SEEDS = [0, 1, 2, 3, 4]
+SECTIONS = {"s0": 30, "s1": 70}  # cell counts: the per-seed value is a 30:70 weighted mean
+
+
+def _write(
+    root: Path,
+    dataset: str,
+    variant: str,
+    seed: int,
+    sections: dict[str, dict[str, float]],
+    n_cells: dict[str, int],
+) -> Path:
+    run = root / dataset / variant / f"seed{seed}"
+    (run / "eval").mkdir(parents=True)
+    rows = [{"section": s, "n_cells": n_cells[s], **vals} for s, vals in sections.items()]
+    metrics = sorted({m for r in rows for m in r} - {"section", "n_cells"})
+    overall = {
+        m: float(np.average([r[m] for r in rows], weights=[r["n_cells"] for r in rows])) for m in metrics
+    }
+    (run / "eval" / "metrics.json").write_text(json.dumps({"overall": overall, "per_section": rows}))
+    return run
+
+
+def _planted(root: Path) -> list[Path]:
+    """linear: seed-level noise; gated_headwise: +0.05 kNN preservation on every section of every seed (plus
+    noise), nothing else; softmax: linear plus zero-mean noise. One secondary metric (morans_i_corr)."""
+    rng = np.random.default_rng(3)
+    runs = []
+    for seed in SEEDS:
+        lin = {
+            s: {
+                "knn_preservation": 0.50 + 0.02 * rng.normal(),
+                "distance_spearman": 0.80 + 0.02 * rng.normal(),
+                "procrustes_rmsd_scaled": 0.40 + 0.02 * rng.normal(),
+                "morans_i_corr": 0.9,
+            }
+            for s in SECTIONS
+        }
+        head = {
+            s: {
+                m: v + (0.05 if m == "knn_preservation" else 0.0) + 0.003 * rng.normal()
+                for m, v in vals.items()
+            }
+            for s, vals in lin.items()
+        }
+        soft = {s: {m: v + 0.01 * rng.normal() for m, v in vals.items()} for s, vals in lin.items()}
+        for name, vals in (("linear", lin), ("gated_headwise", head), ("softmax", soft)):
+            runs.append(_write(root, "toy", name, seed, vals, SECTIONS))
+    return runs
+
+
+FAMILY = V.Family(
+    contrasts=(("gated_headwise", "linear"), ("softmax", "linear"), ("gated_elementwise", "linear")),
+    primary_metrics=PRIMARY,
+)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("results")
+    runs = _planted(root)
+    v = V.build([load_run(p) for p in runs], FAMILY)
+    V.write(v, root / "verdict.json")
+    return root, json.loads((root / "verdict.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Recomputing verdict.json by hand (numpy + the textbook formulas), from metrics.json files only
+
+
+def _seed_value(run: Path, metric: str) -> float:
+    m = json.loads((run / "eval" / "metrics.json").read_text())
+    rows = m["per_section"]
+    return sum(r[metric] * r["n_cells"] for r in rows) / sum(r["n_cells"] for r in rows)
+
+
+def _t_p(d: np.ndarray) -> float:
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(len(d)))
+    return 2 * st.t.sf(abs(t), len(d) - 1)
+
+
+def _perm_p(d: np.ndarray) -> float:
+    obs = abs(d.mean())
+    flips = [abs(np.mean(np.array(s) * d)) >= obs - 1e-12 for s in itertools.product((-1, 1), repeat=len(d))]
+    return sum(flips) / len(flips)
+
+
+def _holm(p: list[float]) -> list[float]:
+    m, order = len(p), sorted(range(len(p)), key=lambda i: p[i])
+    out, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def _power(effect: float, sd: float, n: int, alpha: float) -> float:
+    crit = st.t.ppf(1 - alpha / 2, n - 1)
+    return st.nct.sf(crit, n - 1, effect * math.sqrt(n) / sd)  # the far tail is < 1e-6 here
+
+
+def recompute_and_check(results: Path, v: dict) -> int:
+    """Every number of every primary record of ``v``, from the runs' ``eval/metrics.json`` files."""
+    checked = 0
+    for ds in v["datasets"]:
+        recs = ds["records"]
+        for r in recs:
+            seeds = sorted(
+                set(int(p.name[4:]) for p in (results / ds["dataset"] / r["variant"]).glob("seed*"))
+                & set(int(p.name[4:]) for p in (results / ds["dataset"] / r["reference"]).glob("seed*"))
+            )
+            a = np.array(
+                [_seed_value(results / ds["dataset"] / r["variant"] / f"seed{s}", r["metric"]) for s in seeds]
+            )
+            b = np.array(
+                [
+                    _seed_value(results / ds["dataset"] / r["reference"] / f"seed{s}", r["metric"])
+                    for s in seeds
+                ]
+            )
+            d = a - b
+            n = len(d)
+            half = st.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)
+            assert r["units"] == seeds and r["n"] == n
+            np.testing.assert_allclose(r["variant_values"], a, rtol=1e-12)
+            np.testing.assert_allclose(r["reference_values"], b, rtol=1e-12)
+            assert r["mean_difference"] == pytest.approx(d.mean(), rel=1e-9)
+            assert r["relative_change"] == pytest.approx(d.mean() / abs(b.mean()), rel=1e-9)
+            assert (r["ci_low"], r["ci_high"]) == pytest.approx((d.mean() - half, d.mean() + half), rel=1e-9)
+            assert r["relative_ci_low"] == pytest.approx((d.mean() - half) / abs(b.mean()), rel=1e-9)
+            assert r["p_value"] == pytest.approx(_t_p(d), rel=1e-9)
+            assert r["permutation_p"] == pytest.approx(_perm_p(d), abs=1e-12)
+            alpha = v["family"]["alpha"] / len(recs)
+            assert _power(r["mde"], d.std(ddof=1), n, alpha) == pytest.approx(v["family"]["power"], abs=1e-6)
+            assert r["mde_relative"] == pytest.approx(r["mde"] / abs(b.mean()), rel=1e-9)
+            checked += 1
+        for r, h in zip(recs, _holm([r["p_value"] for r in recs])):
+            assert r["holm_p"] == pytest.approx(h, rel=1e-9) and r["family_size"] == len(recs)
+            sign = 1 if r["metric"] in ("knn_preservation", "distance_spearman") else -1
+            if h < 0.05:
+                assert r["decision"] == ("better" if sign * r["mean_difference"] > 0 else "worse")
+            else:
+                pct = 100 * r["mde_relative"]
+                shown = f"{pct:.1f}" if pct >= 0.1 else f"{pct:.2g}"
+                assert r["decision"] == f"no difference detected (smallest detectable: {shown} %)"
+    return checked
+
+
+def test_every_number_recomputed_from_metrics_json(planted) -> None:
+    root, v = planted
+    assert recompute_and_check(root, v) == 6  # 2 contrasts with runs x 3 primary metrics
+
+
+def test_planted_effect_is_better_and_nothing_else_gets_a_word(planted) -> None:
+    _, v = planted
+    recs = {(r["variant"], r["metric"]): r for r in v["datasets"][0]["records"]}
+    hit = recs[("gated_headwise", "knn_preservation")]
+    assert hit["decision"] == "better" and hit["holm_p"] < 0.05
+    assert 0.05 / 0.5 * 0.8 < hit["relative_change"] < 0.05 / 0.5 * 1.2  # +10 % planted
+    assert hit["permutation_p"] == pytest.approx(2 / 32)  # all 5 differences positive: 2 of 2^5 patterns
+    for key, r in recs.items():
+        if key != ("gated_headwise", "knn_preservation"):
+            assert r["decision"].startswith("no difference detected (smallest detectable: "), key
+    # secondary metrics are shown with their numbers but never given a word or a Holm p
+    sec = v["datasets"][0]["secondary"]
+    assert {r["metric"] for r in sec} == {"morans_i_corr"}
+    assert all(r["decision"] is None and r["holm_p"] is None for r in sec)
+    # a declared contrast without runs is listed, not silently dropped
+    assert {
+        "variant": "gated_elementwise",
+        "reference": "linear",
+        "reason": "no runs of gated_elementwise",
+    } in (v["datasets"][0]["skipped"])
+
+
+def test_two_sections_of_one_seed_are_never_two_pairs(tmp_path: Path) -> None:
+    # One seed each, four sections that all move the same way: one pair, so no test at all.
+    sections = {f"s{i}": 50 for i in range(4)}
+    runs = [
+        _write(
+            tmp_path,
+            "toy",
+            name,
+            0,
+            {s: {"knn_preservation": 0.5 + shift + 0.01 * i} for i, s in enumerate(sections)},
+            sections,
+        )
+        for name, shift in (("linear", 0.0), ("gated_headwise", 0.1))
+    ]
+    fam = V.Family(contrasts=(("gated_headwise", "linear"),), primary_metrics=("knn_preservation",))
+    (r,) = V.build([load_run(p) for p in runs], fam)["datasets"][0]["records"]
+    assert r["n"] == 1 and r["units"] == [0]
+    assert r["p_value"] is None and r["holm_p"] is None and r["decision"] == "no test (n = 1 < 2)"
+
+
+def _peer_fixture(root: Path, n_sections: int) -> list[Path]:
+    sections = {f"s{i}": 40 + i for i in range(n_sections)}
+    runs = []
+    for seed in (0, 1, 2):
+        runs.append(
+            _write(
+                root,
+                "toy",
+                "linear",
+                seed,
+                {s: {"knn_preservation": 0.5 + 0.1 * seed + 0.01 * i} for i, s in enumerate(sections)},
+                sections,
+            )
+        )
+    runs.append(
+        _write(
+            root,
+            "toy",
+            "peer_knn",
+            0,
+            {s: {"knn_preservation": 0.3 + 0.02 * i * i} for i, s in enumerate(sections)},
+            sections,
+        )
+    )
+    return runs
+
+
+def test_a_peer_with_two_test_sections_is_too_few_to_test(tmp_path: Path) -> None:
+    fam = V.Family(contrasts=(), primary_metrics=("knn_preservation",))
+    v = V.build([load_run(p) for p in _peer_fixture(tmp_path, 2)], fam)
+    (r,) = v["datasets"][0]["peers"]
+    assert r["decision"] == "too few sections to test (2 < 5)"
+    assert r["p_value"] is None and r["permutation_p"] is None and r["holm_p"] is None
+    # the model's value per section is its mean over seeds 0..2 (0.5 + 0.1 + 0.01 i), the peer's its own
+    np.testing.assert_allclose(r["variant_values"], [0.6, 0.61])
+    np.testing.assert_allclose(np.subtract(r["variant_values"], r["reference_values"]), [0.3, 0.29])
+
+
+def test_a_peer_with_six_sections_is_tested_per_section(tmp_path: Path) -> None:
+    fam = V.Family(contrasts=(), primary_metrics=("knn_preservation",))
+    v = V.build([load_run(p) for p in _peer_fixture(tmp_path, 6)], fam)
+    (r,) = v["datasets"][0]["peers"]
+    d = np.array([0.6 + 0.01 * i - (0.3 + 0.02 * i * i) for i in range(6)])
+    assert r["n"] == 6 and r["units"] == [f"s{i}" for i in range(6)]
+    assert r["p_value"] == pytest.approx(_t_p(d)) and r["permutation_p"] == pytest.approx(_perm_p(d))
+    assert r["holm_p"] == pytest.approx(r["p_value"])  # a family of one
+
+
+@pytest.mark.parametrize(
+    "lo,hi,interval,mark",
+    [
+        (-15.0, -10.0, (-0.20, -0.12), "met"),  # inside the range, excludes 0
+        (-15.0, -10.0, (-0.40, -0.30), "met"),  # beyond the range in the expected direction
+        (-15.0, -10.0, (-0.12, 0.02), "inconclusive"),  # overlaps both 0 and the range
+        (-15.0, -10.0, (-0.05, 0.03), "not met"),  # rules the expected change out
+        (5.0, 10.0, (-0.08, -0.01), "not met"),  # the wrong way
+        (None, None, (0.01, 0.03), "met"),  # "up"
+        (None, None, (-0.01, 0.03), "inconclusive"),
+        (5.0, 10.0, (0.0, 0.0), "not met"),  # no change on any seed (a zero bound is a bound, not missing)
+    ],
+)
+def test_expectation_marks(lo, hi, interval, mark) -> None:
+    rec = {
+        "variant": "g",
+        "n": 5,
+        "relative_change": sum(interval) / 2,
+        "relative_ci_low": interval[0],
+        "relative_ci_high": interval[1],
+    }
+    assert V._expectation("x", "m", lo, hi, rec)["mark"] == mark
+
+
+def test_config_declares_the_package_default_family() -> None:
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["verdict"]
+    assert tuple(map(tuple, cfg["contrasts"])) == V.DEFAULT_CONTRASTS
+    assert tuple(cfg["primary_metrics"]) == V.DEFAULT_PRIMARY
+    assert set(v for pair in V.DEFAULT_CONTRASTS for v in pair) <= set(
+        yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["variants"]
+    )
+
+
+def test_family_parse_and_verdict_file_errors(tmp_path: Path) -> None:
+    fam = V.Family.parse(["a:b", "c:b"], ["knn_preservation"])
+    assert fam.contrasts == (("a", "b"), ("c", "b")) and fam.primary_metrics == ("knn_preservation",)
+    assert V.Family.parse(None, None) == V.Family()
+    with pytest.raises(V.VerdictError, match="not VARIANT:REFERENCE"):
+        V.Family.parse(["a-b"], None)
+    with pytest.raises(V.VerdictError, match="verdict.json: not found"):
+        V.read(tmp_path)
+    (tmp_path / "verdict.json").write_text('{"schema": "other"}')
+    with pytest.raises(V.VerdictError, match="field 'schema'"):
+        V.read(tmp_path)
+
+
+@pytest.mark.workflow
+def test_workflow_passes_the_declared_family_and_rejects_unknown_variants(tmp_path: Path) -> None:
+    from test_workflow import make_copy, snakemake, write_config
+
+    repo = make_copy(tmp_path)
+    good = write_config(
+        repo,
+        "good.yaml",
+        lambda c: c.update(
+            verdict={"contrasts": [["gated_headwise", "linear"]], "primary_metrics": ["knn_preservation"]}
+        ),
+    )
+    proc = snakemake(repo, "-n", "-p", "--cores", "1", "--configfile", good)
+    assert (
+        "--verdict results/verdict.json --contrasts gated_headwise:linear --primary-metrics knn_preservation"
+        in (proc.stdout)
+    )
+    bad = write_config(
+        repo, "bad.yaml", lambda c: c.update(verdict={"contrasts": [["gated_headwise", "softmax"]]})
+    )
+    proc = snakemake(repo, "-n", "--cores", "1", "--configfile", bad, check=False)
+    assert proc.returncode != 0
+    assert "verdict.contrasts has ['gated_headwise', 'softmax'], but 'softmax' is not a key of variants" in (
+        proc.stdout + proc.stderr
+    )
