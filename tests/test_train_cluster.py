@@ -200,3 +200,19 @@ def test_no_stop_after_the_last_step(straight, tmp_path, monkeypatch, capsys):
     out3 = tmp_path / "limited3"
     assert cli(straight["argv"](out3, "--time-limit-min", "26")) == EXIT_TIME_LIMIT
     assert load_checkpoint(out3 / "checkpoints" / "latest.pt")["step"] == 7
+
+
+def test_sampler_is_a_sampling_setting(straight, tmp_path):
+    """sample reruns (train does not) when diffusion.sampler or ddim_eta change: it must use this run's
+    values, not the checkpoint's, or the rerun would write the same samples."""
+    import pyarrow.parquet as pq
+
+    from alphastomics.sample import sample
+
+    tables = {}
+    for name, sets in {"ddim": [], "ancestral": ["diffusion.sampler=ancestral"],
+                       "eta": ["diffusion.ddim_eta=1.0"]}.items():
+        cfg = load_config([straight["config"]], ["diffusion.sampling_steps=3", *sets])
+        sample(straight["out"] / "final.pt", straight["data"], tmp_path / f"{name}.parquet", split="val", cfg=cfg)
+        tables[name] = pq.read_table(tmp_path / f"{name}.parquet")
+    assert not tables["ancestral"].equals(tables["ddim"]) and not tables["eta"].equals(tables["ddim"])
