@@ -1,7 +1,6 @@
 rule report:
     input:
         metrics=expand("{run}/eval/metrics.json", run=all_runs()),
-        model_config=config["model_config"],
     output:
         report(
             "results/report.html",
@@ -13,13 +12,15 @@ rule report:
     benchmark:
         "results/benchmarks/report.tsv"
     conda:
-        "../../environment.yml"
+        "../envs/report.yaml"
     threads: config["resources"]["cpu"]["threads"]
     resources:
         mem_mb=cpu_mem,
         runtime=runtime("cpu"),
     params:
         runs=all_runs(),
+        model_config=config["model_config"],
+        settings=report_settings,
     shell:
-        "python -m alphastomics report --config {input.model_config} --runs {params.runs}"
+        "python -m alphastomics report --config {params.model_config} --runs {params.runs}"
         " --out {output} > {log} 2>&1"
