@@ -388,6 +388,22 @@ def test_report_and_data_stages_run_in_their_small_environments(tiny_run, tmp_pa
     assert '"../envs/report.yaml"' in rules
 
 
+def test_set_up_files_say_what_the_workflow_needs():
+    env = yaml.safe_load((REPO / "environment.yml").read_text())["dependencies"]
+    assert "snakemake-executor-plugin-slurm>=2,<3" in env  # the profile uses 2.x options
+    assert any(re.fullmatch(r"cuda-version=\d+\.\d+", d) for d in env)  # CONDA_OVERRIDE_CUDA names it
+    assert "CONDA_OVERRIDE_CUDA" in (REPO / "environment.yml").read_text()
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert '"snakemake-executor-plugin-slurm>=2,<3"' in pyproject and 'license = "MIT"' in pyproject
+    assert (REPO / "LICENSE").read_text().startswith("MIT License")
+    catalog = yaml.safe_load((REPO / ".snakemake-workflow-catalog.yml").read_text())["usage"]
+    assert catalog["software-stack-deployment"]["conda"] is True and catalog["report"] is True
+    for profile in ("default", "slurm"):  # CI uses these: conda never turned on there
+        text = (REPO / "workflow/profiles" / profile / "config.yaml").read_text()
+        assert "conda" not in yaml.safe_load(text).get("software-deployment-method", "")
+        assert "use-conda" not in yaml.safe_load(text)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Forced reruns retrain; a preempted job resumes
 
