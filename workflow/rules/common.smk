@@ -208,7 +208,7 @@ def model_yaml():
         return yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
         raise WorkflowError(
-            f"error: {path}: cannot read model_config ({err}); fix the path in the config"
+            f"{path}: model_config cannot be read ({err}); fix model_config in the config"
         )
 
 
