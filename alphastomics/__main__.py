@@ -60,6 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="discard checkpoints in --out written by another config instead of refusing (the workflow uses it)",
     )
+    p.add_argument(
+        "--time-limit-min", dest="time_limit_min", type=float, metavar="MIN",
+        help="the job's time limit in minutes (the workflow passes resources.runtime under SLURM): save a "
+        "checkpoint and exit 75 --time-margin-min before it; the same command then resumes",
+    )
+    p.add_argument(
+        "--time-margin-min", dest="time_margin_min", type=float, default=10.0, metavar="MIN",
+        help="stop this long before --time-limit-min (at most half of it; default 10)",
+    )
+    p.add_argument(
+        "--threads", type=int, metavar="N",
+        help="CPUs of the job, shared by its processes: torch threads and data-loader workers (the workflow "
+        "passes its threads)",
+    )
 
     p = sub.add_parser("sample", help="generate held-out sections with a trained model")
     _common(p)

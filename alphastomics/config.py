@@ -371,3 +371,44 @@ def _design_note_keys(data: dict[str, Any], source: str) -> dict[str, Any]:
 
 def dump_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Which settings each workflow stage reads. The workflow reruns a stage only when one of these changes
+# (workflow/rules/common.smk), and training resumes a checkpoint whose training settings match even when a
+# sampling or evaluation setting changed since (alphastomics/train.py).
+
+# diffusion keys used only when generating: sample reads them from its own --config, not the checkpoint.
+SAMPLING_KEYS = ("sampling_steps", "sampler", "ddim_eta")
+
+# stage -> section -> keys read (None: the whole section; a leading "-" list: the whole section but those).
+STAGE_SETTINGS: dict[str, dict[str, Any]] = {
+    "train": {
+        "dataset": None,
+        "data": None,
+        "TransformerLayer_setting": None,
+        "training": None,
+        "diffusion": ("-",) + SAMPLING_KEYS,
+    },
+    "sample": {"diffusion": SAMPLING_KEYS, "evaluation": ("seed",)},
+    "evaluate": {"evaluation": None},
+    "baseline": {"peers": None},
+}
+
+
+def stage_settings(stage: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The part of a (full or partial) nested config dict that ``stage`` reads; see STAGE_SETTINGS."""
+    out: dict[str, Any] = {}
+    for section, keys in STAGE_SETTINGS[stage].items():
+        block = settings.get(section)
+        if not isinstance(block, dict):
+            continue
+        if keys is None:
+            kept = dict(block)
+        elif keys[:1] == ("-",):
+            kept = {k: v for k, v in block.items() if k not in keys[1:]}
+        else:
+            kept = {k: v for k, v in block.items() if k in keys}
+        if kept:
+            out[section] = kept
+    return out

@@ -11,6 +11,7 @@ coordinates from expression (``expr_to_pos``), expression from coordinates (``po
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -68,7 +69,9 @@ def sample(
     run_cfg = cfg or ckpt_cfg
     mode = ckpt_cfg.diffusion.mode
     steps = run_cfg.diffusion.sampling_steps
-    diffusion = Diffusion(ckpt_cfg.diffusion)
+    # the schedule is the checkpoint's; how to walk it (sampler, ddim_eta) is a sampling setting of this run
+    diffusion = Diffusion(dataclasses.replace(ckpt_cfg.diffusion, sampler=run_cfg.diffusion.sampler,
+                                              ddim_eta=run_cfg.diffusion.ddim_eta))
     sections = list(manifest["splits"].get(split, []))
     if not sections:
         where = data_dir / "manifest.json"

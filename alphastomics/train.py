@@ -33,7 +33,7 @@ from torch import nn
 
 from alphastomics import AlphaSTomicsError
 from alphastomics.artifacts import atomic_write_text, load_checkpoint, save_checkpoint
-from alphastomics.config import Config, ConfigError, TrainConfig, config_from_dict, to_dict
+from alphastomics.config import Config, ConfigError, TrainConfig, config_from_dict, stage_settings, to_dict
 from alphastomics.diagnostics import gate_statistics
 from alphastomics.model import Denoiser
 from alphastomics.seeds import DIAG_STREAM, DROPOUT_STREAM, NOISE_STREAM, VAL_STREAM, step_seed
@@ -49,12 +49,23 @@ class TrainingError(AlphaSTomicsError):
     """Training cannot continue (non-finite losses, a run folder made by another config, ...)."""
 
 
+# Exit status of a run stopped by its own time limit (Deadline): EX_TEMPFAIL, "try again". Any non-zero
+# status makes Snakemake retry the job (rule train: retries), and the retry resumes from latest.pt.
+EXIT_TIME_LIMIT = 75
+# The stop flag's value for "time limit reached": above every signal number, so the max over ranks keeps it.
+_TIME_LIMIT_STOP = 1000
+
+
 class Interrupted(Exception):
-    """A SIGTERM/SIGUSR1 arrived; the state was checkpointed and the process should exit 128 + signum."""
+    """A SIGTERM/SIGUSR1 arrived or the time limit is near; the state was checkpointed and the process should
+    exit (``exit_code``: 128 + signum after a signal, EXIT_TIME_LIMIT after the time limit)."""
 
     def __init__(self, signum: int, step: int, path: Path) -> None:
-        name = signal.Signals(signum).name
-        super().__init__(f"stopped by signal {name} after step {step}; state saved to {path}")
+        if signum == _TIME_LIMIT_STOP:
+            why, self.exit_code = "the job's time limit is near", EXIT_TIME_LIMIT
+        else:
+            why, self.exit_code = f"signal {signal.Signals(signum).name}", 128 + signum
+        super().__init__(f"stopped after step {step} ({why}); state saved to {path}")
         self.signum = signum
 
 
@@ -197,7 +208,8 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
-def step_loader(data: Any, cfg: Config, start: int, d: Dist, device: torch.device) -> Iterator[list[Any]]:
+def step_loader(data: Any, cfg: Config, start: int, d: Dist, device: torch.device,
+                num_workers: int | None = None) -> Iterator[list[Any]]:
     """Yields the accumulate_grad_batches micro-batches of each optimiser step from ``start`` on.
 
     Micro-batch k of step s is data step s * accumulate + k, so 2 micro-batches of b hold the same examples
@@ -212,7 +224,7 @@ def step_loader(data: Any, cfg: Config, start: int, d: Dist, device: torch.devic
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=None,
-        num_workers=cfg.data.num_workers,
+        num_workers=cfg.data.num_workers if num_workers is None else num_workers,
         pin_memory=cfg.data.pin_memory and device.type == "cuda",
         worker_init_fn=_ignore_stop_signals,
     )
@@ -295,15 +307,16 @@ def _config_difference(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -
 
 
 def _stale_config(path: Path, ckpt_cfg: dict[str, Any], cfg: Config) -> list[str]:
-    """Keys whose values differ between a checkpoint's config and ``cfg``; [] = the same run.
+    """Training settings whose values differ between a checkpoint's config and ``cfg``; [] = the same run.
 
     Both sides are compared with defaults filled in, so a checkpoint written before a config section was
-    added to the package still counts as the same run."""
+    added to the package still counts as the same run. Settings training does not read (sampling,
+    evaluation, peers: config.STAGE_SETTINGS) may differ: the workflow does not rerun training for them."""
     try:
         ckpt_cfg = to_dict(config_from_dict(ckpt_cfg, source=str(path)))
     except ConfigError:
         pass  # a key this version no longer has: compare raw, which reports it as a difference
-    return _config_difference(ckpt_cfg, to_dict(cfg))
+    return _config_difference(stage_settings("train", ckpt_cfg), stage_settings("train", to_dict(cfg)))
 
 
 def _check_same_config(path: Path, ckpt_cfg: dict[str, Any], cfg: Config) -> None:
@@ -367,11 +380,27 @@ class Progress:
 
 class SignalFlag:
     """SIGTERM / SIGUSR1 (SLURM time limit, preemption) only set a flag; the loop saves at the next step
-    boundary, so a checkpoint is never written from inside a half-finished step."""
+    boundary, so a checkpoint is never written from inside a half-finished step. ``stop()`` (once per step)
+    also reports the time limit of ``deadline``: the first line of defence, the signals being the second.
 
-    def __init__(self) -> None:
+    After the last of ``steps`` steps it never asks to stop: the run then writes final.pt instead (as long
+    as a checkpoint), and a finished latest.pt without final.pt always means a forced rerun."""
+
+    def __init__(self, deadline: Deadline | None = None, steps: int | None = None) -> None:
         self.signum = 0
+        self.deadline = deadline
+        self.steps_left = steps
         self._previous: dict[int, Any] = {}
+
+    def stop(self) -> int:
+        """The signal number that asked to stop, _TIME_LIMIT_STOP near the time limit, else 0."""
+        if self.steps_left is not None:
+            self.steps_left -= 1
+            if self.steps_left <= 0:
+                return 0
+        if self.signum:
+            return self.signum
+        return _TIME_LIMIT_STOP if self.deadline is not None and self.deadline.reached() else 0
 
     def __enter__(self) -> "SignalFlag":
         for sig in (signal.SIGTERM, signal.SIGUSR1):
@@ -386,17 +415,103 @@ class SignalFlag:
             signal.signal(sig, handler)
 
 
+# Environment variable for tests only: when set to N, the time limit's clock reads N seconds per optimiser
+# step done by this process instead of the wall clock, so a test stops at an exact step (tests/test_workflow.py).
+FAKE_CLOCK_ENV = "ALPHASTOMICS_FAKE_SECONDS_PER_STEP"
+
+
+class Deadline:
+    """The job's time limit: ``reached()`` turns true ``margin_s`` before it, and the loop then saves a
+    checkpoint and stops (exit EXIT_TIME_LIMIT), so that a retry resumes instead of losing the work since the
+    last periodic checkpoint. Signals (SignalFlag) stay as a second line.
+
+    The clock starts when this process started (the job started a few seconds earlier: the margin covers
+    that, the last step and the save). ``limit_s`` None means no limit. With FAKE_CLOCK_ENV set (tests),
+    every call of ``reached()`` advances a fake clock by that many seconds instead."""
+
+    def __init__(self, limit_s: float | None, margin_s: float, start: float | None = None) -> None:
+        self.limit_s, self.margin_s = limit_s, margin_s
+        if start is None:
+            import psutil
+
+            start = psutil.Process().create_time()
+        self.start = start
+        fake = os.environ.get(FAKE_CLOCK_ENV)
+        self.fake_step_s = float(fake) if fake else None
+        self.calls = 0
+
+    @classmethod
+    def from_minutes(cls, limit_min: float | None, margin_min: float) -> "Deadline":
+        """At most half the limit is margin, so a short job still trains for half its time."""
+        if limit_min is None:
+            return cls(None, 0.0)
+        return cls(60.0 * limit_min, 60.0 * min(margin_min, limit_min / 2))
+
+    def elapsed(self) -> float:
+        if self.fake_step_s is not None:
+            return self.calls * self.fake_step_s
+        return time.time() - self.start
+
+    def reached(self) -> bool:
+        """Called once per optimiser step (on every rank, so fake clocks agree)."""
+        self.calls += 1
+        if self.limit_s is None:
+            return False
+        return self.elapsed() >= self.limit_s - self.margin_s
+
+
+def thread_split(threads: int | None, world_size: int, num_workers: int) -> tuple[int | None, int]:
+    """(torch threads, data-loader workers) of each of ``world_size`` processes sharing ``threads`` CPUs.
+
+    An explicit data.num_workers > 0 wins; otherwise a quarter of a process's CPUs load data (at most 4) and
+    the rest run torch. ``threads`` None (not given) leaves torch's default and data.num_workers as they are."""
+    if threads is None:
+        return None, num_workers
+    per_process = max(1, threads // max(1, world_size))
+    workers = num_workers if num_workers > 0 else min(4, per_process // 4)
+    return max(1, per_process - workers), workers
+
+
+def _finished(path: Path) -> bool:
+    ckpt = load_checkpoint(path)
+    return int(ckpt["step"]) >= int(ckpt["config"]["training"]["max_steps"]) or bool(
+        ckpt.get("state", {}).get("stopped_early")
+    )
+
+
+def _discard_finished_run(out_dir: Path) -> None:
+    """A finished latest.pt without final.pt is a forced rerun: Snakemake deletes a job's outputs (final.pt)
+    before it runs the job again (-R, --forcerun, --force, a changed input), whereas a preempted or failed
+    job never got to final.pt and its latest.pt is short of max_steps. A forced rerun trains from step 0."""
+    latest, final = out_dir / "checkpoints" / "latest.pt", out_dir / "final.pt"
+    if final.exists() or not latest.exists() or not _finished(latest):
+        return
+    print(f"train: {latest} is a finished run but {final} is missing (a forced rerun); training again "
+          "from step 0", file=sys.stderr)
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    for name in ("train_summary.json", "metrics.jsonl"):
+        (out_dir / name).unlink(missing_ok=True)
+
+
 # --------------------------------------------------------------------------------------------------------
 # The training run
 
 
 def train(
-    cfg: Config, data_dir: str | Path, out_dir: str | Path, *, restart_if_config_changed: bool = False
+    cfg: Config,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    restart_if_config_changed: bool = False,
+    deadline: Deadline | None = None,
+    num_workers: int | None = None,
 ) -> dict[str, Any]:
     """Train one variant; returns the summary (also written to out_dir/train_summary.json on rank 0).
 
     Rerunning resumes from ``out_dir/checkpoints/latest.pt``; a checkpoint of another config is an error,
-    or, with ``restart_if_config_changed``, discarded (on rank 0) before training starts afresh."""
+    or, with ``restart_if_config_changed``, discarded (on rank 0) before training starts afresh. A finished
+    latest.pt without final.pt (a forced rerun) is discarded too. ``deadline``: stop with a checkpoint before
+    the job's time limit (Interrupted). ``num_workers`` replaces data.num_workers (same batches)."""
     from alphastomics.data import ProcessedData, eval_batches
     from alphastomics.diffusion import Diffusion
 
@@ -414,6 +529,11 @@ def train(
         else:
             while latest_path.exists() and _stale_config(latest_path, load_checkpoint(latest_path)["config"], cfg):
                 time.sleep(1)
+    if int(os.environ.get("RANK", "0")) == 0:
+        _discard_finished_run(out_dir)
+    else:
+        while not final_path.exists() and latest_path.exists() and _finished(latest_path):
+            time.sleep(1)
     if final_path.exists() and summary_path.exists():
         _check_same_config(final_path, load_checkpoint(final_path)["config"], cfg)
         print(f"{final_path} already exists for this config; nothing to do", file=sys.stderr)
@@ -472,8 +592,10 @@ def train(
         if d.is_main:
             _truncate_metrics(metrics_path, start_step)
             print(f"resuming from {latest_path} at step {start_step}", file=sys.stderr)
-    elif d.is_main and metrics_path.exists():
-        metrics_path.unlink()  # a run that died before its first checkpoint starts over
+    elif d.is_main:
+        print(f"train: starting at step 0 of {t_cfg.max_steps}", file=sys.stderr)
+        if metrics_path.exists():
+            metrics_path.unlink()  # a run that died before its first checkpoint starts over
 
     # -- 7. Wrap for speed (compile) and for several processes (DDP).
     net: nn.Module = model
@@ -519,13 +641,13 @@ def train(
 
     # -- 8. The loop.
     progress = Progress(t_cfg.max_steps, enabled=d.is_main)
-    batches = step_loader(data, cfg, start_step, d, device)
+    batches = step_loader(data, cfg, start_step, d, device, num_workers)
     t_window, cells_window = time.perf_counter(), 0
     t_start_session = time.perf_counter()
     elapsed_before = state.elapsed_s
     model.train()
     step = start_step
-    with SignalFlag() as flag:
+    with SignalFlag(deadline, t_cfg.max_steps - start_step) as flag:
         while step < t_cfg.max_steps:
             micro_batches = [_to_device(b, device) for b in next(batches)]
             lr = lr_at(step, t_cfg)
@@ -547,7 +669,7 @@ def train(
             losses = accumulate_gradients(loss_fn, micro_batches, sync)
             grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), t_cfg.gradient_clip_val))
             local_bad = 0.0 if math.isfinite(losses["loss"]) and math.isfinite(grad_norm) else 1.0
-            bad, signum = all_ranks_max([local_bad, float(flag.signum)])
+            bad, signum = all_ranks_max([local_bad, float(flag.stop())])
 
             # -- 8a. A non-finite loss or gradient never reaches the weights: skip the step and count it.
             if bad:
@@ -649,12 +771,27 @@ def train(
 
 
 def main(args: Any, cfg: Config) -> int:
-    """``python -m alphastomics train --config C --data_dir PROC --out RUN/train [--batch_size N]``."""
+    """``python -m alphastomics train --config C --data_dir PROC --out RUN/train [--batch_size N]
+    [--time-limit-min M] [--threads N]``."""
+    deadline = Deadline.from_minutes(getattr(args, "time_limit_min", None), getattr(args, "time_margin_min", 10.0))
+    torch_threads, workers = thread_split(
+        getattr(args, "threads", None), int(os.environ.get("WORLD_SIZE", "1")), cfg.data.num_workers
+    )
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"train: {args.threads} CPUs: {torch_threads} torch threads and {workers} data-loader "
+                  f"workers per process", file=sys.stderr)
     try:
-        train(cfg, args.data_dir, args.out, restart_if_config_changed=args.restart_if_config_changed)
+        train(cfg, args.data_dir, args.out, restart_if_config_changed=args.restart_if_config_changed,
+              deadline=deadline, num_workers=workers)
     except Interrupted as stop:
-        # 128 + signum is what a shell reports for a signal death; SLURM/Snakemake then requeue or rerun,
-        # and the same command resumes from checkpoints/latest.pt.
-        print(f"train: {stop}; rerun the same command to resume", file=sys.stderr)
-        return 128 + stop.signum
+        # 128 + signum is what a shell reports for a signal death, EXIT_TIME_LIMIT a stop before the time
+        # limit; Snakemake then retries the job, and the same command resumes from checkpoints/latest.pt.
+        if dist.is_initialized():
+            dist.barrier()  # torchrun stops every rank once one exits: wait until rank 0 has saved
+            dist.destroy_process_group()
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"train: {stop}; rerun the same command to resume", file=sys.stderr)
+        return stop.exit_code
     return 0

@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from snakemake.utils import available_cpu_count
+
+from alphastomics.train import thread_split
 
 pytestmark = pytest.mark.workflow
 
@@ -98,14 +101,17 @@ def test_default_dry_run_lists_datasets_x_variants_x_seeds(tmp_path):
 
 def test_slurm_profile_dry_run_from_repository_root(tmp_path):
     repo = make_copy(tmp_path)
-    counts, out = dry_run(repo, "--profile", "slurm")
+    # --cores 16: a dry run caps threads at --cores, a SLURM job at the CPUs it got (the fake-SLURM test)
+    counts, out = dry_run(repo, "--profile", "slurm", "--cores", "16")
     assert re.search(r"Using profiles? slurm", out)
     assert counts["train"] == 30 and counts["sample"] == 30
     # The GPU rules ask for the GPU partition and one GPU; CPU rules keep the CPU partition.
     train = out[out.index("rule train:") :].split("\n\n")[0]
     assert "slurm_partition=gpu" in train and "gpu=1" in train and "cpus_per_gpu=8" in train
-    fetch = out[out.index("rule fetch_data:") :].split("\n\n")[0]
-    assert "slurm_partition=cpu" in fetch and "gpu=" not in fetch
+    assert "threads: 8" in train and "nodes=1" in train  # the CPUs SLURM gives it are the ones it uses
+    preprocess = out[out.index("rule preprocess:") :].split("\n\n")[0]
+    assert "slurm_partition=cpu" in preprocess and "gpu=" not in preprocess
+    # (that fetch_data and report are localrules, never submitted, shows in the fake-SLURM run below)
 
 
 def test_multi_gpu_variant_runs_torchrun_and_asks_for_its_gpus(tmp_path):
@@ -117,6 +123,16 @@ def test_multi_gpu_variant_runs_torchrun_and_asks_for_its_gpus(tmp_path):
     assert "torchrun --standalone --nproc_per_node 2 -m alphastomics train" in ddp
     assert re.search(r"\bgpu=2\b", ddp) and "mem_mb=4000" in ddp  # 2000 MB per GPU x 2 GPUs x attempt 1
     assert "python -m alphastomics train" in single and re.search(r"\bgpu=1\b", single)
+    # Locally Snakemake caps threads at --cores (2); train is told how many it got.
+    assert "threads: 2" in ddp and "--threads 2" in ddp
+    # Under SLURM: cpus_per_gpu x gpus threads, one node (torchrun's DDP runs inside one node).
+    _, out = dry_run(repo, "-p", "--profile", "slurm", "--cores", "32", "--configfile", config, "--until", "train")
+    blocks = {b.split("output: ")[1].split("/train/")[0]: b for b in out.split("\n\n") if "rule train:" in b}
+    ddp, single = blocks["results/synthetic/gated_headwise/seed0"], blocks["results/synthetic/linear/seed0"]
+    assert "threads: 16" in ddp and "--threads 16" in ddp and "nodes=1" in ddp
+    assert "threads: 8" in single and "--threads 8" in single
+    # the time limit reaches train only inside a SLURM job (SLURM_JOB_ID set)
+    assert "${SLURM_JOB_ID:+--time-limit-min 10}" in ddp
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -262,6 +278,170 @@ def test_reordering_keys_inside_settings_reruns_nothing(tiny_run):
     assert counts == {} and "Nothing to be done" in out
 
 
+@pytest.fixture
+def edited_model_yaml(tiny_run):
+    """Edit config/model.yaml of the tiny run in place for one test (its path is part of every command)."""
+    path = tiny_run / "config" / "model.yaml"
+    original = path.read_text()
+
+    def edit(text: str) -> None:
+        path.write_text(text)
+
+    yield original, edit
+    path.write_text(original)
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        # an evaluation-only setting: evaluate (models and peers) and the report rerun, nothing upstream
+        (lambda c: c["overrides"]["evaluation"].update(num_random_references=2),
+         {"evaluate": 3, "report": 1, "all": 1}),
+        # a sampling-only setting: sample and what follows, no training
+        (lambda c: c["overrides"]["diffusion"].update(sampling_steps=5),
+         {"sample": 2, "evaluate": 2, "report": 1, "all": 1}),
+        # a peer setting: the baseline and what follows
+        (lambda c: c["overrides"].update(peers={"knn_k": 3}), {"baseline": 1, "evaluate": 1, "report": 1, "all": 1}),
+        # a training setting of every run: train again (the check that the trigger works at all)
+        (lambda c: c["overrides"]["training"].update(learning_rate=1.0e-3),
+         {"train": 2, "sample": 2, "evaluate": 2, "report": 1, "all": 1}),
+    ],
+    ids=["evaluation", "sampling", "peers", "training"],
+)
+def test_an_edit_reruns_only_the_stages_that_read_it(tiny_run, edit, expected):
+    counts, _ = dry_run(tiny_run, "--configfile", write_config(tiny_run, "edited.yaml", edit))
+    assert counts == expected
+
+
+def test_comment_only_edits_rerun_nothing(tiny_run, edited_model_yaml):
+    original, edit = edited_model_yaml
+    text = (tiny_run / "config" / "test.yaml").read_text()
+    (tiny_run / "config" / "commented.yaml").write_text("# a comment\n" + text.replace("\n", "  # why\n", 3))
+    edit("# a comment on top\n" + original + "\n# and below\n")
+    counts, out = dry_run(tiny_run, "--configfile", "config/commented.yaml")
+    assert counts == {} and "Nothing to be done" in out
+
+
+def test_model_yaml_edits_rerun_the_stages_that_read_them(tiny_run, edited_model_yaml):
+    original, edit = edited_model_yaml
+    edit(original + "evaluation:\n  knn_k: 7\n")
+    counts, _ = dry_run(tiny_run, "--configfile", "config/test.yaml")
+    assert counts == {"evaluate": 3, "report": 1, "all": 1}
+    edit(original.replace("mask_fraction: 0.15", "mask_fraction: 0.2"))
+    counts, _ = dry_run(tiny_run, "--configfile", "config/test.yaml")
+    assert counts == {"train": 2, "sample": 2, "evaluate": 2, "report": 1, "all": 1}
+
+
+def test_deleted_samples_file_is_rebuilt_when_named(tiny_run, tmp_path):
+    """A missing intermediate whose consumers are up to date is not rebuilt by a plain run (Snakemake's
+    rule); naming it as a target rebuilds it, and the next plain run reruns what read it (docs/workflow.md)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_run, repo, symlinks=True)
+    samples = "results/synthetic/linear/seed0/samples.parquet"
+    (repo / samples).unlink()
+    counts, out = dry_run(repo, "--configfile", "config/test.yaml")
+    assert counts == {} and "Nothing to be done" in out
+    counts, _ = dry_run(repo, "--configfile", "config/test.yaml", "--", samples)  # `--`: not a config file
+    assert counts == {"sample": 1}
+
+
+# --------------------------------------------------------------------------------------------------------
+# The small conda environments: their stages run with only the packages listed
+
+# conda package -> module, for the optional heavy packages of the project
+HEAVY = {"pytorch": "torch", "scikit-learn": "sklearn", "scanpy": "scanpy", "anndata": "anndata", "h5py": "h5py",
+         "matplotlib": "matplotlib", "jinja2": "jinja2", "psutil": "psutil"}
+
+
+def run_without(env_file: Path, argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m alphastomics ARGV` with every heavy package that env_file does not list made unimportable."""
+    listed = {re.split(r"[<>=\s]", d)[0] for d in yaml.safe_load(env_file.read_text())["dependencies"]}
+    blocked = sorted(m for pkg, m in HEAVY.items() if pkg not in listed)
+    code = ("import importlib.abc, sys\n"
+            "class Blocked(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            f"        if name.split('.')[0] in {blocked!r}: raise ImportError('not in the env: ' + name)\n"
+            "sys.meta_path.insert(0, Blocked())\n"
+            "from alphastomics.__main__ import main\n"
+            f"sys.exit(main({argv!r}))")
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_report_and_data_stages_run_in_their_small_environments(tiny_run, tmp_path):
+    runs = [str(p.relative_to(tiny_run)) for p in sorted((tiny_run / "results/synthetic").glob("*/seed0"))]
+    report = run_without(REPO / "workflow/envs/report.yaml",
+                         ["report", "--config", "config/model.yaml", "--runs", *runs, "--out",
+                          str(tmp_path / "report.html")], tiny_run)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (tmp_path / "report.html").stat().st_size > 0
+    data_env = REPO / "workflow/envs/data.yaml"
+    sets = ["--set", "dataset.source=synthetic", "--set", "dataset.synthetic.num_sections=3"]
+    fetch = run_without(data_env, ["fetch-data", "--out", str(tmp_path / "raw"), *sets], tiny_run)
+    assert fetch.returncode == 0, fetch.stderr[-3000:]
+    prep = run_without(data_env, ["preprocess", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "proc"),
+                                  *sets], tiny_run)
+    assert prep.returncode == 0, prep.stderr[-3000:]
+    # and the environment that PyTorch stages use does list PyTorch: the check above can fail
+    assert run_without(data_env, ["train", "--data_dir", str(tmp_path / "proc"), "--out", str(tmp_path / "t")],
+                       tiny_run).returncode != 0
+    rules = "".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk"))
+    assert '"../envs/report.yaml"' in rules and '"../envs/data.yaml"' in rules
+
+
+def test_set_up_files_say_what_the_workflow_needs():
+    env = yaml.safe_load((REPO / "environment.yml").read_text())["dependencies"]
+    assert "snakemake-executor-plugin-slurm>=2,<3" in env  # the profile uses 2.x options
+    assert any(re.fullmatch(r"cuda-version=\d+\.\d+", d) for d in env)  # CONDA_OVERRIDE_CUDA names it
+    assert "CONDA_OVERRIDE_CUDA" in (REPO / "environment.yml").read_text()
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert '"snakemake-executor-plugin-slurm>=2,<3"' in pyproject and 'license = "MIT"' in pyproject
+    assert (REPO / "LICENSE").read_text().startswith("MIT License")
+    catalog = yaml.safe_load((REPO / ".snakemake-workflow-catalog.yml").read_text())["usage"]
+    assert catalog["software-stack-deployment"]["conda"] is True and catalog["report"] is True
+    for profile in ("default", "slurm"):  # CI uses these: conda never turned on there
+        text = (REPO / "workflow/profiles" / profile / "config.yaml").read_text()
+        assert "conda" not in yaml.safe_load(text).get("software-deployment-method", "")
+        assert "use-conda" not in yaml.safe_load(text)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Forced reruns retrain; a preempted job resumes
+
+
+@pytest.fixture
+def forced(tiny_run, tmp_path_factory):
+    """A copy of the tiny run whose checkpoints/latest.pt are finished but with zeroed weights: a job that
+    resumed would write zeros as final.pt; one that retrains writes the tiny run's weights again."""
+    repo = tmp_path_factory.mktemp("forced") / "repo"
+    shutil.copytree(tiny_run, repo, symlinks=True)
+    for variant in ("linear", "gated_headwise"):
+        latest = repo / f"results/synthetic/{variant}/seed0/train/checkpoints/latest.pt"
+        ckpt = torch.load(latest, weights_only=False)
+        for key in ("model", "ema"):
+            ckpt[key] = {n: torch.zeros_like(v) for n, v in ckpt[key].items()}
+        torch.save(ckpt, latest)
+    return repo
+
+
+@pytest.mark.parametrize(
+    "args, retrained",
+    [
+        (["-R", "train", "--until", "train"], ["linear", "gated_headwise"]),
+        (["--force", "results/synthetic/gated_headwise/seed0/train/final.pt"], ["gated_headwise"]),
+    ],
+    ids=["R", "force"],
+)
+def test_forced_rerun_retrains_from_step_0(forced, tiny_run, args, retrained):
+    snakemake(forced, "--cores", "2", "--configfile", "config/test.yaml", *args)
+    for variant in retrained:
+        run = f"results/synthetic/{variant}/seed0/train"
+        log = (forced / f"results/logs/train/synthetic/{variant}/seed0.log").read_text()
+        assert "training again from step 0" in log and "starting at step 0" in log and "resuming" not in log
+        final = torch.load(forced / run / "final.pt", weights_only=False)
+        assert any(v.abs().sum() > 0 for v in final["model"].values())  # not the zeroed checkpoint
+        assert same_weights(forced / run / "final.pt", tiny_run / run / "final.pt")  # trained again
+
+
 # --------------------------------------------------------------------------------------------------------
 # A failing job: clear failure, no corrupt output, rerun after the fix completes
 
@@ -289,35 +469,80 @@ def test_failing_job_names_its_log_and_rerun_after_fix_completes(tmp_path):
 # The slurm profile end to end against fake SLURM commands
 
 
-def test_slurm_profile_runs_tiny_workflow_on_fake_slurm(tmp_path):
+def same_weights(a: Path, b: Path) -> bool:
+    ca, cb = torch.load(a, weights_only=False), torch.load(b, weights_only=False)
+    return all(torch.equal(ca[k][n], cb[k][n]) for k in ("model", "ema") for n in ca[k])
+
+
+def sbatch_calls(state: Path) -> dict[str, list[list[str]]]:
+    """The recorded sbatch argument lists by rule, in submission order."""
+    by_rule: dict[str, list[list[str]]] = {}
+    for line in (state / "sbatch.jsonl").read_text().splitlines():
+        args = json.loads(line)
+        rule = re.match(r"rule_([a-z_]+?)(_wildcards_.*)?$", args[args.index("--comment") + 1]).group(1)
+        by_rule.setdefault(rule, []).append(args)
+    return by_rule
+
+
+def test_slurm_profile_runs_tiny_workflow_on_fake_slurm(tmp_path, tiny_run):
+    """The tiny workflow under --profile slurm, with a time limit shorter than training: every train job
+    stops with a checkpoint before its limit, is retried with twice the runtime, and resumes to the same
+    weights as the uninterrupted local run. gated_headwise asks for 2 GPUs (torchrun, gloo on the CPU).
+
+    The limit is made deterministic by the test-only fake clock (alphastomics.train.FAKE_CLOCK_ENV): 100 s per
+    optimiser step; runtime 10 min, margin min(10, 10 / 2) = 5 min: the first attempt stops after step 3 of
+    4 (checkpoint_every is 2, so that checkpoint is the stop's own), the second (20 min) finishes."""
     repo = make_copy(tmp_path)
+    config = write_config(repo, "ddp.yaml", lambda c: c["variants"]["gated_headwise"].update(gpus=2))
     state = tmp_path / "slurm_state"
-    env = {"PATH": f"{FAKE_SLURM}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}", "FAKE_SLURM_DIR": str(state)}
-    snakemake(repo, "--profile", "slurm", "--configfile", "config/test.yaml",
+    env = {"PATH": f"{FAKE_SLURM}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}", "FAKE_SLURM_DIR": str(state),
+           "ALPHASTOMICS_FAKE_SECONDS_PER_STEP": "100"}
+    snakemake(repo, "--profile", "slurm", "--configfile", config,
               "--slurm-init-seconds-before-status-checks", "1", env=env)
     assert (repo / "results/report.html").exists()
 
-    calls = [json.loads(line) for line in (state / "sbatch.jsonl").read_text().splitlines()]
-    by_rule: dict[str, list[list[str]]] = {}
-    for args in calls:
-        rule = re.match(r"rule_([a-z_]+?)(_wildcards_.*)?$", args[args.index("--comment") + 1]).group(1)
-        by_rule.setdefault(rule, []).append(args)
+    by_rule = sbatch_calls(state)
+    # fetch_data and report are localrules: never submitted
     assert {r: len(c) for r, c in by_rule.items()} == {
-        "fetch_data": 1, "preprocess": 1, "train": 2, "baseline": 1, "sample": 2, "evaluate": 3, "report": 1}
+        "preprocess": 1, "train": 4, "baseline": 1, "sample": 2, "evaluate": 3}
     for args in by_rule["train"] + by_rule["sample"]:
-        # config/test.yaml: runtime 10 min, 2000 MB per GPU; profile: GPU partition, placeholder account
         flags = " ".join(args[:-1])
-        assert "-p gpu" in flags and "-A your_account" in flags
-        assert "--gpus=1" in args and "--cpus-per-gpu=8" in args
-        assert "-t 10" in flags and "--mem 2000" in flags
-        assert "--gres" not in flags and "--cpus-per-task" not in flags
-    for args in by_rule["train"]:  # a checkpoint before the time limit, then the retry resumes
-        assert "--signal=USR1@120" in args
-    for args in by_rule["fetch_data"] + by_rule["evaluate"] + by_rule["report"]:
+        assert "-p gpu" in flags and "-A your_account" in flags and "--nodes=1" in args
+        assert "--cpus-per-gpu=8" in args and "--gres" not in flags and "--cpus-per-task" not in flags
+        assert "--signal" not in flags  # stopping before the limit is train's own job (see the profile)
+    for args in by_rule["sample"]:
+        assert "--gpus=1" in args and "-t 10" in " ".join(args) and "--mem 2000" in " ".join(args)
+    # each train job twice: attempt 1 (10 min), then the retry with twice the runtime and memory
+    def option(args: list[str], name: str) -> str:
+        return args[args.index(name) + 1]
+
+    train_flags = sorted(
+        (re.search(r"wildcards_synthetic_(\w+)_0$", option(a, "--comment")).group(1),
+         next(x for x in a if x.startswith("--gpus=")), option(a, "-t"), option(a, "--mem"))
+        for a in by_rule["train"]
+    )
+    assert train_flags == [("gated_headwise", "--gpus=2", "10", "4000"), ("gated_headwise", "--gpus=2", "20", "8000"),
+                           ("linear", "--gpus=1", "10", "2000"), ("linear", "--gpus=1", "20", "4000")]
+    for args in by_rule["preprocess"] + by_rule["evaluate"] + by_rule["baseline"]:
         flags = " ".join(args[:-1])
         assert "-p cpu" in flags and "--mem 1000" in flags and "--cpus-per-task=1" in args
         assert not any(a.startswith("--gpus") for a in args)
 
+    for variant in ("linear", "gated_headwise"):
+        log = (repo / f"results/logs/train/synthetic/{variant}/seed0.log").read_text()
+        assert re.search(r"resuming from \S+latest\.pt at step 3\b", log), log[-2000:]
+        summary = json.loads((repo / f"results/synthetic/{variant}/seed0/train/train_summary.json").read_text())
+        assert summary["steps"] == 4
+    # The DDP job asked for 2 GPUs x 8 CPUs (--cpus-per-gpu=8 above, one node) and its threads are those 16
+    # CPUs, as many as the node has (inside the job Snakemake caps threads at the CPUs it sees: 2 here).
+    # train shares them between its 2 processes.
+    cpus = min(16, available_cpu_count())
+    torch_threads, workers = thread_split(cpus, 2, 0)
+    assert f"train: {cpus} CPUs: {torch_threads} torch threads and {workers} data-loader workers" in (
+        repo / "results/logs/train/synthetic/gated_headwise/seed0.log").read_text()
+    # stopped and resumed = never stopped, bit for bit (the local tiny run, same config)
+    run = "results/synthetic/linear/seed0/train"
+    assert same_weights(repo / run / "final.pt", tiny_run / run / "final.pt")
 
 def test_changed_source_file_reruns_fetch_and_preprocess_untouched_reruns_nothing(tmp_path):
     import anndata as ad

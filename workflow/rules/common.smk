@@ -1,9 +1,13 @@
 """Config validation, wildcard constraints and input/param functions shared by every rule.
 
 The config says *what* runs (config/config.yaml, validated against workflow/schemas/config.schema.yaml);
-hyperparameters live in the package YAML named by `model_config`. Every setting reaches a stage as
-`--set section.key=value`, so a changed setting changes that job's params and Snakemake reruns exactly
-the jobs (and their descendants) whose settings changed.
+hyperparameters live in the package YAML named by `model_config`. Each stage reads only some settings
+(alphastomics.config.STAGE_SETTINGS): its job gets `--config model.yaml` plus `--set section.key=value` for
+the overrides of those settings only, and a param `settings` holding their resolved values (model.yaml
+merged with the overrides). Snakemake reruns a job when its params change, so a changed setting reruns
+exactly the stages that read it (and their descendants), and an edit that changes no value (a comment,
+key order) reruns nothing. model.yaml is, for that reason, no file input of any job (its time stamp
+would rerun everything).
 """
 
 import json
@@ -25,6 +29,8 @@ min_version("9.0")
 os.environ["PATH"] = (
     os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 )
+# The package itself (its config module: STAGE_SETTINGS) comes from this checkout, here and in the jobs.
+sys.path.insert(0, str(Path(workflow.basedir).parent))
 # The package itself comes from this checkout, also inside the conda envs of `conda:` directives
 # (environment.yml and workflow/envs/*.yaml hold its dependencies, not the package).
 os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -171,29 +177,68 @@ def preprocess_args(wildcards):
     return set_args(dataset_block(wildcards.dataset))
 
 
-def run_args(wildcards):
-    """--config model.yaml + every override of this (dataset, variant, seed)."""
+def run_blocks(wildcards):
+    """Every override of this (dataset, variant, seed), lowest priority first; peers never see a variant's."""
     blocks = [dataset_block(wildcards.dataset)]
-    if is_peer(wildcards.variant):
+    # the baseline rule has a method, not a variant
+    variant = getattr(wildcards, "variant", "peer_")
+    if is_peer(variant):
         blocks += [
             config["overrides"],
             config["datasets"][wildcards.dataset]["overrides"],
         ]
     else:
-        blocks += variant_overrides(
-            wildcards.dataset, wildcards.variant, wildcards.seed
+        blocks += variant_overrides(wildcards.dataset, variant, wildcards.seed)
+    return blocks
+
+
+def merge(base, update):
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def model_yaml():
+    path = config["model_config"]
+    try:
+        return yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise WorkflowError(
+            f"{path}: model_config cannot be read ({err}); fix model_config in the config"
         )
-    return f"--config {shlex.quote(config['model_config'])} {set_args(*blocks)}"
 
 
-def run_args_peer(wildcards):
-    """Peer baselines see the data set and global overrides, never a variant's."""
-    blocks = [
-        dataset_block(wildcards.dataset),
-        config["overrides"],
-        config["datasets"][wildcards.dataset]["overrides"],
-    ]
-    return f"--config {shlex.quote(config['model_config'])} {set_args(*blocks)}"
+def stage_args(stage):
+    """Params of one stage: `args` (--config + the overrides it reads) and `settings` (their values)."""
+    from alphastomics.config import stage_settings
+
+    def args(wildcards):
+        blocks = [stage_settings(stage, b) for b in run_blocks(wildcards)]
+        return f"--config {shlex.quote(config['model_config'])} {set_args(*blocks)}"
+
+    def settings(wildcards):
+        # Values as the stage will see them (model.yaml + overrides), as sorted JSON: the rerun trigger.
+        resolved = model_yaml()
+        for block in run_blocks(wildcards):
+            resolved = merge(resolved, block)
+        return json.dumps(stage_settings(stage, resolved), sort_keys=True, default=str)
+
+    return args, settings
+
+
+train_args, train_settings = stage_args("train")
+sample_args, sample_settings = stage_args("sample")
+evaluate_args, evaluate_settings = stage_args("evaluate")
+baseline_args, baseline_settings = stage_args("baseline")
+
+
+def report_settings(wildcards):
+    """The report shows model.yaml as run (provenance): its values, not its time stamp, rerun it."""
+    return json.dumps(model_yaml(), sort_keys=True, default=str)
 
 
 def train_launcher(wildcards):
@@ -289,3 +334,18 @@ def verdict_args():
     if v.get("primary_metrics"):
         args += " --primary-metrics " + " ".join(v["primary_metrics"])
     return args
+
+
+# Retries of train and sample (no other rule: a retry cannot fix a config error or a missing file). Only the
+# main Snakemake process retries, each time a new SLURM job with attempt x runtime and memory; inside a SLURM
+# job (remote mode) a rule-level retry would run again in the same allocation, past its time limit (the
+# plugin passes --retries 0 to the job, but a rule's `retries:` wins over it).
+RETRIES = 0 if workflow.remote_exec else 2
+
+
+def gpu_threads(rule, gpus_of=lambda wildcards: 1):
+    """CPUs of a GPU job = cpus_per_gpu x GPUs: what SLURM gives it (--cpus-per-gpu), and what the job uses
+    (--threads: torch threads and data-loader workers). Locally Snakemake caps it at --cores.
+    """
+    per_gpu = config["resources"][rule]["cpus_per_gpu"]
+    return lambda wildcards: per_gpu * gpus_of(wildcards)

@@ -8,7 +8,7 @@ rule fetch_data:
     benchmark:
         "results/benchmarks/fetch_data/{dataset}.tsv"
     conda:
-        "../../environment.yml"
+        "../envs/data.yaml"
     threads: config["resources"]["cpu"]["threads"]
     resources:
         mem_mb=cpu_mem,
@@ -29,7 +29,7 @@ rule preprocess:
     benchmark:
         "results/benchmarks/preprocess/{dataset}.tsv"
     conda:
-        "../../environment.yml"
+        "../envs/data.yaml"
     threads: config["resources"]["cpu"]["threads"]
     resources:
         mem_mb=cpu_mem,

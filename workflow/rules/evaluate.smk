@@ -1,7 +1,6 @@
 rule baseline:
     input:
         data=PROC,
-        model_config=config["model_config"],
     output:
         "results/{dataset}/peer_{method}/seed{seed}/samples.parquet",
     log:
@@ -18,7 +17,8 @@ rule baseline:
         mem_mb=cpu_mem,
         runtime=runtime("cpu"),
     params:
-        args=run_args_peer,
+        args=baseline_args,
+        settings=baseline_settings,
     shell:
         "python -m alphastomics baseline --method {wildcards.method} --seed {wildcards.seed}"
         " --data_dir {input.data} --out {output} {params.args} > {log} 2>&1"
@@ -30,7 +30,6 @@ rule evaluate:
         unpack(evaluate_extra_inputs),
         samples=f"{RUN}/samples.parquet",
         data=PROC,
-        model_config=config["model_config"],
     output:
         metrics=f"{RUN}/eval/metrics.json",
         sections=f"{RUN}/eval/sections.csv",
@@ -45,7 +44,8 @@ rule evaluate:
         mem_mb=cpu_mem,
         runtime=runtime("cpu"),
     params:
-        args=run_args,
+        args=evaluate_args,
+        settings=evaluate_settings,
         extra=evaluate_extra_args,
         out=lambda wildcards, output: os.path.dirname(output.metrics),
     shell:

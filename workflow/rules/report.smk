@@ -1,7 +1,6 @@
 rule report:
     input:
         metrics=expand("{run}/eval/metrics.json", run=all_runs()),
-        model_config=config["model_config"],
     output:
         html=report(
             "results/report.html",
@@ -14,17 +13,19 @@ rule report:
     benchmark:
         "results/benchmarks/report.tsv"
     conda:
-        "../../environment.yml"
+        "../envs/report.yaml"
     threads: config["resources"]["cpu"]["threads"]
     resources:
         mem_mb=cpu_mem,
         runtime=runtime("cpu"),
     params:
         runs=all_runs(),
+        model_config=config["model_config"],
+        settings=report_settings,
         # the workflow config this run was given (provenance); a param, so reordering its keys reruns nothing
         snapshot=workflow.configfiles[-1],
         verdict=verdict_args(),
     shell:
-        "python -m alphastomics report --config {input.model_config} --runs {params.runs}"
+        "python -m alphastomics report --config {params.model_config} --runs {params.runs}"
         " --config-snapshot {params.snapshot} --out {output.html} --verdict {output.verdict}{params.verdict}"
         " > {log} 2>&1"
