@@ -90,13 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-summary", type=Path, help="train_summary.json (cost figures)")
     p.add_argument("--out", required=True, type=Path, help="folder to write")
 
-    p = sub.add_parser("report", help="the comparison HTML page")
+    p = sub.add_parser("report", help="the comparison HTML page (or its verdict as Markdown, or a PNG of a page)")
     _common(p)
     p.add_argument(
-        "--runs", required=True, type=Path, nargs="+",
+        "--runs", type=Path, nargs="+",
         help="run folders results/{dataset}/{variant}/seed{seed} (peers: {dataset}/peer_{method}/seed{seed})",
     )
-    p.add_argument("--out", required=True, type=Path, help="HTML file to write (self-contained)")
+    p.add_argument("--out", type=Path, help="HTML file to write (self-contained)")
+    p.add_argument("--markdown", type=Path, metavar="RESULTS",
+                   help="instead: print RESULTS/verdict.json (or that file) as Markdown (README tables)")
+    p.add_argument("--screenshot", nargs=2, type=Path, metavar=("PAGE_HTML", "OUT_PNG"),
+                   help="instead: render a page in headless Chromium to a PNG (docs/report.png)")
+    p.add_argument("--width", type=int, default=1280, help="--screenshot: window width (px)")
+    p.add_argument("--height", type=int, default=2400, help="--screenshot: window height (px)")
+    p.add_argument("--scale", type=float, default=0.5, help="--screenshot: shrink the PNG by this factor")
     p.add_argument("--baseline", default="linear", metavar="VARIANT", help="variant the others are compared with")
     p.add_argument(
         "--data-dirs", dest="data_dirs", type=Path, nargs="*", default=[],

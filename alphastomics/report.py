@@ -8,19 +8,16 @@ sentence per test follows, collapsed. Gated attention is that of Qiu et al. 2025
 baseline the linear attention of LUNA (Yu et al. 2025). Inline CSS and PNG figures as data URIs: the page
 opens without network.
 
-``python -m alphastomics.report --markdown RESULTS`` prints the decisions with intervals per data set from
-``RESULTS/verdict.json`` (README, "What make run found"); ``--screenshot PAGE.html OUT.png`` renders a page in
-headless Chromium (docs/report.md).
+``python -m alphastomics report --markdown RESULTS`` prints the decisions with intervals per data set from
+``RESULTS/verdict.json`` (README, "What make run found"); ``report --screenshot PAGE.html OUT.png`` renders a
+page in headless Chromium (docs/report.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import importlib.metadata
 import math
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -31,8 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from alphastomics import AlphaSTomicsError, __version__
+from alphastomics import AlphaSTomicsError
 from alphastomics import verdict as V
+from alphastomics.artifacts import atomic_write_text
+from alphastomics.provenance import NOT_MEASURED, provenance
 from alphastomics.runs import (  # noqa: F401  (load_run, parse_run_path: this module's API too)
     DatasetView,
     Run,
@@ -48,7 +47,6 @@ class ReportError(AlphaSTomicsError, ValueError):
     """A report input is unusable; the message names the file, the field and the fix."""
 
 
-NOT_MEASURED = "not measured"
 SINK_THRESHOLD = V.SINK_THRESHOLD
 
 # Plain-language names (the metric key follows in brackets).
@@ -258,149 +256,6 @@ def cost_table(view: DatasetView) -> list[dict[str, str]]:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Provenance
-
-
-def _git_commit() -> str:
-    try:
-        root = Path(__file__).resolve().parent
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        if sha.returncode == 0:
-            return sha.stdout.strip() + (" (uncommitted changes)" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    return "unknown (not a git checkout)"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _gpu_name() -> str:
-    if shutil.which("nvidia-smi"):
-        r = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-        if r.returncode == 0 and r.stdout.strip():
-            return ", ".join(sorted(set(r.stdout.split("\n")) - {""}))
-    return "none"
-
-
-def _version(pkg: str) -> str:
-    try:
-        return importlib.metadata.version(pkg)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _manifests(runs: list[Run], data_dirs: list[Path]) -> dict[str, dict[str, Any]]:
-    """dataset -> manifest.json: from --data-dirs, else any manifest.json under the runs' results folder."""
-    paths = [Path(d) / "manifest.json" for d in data_dirs]
-    for d, p in zip(data_dirs, paths):
-        if not p.is_file():
-            raise ReportError(f"{d}: no manifest.json; pass the folder written by preprocess to --data-dirs")
-    if not data_dirs:
-        roots = {r.path.resolve().parents[2] for r in runs if parse_run_path(r.path.resolve())}
-        paths = [p for root in roots for p in sorted(root.glob("**/manifest.json"))[:50]]
-    out = {}
-    for p in paths:
-        m = _read_json(p)
-        if isinstance(m, dict):
-            out.setdefault(str(m.get("dataset", p.parent.name)), m | {"_path": str(p)})
-    return out
-
-
-def _datasets_as_run(manifests: dict[str, dict[str, Any]], config_text: str) -> str:
-    """YAML of each data set as preprocess really ran it (its manifest), plus the workflow's overrides for it."""
-    import yaml
-
-    if not manifests:
-        return ""
-    try:
-        workflow_cfg = yaml.safe_load(config_text)
-    except yaml.YAMLError:
-        workflow_cfg = None
-    entries = workflow_cfg.get("datasets") if isinstance(workflow_cfg, dict) else None
-    out = {}
-    for ds, m in sorted(manifests.items()):
-        entry = entries.get(ds) if isinstance(entries, dict) else None
-        out[ds] = {
-            "dataset": m.get("parameters"),
-            "overrides": (entry or {}).get("overrides") or {},
-            "gene_selection": m.get("gene_selection"),
-            "cells": m.get("n_cells"),
-            "genes": m.get("n_genes"),
-            "dims": m.get("dims"),
-            "splits": m.get("splits"),
-            "normalization": {k: v for k, v in (m.get("normalization") or {}).items() if k in ("input", "applied", "target_sum")},
-            "source_files": m.get("source_files") or {},
-            "source_sha256": m.get("source_checksums") or {},
-        }
-    return "\n# Data sets as preprocessed (from each manifest.json)\n" + yaml.safe_dump({"datasets_as_run": out}, sort_keys=False)
-
-
-def provenance(
-    runs: list[Run], cfg: Any, data_dirs: list[Path], config_snapshot: Path | None
-) -> dict[str, Any]:
-    import yaml
-
-    from alphastomics.config import to_dict
-
-    if config_snapshot is not None:
-        if not Path(config_snapshot).is_file():
-            raise ReportError(
-                f"{config_snapshot}: config snapshot not found; pass the config file the run used"
-            )
-        config_text = Path(config_snapshot).read_text()
-        config_src = str(config_snapshot)
-    else:
-        config_text = yaml.safe_dump(to_dict(cfg), sort_keys=False) if cfg is not None else NOT_MEASURED
-        config_src = "configuration given to the report stage"
-    manifests = _manifests(runs, data_dirs)
-    # Source files by the user's own path (fetch-data records it), each with its sha256.
-    checksums = {
-        ds: {(m.get("source_files") or {}).get(f, f): h for f, h in (m.get("source_checksums") or {}).items()}
-        for ds, m in manifests.items()
-    }
-    config_text += _datasets_as_run(manifests, config_text)
-    return {
-        "config_text": config_text,
-        "config_src": config_src,
-        "version": __version__,
-        "commit": _git_commit(),
-        "checksums": checksums,
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": _cpu_name(),
-        "gpu": _gpu_name(),
-        "train_devices": ", ".join(
-            sorted({str(r.summary["device"]) for r in runs if r.summary and "device" in r.summary})
-        )
-        or NOT_MEASURED,
-        "snakemake": _version("snakemake"),
-        "python": platform.python_version(),
-        "torch": _version("torch"),
-    }
-
-
-# --------------------------------------------------------------------------------------------------------
 # The page
 
 
@@ -473,23 +328,6 @@ def _render(verdict: dict[str, Any], runs: list[Run], prov: dict[str, Any]) -> s
     )
 
 
-def _write_atomic(text: str, out: Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a report is for reading
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
-
-
 def build_report(
     run_dirs: list[Path],
     out: Path,
@@ -511,10 +349,21 @@ def build_report(
     verdict = V.build(runs, family, baseline=baseline)
     html = _render(verdict, runs, provenance(runs, cfg, list(data_dirs or []), config_snapshot))
     V.write(verdict, Path(verdict_out) if verdict_out else Path(out).with_name("verdict.json"))
-    return _write_atomic(html, Path(out))
+    atomic_write_text(out, html)
+    return Path(out)
 
 
 def main(args: argparse.Namespace, cfg: Any) -> int:
+    """``report --runs ... --out PAGE`` builds the verdict and the page; ``--markdown RESULTS`` prints the
+    verdict as Markdown; ``--screenshot PAGE PNG`` renders a page to PNG."""
+    if getattr(args, "markdown", None) is not None:
+        print(markdown_summary(args.markdown))
+        return 0
+    if getattr(args, "screenshot", None):
+        return _screenshot_png(Path(args.screenshot[0]), Path(args.screenshot[1]), args.width, args.height,
+                               args.scale)
+    if not args.runs or args.out is None:
+        raise ReportError("report: pass --runs RUN ... and --out PAGE.html (or --markdown / --screenshot)")
     family = V.Family.parse(getattr(args, "contrasts", None), getattr(args, "primary_metrics", None))
     out = build_report(
         args.runs,
@@ -623,49 +472,21 @@ def markdown_summary(results: Path) -> str:
     return "\n".join(out)
 
 
-def _cli(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m alphastomics.report",
-        description="render a report page to PNG, or print the verdict as Markdown",
-    )
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--screenshot", nargs=2, metavar=("PAGE_HTML", "OUT_PNG"))
-    what.add_argument(
-        "--markdown", type=Path, metavar="RESULTS", help="results/ (its verdict.json) or a verdict.json file"
-    )
-    p.add_argument("--width", type=int, default=1280)
-    p.add_argument("--height", type=int, default=2400)
-    p.add_argument("--scale", type=float, default=0.5, help="shrink the PNG by this factor (README size)")
-    a = p.parse_args(argv)
-    if a.markdown is not None:
-        try:
-            print(markdown_summary(a.markdown))
-        except AlphaSTomicsError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        return 0
-    try:
-        out = Path(a.screenshot[1])
-        with tempfile.TemporaryDirectory() as tmp:
-            full = Path(tmp) / "full.png"
-            errors = console_errors(screenshot(Path(a.screenshot[0]), full, width=a.width, height=a.height))
-            from PIL import Image
+def _screenshot_png(page: Path, out: Path, width: int, height: int, scale: float) -> int:
+    """The README's picture of a page: rendered, shrunk by ``scale``, saved as a palette PNG."""
+    from PIL import Image
 
-            img = Image.open(full).convert("RGB")
-            img = img.resize((round(img.width * a.scale), round(img.height * a.scale)), Image.LANCZOS)
-            img = img.quantize(colors=256)  # a page of text and flat plots: a palette PNG is ~3x smaller
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp_out = out.with_name(f".{out.name}.tmp.png")
-            img.save(tmp_out, optimize=True)
-            os.replace(tmp_out, out)
-    except AlphaSTomicsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        full = Path(tmp) / "full.png"
+        errors = console_errors(screenshot(page, full, width=width, height=height))
+        img = Image.open(full).convert("RGB")
+        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
+        img = img.quantize(colors=256)  # a page of text and flat plots: a palette PNG is ~3x smaller
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_out = out.with_name(f".{out.name}.tmp.png")
+        img.save(tmp_out, optimize=True)
+        os.replace(tmp_out, out)
     for e in errors:
         print(f"warning: page console: {e}", file=sys.stderr)
     print(f"screenshot: wrote {out} ({img.width} x {img.height})")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_cli())

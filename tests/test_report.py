@@ -329,11 +329,13 @@ def test_cli(runs, tmp_path, capsys):
     assert "run folder not found" in capsys.readouterr().err
     assert cli(["report", "--runs", *map(str, runs), "--out", str(out), "--contrasts", "a-b"]) == 2
     assert "not VARIANT:REFERENCE" in capsys.readouterr().err
+    assert cli(["report", "--out", str(out)]) == 2  # neither runs nor --markdown / --screenshot
+    assert "pass --runs" in capsys.readouterr().err
 
 
 def test_markdown_prints_the_decisions_from_verdict_json(page, capsys):
     results = page[0].parent
-    assert report._cli(["--markdown", str(results)]) == 0
+    assert cli(["report", "--markdown", str(results)]) == 0
     text = capsys.readouterr().out
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert set(rows) == {"contrast", "gated_headwise vs linear", "gated_elementwise vs linear"}
@@ -342,7 +344,7 @@ def test_markdown_prints_the_decisions_from_verdict_json(page, capsys):
     ci = f"[{100 * rec['relative_ci_low']:+.1f}, {100 * rec['relative_ci_high']:+.1f} %]"
     assert f"+10.0 % {ci}, p_Holm {report.fmt_p(rec['holm_p'])}: better" in rows["gated_headwise vs linear"]
     assert "**toy** (3 seeds per variant" in text and "too few sections to test (4 < 5)" in text
-    assert report._cli(["--markdown", str(results / "nothing-here")]) == 2
+    assert cli(["report", "--markdown", str(results / "nothing-here")]) == 2
 
 
 @pytest.mark.skipif(
@@ -365,7 +367,7 @@ def test_renders_in_headless_chromium(page, tmp_path):
     assert (np.abs(rgb - [0x1E, 0x7B, 0x34]).sum(axis=2) < 12).sum() > 20
     # The README screenshot command: a shrunken PNG of the top of the page.
     small = tmp_path / "readme.png"
-    assert report._cli(["--screenshot", str(page[0]), str(small), "--height", "600", "--scale", "0.5"]) == 0
+    assert cli(["report", "--screenshot", str(page[0]), str(small), "--height", "600", "--scale", "0.5"]) == 0
     assert Image.open(small).size == (640, 300)
     # The checker itself: a page whose script throws is reported.
     bad = tmp_path / "bad.html"

@@ -13,7 +13,7 @@ import yaml
 from alphastomics.config import DatasetConfig
 from alphastomics.datasets import fetch_user_files
 from alphastomics.preprocess import preprocess
-from alphastomics.report import provenance
+from alphastomics.provenance import provenance
 
 
 def test_provenance_shows_the_data_set_configuration_and_the_source_file_checksum(tmp_path: Path) -> None:

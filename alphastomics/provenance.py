@@ -1,0 +1,163 @@
+"""Provenance of a report: the configuration each data set really ran with, source checksums, code and machine.
+
+Read from the run folders (train summaries), the processed data sets' ``manifest.json`` and the config
+snapshot the workflow passes; the report renders what ``provenance`` returns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from alphastomics import AlphaSTomicsError, __version__
+from alphastomics.runs import Run, _read_json, parse_run_path
+
+NOT_MEASURED = "not measured"
+
+
+class ProvenanceError(AlphaSTomicsError, ValueError):
+    """A provenance input (config snapshot, data folder) is missing; the message says which and the fix."""
+
+
+def _git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parent
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if sha.returncode == 0:
+            return sha.stdout.strip() + (" (uncommitted changes)" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return "unknown (not a git checkout)"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpu_name() -> str:
+    if shutil.which("nvidia-smi"):
+        r = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        if r.returncode == 0 and r.stdout.strip():
+            return ", ".join(sorted(set(r.stdout.split("\n")) - {""}))
+    return "none"
+
+
+def _version(pkg: str) -> str:
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _manifests(runs: list[Run], data_dirs: list[Path]) -> dict[str, dict[str, Any]]:
+    """dataset -> manifest.json: from --data-dirs, else any manifest.json under the runs' results folder."""
+    paths = [Path(d) / "manifest.json" for d in data_dirs]
+    for d, p in zip(data_dirs, paths):
+        if not p.is_file():
+            raise ProvenanceError(f"{d}: no manifest.json; pass the folder written by preprocess to --data-dirs")
+    if not data_dirs:
+        roots = {r.path.resolve().parents[2] for r in runs if parse_run_path(r.path.resolve())}
+        paths = [p for root in roots for p in sorted(root.glob("**/manifest.json"))[:50]]
+    out = {}
+    for p in paths:
+        m = _read_json(p)
+        if isinstance(m, dict):
+            out.setdefault(str(m.get("dataset", p.parent.name)), m | {"_path": str(p)})
+    return out
+
+
+def _datasets_as_run(manifests: dict[str, dict[str, Any]], config_text: str) -> str:
+    """YAML of each data set as preprocess really ran it (its manifest), plus the workflow's overrides for it."""
+    import yaml
+
+    if not manifests:
+        return ""
+    try:
+        workflow_cfg = yaml.safe_load(config_text)
+    except yaml.YAMLError:
+        workflow_cfg = None
+    entries = workflow_cfg.get("datasets") if isinstance(workflow_cfg, dict) else None
+    out = {}
+    for ds, m in sorted(manifests.items()):
+        entry = entries.get(ds) if isinstance(entries, dict) else None
+        out[ds] = {
+            "dataset": m.get("parameters"),
+            "overrides": (entry or {}).get("overrides") or {},
+            "gene_selection": m.get("gene_selection"),
+            "cells": m.get("n_cells"),
+            "genes": m.get("n_genes"),
+            "dims": m.get("dims"),
+            "splits": m.get("splits"),
+            "normalization": {k: v for k, v in (m.get("normalization") or {}).items() if k in ("input", "applied", "target_sum")},
+            "source_files": m.get("source_files") or {},
+            "source_sha256": m.get("source_checksums") or {},
+        }
+    return "\n# Data sets as preprocessed (from each manifest.json)\n" + yaml.safe_dump({"datasets_as_run": out}, sort_keys=False)
+
+
+def provenance(
+    runs: list[Run], cfg: Any, data_dirs: list[Path], config_snapshot: Path | None
+) -> dict[str, Any]:
+    import yaml
+
+    from alphastomics.config import to_dict
+
+    if config_snapshot is not None:
+        if not Path(config_snapshot).is_file():
+            raise ProvenanceError(
+                f"{config_snapshot}: config snapshot not found; pass the config file the run used"
+            )
+        config_text = Path(config_snapshot).read_text()
+        config_src = str(config_snapshot)
+    else:
+        config_text = yaml.safe_dump(to_dict(cfg), sort_keys=False) if cfg is not None else NOT_MEASURED
+        config_src = "configuration given to the report stage"
+    manifests = _manifests(runs, data_dirs)
+    # Source files by the user's own path (fetch-data records it), each with its sha256.
+    checksums = {
+        ds: {(m.get("source_files") or {}).get(f, f): h for f, h in (m.get("source_checksums") or {}).items()}
+        for ds, m in manifests.items()
+    }
+    config_text += _datasets_as_run(manifests, config_text)
+    return {
+        "config_text": config_text,
+        "config_src": config_src,
+        "version": __version__,
+        "commit": _git_commit(),
+        "checksums": checksums,
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": _cpu_name(),
+        "gpu": _gpu_name(),
+        "train_devices": ", ".join(
+            sorted({str(r.summary["device"]) for r in runs if r.summary and "device" in r.summary})
+        )
+        or NOT_MEASURED,
+        "snakemake": _version("snakemake"),
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+    }
