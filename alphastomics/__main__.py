@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=study.DEFAULT_PATIENCE,
                    help="validations without improvement before a run stops")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    p.add_argument("--stop-after", dest="stop_after", type=int, default=None, metavar="N",
+                   help="end each run after step N, its schedule still that of max(--budgets)")
+    p.add_argument("--no-train", dest="no_train", action="store_true",
+                   help="train nothing; score the checkpoints the runs have kept so far, write the tables")
 
     p = sub.add_parser("params", help="parameter table of every attention variant")
     _common(p)

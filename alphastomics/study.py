@@ -5,11 +5,14 @@
 For every (data set, variant, seed) one training run of ``max(budgets)`` steps keeps its checkpoint (EMA
 weights) at each budget (``training.keep_checkpoints``) and stops early when the validation loss has not
 improved for ``--patience`` validations; every kept checkpoint is sampled on the test sections and scored by
-``evaluate``, like a run of the main workflow. One run per seed, not one per budget: the learning rate at
-step s of a long run has not decayed as a run with max_steps = s would have (cosine schedule), so the
-short budgets are scored from weights that were never annealed, which understates them; a budget chosen
-from this curve is, if anything, longer than needed. A budget past the step where a run stopped is scored
-from the stopped run's final weights. The kNN-regression peer is scored once per data set for reference.
+``evaluate``, like a run of the main workflow. One run per seed, not one per budget (a quarter of the
+compute): the learning rate at step s of a long run has not decayed as it has at the end of a run with
+max_steps = s (cosine schedule), so a budget's point is the quality of weights trained at a still-high
+learning rate, not that of a run of that length; docs/training.md compares the two where measured. A
+budget past the step where a run stopped early is scored from the stopped run's final weights. The kNN-regression peer is scored once per data set for reference.
+``--stop-after N`` cuts every run after step N (SIGTERM; train checkpoints and exits), keeping the schedule
+of max(budgets): the budgets up to N are scored as if the run had gone on, for a study cut for time.
+``--no-train`` trains nothing: it scores what the runs have kept so far and writes the tables.
 
 Outputs under --out: runs/{dataset}/{variant}/seed{seed}/ (train folder, step{N}/metrics.json),
 learning_curve.tsv (one row per data set x variant x seed x budget), learning_curve_summary.md (means over
@@ -21,8 +24,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -77,13 +82,22 @@ def _sets(items: list[str]) -> list[str]:
     return [a for item in items for a in ("--set", item)]
 
 
-def _run(cmd: list[str], log: Path) -> None:
+def _run(cmd: list[str], log: Path, stop_when: Path | None = None) -> None:
+    """Run one stage, output to ``log``; with ``stop_when``, SIGTERM it once that file exists (train then
+    saves checkpoints/latest.pt and exits 143, which counts as done here)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with log.open("a") as fh:
         fh.write("$ " + " ".join(cmd) + "\n")
         fh.flush()
-        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        while stop_when is not None and proc.poll() is None and not stop_when.exists():
+            time.sleep(2)
+        if stop_when is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        rc = proc.wait()
+    if rc == 128 + signal.SIGTERM and stop_when is not None and stop_when.exists():
+        return
     if rc != 0:
         raise StudyError(f"{log}: '{' '.join(cmd[:4])} ...' exited {rc}; see the log, fix, rerun (finished parts are kept)")
 
@@ -99,18 +113,27 @@ def _score(model_config: str, sets: list[str], samples_cmd: list[str], samples: 
 
 
 def one_run(plan: dict[str, Any], model_config: str, data: Path, out: Path, dataset: str, variant: str,
-            seed: int, budgets: tuple[int, ...], patience: int) -> None:
-    """Train one (data set, variant, seed) to max(budgets), then score each kept checkpoint."""
+            seed: int, budgets: tuple[int, ...], patience: int, stop_after: int | None = None,
+            train: bool = True) -> None:
+    """Train one (data set, variant, seed) to max(budgets) (or cut after step ``stop_after``, the schedule
+    unchanged), then score each kept checkpoint."""
     run = out / "runs" / dataset / variant / f"seed{seed}"
     top = max(budgets)
     sets = run_overrides(plan, dataset, variant) + [
         f"training.seed={seed}", f"training.max_steps={top}", f"training.early_stopping_patience={patience}",
         f"training.keep_checkpoints=[{','.join(str(b) for b in budgets)}]"]
     log = run / "study.log"
-    if not (run / "train" / "final.pt").exists():
+    cut = run / "train" / "checkpoints" / f"step{stop_after:06d}.pt" if stop_after else None
+    finished = (run / "train" / "final.pt").exists() or (cut is not None and cut.exists())
+    if not finished and train:
         _run([sys.executable, "-m", "alphastomics", "train", "--config", model_config, *_sets(sets),
-              "--restart-if-config-changed", "--data_dir", str(data), "--out", str(run / "train")], log)
+              "--restart-if-config-changed", "--data_dir", str(data), "--out", str(run / "train")], log,
+             stop_when=cut)
     for b in budgets:
+        if stop_after and b > stop_after and not (run / "train" / "final.pt").exists():
+            continue  # cut before this budget
+        if not finished and not train and not (run / "train" / "checkpoints" / f"step{b:06d}.pt").exists():
+            continue  # --no-train: only what an unfinished run has kept
         ckpt = run / "train" / "checkpoints" / f"step{b:06d}.pt"
         if not ckpt.exists():  # stopped early before b: the final weights stand for every later budget
             ckpt = run / "train" / "final.pt"
@@ -160,9 +183,18 @@ def collect(out: Path, datasets: list[str], variants: list[str], seeds: list[int
             for s in seeds:
                 run = out / "runs" / ds / v / f"seed{s}"
                 summ = run / "train" / "train_summary.json"
-                if not summ.exists():
+                if summ.exists():
+                    summary = json.loads(summ.read_text())
+                    stopped = summary["steps"] if summary["stopped_early"] else ""
+                elif (run / "train" / "checkpoints" / "latest.pt").exists():  # cut (--stop-after)
+                    import torch
+
+                    ckpt = torch.load(run / "train" / "checkpoints" / "latest.pt", map_location="cpu",
+                                      weights_only=False)
+                    summary = {"best_val_step": ckpt["state"].get("best_val_step", "")}
+                    stopped = f"cut {ckpt['step']}"
+                else:
                     continue
-                summary = json.loads(summ.read_text())
                 for b in budgets:
                     mpath = run / f"step{b}" / "eval" / "metrics.json"
                     if not mpath.exists():
@@ -173,7 +205,7 @@ def collect(out: Path, datasets: list[str], variants: list[str], seeds: list[int
                         "val_loss": _val_loss_at(run / "train" / "metrics.jsonl", b),
                         "train_s": _elapsed_at(run / "train" / "metrics.jsonl", b),
                         **{m: overall.get(m, math.nan) for m in METRICS},
-                        "stopped_at": summary["steps"] if summary["stopped_early"] else "",
+                        "stopped_at": stopped,
                         "best_val_step": summary.get("best_val_step", ""),
                     })
     return rows
@@ -303,8 +335,8 @@ def main(args: Any, cfg: Any) -> int:
     jobs = [(ds, v, s) for s in seeds for v in variants for ds in datasets]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(peer_run, plan, model_config, data[ds], out, ds) for ds in datasets]
-        futures += [pool.submit(one_run, plan, model_config, data[ds], out, ds, v, s, budgets, args.patience)
-                    for ds, v, s in jobs]
+        futures += [pool.submit(one_run, plan, model_config, data[ds], out, ds, v, s, budgets, args.patience,
+                                args.stop_after, not args.no_train) for ds, v, s in jobs]
         errors = [f.exception() for f in futures if f.exception() is not None]
     rows = collect(out, datasets, variants, seeds, budgets)
     peers = peer_scores(out, datasets)

@@ -109,3 +109,19 @@ def test_snakemake_learning_curve_target_dry_run(tmp_path):
     assert proc.returncode == 0, out[-3000:]
     assert "python -m alphastomics learning-curve --config config/model.yaml --plan config/config.yaml" in out
     assert "--jobs 2" in out
+
+
+def test_stop_after_ends_a_stage_once_its_checkpoint_exists(tmp_path):
+    # --stop-after: the stage is sent SIGTERM once the file appears; train answers by checkpointing and
+    # exiting 143, which counts as done. Here a stand-in process writes the file, then waits to be stopped.
+    from alphastomics.study import StudyError, _run
+
+    flag = tmp_path / "step000002.pt"
+    body = ("import pathlib, signal, sys, time; "
+            "signal.signal(signal.SIGTERM, lambda *a: sys.exit(143)); "
+            f"pathlib.Path({str(flag)!r}).write_text('x'); time.sleep(60)")
+    _run([sys.executable, "-c", body], tmp_path / "log", stop_when=flag)  # returns, no error
+    assert flag.exists()
+    # Without the file, a 143 is a failure like any other exit status.
+    with pytest.raises(StudyError, match="exited 143"):
+        _run([sys.executable, "-c", "import sys; sys.exit(143)"], tmp_path / "log2", stop_when=tmp_path / "none")

@@ -88,7 +88,7 @@ def test_default_dry_run_lists_datasets_x_variants_x_seeds(tmp_path):
     installed, _ = runnable(cfg["baselines"])  # a peer whose package is missing is skipped, with a warning
     peers = len(cfg["datasets"]) * len(installed) * len(cfg.get("baseline_seeds", [0]))
     counts, _ = dry_run(repo)
-    assert runs == 2 * 5 * 3  # the default grid: bdtnp + synthetic, four ablation rows + softmax, 3 seeds
+    assert runs == 2 * 5 * 5  # the default grid: bdtnp + synthetic, four ablation rows + softmax, 5 seeds
     assert counts["train"] == counts["sample"] == runs
     assert counts["baseline"] == peers and "knn" in installed
     assert counts["evaluate"] == runs + peers
