@@ -12,7 +12,8 @@ learning rate, not that of a run of that length; docs/training.md compares the t
 budget past the step where a run stopped early is scored from the stopped run's final weights. The kNN-regression peer is scored once per data set for reference.
 ``--stop-after N`` cuts every run after step N (SIGTERM; train checkpoints and exits), keeping the schedule
 of max(budgets): the budgets up to N are scored as if the run had gone on, for a study cut for time.
-``--no-train`` trains nothing: it scores what the runs have kept so far and writes the tables.
+``--no-train`` trains nothing: it scores what the runs have kept so far and writes the tables. ``--set
+key=value`` applies to every training run (after the plan's overrides; the study's own keys win).
 
 Outputs under --out: runs/{dataset}/{variant}/seed{seed}/ (train folder, step{N}/metrics.json),
 learning_curve.tsv (one row per data set x variant x seed x budget), learning_curve_summary.md (means over
@@ -114,12 +115,12 @@ def _score(model_config: str, sets: list[str], samples_cmd: list[str], samples: 
 
 def one_run(plan: dict[str, Any], model_config: str, data: Path, out: Path, dataset: str, variant: str,
             seed: int, budgets: tuple[int, ...], patience: int, stop_after: int | None = None,
-            train: bool = True) -> None:
+            train: bool = True, extra: tuple[str, ...] = ()) -> None:
     """Train one (data set, variant, seed) to max(budgets) (or cut after step ``stop_after``, the schedule
     unchanged), then score each kept checkpoint."""
     run = out / "runs" / dataset / variant / f"seed{seed}"
     top = max(budgets)
-    sets = run_overrides(plan, dataset, variant) + [
+    sets = run_overrides(plan, dataset, variant) + list(extra) + [
         f"training.seed={seed}", f"training.max_steps={top}", f"training.early_stopping_patience={patience}",
         f"training.keep_checkpoints=[{','.join(str(b) for b in budgets)}]"]
     log = run / "study.log"
@@ -218,13 +219,20 @@ def _mean(values: list[float]) -> float:
 
 def choose_budget(rows: list[dict[str, Any]], budgets: tuple[int, ...]) -> dict[str, int]:
     """Per data set: the smallest budget whose kNN preservation (mean over variants and seeds) is within
-    WITHIN of the top budget's; 'all' is the largest of those."""
+    WITHIN of the top budget's, the top being the largest budget that every variant of the data set
+    reached (a study cut with --stop-after has the longer budgets for some runs only); 'all' is the
+    largest of those."""
     chosen: dict[str, int] = {}
     for ds in sorted({r["dataset"] for r in rows}):
+        variants = {r["variant"] for r in rows if r["dataset"] == ds}
+        common = [b for b in budgets
+                  if {r["variant"] for r in rows if r["dataset"] == ds and r["budget"] == b} == variants]
+        if not common:
+            continue
         mean = {b: _mean([r["knn_preservation"] for r in rows if r["dataset"] == ds and r["budget"] == b])
-                for b in budgets}
-        top = mean[max(budgets)]
-        ok = [b for b in sorted(budgets) if not math.isnan(mean[b]) and mean[b] >= (1 - WITHIN) * top]
+                for b in common}
+        top = mean[max(common)]
+        ok = [b for b in sorted(common) if not math.isnan(mean[b]) and mean[b] >= (1 - WITHIN) * top]
         if ok:
             chosen[ds] = ok[0]
     if chosen:
@@ -267,8 +275,8 @@ def write_tables(out: Path, rows: list[dict[str, Any]], budgets: tuple[int, ...]
                          + " | ".join(f"{peers[ds][m]:.3f}" for m in METRICS) + " | - | - |")
     lines.append("")
     for ds, b in chosen.items():
-        lines.append(f"- chosen budget ({ds}): {b} steps (smallest with mean kNN preservation >= "
-                     f"{1 - WITHIN:.2f} x the {max(budgets)}-step value)")
+        lines.append(f"- chosen budget ({ds}): {b} steps (smallest with mean kNN preservation over variants "
+                     f"and seeds >= {1 - WITHIN:.2f} x that of the longest budget all variants reached)")
     (out / "learning_curve_summary.md").write_text("\n".join(lines) + "\n")
     return chosen
 
@@ -301,6 +309,8 @@ def plot(out: Path, rows: list[dict[str, Any]], budgets: tuple[int, ...],
             if ds in peers and m in peers[ds]:
                 ax.axhline(peers[ds][m], color="k", ls="--", lw=1, label="kNN peer")
             ax.set_xscale("log")
+            ax.set_xticks(list(budgets), [f"{b:,}" for b in budgets])
+            ax.minorticks_off()
             ax.set_title(f"{ds}: {m}", fontsize=9)
             ax.set_xlabel("training steps", fontsize=8)
             ax.tick_params(labelsize=7)
@@ -336,7 +346,7 @@ def main(args: Any, cfg: Any) -> int:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(peer_run, plan, model_config, data[ds], out, ds) for ds in datasets]
         futures += [pool.submit(one_run, plan, model_config, data[ds], out, ds, v, s, budgets, args.patience,
-                                args.stop_after, not args.no_train) for ds, v, s in jobs]
+                                args.stop_after, not args.no_train, tuple(args.overrides)) for ds, v, s in jobs]
         errors = [f.exception() for f in futures if f.exception() is not None]
     rows = collect(out, datasets, variants, seeds, budgets)
     peers = peer_scores(out, datasets)

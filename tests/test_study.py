@@ -23,9 +23,15 @@ BIN = Path(sys.executable).parent
 def test_chosen_budget_is_the_smallest_within_two_percent_of_the_top():
     knn = {("a", 100): [0.30, 0.32], ("a", 300): [0.395, 0.397], ("a", 1000): [0.40, 0.40],
            ("b", 100): [0.20, 0.20], ("b", 300): [0.20, 0.20], ("b", 1000): [0.204, 0.204]}
-    rows = [{"dataset": ds, "budget": b, "knn_preservation": v} for (ds, b), vals in knn.items() for v in vals]
+    rows = [{"dataset": ds, "variant": "v", "budget": b, "knn_preservation": v}
+            for (ds, b), vals in knn.items() for v in vals]
     # a: 0.396 >= 0.98 * 0.40 = 0.392 at 300, not 0.31 at 100; b: 0.20 >= 0.98 * 0.204 = 0.19992 at 100.
     assert choose_budget(rows, (100, 300, 1000)) == {"a": 300, "b": 100, "all": 300}
+    # A variant that reached a longer budget alone does not move the top: 3000 is not common to both.
+    rows2 = [{"dataset": "c", "variant": v, "budget": b, "knn_preservation": k}
+             for v, b, k in [("x", 100, 0.30), ("y", 100, 0.30), ("x", 300, 0.40), ("y", 300, 0.40),
+                             ("x", 3000, 0.90)]]
+    assert choose_budget(rows2, (100, 300, 3000)) == {"c": 300, "all": 300}
 
 
 def test_run_overrides_follow_the_workflow_order():
