@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     from alphastomics import study
 
-    p.add_argument("--plan", type=Path, default=Path("config/config.yaml"), help="workflow config (data sets, variants)")
+    p.add_argument("--plan", type=Path, default=Path("config/config.yaml"),
+                   help="workflow config (data sets, variants)")
     p.add_argument("--data-root", dest="data_root", type=Path, default=Path("results/data"),
                    help="folder with {dataset}/processed")
     p.add_argument("--out", type=Path, default=Path("results/study"))

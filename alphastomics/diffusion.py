@@ -93,7 +93,9 @@ class _DistanceSSE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, pred: Tensor, true: Tensor, m: Tensor, chunk_size: int) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, pred: Tensor, true: Tensor, m: Tensor, chunk_size: int
+    ) -> Tensor:
         ctx.save_for_backward(pred, true, m)
         ctx.chunk_size = chunk_size
         total = pred.new_zeros(())

@@ -1,6 +1,7 @@
 """The learning-curve study (docs/training.md, "How long to train"): quality against training steps.
 
-``python -m alphastomics learning-curve --plan config/config.yaml --data-root results/data --out results/study``
+``python -m alphastomics learning-curve --plan config/config.yaml --data-root results/data``
+``--out results/study`` (= ``make learning-curve``)
 
 For every (data set, variant, seed) one training run of ``max(budgets)`` steps keeps its checkpoint (EMA
 weights) at each budget (``training.keep_checkpoints``) and stops early when the validation loss has not
@@ -9,7 +10,8 @@ improved for ``--patience`` validations; every kept checkpoint is sampled on the
 compute): the learning rate at step s of a long run has not decayed as it has at the end of a run with
 max_steps = s (cosine schedule), so a budget's point is the quality of weights trained at a still-high
 learning rate, not that of a run of that length; docs/training.md compares the two where measured. A
-budget past the step where a run stopped early is scored from the stopped run's final weights. The kNN-regression peer is scored once per data set for reference.
+budget past the step where a run stopped early is scored from the stopped run's final weights. The
+kNN-regression peer is scored once per data set for reference.
 ``--stop-after N`` cuts every run after step N (SIGTERM; train checkpoints and exits), keeping the schedule
 of max(budgets): the budgets up to N are scored as if the run had gone on, for a study cut for time.
 ``--no-train`` trains nothing: it scores what the runs have kept so far and writes the tables. ``--set
@@ -100,7 +102,8 @@ def _run(cmd: list[str], log: Path, stop_when: Path | None = None) -> None:
     if rc == 128 + signal.SIGTERM and stop_when is not None and stop_when.exists():
         return
     if rc != 0:
-        raise StudyError(f"{log}: '{' '.join(cmd[:4])} ...' exited {rc}; see the log, fix, rerun (finished parts are kept)")
+        raise StudyError(f"{log}: '{' '.join(cmd[:4])} ...' exited {rc}; see the log, fix, rerun "
+                         "(finished parts are kept)")
 
 
 def _score(model_config: str, sets: list[str], samples_cmd: list[str], samples: Path, data: Path,
@@ -257,8 +260,8 @@ def write_tables(out: Path, rows: list[dict[str, Any]], budgets: tuple[int, ...]
     tsv = ["\t".join(cols)] + ["\t".join(str(r[c]) for c in cols) for r in rows]
     (out / "learning_curve.tsv").write_text("\n".join(tsv) + "\n")
     chosen = choose_budget(rows, budgets)
-    lines = ["| data set | variant | steps | seeds | val loss | kNN pres. | dist. Spearman | scaled Procrustes "
-             "RMSD | dist. MSE | train s | stopped at (per seed) |", "|" + "---|" * 11]
+    lines = ["| data set | variant | steps | seeds | val loss | kNN pres. | dist. Spearman | scaled "
+             "Procrustes RMSD | dist. MSE | train s | stopped at (per seed) |", "|" + "---|" * 11]
     for ds in sorted({r["dataset"] for r in rows}):
         for v in dict.fromkeys(r["variant"] for r in rows if r["dataset"] == ds):
             for b in budgets:
@@ -298,7 +301,8 @@ def plot(out: Path, rows: list[dict[str, Any]], budgets: tuple[int, ...],
             for v in dict.fromkeys(r["variant"] for r in rows if r["dataset"] == ds):
                 xs, ys = [], []
                 for b in budgets:
-                    sel = [r[m] for r in rows if r["dataset"] == ds and r["variant"] == v and r["budget"] == b]
+                    sel = [r[m] for r in rows
+                           if r["dataset"] == ds and r["variant"] == v and r["budget"] == b]
                     if sel:
                         xs.append(b)
                         ys.append(_mean(sel))
@@ -331,7 +335,8 @@ def main(args: Any, cfg: Any) -> int:
     model_config = str(args.config[0]) if args.config else plan.get("model_config", "config/model.yaml")
     datasets = args.datasets or list(plan["datasets"])
     variants, seeds, budgets = list(args.variants), list(args.seeds), tuple(sorted(args.budgets))
-    for name, known, field in ((datasets, plan["datasets"], "datasets"), (variants, plan["variants"], "variants")):
+    for name, known, field in ((datasets, plan["datasets"], "datasets"),
+                               (variants, plan["variants"], "variants")):
         unknown = [n for n in name if n not in known]
         if unknown:
             raise StudyError(f"{plan_path}: {field} has no {unknown}; use some of {list(known)}")
@@ -346,7 +351,8 @@ def main(args: Any, cfg: Any) -> int:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(peer_run, plan, model_config, data[ds], out, ds) for ds in datasets]
         futures += [pool.submit(one_run, plan, model_config, data[ds], out, ds, v, s, budgets, args.patience,
-                                args.stop_after, not args.no_train, tuple(args.overrides)) for ds, v, s in jobs]
+                                args.stop_after, not args.no_train, tuple(args.overrides))
+                    for ds, v, s in jobs]
         errors = [f.exception() for f in futures if f.exception() is not None]
     rows = collect(out, datasets, variants, seeds, budgets)
     peers = peer_scores(out, datasets)

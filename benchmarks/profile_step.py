@@ -8,8 +8,9 @@ Times are CPU times of this process (``time.process_time``; one intra-op thread 
 ``--steps`` steps after 3 warm-up steps: on a machine shared with other jobs, wall-clock times measure the
 neighbours as much as the code, the CPU time of a single-threaded process much less so. The step is built
 from the training loop's own pieces (alphastomics.data.training_batch, Diffusion.training_losses, clip +
-AdamW, update_ema, gate_statistics) with config/model.yaml plus the variant's overrides from config/config.yaml. The data set must be preprocessed
-(``make run`` or ``snakemake results/data/bdtnp/processed``).
+AdamW, update_ema, gate_statistics) with config/model.yaml plus the variant's overrides from
+config/config.yaml. The data set must be preprocessed (``make run`` or ``snakemake
+results/data/bdtnp/processed``).
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def main() -> None:
     for k, v in med.items():
         note = "  (log steps only)" if k == "gate_statistics" else ""
         print(f"{k:<18}{v:9.1f}{100 * v / step_ms:7.0f}%{note}")
-    print(f"{'step (no diag)':<18}{step_ms:9.1f}   cells per CPU-s {statistics.mean(cells) / step_ms * 1e3:,.0f}")
+    rate = statistics.mean(cells) / step_ms * 1e3
+    print(f"{'step (no diag)':<18}{step_ms:9.1f}   cells per CPU-s {rate:,.0f}")
 
 
 if __name__ == "__main__":

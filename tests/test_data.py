@@ -147,7 +147,7 @@ def test_bad_processed_folder(tmp_path: Path, tiny_processed: Path) -> None:
 
 
 def _shipped_config(dataset: str, tmp_path: Path):
-    """config/model.yaml with the data set block and overrides of config/config.yaml (the workflow's order)."""
+    """config/model.yaml + the data set block and overrides of config/config.yaml (the workflow's order)."""
     import yaml
 
     from alphastomics.config import load_config

@@ -70,12 +70,13 @@ def test_tiny_study_scores_every_budget_and_records_where_runs_stopped(tiny_proc
         "variants": {"linear": {"overrides": {"TransformerLayer_setting": {"use_gated_attention": False}}}},
     }))
     out = tmp_path / "study"
-    args = ["learning-curve", "--config", str(model), "--plan", str(plan), "--data-root", str(tmp_path / "data"),
-            "--out", str(out), "--variants", "linear", "--seeds", "0", "--budgets", "1", "4", "--patience", "1",
-            "--jobs", "1"]
+    args = ["learning-curve", "--config", str(model), "--plan", str(plan), "--data-root",
+            str(tmp_path / "data"), "--out", str(out), "--variants", "linear", "--seeds", "0",
+            "--budgets", "1", "4", "--patience", "1", "--jobs", "1"]
     assert cli(args) == 0
     rows = list(csv.DictReader((out / "learning_curve.tsv").open(), delimiter="\t"))
-    assert [(r["dataset"], r["variant"], r["budget"]) for r in rows] == [("tiny", "linear", "1"), ("tiny", "linear", "4")]
+    assert [(r["dataset"], r["variant"], r["budget"]) for r in rows] == [
+        ("tiny", "linear", "1"), ("tiny", "linear", "4")]
     assert all(r["stopped_at"] == "2" and r["best_val_step"] == "1" for r in rows)
     # Budget 4 lies past the stop: it is scored from the stopped run's final weights, budget 1 from step 1's.
     run = out / "runs" / "tiny" / "linear" / "seed0"
@@ -130,4 +131,5 @@ def test_stop_after_ends_a_stage_once_its_checkpoint_exists(tmp_path):
     assert flag.exists()
     # Without the file, a 143 is a failure like any other exit status.
     with pytest.raises(StudyError, match="exited 143"):
-        _run([sys.executable, "-c", "import sys; sys.exit(143)"], tmp_path / "log2", stop_when=tmp_path / "none")
+        _run([sys.executable, "-c", "import sys; sys.exit(143)"], tmp_path / "log2",
+             stop_when=tmp_path / "none")
