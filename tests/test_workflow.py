@@ -100,7 +100,7 @@ def test_slurm_profile_dry_run_from_repository_root(tmp_path):
     repo = make_copy(tmp_path)
     counts, out = dry_run(repo, "--profile", "slurm")
     assert re.search(r"Using profiles? slurm", out)
-    assert counts["train"] == 30 and counts["sample"] == 30
+    assert counts["train"] == 50 and counts["sample"] == 50
     # The GPU rules ask for the GPU partition and one GPU; CPU rules keep the CPU partition.
     train = out[out.index("rule train:") :].split("\n\n")[0]
     assert "slurm_partition=gpu" in train and "gpu=1" in train and "cpus_per_gpu=8" in train
@@ -223,7 +223,7 @@ def test_rerun_one_target_file_with_forcerun(tiny_run):
 
 def test_changing_one_variant_reruns_only_that_variant(tiny_run):
     def edit(c):
-        c["variants"]["gated_headwise"]["overrides"]["training"] = {"learning_rate": 1.0e-3}
+        c["variants"]["gated_headwise"]["overrides"]["training"] = {"learning_rate": 2.0e-3}
 
     config = write_config(tiny_run, "edited.yaml", edit)
     counts, out = dry_run(tiny_run, "--configfile", config)
@@ -238,11 +238,11 @@ def test_changed_variant_retrains_from_scratch(tiny_run, tmp_path):
     shutil.copytree(tiny_run, repo, symlinks=True)
 
     def edit(c):
-        c["variants"]["gated_headwise"]["overrides"]["training"] = {"learning_rate": 1.0e-3}
+        c["variants"]["gated_headwise"]["overrides"]["training"] = {"learning_rate": 2.0e-3}
 
     snakemake(repo, "--cores", "2", "--configfile", write_config(repo, "edited.yaml", edit))
     final = torch.load(repo / "results/synthetic/gated_headwise/seed0/train/final.pt", weights_only=False)
-    assert final["config"]["training"]["learning_rate"] == 1.0e-3
+    assert final["config"]["training"]["learning_rate"] == 2.0e-3
     log = (repo / "results/logs/train/synthetic/gated_headwise/seed0.log").read_text()
     assert "starting this run from scratch" in log
 

@@ -18,7 +18,7 @@ rule learning_curve:
         "results/benchmarks/learning_curve.tsv"
     conda:
         "../../environment.yml"
-    threads: workflow.cores
+    threads: 2
     params:
         # the workflow config as given (--configfile), for its data sets and variants
         plan=lambda wildcards: (
