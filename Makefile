@@ -6,10 +6,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= 2
 
-.PHONY: run test test-all setup clean chromium
+.PHONY: run test test-all setup clean chromium learning-curve
 
 run: $(STAMP)  ## the full pipeline on the bundled data, ending in results/report.html
 	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES)
+
+learning-curve: $(STAMP)  ## quality against training steps (docs/training.md); about an hour on 2 cores
+	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) learning_curve
 
 test: $(STAMP) chromium  ## the fast test suite (what CI runs)
 	$(BIN)/pytest -n $(CORES) --dist loadfile

@@ -1,6 +1,7 @@
 """Command line: ``python -m alphastomics <stage> --config FILE [--set section.key=value ...]``.
 
-Stages: fetch-data | preprocess | train | sample | evaluate | report | baseline | params | bench.
+Stages: fetch-data | preprocess | train | sample | evaluate | report | baseline | params | bench |
+learning-curve.
 ``python -m alphastomics.main`` is the same entry point (the design note's spelling).
 A user error (bad config, bad input file) prints one line and exits with status 2.
 """
@@ -130,6 +131,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.add_argument("--seed", type=int, default=0)
 
+    p = sub.add_parser("learning-curve", help="quality against training steps; picks the default budget")
+    _common(p)
+    from alphastomics import study
+
+    p.add_argument("--plan", type=Path, default=Path("config/config.yaml"),
+                   help="workflow config (data sets, variants)")
+    p.add_argument("--data-root", dest="data_root", type=Path, default=Path("results/data"),
+                   help="folder with {dataset}/processed")
+    p.add_argument("--out", type=Path, default=Path("results/study"))
+    p.add_argument("--datasets", nargs="*", default=None, help="default: every data set of --plan")
+    p.add_argument("--variants", nargs="+", default=list(study.DEFAULT_VARIANTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=list(study.DEFAULT_SEEDS))
+    p.add_argument("--budgets", nargs="+", type=int, default=list(study.DEFAULT_BUDGETS))
+    p.add_argument("--patience", type=int, default=study.DEFAULT_PATIENCE,
+                   help="validations without improvement before a run stops")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    p.add_argument("--stop-after", dest="stop_after", type=int, default=None, metavar="N",
+                   help="end each run after step N, its schedule still that of max(--budgets)")
+    p.add_argument("--no-train", dest="no_train", action="store_true",
+                   help="train nothing; score the checkpoints the runs have kept so far, write the tables")
+
     p = sub.add_parser("params", help="parameter table of every attention variant")
     _common(p)
 
@@ -151,6 +173,7 @@ STAGES = {
     "baseline": ("alphastomics.peers", "main"),
     "params": ("alphastomics.model", "params_main"),
     "bench": ("alphastomics.bench", "main"),
+    "learning-curve": ("alphastomics.study", "main"),
 }
 
 

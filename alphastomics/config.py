@@ -149,6 +149,9 @@ class TrainConfig:
     val_batches: int = 8
     checkpoint_every: int = 200
     early_stopping_patience: int = 0  # validations without improvement; 0 disables
+    # Steps at which to keep a copy of the checkpoint (checkpoints/step{N:06d}.pt, EMA weights inside):
+    # the learning-curve study scores one run at several budgets.
+    keep_checkpoints: tuple[int, ...] = ()
     max_nonfinite_steps: int = 5
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU

@@ -267,6 +267,7 @@ class RunState:
     """Loop state that is not weights: saved in checkpoints as ``state``."""
 
     best_val_loss: float = math.inf
+    best_val_step: int = 0
     bad_validations: int = 0
     nonfinite_in_row: int = 0
     nonfinite_total: int = 0
@@ -725,7 +726,7 @@ def train(
                 val = validation_loss(ema, diffusion, val_batches, t_cfg.seed, device, autocast)
                 log({"step": step, **{f"val_{k}": round(v, 8) for k, v in val.items()}})
                 if val["loss"] < state.best_val_loss:
-                    state.best_val_loss, state.bad_validations = val["loss"], 0
+                    state.best_val_loss, state.best_val_step, state.bad_validations = val["loss"], step, 0
                 else:
                     state.bad_validations += 1
                 if t_cfg.early_stopping_patience and state.bad_validations >= t_cfg.early_stopping_patience:
@@ -737,6 +738,8 @@ def train(
             periodic = step % t_cfg.checkpoint_every == 0 and not state.nonfinite_in_row
             if periodic or signum or state.stopped_early:
                 save(latest_path, step)
+            if step in t_cfg.keep_checkpoints:
+                save(ckpt_dir / f"step{step:06d}.pt", step)
             if signum:
                 progress.close()
                 raise Interrupted(int(signum), step, latest_path)
@@ -755,6 +758,7 @@ def train(
         "best_val_loss": state.best_val_loss if math.isfinite(state.best_val_loss) else None,
         "steps": step,
         "stopped_early": state.stopped_early,
+        "best_val_step": state.best_val_step,
         "nonfinite_steps": state.nonfinite_total,
         "device": str(device) if not d.enabled else f"{device.type} x {d.world_size}",
         "variant": variant_settings(cfg),

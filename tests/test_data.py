@@ -141,3 +141,48 @@ def test_bad_processed_folder(tmp_path: Path, tiny_processed: Path) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "format": 99}))
     with pytest.raises(DataError, match="format is 99"):
         ProcessedData(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- test size
+
+
+def _shipped_config(dataset: str, tmp_path: Path):
+    """config/model.yaml + the data set block and overrides of config/config.yaml (the workflow's order)."""
+    import yaml
+
+    from alphastomics.config import load_config
+    from alphastomics.study import run_overrides
+
+    repo = Path(__file__).resolve().parents[1]
+    plan = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    return load_config([repo / plan["model_config"]], run_overrides(plan, dataset, None))
+
+
+def _assert_trains_on_whole_sections(proc: Path, cfg) -> None:
+    data = ProcessedData(proc)
+    sizes = data.manifest["cells_per_section"]
+    # Every section, held-out ones included, fits in one training example...
+    assert cfg.data.max_cells >= max(sizes.values())
+    # ...so a training example is a whole training section (every cell, in order), only rotated.
+    for step in range(3):
+        batch = training_batch(data, cfg.data, cfg.training.batch_size, seed=0, step=step)
+        for i, name in enumerate(batch.sections):
+            n = sizes[name]
+            assert int(batch.mask[i].sum()) == n
+            assert batch.index[i, :n].tolist() == list(range(n))
+
+
+def test_shipped_config_trains_bdtnp_at_the_test_size(bdtnp_processed: Path, tmp_path: Path) -> None:
+    _assert_trains_on_whole_sections(bdtnp_processed, _shipped_config("bdtnp", tmp_path))
+
+
+def test_shipped_config_trains_synthetic_at_the_test_size(tmp_path: Path) -> None:
+    from alphastomics.datasets import fetch_synthetic
+    from alphastomics.preprocess import preprocess
+
+    cfg = _shipped_config("synthetic", tmp_path)
+    fetch_synthetic(tmp_path / "raw", cfg.dataset.synthetic)
+    preprocess(tmp_path / "raw", cfg.dataset, tmp_path / "processed")
+    _assert_trains_on_whole_sections(tmp_path / "processed", cfg)
+    # One section per step: a step holds about as many cells as a bdtnp step of 4 slabs.
+    assert cfg.training.batch_size == 1

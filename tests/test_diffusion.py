@@ -150,6 +150,32 @@ def test_distance_loss_chunked_equals_unchunked_with_gradients():
         torch.testing.assert_close(grad, results[0][1])
 
 
+def test_distance_loss_closed_form_gradient_equals_autograd_of_the_naive_loss():
+    # Training takes the closed-form backward (pred needs a gradient, the truth does not); the reference is
+    # autograd through the whole N x N formula, in float64, with padding and two coincident real cells.
+    b = batch(2, 11, 3, pad=4, seed=21)
+    pred0 = (b.positions + 0.4 * batch(2, 11, 3, seed=22).positions).double()
+    pred0[0, 1] = pred0[0, 0]
+    true, m = b.positions.double(), b.mask.double()
+
+    def naive(p):
+        def dist(x):
+            return torch.sqrt(((x[:, :, None] - x[:, None]) ** 2).sum(-1).clamp_min(1e-12))
+
+        pair = m[:, :, None] * m[:, None, :]
+        return ((dist(p) - dist(true)) ** 2 * pair).sum() / (m.sum(1) * (m.sum(1) - 1)).sum()
+
+    ref = pred0.clone().requires_grad_(True)
+    naive(ref).backward()
+    for chunk in (1, 4, 1000):
+        pred = pred0.clone().requires_grad_(True)
+        loss = pairwise_distance_mse(pred, true, b.mask, chunk_size=chunk)
+        loss.backward()
+        torch.testing.assert_close(loss, naive(pred0))
+        torch.testing.assert_close(pred.grad, ref.grad, rtol=1e-10, atol=1e-12)
+    assert ref.grad.abs().sum() > 0
+
+
 def test_distance_loss_backward_keeps_no_n_by_n_tensor():
     n, chunk = 256, 64
     b = batch(1, n, 2, seed=17)

@@ -133,7 +133,30 @@ def test_early_stopping_after_patience_validations(tiny_processed, tmp_path):
     val = [r["val_loss"] for r in metric_lines(tmp_path / "run" / "metrics.jsonl") if "val_loss" in r]
     assert len(val) == 2 and val[0] == val[1]
     assert summary["stopped_early"] and summary["steps"] == 2
+    assert summary["best_val_step"] == 1  # where it stopped and which validation was best are recorded
     assert load_checkpoint(tmp_path / "run" / "final.pt")["step"] == 2
+
+
+def test_kept_checkpoint_equals_the_final_one_of_a_shorter_run(tiny_processed, tmp_path):
+    # Inside the warm-up the learning rate depends on the step alone, not on max_steps: step 3 of a 6-step
+    # run and the end of a 3-step run are the same weights, EMA included. The learning-curve study scores
+    # such kept checkpoints as shorter budgets.
+    common = {"warmup_steps": 10, "val_every": 100, "checkpoint_every": 100}
+    long = load_config(write_config(tmp_path / "a.yaml", training={
+        **common, "max_steps": 6, "keep_checkpoints": [3, 5]}))
+    short = load_config(write_config(tmp_path / "b.yaml", training={**common, "max_steps": 3}))
+    train(long, tiny_processed, tmp_path / "long")
+    train(short, tiny_processed, tmp_path / "short")
+    ckpts = tmp_path / "long" / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step*.pt")) == ["step000003.pt", "step000005.pt"]
+    kept, final = load_checkpoint(ckpts / "step000003.pt"), load_checkpoint(tmp_path / "short" / "final.pt")
+    assert kept["step"] == final["step"] == 3
+    for key in ("model", "ema"):
+        for name, value in final[key].items():
+            torch.testing.assert_close(kept[key][name], value, rtol=0, atol=0, msg=name)
+    # What sample reads: the kept checkpoint rebuilds a model with the EMA weights of step 3.
+    model, _, _ = load_model(ckpts / "step000003.pt")
+    torch.testing.assert_close(dict(model.state_dict()), final["ema"], rtol=0, atol=0)
 
 # --------------------------------------------------------------------------------------------------------
 # non-finite losses

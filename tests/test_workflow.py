@@ -91,7 +91,7 @@ def test_default_dry_run_lists_datasets_x_variants_x_seeds(tmp_path):
     installed, _ = runnable(cfg["baselines"])  # a peer whose package is missing is skipped, with a warning
     peers = len(cfg["datasets"]) * len(installed) * len(cfg.get("baseline_seeds", [0]))
     counts, _ = dry_run(repo)
-    assert runs == 2 * 5 * 3  # the default grid: bdtnp + synthetic, four ablation rows + softmax, 3 seeds
+    assert runs == 2 * 5 * 5  # the default grid: bdtnp + synthetic, four ablation rows + softmax, 5 seeds
     assert counts["train"] == counts["sample"] == runs
     assert counts["baseline"] == peers and "knn" in installed
     assert counts["evaluate"] == runs + peers
@@ -104,7 +104,7 @@ def test_slurm_profile_dry_run_from_repository_root(tmp_path):
     # --cores 16: a dry run caps threads at --cores, a SLURM job at the CPUs it got (the fake-SLURM test)
     counts, out = dry_run(repo, "--profile", "slurm", "--cores", "16")
     assert re.search(r"Using profiles? slurm", out)
-    assert counts["train"] == 30 and counts["sample"] == 30
+    assert counts["train"] == 50 and counts["sample"] == 50
     # The GPU rules ask for the GPU partition and one GPU; CPU rules keep the CPU partition.
     train = out[out.index("rule train:") :].split("\n\n")[0]
     assert "slurm_partition=gpu" in train and "gpu=1" in train and "cpus_per_gpu=8" in train
@@ -239,7 +239,7 @@ def test_rerun_one_target_file_with_forcerun(tiny_run):
 
 def test_changing_one_variant_reruns_only_that_variant(tiny_run):
     def edit(c):
-        c["variants"]["gated_headwise"]["overrides"]["training"] = {"learning_rate": 1.0e-3}
+        c["variants"]["gated_headwise"]["overrides"]["training"] = {"learning_rate": 2.0e-3}
 
     config = write_config(tiny_run, "edited.yaml", edit)
     counts, out = dry_run(tiny_run, "--configfile", config)
@@ -254,11 +254,11 @@ def test_changed_variant_retrains_from_scratch(tiny_run, tmp_path):
     shutil.copytree(tiny_run, repo, symlinks=True)
 
     def edit(c):
-        c["variants"]["gated_headwise"]["overrides"]["training"] = {"learning_rate": 1.0e-3}
+        c["variants"]["gated_headwise"]["overrides"]["training"] = {"learning_rate": 2.0e-3}
 
     snakemake(repo, "--cores", "2", "--configfile", write_config(repo, "edited.yaml", edit))
     final = torch.load(repo / "results/synthetic/gated_headwise/seed0/train/final.pt", weights_only=False)
-    assert final["config"]["training"]["learning_rate"] == 1.0e-3
+    assert final["config"]["training"]["learning_rate"] == 2.0e-3
     log = (repo / "results/logs/train/synthetic/gated_headwise/seed0.log").read_text()
     assert "starting this run from scratch" in log
 
