@@ -155,7 +155,7 @@ def test_kept_checkpoint_equals_the_final_one_of_a_shorter_run(tiny_processed, t
         for name, value in final[key].items():
             torch.testing.assert_close(kept[key][name], value, rtol=0, atol=0, msg=name)
     # What sample reads: the kept checkpoint rebuilds a model with the EMA weights of step 3.
-    model, _, _ = load_model(ckpts / "step000003.pt")
+    model, _, _ = Denoiser.from_checkpoint(ckpts / "step000003.pt")
     torch.testing.assert_close(dict(model.state_dict()), final["ema"], rtol=0, atol=0)
 
 # --------------------------------------------------------------------------------------------------------
