@@ -1,6 +1,6 @@
 """Command line: ``python -m alphastomics <stage> --config FILE [--set section.key=value ...]``.
 
-Stages: fetch-data | preprocess | train | sample | evaluate | report | baseline | params | bench |
+Stages: fetch-data | preprocess | train | sample | evaluate | report | baseline | params |
 learning-curve.
 ``python -m alphastomics.main`` is the same entry point (the design note's spelling).
 A user error (bad config, bad input file) prints one line and exits with status 2.
@@ -9,11 +9,12 @@ A user error (bad config, bad input file) prints one line and exits with status 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from alphastomics import AlphaSTomicsError, __version__
+from alphastomics.config import Config, load_config
 
 
 def _common(p: argparse.ArgumentParser, config_required: bool = False) -> None:
@@ -155,41 +156,91 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("params", help="parameter table of every attention variant")
     _common(p)
 
-    p = sub.add_parser("bench", help="benchmarks that print tables")
-    _common(p)
-    p.add_argument("what", choices=["attention", "train-step", "sampling", "preprocess", "all"])
-    p.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     return parser
 
 
-# stage -> (module, function); each function takes (args, cfg) and imports its heavy dependencies itself.
-STAGES = {
-    "fetch-data": ("alphastomics.datasets", "main"),
-    "preprocess": ("alphastomics.preprocess", "main"),
-    "train": ("alphastomics.train", "main"),
-    "sample": ("alphastomics.sample", "main"),
-    "evaluate": ("alphastomics.evaluate", "main"),
-    "report": ("alphastomics.report", "main"),
-    "baseline": ("alphastomics.peers", "main"),
-    "params": ("alphastomics.model", "params_main"),
-    "bench": ("alphastomics.bench", "main"),
-    "learning-curve": ("alphastomics.study", "main"),
+# One function per stage, each importing its module where it runs: a stage that needs no PyTorch (fetch-data,
+# preprocess, evaluate of a peer, report) starts without importing it, so the small conda environments of
+# workflow/envs/ suffice. Each stage's entry point takes (args, cfg).
+
+
+def _fetch_data(args: argparse.Namespace, cfg: Config) -> int:
+    from alphastomics import datasets
+
+    return datasets.main(args, cfg)
+
+
+def _preprocess(args: argparse.Namespace, cfg: Config) -> int:
+    from alphastomics import preprocess
+
+    return preprocess.main(args, cfg)
+
+
+def _train(args: argparse.Namespace, cfg: Config) -> int:
+    from alphastomics import train
+
+    return train.main(args, cfg)
+
+
+def _sample(args: argparse.Namespace, cfg: Config) -> int:
+    from alphastomics import sample
+
+    return sample.main(args, cfg)
+
+
+def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
+    from alphastomics import evaluate
+
+    return evaluate.main(args, cfg)
+
+
+def _report(args: argparse.Namespace, cfg: Config) -> int:
+    from alphastomics import report
+
+    return report.main(args, cfg)
+
+
+def _baseline(args: argparse.Namespace, cfg: Config) -> int:
+    from alphastomics import peers
+
+    return peers.main(args, cfg)
+
+
+def _params(args: argparse.Namespace, cfg: Config) -> int:
+    from alphastomics import model
+
+    return model.params_main(args, cfg)
+
+
+def _learning_curve(args: argparse.Namespace, cfg: Config) -> int:
+    from alphastomics import study
+
+    return study.main(args, cfg)
+
+
+STAGES: dict[str, Callable[[argparse.Namespace, Config], int]] = {
+    "fetch-data": _fetch_data,
+    "preprocess": _preprocess,
+    "train": _train,
+    "sample": _sample,
+    "evaluate": _evaluate,
+    "report": _report,
+    "baseline": _baseline,
+    "params": _params,
+    "learning-curve": _learning_curve,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    from alphastomics.config import load_config
-
     args = build_parser().parse_args(argv)
     overrides = list(args.overrides)
     if getattr(args, "batch_size", None) is not None:
         overrides.append(f"training.batch_size={args.batch_size}")
     if getattr(args, "max_steps", None) is not None:
         overrides.append(f"training.max_steps={args.max_steps}")
-    module, func = STAGES[args.stage]
     try:
         cfg = load_config(args.config, overrides)
-        return getattr(importlib.import_module(module), func)(args, cfg) or 0
+        return STAGES[args.stage](args, cfg) or 0
     except AlphaSTomicsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -15,7 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench.py beside this file, however it is loaded
 
 # (substring of the device name, dense bf16 tensor-core peak TFLOP/s from the vendor's spec sheet)
 PEAK_BF16_TFLOPS = [("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0), ("A10", 125.0)]
@@ -37,7 +40,7 @@ def check_bf16(variants: list[str], n: int, device: str = "cuda") -> list[list[s
     import torch
 
     from alphastomics.attention import Attention
-    from alphastomics.bench import _variant
+    from bench import _variant
 
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -107,7 +110,7 @@ def sdpa_backends(n: int, device: str = "cuda") -> list[list[str]]:
 
 def attention_table(sizes: list[int], variants: list[str], dtype: str, peak: float | None,
                     device: str = "cuda") -> list[list[str]]:
-    from alphastomics.bench import NAIVE, _variant, naive_estimate_gb, run_case
+    from bench import NAIVE, _variant, naive_estimate_gb, run_case
 
     rows = []
     for n in sizes:
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device: skipping")
         return 0
 
-    from alphastomics.bench import machine, run_case, table
+    from bench import machine, run_case, table
     from alphastomics.variants import VARIANTS as ABLATION_VARIANTS
 
     t0 = time.perf_counter()

@@ -1,5 +1,5 @@
-"""``python -m alphastomics bench <what>``: benchmarks that print tables (not tests). docs/performance.md
-holds the numbers, the commands and how to read them.
+"""``python benchmarks/bench.py <what> [--quick]``: benchmarks that print tables (not tests; not shipped in
+the package). docs/performance.md holds the numbers, the commands and how to read them.
 
 ``attention``: forward + backward of one attention module (d_model 256, 8 heads, batch 1) per variant of the
 ablation against a naive reference that materialises the N x N matrix in float32, the way the research code
@@ -427,7 +427,8 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     return {**measure(run, spec["device"], spec.get("repeats", 0)), **first}
 
 
-_CASE_CHILD = "import json, sys; from alphastomics.bench import run_case; print(json.dumps(run_case(json.loads(sys.argv[1]))))"
+_CASE_CHILD = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
+               "from bench import run_case; print(json.dumps(run_case(json.loads(sys.argv[1]))))")
 
 
 def child_env() -> dict[str, str]:
@@ -654,9 +655,15 @@ def bench_sampling(quick: bool, run: Runner | None = None) -> str:
                  ["cells", "variant", "steps timed", "s/step", f"s/section ({steps} steps)", "peak MiB"], rows)
 
 
-def main(args: Any, cfg: Config) -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
     import torch
 
+    p = argparse.ArgumentParser(prog="python benchmarks/bench.py", description="benchmarks that print tables")
+    p.add_argument("what", choices=["attention", "train-step", "sampling", "preprocess", "all"])
+    p.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    args = p.parse_args(argv)
     torch.set_num_threads(THREADS)
     whats = ["attention", "train-step", "sampling", "preprocess"] if args.what == "all" else [args.what]
     print(f"machine: {machine()}")
@@ -670,3 +677,7 @@ def main(args: Any, cfg: Config) -> int:
             print(benches[what](args.quick), flush=True)
         print(f"({what}: {time.perf_counter() - t0:.0f} s)", flush=True)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
