@@ -1,8 +1,8 @@
 """The training loop: plain PyTorch (DiT ``train.py`` / nanoGPT style), DDP when launched by torchrun.
 
-``train(cfg, data_dir, out_dir)`` reads the order of its stages top to bottom: distributed set-up, seeds,
-data, model + EMA, optimiser, resume, then the loop (accumulate, clip, step, EMA, log, validate,
-checkpoint). Everything a rerun needs to continue bit for bit lives in ``checkpoints/latest.pt``: the batch
+``train(cfg, data_dir, out_dir)`` is a short loop over named steps: ``prepare_run_folder`` (what must not be
+resumed), ``set_up`` (processes, seeds, data, model + EMA, optimiser, resume), then per step ``optimise``
+(accumulate, clip, step, EMA), ``log_step``, ``validate`` and ``checkpoint``, and ``finish`` (summary, final.pt). Everything a rerun needs to continue bit for bit lives in ``checkpoints/latest.pt``: the batch
 of step s depends only on (seed, s, rank, world_size) and every random draw of a step is seeded from the
 same tuple, so a resumed run on the CPU ends with the same metrics and weights as an uninterrupted one.
 Files written are described in ``docs/architecture.md`` ("Training outputs") and ``docs/training.md``.
@@ -495,7 +495,309 @@ def _discard_finished_run(out_dir: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------
-# The training run
+# The training run: set-up, then a loop over named steps (optimise, log, validate, checkpoint), then finish.
+
+
+@dataclass
+class Paths:
+    """The files of one run folder (docs/architecture.md, "Training outputs")."""
+
+    out: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoints"
+
+    @property
+    def latest(self) -> Path:
+        return self.checkpoints / "latest.pt"
+
+    @property
+    def final(self) -> Path:
+        return self.out / "final.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.out / "train_summary.json"
+
+
+@dataclass
+class Session:
+    """What one training process holds once set up: processes, data, model, EMA, optimiser, loop state."""
+
+    cfg: Config
+    paths: Paths
+    d: Dist
+    device: torch.device
+    use_bf16: bool
+    data: Any  # alphastomics.data.ProcessedData
+    val_batches: list[Any]
+    model: nn.Module
+    ema: nn.Module
+    net: nn.Module  # the model as the loss sees it: compiled and/or DDP-wrapped
+    diffusion: Any  # alphastomics.diffusion.Diffusion
+    optimizer: torch.optim.Optimizer
+    state: RunState
+    start_step: int
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if not self.use_bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def save(self, path: Path, step: int) -> None:
+        """Everything a rerun needs to continue bit for bit (rank 0 writes)."""
+        if not self.d.is_main:
+            return
+        save_checkpoint(
+            {
+                "config": to_dict(self.cfg),
+                "model": self.model.state_dict(),
+                "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "step": step,
+                "rng": _rng_state(),
+                "n_genes": self.data.n_genes,
+                "dims": self.data.dims,
+                "manifest": self.data.manifest,
+                "world_size": self.d.world_size,
+                "state": vars(self.state),
+            },
+            path,
+        )
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.d.is_main:
+            self.paths.metrics.parent.mkdir(parents=True, exist_ok=True)
+            with self.paths.metrics.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def all_ranks_max(self, values: list[float]) -> list[float]:
+        if not self.d.enabled:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor.tolist()
+
+
+@dataclass
+class StepResult:
+    losses: dict[str, float]
+    grad_norm: float
+    lr: float
+    bad: bool  # non-finite loss or gradient on some rank: the step was skipped
+    signum: int  # a stop was asked for (signal number or _TIME_LIMIT_STOP), else 0
+    n_cells: int
+
+
+def prepare_run_folder(cfg: Config, paths: Paths, restart_if_config_changed: bool) -> dict[str, Any] | None:
+    """Clear what must not be resumed; returns the summary of a run that is already finished, else None.
+
+    Another config's run is discarded when asked, and a finished latest.pt without final.pt (a forced rerun)
+    always; rank 0 deletes and the other ranks wait, so no rank resumes from a stale checkpoint."""
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if restart_if_config_changed:
+        if rank0:
+            _discard_stale_run(paths.out, cfg)
+        else:
+            while paths.latest.exists() and _stale_config(paths.latest, load_checkpoint(paths.latest)["config"], cfg):
+                time.sleep(1)
+    if rank0:
+        _discard_finished_run(paths.out)
+    else:
+        while not paths.final.exists() and paths.latest.exists() and _finished(paths.latest):
+            time.sleep(1)
+    if paths.final.exists() and paths.summary.exists():
+        _check_same_config(paths.final, load_checkpoint(paths.final)["config"], cfg)
+        print(f"{paths.final} already exists for this config; nothing to do", file=sys.stderr)
+        return json.loads(paths.summary.read_text())
+    return None
+
+
+def set_up(cfg: Config, data_dir: str | Path, paths: Paths) -> Session:
+    """Processes and device, seeds, data, model + EMA, optimiser, then resume from latest.pt if there is one."""
+    from alphastomics.data import ProcessedData, eval_batches
+    from alphastomics.diffusion import Diffusion
+
+    t_cfg = cfg.training
+    d, device = setup_distributed(t_cfg.device)
+    use_bf16 = t_cfg.precision == "bf16" or (t_cfg.precision == "auto" and device.type == "cuda")
+    # Seeds everywhere (per-step seeds in the loop make the draws independent of history).
+    random.seed(t_cfg.seed + d.rank)
+    np.random.seed(t_cfg.seed + d.rank)
+    torch.manual_seed(t_cfg.seed)  # same initial weights on every rank
+    data = ProcessedData(data_dir)
+    val_batches = list(itertools.islice(eval_batches(data, "val"), t_cfg.val_batches))
+    model = Denoiser.from_config(cfg, data.n_genes, data.dims).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    # AdamW, weight decay on matrices only (norm gains and biases are not shrunk).
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": t_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=t_cfg.learning_rate,
+        betas=(0.9, 0.95),
+        fused=device.type == "cuda",
+    )
+    start_step, state = _resume(paths, cfg, d, model, ema, optimizer)
+    net: nn.Module = torch.compile(model) if t_cfg.compile else model
+    if d.enabled:
+        # Every parameter gets a gradient in every mode (the model builds only the heads it trains), so
+        # DDP needs no find_unused_parameters.
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    return Session(cfg, paths, d, device, use_bf16, data, val_batches, model, ema, net, Diffusion(cfg.diffusion),
+                   optimizer, state, start_step)
+
+
+def _resume(paths: Paths, cfg: Config, d: Dist, model: nn.Module, ema: nn.Module,
+            optimizer: torch.optim.Optimizer) -> tuple[int, RunState]:
+    """(first step, loop state): from checkpoints/latest.pt when the same command runs again, else (0, new)."""
+    if not paths.latest.exists():
+        if d.is_main:
+            print(f"train: starting at step 0 of {cfg.training.max_steps}", file=sys.stderr)
+            if paths.metrics.exists():
+                paths.metrics.unlink()  # a run that died before its first checkpoint starts over
+        return 0, RunState()
+    ckpt = load_checkpoint(paths.latest)
+    _check_same_config(paths.latest, ckpt["config"], cfg)
+    model.load_state_dict(ckpt["model"])
+    ema.load_state_dict(ckpt["ema"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    _set_rng_state(ckpt["rng"])
+    start_step = int(ckpt["step"])
+    if d.is_main and ckpt.get("world_size", 1) != d.world_size:
+        print(f"warning: {paths.latest} was written by {ckpt.get('world_size', 1)} process(es), resuming "
+              f"with {d.world_size}: training continues, but not bit for bit as before", file=sys.stderr)
+    if d.is_main:
+        _truncate_metrics(paths.metrics, start_step)
+        print(f"resuming from {paths.latest} at step {start_step}", file=sys.stderr)
+    return start_step, RunState(**ckpt["state"])
+
+
+def optimise(s: Session, step: int, micro_batches: list[Any], flag: SignalFlag) -> StepResult:
+    """One optimiser step (0-based ``step``): accumulate, clip, then step + EMA, or skip it when the loss or the
+    gradient is not finite on any rank (counted; a streak of them fails loudly)."""
+    t_cfg = s.cfg.training
+    lr = lr_at(step, t_cfg)
+    for group in s.optimizer.param_groups:
+        group["lr"] = lr
+    # Dropout draws from the global generator: reseed it per step so a resumed run draws the same.
+    torch.manual_seed(step_seed(t_cfg.seed, step, s.d.rank, DROPOUT_STREAM))
+
+    def loss_fn(batch: Any, k: int) -> dict[str, torch.Tensor]:
+        gen = torch.Generator(device=s.device).manual_seed(
+            step_seed(t_cfg.seed, step * t_cfg.accumulate_grad_batches + k, s.d.rank, NOISE_STREAM)
+        )
+        with s.autocast():
+            return s.diffusion.training_losses(s.net, batch, generator=gen)
+
+    def sync(is_last: bool) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if is_last or not s.d.enabled else s.net.no_sync()
+
+    losses = accumulate_gradients(loss_fn, micro_batches, sync)
+    grad_norm = float(nn.utils.clip_grad_norm_(s.model.parameters(), t_cfg.gradient_clip_val))
+    local_bad = 0.0 if math.isfinite(losses["loss"]) and math.isfinite(grad_norm) else 1.0
+    bad, signum = s.all_ranks_max([local_bad, float(flag.stop())])
+    state = s.state
+    if bad:  # a non-finite loss or gradient never reaches the weights
+        s.optimizer.zero_grad(set_to_none=True)
+        state.nonfinite_in_row += 1
+        state.nonfinite_total += 1
+        s.log({"step": step + 1, "nonfinite": True, "nonfinite_in_row": state.nonfinite_in_row,
+               "loss": None if not math.isfinite(losses["loss"]) else losses["loss"]})
+        if state.nonfinite_in_row >= t_cfg.max_nonfinite_steps:
+            kept = (f"the last good checkpoint is {s.paths.latest}" if s.paths.latest.exists()
+                    else "no checkpoint yet")
+            raise TrainingError(
+                f"{s.paths.out}: loss or gradient non-finite for {state.nonfinite_in_row} steps in a row "
+                f"(last at step {step + 1}); {kept}; lower training.learning_rate or "
+                f"training.gradient_clip_val, or check the data for NaN"
+            )
+    else:
+        s.optimizer.step()
+        s.optimizer.zero_grad(set_to_none=True)
+        update_ema(s.ema, s.model, ema_decay_at(step, t_cfg.ema_decay))
+        state.nonfinite_in_row = 0
+    n_cells = sum(int(b.mask.sum()) for b in micro_batches) * s.d.world_size
+    state.cells_seen += n_cells
+    return StepResult(losses, grad_norm, lr, bool(bad), int(signum), n_cells)
+
+
+def log_step(s: Session, step: int, r: StepResult, batch: Any, cells_per_s: float, elapsed_s: float) -> None:
+    """metrics.jsonl line of a logged step: losses (mean over ranks), lr, gradient norm, gate statistics,
+    throughput and memory."""
+    losses = r.losses
+    if s.d.enabled:  # the mean over ranks (every rank logs at the same steps)
+        keys = sorted(losses)
+        summed = torch.tensor([losses[k] for k in keys], dtype=torch.float64, device=s.device)
+        dist.all_reduce(summed)
+        losses = {k: v / s.d.world_size for k, v in zip(keys, summed.tolist())}
+    record = {"step": step, **{k: round(v, 8) for k, v in losses.items()}, "lr": r.lr,
+              "grad_norm": round(r.grad_norm, 8)}
+    if s.d.is_main:
+        seed = step_seed(s.cfg.training.seed, step, 0, DIAG_STREAM)
+        record.update(gate_statistics(s.model, s.diffusion, batch, seed, s.cfg.evaluation))
+    record.update(cells_per_s=round(cells_per_s, 2), peak_mem_mb=round(peak_memory_mb(s.device), 1),
+                  elapsed_s=round(elapsed_s, 3))
+    s.log(record)
+
+
+def validate(s: Session, step: int) -> None:
+    """Validation loss of the EMA weights (what sample uses); tracks the best and the early-stopping count."""
+    t_cfg, state = s.cfg.training, s.state
+    val = validation_loss(s.ema, s.diffusion, s.val_batches, t_cfg.seed, s.device, s.autocast)
+    s.log({"step": step, **{f"val_{k}": round(v, 8) for k, v in val.items()}})
+    if val["loss"] < state.best_val_loss:
+        state.best_val_loss, state.best_val_step, state.bad_validations = val["loss"], step, 0
+    else:
+        state.bad_validations += 1
+    if t_cfg.early_stopping_patience and state.bad_validations >= t_cfg.early_stopping_patience:
+        state.stopped_early = True
+
+
+def checkpoint(s: Session, step: int, signum: int) -> None:
+    """latest.pt periodically, on a stop request and on early stopping; the kept steps (learning-curve
+    study) as stepNNNNNN.pt."""
+    t_cfg = s.cfg.training
+    # Not in a streak of non-finite steps: the checkpoint to fall back on should predate it.
+    periodic = step % t_cfg.checkpoint_every == 0 and not s.state.nonfinite_in_row
+    if periodic or signum or s.state.stopped_early:
+        s.save(s.paths.latest, step)
+    if step in t_cfg.keep_checkpoints:
+        s.save(s.paths.checkpoints / f"step{step:06d}.pt", step)
+
+
+def finish(s: Session, step: int) -> dict[str, Any]:
+    """The summary; latest.pt, train_summary.json, then final.pt, which marks the run as done (a kill before it
+    reruns from latest.pt, writing all again)."""
+    params_total, params_attention = count_parameters(s.model)
+    state = s.state
+    summary = {
+        "params_total": params_total,
+        "params_attention": params_attention,
+        "wall_time_s": round(state.elapsed_s, 3),
+        "cells_per_s": round(state.cells_seen / max(state.elapsed_s, 1e-9), 2),
+        "peak_mem_mb": round(peak_memory_mb(s.device), 1),
+        "best_val_loss": state.best_val_loss if math.isfinite(state.best_val_loss) else None,
+        "steps": step,
+        "stopped_early": state.stopped_early,
+        "best_val_step": state.best_val_step,
+        "nonfinite_steps": state.nonfinite_total,
+        "device": str(s.device) if not s.d.enabled else f"{s.device.type} x {s.d.world_size}",
+        "variant": variant_settings(s.cfg),
+    }
+    if s.d.is_main:
+        s.save(s.paths.latest, step)
+        atomic_write_text(s.paths.summary, json.dumps(summary, indent=2) + "\n")
+        s.save(s.paths.final, step)
+    if s.d.enabled:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
 
 
 def train(
@@ -513,265 +815,43 @@ def train(
     or, with ``restart_if_config_changed``, discarded (on rank 0) before training starts afresh. A finished
     latest.pt without final.pt (a forced rerun) is discarded too. ``deadline``: stop with a checkpoint before
     the job's time limit (Interrupted). ``num_workers`` replaces data.num_workers (same batches)."""
-    from alphastomics.data import ProcessedData, eval_batches
-    from alphastomics.diffusion import Diffusion
-
-    t_cfg = cfg.training
-    out_dir = Path(out_dir)
-    ckpt_dir = out_dir / "checkpoints"
-    latest_path, final_path = ckpt_dir / "latest.pt", out_dir / "final.pt"
-    metrics_path, summary_path = out_dir / "metrics.jsonl", out_dir / "train_summary.json"
-
-    # -- 0. A finished run of the same config is not trained again; another config's run is discarded
-    # first when asked (rank 0 deletes, the others wait, so no rank resumes from a stale checkpoint).
-    if restart_if_config_changed:
-        if int(os.environ.get("RANK", "0")) == 0:
-            _discard_stale_run(out_dir, cfg)
-        else:
-            while latest_path.exists() and _stale_config(latest_path, load_checkpoint(latest_path)["config"], cfg):
-                time.sleep(1)
-    if int(os.environ.get("RANK", "0")) == 0:
-        _discard_finished_run(out_dir)
-    else:
-        while not final_path.exists() and latest_path.exists() and _finished(latest_path):
-            time.sleep(1)
-    if final_path.exists() and summary_path.exists():
-        _check_same_config(final_path, load_checkpoint(final_path)["config"], cfg)
-        print(f"{final_path} already exists for this config; nothing to do", file=sys.stderr)
-        return json.loads(summary_path.read_text())
-
-    # -- 1. Processes and device.
-    d, device = setup_distributed(t_cfg.device)
-    use_bf16 = t_cfg.precision == "bf16" or (t_cfg.precision == "auto" and device.type == "cuda")
-
-    def autocast() -> contextlib.AbstractContextManager:
-        if not use_bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-    # -- 2. Seeds everywhere (per-step seeds below make the draws independent of history).
-    random.seed(t_cfg.seed + d.rank)
-    np.random.seed(t_cfg.seed + d.rank)
-    torch.manual_seed(t_cfg.seed)  # same initial weights on every rank
-
-    # -- 3. Data.
-    data = ProcessedData(data_dir)
-    manifest = data.manifest
-    n_genes, dims = data.n_genes, data.dims
-    val_batches = list(itertools.islice(eval_batches(data, "val"), t_cfg.val_batches))
-
-    # -- 4. Model, EMA copy, diffusion.
-    model = Denoiser.from_config(cfg, n_genes, dims).to(device)
-    ema = copy.deepcopy(model).requires_grad_(False).eval()
-    diffusion = Diffusion(cfg.diffusion)
-    params_total, params_attention = count_parameters(model)
-
-    # -- 5. Optimiser: AdamW, weight decay on matrices only (norm gains and biases are not shrunk).
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": t_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=t_cfg.learning_rate,
-        betas=(0.9, 0.95),
-        fused=device.type == "cuda",
-    )
-
-    # -- 6. Resume from checkpoints/latest.pt when the same command runs again.
-    start_step, state = 0, RunState()
-    if latest_path.exists():
-        ckpt = load_checkpoint(latest_path)
-        _check_same_config(latest_path, ckpt["config"], cfg)
-        model.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        _set_rng_state(ckpt["rng"])
-        state = RunState(**ckpt["state"])
-        start_step = int(ckpt["step"])
-        if d.is_main and ckpt.get("world_size", 1) != d.world_size:
-            print(f"warning: {latest_path} was written by {ckpt.get('world_size', 1)} process(es), resuming "
-                  f"with {d.world_size}: training continues, but not bit for bit as before", file=sys.stderr)
-        if d.is_main:
-            _truncate_metrics(metrics_path, start_step)
-            print(f"resuming from {latest_path} at step {start_step}", file=sys.stderr)
-    elif d.is_main:
-        print(f"train: starting at step 0 of {t_cfg.max_steps}", file=sys.stderr)
-        if metrics_path.exists():
-            metrics_path.unlink()  # a run that died before its first checkpoint starts over
-
-    # -- 7. Wrap for speed (compile) and for several processes (DDP).
-    net: nn.Module = model
-    if t_cfg.compile:
-        net = torch.compile(net)
-    if d.enabled:
-        # Every parameter gets a gradient in every mode (the model builds only the heads it trains), so
-        # DDP needs no find_unused_parameters.
-        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-
-    def save(path: Path, step: int) -> None:
-        if not d.is_main:
-            return
-        save_checkpoint(
-            {
-                "config": to_dict(cfg),
-                "model": model.state_dict(),
-                "ema": ema.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": step,
-                "rng": _rng_state(),
-                "n_genes": n_genes,
-                "dims": dims,
-                "manifest": manifest,
-                "world_size": d.world_size,
-                "state": vars(state),
-            },
-            path,
-        )
-
-    def log(record: dict[str, Any]) -> None:
-        if d.is_main:
-            metrics_path.parent.mkdir(parents=True, exist_ok=True)
-            with metrics_path.open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
-
-    def all_ranks_max(values: list[float]) -> list[float]:
-        if not d.enabled:
-            return values
-        tensor = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-        return tensor.tolist()
-
-    # -- 8. The loop.
-    progress = Progress(t_cfg.max_steps, enabled=d.is_main)
-    batches = step_loader(data, cfg, start_step, d, device, num_workers)
+    t_cfg, paths = cfg.training, Paths(Path(out_dir))
+    finished = prepare_run_folder(cfg, paths, restart_if_config_changed)
+    if finished is not None:
+        return finished
+    s = set_up(cfg, data_dir, paths)
+    progress = Progress(t_cfg.max_steps, enabled=s.d.is_main)
+    batches = step_loader(s.data, cfg, s.start_step, s.d, s.device, num_workers)
     t_window, cells_window = time.perf_counter(), 0
-    t_start_session = time.perf_counter()
-    elapsed_before = state.elapsed_s
-    model.train()
-    step = start_step
-    with SignalFlag(deadline, t_cfg.max_steps - start_step) as flag:
+    t_start_session, elapsed_before = time.perf_counter(), s.state.elapsed_s
+    s.model.train()
+    step = s.start_step
+    with SignalFlag(deadline, t_cfg.max_steps - s.start_step) as flag:
         while step < t_cfg.max_steps:
-            micro_batches = [_to_device(b, device) for b in next(batches)]
-            lr = lr_at(step, t_cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            # Dropout draws from the global generator: reseed it per step so a resumed run draws the same.
-            torch.manual_seed(step_seed(t_cfg.seed, step, d.rank, DROPOUT_STREAM))
-
-            def loss_fn(batch: Any, k: int) -> dict[str, torch.Tensor]:
-                gen = torch.Generator(device=device).manual_seed(
-                    step_seed(t_cfg.seed, step * t_cfg.accumulate_grad_batches + k, d.rank, NOISE_STREAM)
-                )
-                with autocast():
-                    return diffusion.training_losses(net, batch, generator=gen)
-
-            def sync(is_last: bool) -> contextlib.AbstractContextManager:
-                return contextlib.nullcontext() if is_last or not d.enabled else net.no_sync()
-
-            losses = accumulate_gradients(loss_fn, micro_batches, sync)
-            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), t_cfg.gradient_clip_val))
-            local_bad = 0.0 if math.isfinite(losses["loss"]) and math.isfinite(grad_norm) else 1.0
-            bad, signum = all_ranks_max([local_bad, float(flag.stop())])
-
-            # -- 8a. A non-finite loss or gradient never reaches the weights: skip the step and count it.
-            if bad:
-                optimizer.zero_grad(set_to_none=True)
-                state.nonfinite_in_row += 1
-                state.nonfinite_total += 1
-                log({"step": step + 1, "nonfinite": True, "nonfinite_in_row": state.nonfinite_in_row,
-                     "loss": None if not math.isfinite(losses["loss"]) else losses["loss"]})
-                if state.nonfinite_in_row >= t_cfg.max_nonfinite_steps:
-                    kept = (f"the last good checkpoint is {latest_path}" if latest_path.exists()
-                            else "no checkpoint yet")
-                    raise TrainingError(
-                        f"{out_dir}: loss or gradient non-finite for {state.nonfinite_in_row} steps in a row "
-                        f"(last at step {step + 1}); {kept}; lower training.learning_rate or "
-                        f"training.gradient_clip_val, or check the data for NaN"
-                    )
-            else:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                update_ema(ema, model, ema_decay_at(step, t_cfg.ema_decay))
-                state.nonfinite_in_row = 0
-            n_cells = sum(int(b.mask.sum()) for b in micro_batches) * d.world_size
-            state.cells_seen += n_cells
-            cells_window += n_cells
+            micro_batches = [_to_device(b, s.device) for b in next(batches)]
+            r = optimise(s, step, micro_batches, flag)
+            cells_window += r.n_cells
             step += 1
-
-            # -- 8b. Log every log_every steps (and the last one).
-            if not bad and (step % t_cfg.log_every == 0 or step == t_cfg.max_steps):
+            if not r.bad and (step % t_cfg.log_every == 0 or step == t_cfg.max_steps):
                 now = time.perf_counter()
-                if d.enabled:  # the mean over ranks (every rank logs at the same steps)
-                    keys = sorted(losses)
-                    summed = torch.tensor([losses[k] for k in keys], dtype=torch.float64, device=device)
-                    dist.all_reduce(summed)
-                    losses = {k: v / d.world_size for k, v in zip(keys, summed.tolist())}
-                record = {"step": step, **{k: round(v, 8) for k, v in losses.items()}, "lr": lr,
-                          "grad_norm": round(grad_norm, 8)}
-                if d.is_main:
-                    seed = step_seed(t_cfg.seed, step, 0, DIAG_STREAM)
-                    record.update(gate_statistics(model, diffusion, micro_batches[0], seed, cfg.evaluation))
-                record.update(
-                    cells_per_s=round(cells_window / max(now - t_window, 1e-9), 2),
-                    peak_mem_mb=round(peak_memory_mb(device), 1),
-                    elapsed_s=round(elapsed_before + now - t_start_session, 3),
-                )
-                log(record)
-                progress.update(step, f"loss {losses['loss']:.4f} lr {lr:.2e}", log_line=True)
+                log_step(s, step, r, micro_batches[0], cells_window / max(now - t_window, 1e-9),
+                         elapsed_before + now - t_start_session)
+                progress.update(step, f"loss {r.losses['loss']:.4f} lr {r.lr:.2e}", log_line=True)
                 t_window, cells_window = now, 0
             else:
-                progress.update(step, f"loss {losses['loss']:.4f}", log_line=False)
-
-            # -- 8c. Validate on the validation sections (EMA weights: those are what sample uses).
-            if val_batches and (step % t_cfg.val_every == 0 or step == t_cfg.max_steps):
-                val = validation_loss(ema, diffusion, val_batches, t_cfg.seed, device, autocast)
-                log({"step": step, **{f"val_{k}": round(v, 8) for k, v in val.items()}})
-                if val["loss"] < state.best_val_loss:
-                    state.best_val_loss, state.best_val_step, state.bad_validations = val["loss"], step, 0
-                else:
-                    state.bad_validations += 1
-                if t_cfg.early_stopping_patience and state.bad_validations >= t_cfg.early_stopping_patience:
-                    state.stopped_early = True
-
-            # -- 8d. Checkpoint periodically and when a signal asked us to stop.
-            state.elapsed_s = elapsed_before + time.perf_counter() - t_start_session
-            # Not in a streak of non-finite steps: the checkpoint to fall back on should predate it.
-            periodic = step % t_cfg.checkpoint_every == 0 and not state.nonfinite_in_row
-            if periodic or signum or state.stopped_early:
-                save(latest_path, step)
-            if step in t_cfg.keep_checkpoints:
-                save(ckpt_dir / f"step{step:06d}.pt", step)
-            if signum:
+                progress.update(step, f"loss {r.losses['loss']:.4f}", log_line=False)
+            if s.val_batches and (step % t_cfg.val_every == 0 or step == t_cfg.max_steps):
+                validate(s, step)
+            s.state.elapsed_s = elapsed_before + time.perf_counter() - t_start_session
+            checkpoint(s, step, r.signum)
+            if r.signum:
                 progress.close()
-                raise Interrupted(int(signum), step, latest_path)
-            if state.stopped_early:
+                raise Interrupted(r.signum, step, paths.latest)
+            if s.state.stopped_early:
                 break
     progress.close()
-
-    # -- 9. Final checkpoint and summary.
-    state.elapsed_s = elapsed_before + time.perf_counter() - t_start_session
-    summary = {
-        "params_total": params_total,
-        "params_attention": params_attention,
-        "wall_time_s": round(state.elapsed_s, 3),
-        "cells_per_s": round(state.cells_seen / max(state.elapsed_s, 1e-9), 2),
-        "peak_mem_mb": round(peak_memory_mb(device), 1),
-        "best_val_loss": state.best_val_loss if math.isfinite(state.best_val_loss) else None,
-        "steps": step,
-        "stopped_early": state.stopped_early,
-        "best_val_step": state.best_val_step,
-        "nonfinite_steps": state.nonfinite_total,
-        "device": str(device) if not d.enabled else f"{device.type} x {d.world_size}",
-        "variant": variant_settings(cfg),
-    }
-    if d.is_main:
-        # final.pt last: it marks the run as done (a kill before it reruns from latest.pt, writing all again).
-        save(latest_path, step)
-        atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
-        save(final_path, step)
-    if d.enabled:
-        dist.barrier()
-        dist.destroy_process_group()
-    return summary
+    s.state.elapsed_s = elapsed_before + time.perf_counter() - t_start_session
+    return finish(s, step)
 
 
 def main(args: Any, cfg: Config) -> int:
