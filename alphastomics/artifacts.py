@@ -1,8 +1,8 @@
 """Every file format that stages hand each other, defined once (docs/architecture.md, "Contracts").
 
 - the processed data set's ``manifest.json`` (``FORMAT``, ``read_manifest`` validates it);
-- the samples table (``SAMPLE_POSITION_COLUMNS``, ``write_samples`` / ``read_samples``), written by the sample
-  stage and by the peer baselines, read by evaluate;
+- the samples table (``SAMPLE_POSITION_COLUMNS``, one builder ``samples_table``, ``write_samples`` /
+  ``read_samples``), written by the sample stage and by the peer baselines, read by evaluate;
 - checkpoints (``save_checkpoint`` / ``load_checkpoint``): plain tensors, dicts, lists, strings and numbers
   only, read back with ``torch.load(weights_only=True)``, so opening a checkpoint someone shared cannot run
   code; ``check_compatible`` says whether a checkpoint fits a processed data set;
@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -109,6 +110,31 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------------------
 # Samples tables (sample stage and peer baselines -> evaluate)
+
+
+def samples_table(
+    cell_id: pa.Array, section: pa.Array, cell_type: pa.Array, true: np.ndarray, pred: np.ndarray, *,
+    expression_true: np.ndarray | None = None, expression_pred: np.ndarray | None = None,
+    meta: dict[str, str] | None = None,
+) -> pa.Table:
+    """The samples table (docs/architecture.md "Samples"), the one builder for the sample stage and the peers.
+
+    ``true``/``pred`` (n, D) coordinates in original units (stored as x/y/z float64, z = 0 in 2D); expression
+    (n, G) on the log-normalised scale, stored as fixed-size float32 lists; ``meta`` keys get the
+    ``alphastomics.`` prefix."""
+    n = len(true)
+    columns: dict[str, Any] = {"cell_id": cell_id, "section": section, "cell_type": cell_type}
+    for kind, values in (("true", true), ("pred", pred)):
+        for a, axis in enumerate("xyz"):
+            columns[f"{axis}_{kind}"] = pa.array(values[:, a] if a < values.shape[1] else np.zeros(n), pa.float64())
+    for name, values in (("expression_true", expression_true), ("expression_pred", expression_pred)):
+        if values is not None:
+            flat = pa.array(np.asarray(values, np.float32).ravel(), pa.float32())
+            columns[name] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
+    table = pa.table(columns)
+    if meta:
+        table = table.replace_schema_metadata({f"alphastomics.{k}".encode(): v.encode() for k, v in meta.items()})
+    return table
 
 
 def write_samples(table: pa.Table, out: str | Path) -> None:

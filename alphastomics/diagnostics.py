@@ -74,28 +74,8 @@ def model_diagnostics(
             )
         m = mask.cpu().numpy()
         pos = x_p[0].float().cpu().numpy()
-        radius = np.linalg.norm(pos, axis=1) / max(float(np.sqrt((pos**2).sum(axis=1).mean())), 1e-12)
-        best = (-1.0, 0, 0)
+        best = _sink_rows(layers, m, pos, sec.cell_ids, s, sinks)
         for li, d in enumerate(layers):
-            attn = d["attn"].float().cpu().numpy()
-            sink = M.attention_sink(attn, m)
-            for h in range(attn.shape[1]):
-                j = int(sink["index"][0, h])
-                share = float(sink["share"][0, h])
-                sinks.append(
-                    {
-                        "section": s,
-                        "layer": li,
-                        "head": h,
-                        "n_cells": int(sink["n"][0]),
-                        "share": share,
-                        "share_x_uniform": share * int(sink["n"][0]),
-                        "cell_id": str(sec.cell_ids[j]),
-                        "cell_radius": float(radius[j]),
-                    }
-                )
-                if share > best[0]:
-                    best = (share, li, h)
             if d.get("gate") is not None:
                 gates.setdefault(li, []).append(d["gate"].float().cpu().numpy()[m])
         if not attention_map:
@@ -103,6 +83,51 @@ def model_diagnostics(
         del layers
 
     gate_rows = [{"layer": li, **M.gate_stats(np.concatenate(v)[None])} for li, v in sorted(gates.items())]
+    per_layer = _sinks_per_layer(sinks)
+    diag = {
+        "diffusion_time": step / diffusion.T,
+        "mode": mode,
+        "sections": sections,
+        "subsampled": subsampled,
+        "masked_fraction": fraction,
+        "attention_sink": per_layer,
+        "attention_sink_detail": sinks,
+        "gate": gate_rows,
+    }
+    return diag, attention_map, masked
+
+
+def _sink_rows(layers: list[dict[str, Any]], m: np.ndarray, pos: np.ndarray, cell_ids: np.ndarray, section: str,
+               out: list[dict[str, Any]]) -> tuple[float, int, int]:
+    """Append one row per layer and head (the most-attended cell, its share, its radius) to ``out``; returns
+    (share, layer, head) of the strongest sink, whose map the report draws."""
+    radius = np.linalg.norm(pos, axis=1) / max(float(np.sqrt((pos**2).sum(axis=1).mean())), 1e-12)
+    best = (-1.0, 0, 0)
+    for li, d in enumerate(layers):
+        attn = d["attn"].float().cpu().numpy()
+        sink = M.attention_sink(attn, m)
+        for h in range(attn.shape[1]):
+            j = int(sink["index"][0, h])
+            share = float(sink["share"][0, h])
+            out.append(
+                {
+                    "section": section,
+                    "layer": li,
+                    "head": h,
+                    "n_cells": int(sink["n"][0]),
+                    "share": share,
+                    "share_x_uniform": share * int(sink["n"][0]),
+                    "cell_id": str(cell_ids[j]),
+                    "cell_radius": float(radius[j]),
+                }
+            )
+            if share > best[0]:
+                best = (share, li, h)
+    return best
+
+
+def _sinks_per_layer(sinks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per layer: mean and largest sink share over heads and sections, per head, and the sinks' radius."""
     per_layer = []
     for li in sorted({r["layer"] for r in sinks}):
         rows = [r for r in sinks if r["layer"] == li]
@@ -119,17 +144,7 @@ def model_diagnostics(
                 "sink_radius_mean": float(np.mean([r["cell_radius"] for r in rows])),
             }
         )
-    diag = {
-        "diffusion_time": step / diffusion.T,
-        "mode": mode,
-        "sections": sections,
-        "subsampled": subsampled,
-        "masked_fraction": fraction,
-        "attention_sink": per_layer,
-        "attention_sink_detail": sinks,
-        "gate": gate_rows,
-    }
-    return diag, attention_map, masked
+    return per_layer
 
 
 def _attention_map(

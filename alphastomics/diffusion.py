@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from alphastomics.config import ConfigError, DiffusionConfig, Mode
+from alphastomics.config import ConfigError, DiffusionConfig, Mode, generates_expression, generates_positions
 from alphastomics.model import masked_centre
 
 
@@ -197,9 +197,9 @@ class Diffusion:
         m = mask[..., None].to(x_e.dtype)
         clean = torch.zeros(b, device=device)
         in_e, t_e, in_p, t_p = x_e, clean, x_p, clean
-        if mode in ("pos_to_expr", "joint"):
+        if generates_expression(mode):
             in_e, t_e = self.q_sample(x_e, t, _randn(tuple(x_e.shape), generator, device) * m), t / self.T
-        if mode in ("expr_to_pos", "joint"):
+        if generates_positions(mode):
             noise = masked_centre(_randn(tuple(x_p.shape), generator, device), mask)
             in_p, t_p = self.q_sample(x_p, t, noise), t / self.T
         return in_e, t_e, in_p, t_p
@@ -217,8 +217,7 @@ class Diffusion:
         m = mask[..., None].to(batch.expression.dtype)
         x_e = batch.expression * m
         x_p = masked_centre(batch.positions, mask)
-        diffuse_e = cfg.mode in ("pos_to_expr", "joint")
-        diffuse_p = cfg.mode in ("expr_to_pos", "joint")
+        diffuse_e, diffuse_p = generates_expression(cfg.mode), generates_positions(cfg.mode)
 
         t = torch.randint(1, self.T + 1, (b,), generator=generator, device=_gen_device(generator, device))
         in_e, t_e, in_p, t_p = self.noise_generated(x_e, x_p, mask, t.to(device), cfg.mode, generator)
@@ -291,8 +290,7 @@ class Diffusion:
         device = batch.expression.device
         b, n, g = batch.expression.shape
         m = mask[..., None].to(batch.expression.dtype)
-        diffuse_e = mode in ("pos_to_expr", "joint")
-        diffuse_p = mode in ("expr_to_pos", "joint")
+        diffuse_e, diffuse_p = generates_expression(mode), generates_positions(mode)
         x_e = _randn((b, n, g), generator, device) * m if diffuse_e else batch.expression * m
         x_p = masked_centre(batch.positions, mask)
         if diffuse_p:

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from alphastomics import AlphaSTomicsError
 from alphastomics import metrics as M
 from alphastomics.artifacts import atomic_dir, read_manifest, read_samples
-from alphastomics.config import Config, EvalConfig
+from alphastomics.config import Config, EvalConfig, generates_expression, generates_positions
 
 MODES = ("expr_to_pos", "pos_to_expr", "joint")
 
@@ -47,7 +47,7 @@ def samples_mode(path: Path, table: pa.Table, meta: dict[str, str]) -> str:
         raise EvaluationError(
             f"{path}: metadata 'alphastomics.mode' is {mode!r}; use one of {', '.join(MODES)}"
         )
-    if mode != "expr_to_pos":
+    if generates_expression(mode):
         for name in ("expression_true", "expression_pred"):
             if name not in table.column_names:
                 raise EvaluationError(f"{path}: field '{name}' is missing but mode is {mode}; rerun sample")
@@ -145,9 +145,9 @@ def section_scores(
 ) -> dict[str, float]:
     """The metrics the mode calls for: positions (expr_to_pos, joint), expression (pos_to_expr, joint)."""
     out: dict[str, float] = {}
-    if mode in ("expr_to_pos", "joint"):
+    if generates_positions(mode):
         out.update(position_scores(pos_pred, pos_true, expr_true, ecfg))
-    if mode in ("pos_to_expr", "joint") and expr_pred is not None:
+    if generates_expression(mode) and expr_pred is not None:
         out.update(expression_scores(expr_pred, expr_true, pos_true, ecfg.knn_k))
     return out
 
@@ -171,6 +171,46 @@ def random_reference(
 # Scoring a samples file
 
 
+def _section_arrays(
+    part: pa.Table, s: str, truth: dict[str, Any], mode: str, manifest: dict[str, Any], samples: Path,
+    data_dir: Path,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """(pos_pred, pos_true, expr_pred, expr_true, labels) of one section of a samples file, rows matched to
+    the truth by cell id, after checking what a scorer needs (2+ cells, known ids, finite values)."""
+    n = part.num_rows
+    if n < 2:
+        raise EvaluationError(f"{samples}: section '{s}' (field 'section') has {n} cell; metrics need 2 or more")
+    ids = part["cell_id"].cast(pa.string()).to_pylist()
+    lookup = truth["row"]
+    missing = [c for c in ids if c not in lookup]
+    if missing:
+        raise EvaluationError(
+            f"{samples}: field 'cell_id' has '{missing[0]}' (+{len(missing) - 1} more) not in section "
+            f"'{s}' of {data_dir / 'cells.parquet'}; evaluate with the --data_dir the samples came from"
+        )
+    order = np.array([lookup[c] for c in ids])
+    axes = "xyz"[: int(manifest["dims"])]
+
+    def positions(kind: str) -> np.ndarray:
+        values = np.c_[tuple(part[f"{a}_{kind}"].to_numpy() for a in axes)].astype(np.float64)
+        return _finite(values, samples, f"x_{kind}", s)
+
+    pos_true = positions("true")
+    pos_pred = positions("pred") if generates_positions(mode) else np.zeros_like(pos_true)
+    expr_true = truth["expression"][order]  # model space (standardised) for every mode
+    expr_pred = None
+    if generates_expression(mode):
+        # Samples hold log-normalised expression; score in the standardised units the model trains in,
+        # so every gene weighs the same in the MSE.
+        norm = manifest["normalization"]
+        gene_mean = np.asarray(norm["gene_mean"], dtype=np.float64)
+        gene_std = np.asarray(norm["gene_std"], dtype=np.float64)
+        gene_std = np.where(gene_std > 0, gene_std, 1.0)
+        raw = _matrix(part["expression_pred"], int(manifest["n_genes"]), str(samples))
+        expr_pred = _finite((raw - gene_mean) / gene_std, samples, "expression_pred", s)
+    return pos_pred, pos_true, expr_pred, expr_true, _labels(part, truth, order)
+
+
 def score(samples: Path, data_dir: Path, cfg: Config) -> dict[str, Any]:
     """metrics.json content without diagnostics/params/cost: overall, random reference, per section."""
     manifest = read_manifest(data_dir)
@@ -189,57 +229,19 @@ def score(samples: Path, data_dir: Path, cfg: Config) -> dict[str, Any]:
                 "evaluate with the --data_dir the samples were generated from"
             )
     truth = read_truth(data_dir, manifest, sections)
-    g = int(manifest["n_genes"])
-    gene_mean = np.asarray(manifest["normalization"]["gene_mean"], dtype=np.float64)
-    gene_std = np.asarray(manifest["normalization"]["gene_std"], dtype=np.float64)
-    gene_std = np.where(gene_std > 0, gene_std, 1.0)
     ecfg = cfg.evaluation
 
     rows, refs = [], []
     for index, s in enumerate(sections):
         part = table.filter(pc.equal(section_col, s))
         n = part.num_rows
-        if n < 2:
-            raise EvaluationError(
-                f"{samples}: section '{s}' (field 'section') has {n} cell; metrics need 2 or more"
-            )
-        ids = part["cell_id"].cast(pa.string()).to_pylist()
-        lookup = truth[s]["row"]
-        missing = [c for c in ids if c not in lookup]
-        if missing:
-            raise EvaluationError(
-                f"{samples}: field 'cell_id' has '{missing[0]}' (+{len(missing) - 1} more) not in section "
-                f"'{s}' of {data_dir / 'cells.parquet'}; evaluate with the --data_dir the samples came from"
-            )
-        order = np.array([lookup[c] for c in ids])
-        axes = "xyz"[:dims]
-        pos_true = _finite(
-            np.c_[tuple(part[f"{a}_true"].to_numpy() for a in axes)].astype(np.float64), samples, "x_true", s
+        pos_pred, pos_true, expr_pred, expr_true, labels = _section_arrays(
+            part, s, truth[s], mode, manifest, samples, data_dir
         )
-        pos_pred = np.zeros_like(pos_true)
-        if mode != "pos_to_expr":
-            pos_pred = _finite(
-                np.c_[tuple(part[f"{a}_pred"].to_numpy() for a in axes)].astype(np.float64),
-                samples,
-                "x_pred",
-                s,
-            )
-        expr_true = truth[s]["expression"][order]  # model space (standardised) for every mode
-        expr_pred = None
-        if mode != "expr_to_pos":
-            # Samples hold log-normalised expression; score in the standardised units the model trains in,
-            # so every gene weighs the same in the MSE.
-            expr_pred = _finite(
-                (_matrix(part["expression_pred"], g, str(samples)) - gene_mean) / gene_std,
-                samples,
-                "expression_pred",
-                s,
-            )
-        labels = _labels(part, truth[s], order)
         keep = np.ones(n, dtype=bool) if labels is None else labels != ""
         scores = section_scores(mode, pos_pred, pos_true, expr_pred, expr_true, ecfg)
         ref = random_reference(mode, pos_true, expr_true, ecfg, index)
-        if labels is not None and keep.sum() >= 2 and mode != "pos_to_expr":
+        if labels is not None and keep.sum() >= 2 and generates_positions(mode):
             # Cell-type neighbourhoods among labelled cells only (unlabelled: neither counted nor scored).
             got, rand = _neighborhood(pos_pred[keep], pos_true[keep], labels[keep], ecfg, index)
             scores.update(got)

@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 from alphastomics import AlphaSTomicsError
-from alphastomics.artifacts import write_samples
+from alphastomics.artifacts import samples_table, write_samples
 from alphastomics.config import PeersConfig
 
 Method = Literal["knn", "tangram", "novosparc", "celery"]
@@ -363,22 +363,12 @@ def common_frame(manifest: dict[str, Any], where: Path) -> dict[str, np.ndarray]
     return rotations
 
 
-def samples_table(held: HeldOut, pred: np.ndarray, scale: float, meta: dict[str, str]) -> pa.Table:
-    """The "Samples" table of docs/architecture.md (same columns and types as the sample stage)."""
-    n, dims = pred.shape
-    pred3 = np.zeros((n, 3))
-    pred3[:, :dims] = pred * scale + held.centers[:, :dims]  # z stays 0 in 2D, like the truth
-    columns: dict[str, Any] = {
-        "cell_id": held.cell_id,
-        "section": pa.array(held.section, pa.string()),
-        "cell_type": held.cell_type,
-    }
-    for a, axis in enumerate("xyz"):
-        columns[f"{axis}_true"] = pa.array(held.true[:, a], pa.float64())
-    for a, axis in enumerate("xyz"):
-        columns[f"{axis}_pred"] = pa.array(pred3[:, a], pa.float64())
-    table = pa.table(columns)
-    return table.replace_schema_metadata({f"alphastomics.{k}".encode(): v.encode() for k, v in meta.items()})
+def peer_samples(held: HeldOut, pred: np.ndarray, scale: float, meta: dict[str, str]) -> pa.Table:
+    """The samples table of a peer's predictions (model-space ``pred`` mapped back to original units)."""
+    dims = pred.shape[1]
+    original = pred * scale + held.centers[:, :dims]  # z stays 0 in 2D, like the truth
+    return samples_table(held.cell_id, pa.array(held.section, pa.string()), held.cell_type, held.true, original,
+                         meta=meta)
 
 
 def run(
@@ -410,7 +400,7 @@ def run(
         "wall_time_s": f"{wall:.3f}",  # fit + prediction, the peer's cost figure for the report
         "settings": json.dumps(own, default=list),
     }
-    table = samples_table(held, pred, data.scale, meta)
+    table = peer_samples(held, pred, data.scale, meta)
     write_samples(table, Path(out))
     return table
 

@@ -81,18 +81,10 @@ def _check_section(raw: RawData, i: int, x: np.ndarray) -> None:
         )
 
 
-def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, Any]:
-    """Normalise, split and write ``raw`` to ``out`` atomically; return the manifest."""
-    out = Path(out)
-    secs = raw.sections
-    for s in secs:
-        if s.n_cells < 2:
-            raise DataError(f"{s.file}: section '{s.name}' has {s.n_cells} cell(s); remove it or merge it, a section needs >= 2 cells")
-    split = assign_splits([s.name for s in secs], dcfg, raw.slab_cut, secs[0].file)
-    train = [i for i, s in enumerate(secs) if split[s.name] == "train"]
-    g = len(raw.genes)  # columns read; len(genes) columns written
-
-    # Pass 1: validate, detect counts vs normalised values.
+def _detect_input(raw: RawData, dcfg: DatasetConfig) -> tuple[bool, bool]:
+    """Pass 1: validate every section and detect counts vs normalised values -> (input is counts, normalise
+    as counts); dataset.normalization 'counts' on negative values is an error."""
+    secs, g = raw.sections, len(raw.genes)
     is_counts, nonneg = True, True
     for i in range(len(secs)):
         x = secs[i].load()
@@ -108,7 +100,103 @@ def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, A
     if mode == "counts" and not nonneg:
         raise DataError(f"{secs[0].file}: {raw.expression_field} has negative values but dataset.normalization is "
                         "'counts'; set it to 'normalized' or 'auto'")
-    counts = mode == "counts"
+    return is_counts, mode == "counts"
+
+
+def _training_moments(raw: RawData, train: list[int], counts: bool, target_sum: float) -> tuple[int, np.ndarray, np.ndarray]:
+    """Pass 2: (training cells, per-gene mean, std) of the normalised training sections (Chan et al. pairwise
+    merge of per-section moments); a gene constant over them gets std 1."""
+    secs, g = raw.sections, len(raw.kept_genes)
+    n_tot, mean, m2 = 0, np.zeros(g), np.zeros(g)
+    for i in train:
+        x = _normalise(secs[i].load(), counts, target_sum, raw.keep)
+        n_b, mean_b = len(x), x.mean(axis=0, dtype=np.float64)
+        m2_b = ((x - mean_b.astype(np.float32)) ** 2).sum(axis=0, dtype=np.float64)
+        delta = mean_b - mean
+        mean = mean + delta * n_b / (n_tot + n_b)
+        m2 = m2 + m2_b + delta**2 * n_tot * n_b / (n_tot + n_b)
+        n_tot += n_b
+        del x
+    std = np.sqrt(m2 / n_tot)
+    return n_tot, mean, np.where(std < STD_FLOOR, 1.0, std)
+
+
+def _write_cells(path: Path, raw: RawData, dcfg: DatasetConfig, split: dict[str, str], counts: bool,
+                 mean: np.ndarray, std: np.ndarray, centers: dict[str, np.ndarray], scale: float,
+                 cell_types: list[str], prefix_ids: bool) -> None:
+    """cells.parquet (docs/architecture.md, "Processed data"): each section normalised, standardised with the
+    training statistics, centred and scaled, written as one row group."""
+    secs, genes, dims = raw.sections, raw.kept_genes, raw.dims
+    schema = pa.schema(
+        [
+            ("cell_id", pa.string()),
+            ("section", pa.dictionary(pa.int32(), pa.string())),
+            ("split", pa.dictionary(pa.int8(), pa.string())),
+            ("x", pa.float32()),
+            ("y", pa.float32()),
+            ("z", pa.float32()),
+            ("cell_type", pa.dictionary(pa.int32(), pa.string())),
+            ("expression", pa.list_(pa.float32(), len(genes))),
+        ],
+        metadata={
+            "alphastomics.genes": json.dumps(genes),
+            "alphastomics.parameters": json.dumps(to_dict(dcfg)),
+        },
+    )
+    section_dict = pa.array([s.name for s in secs], pa.string())
+    split_dict = pa.array(list(SPLITS), pa.string())
+    type_dict = pa.array(cell_types, pa.string())
+    type_code = {t: i for i, t in enumerate(cell_types)}
+    mean32, inv_std32 = mean.astype(np.float32), (1.0 / std).astype(np.float32)
+
+    # Normalise + standardise in place, one row group per section.
+    # Dictionary encoding only where it pays (labels): tried on millions of float values it costs ~6x
+    # the write time for nothing; byte-stream-split makes float32 compress better under zstd.
+    with pq.ParquetWriter(path, schema, compression="zstd",
+                          use_dictionary=["section", "split", "cell_type"],
+                          use_byte_stream_split=["x", "y", "z", "expression.list.element"]) as writer:
+        for i, s in enumerate(secs):
+            x = _normalise(s.load(), counts, dcfg.target_sum, raw.keep)
+            x -= mean32
+            x *= inv_std32
+            n = s.n_cells
+            pos = ((s.coords - centers[s.name]) / scale).astype(np.float32)
+            z = pos[:, 2] if dims == 3 else np.zeros(n, np.float32)
+            if s.cell_types is None:
+                ct = pa.DictionaryArray.from_arrays(pa.nulls(n, pa.int32()), type_dict)
+            else:
+                codes = pa.array([type_code.get(t) for t in s.cell_types], pa.int32())
+                ct = pa.DictionaryArray.from_arrays(codes, type_dict)
+            ids = [f"{s.name}:{c}" for c in s.cell_ids] if prefix_ids else list(s.cell_ids)
+            table = pa.table(
+                [
+                    pa.array(ids, pa.string()),
+                    pa.DictionaryArray.from_arrays(pa.array(np.full(n, i, np.int32)), section_dict),
+                    pa.DictionaryArray.from_arrays(pa.array(np.full(n, SPLITS.index(split[s.name]), np.int8)), split_dict),
+                    pa.array(pos[:, 0]),
+                    pa.array(pos[:, 1]),
+                    pa.array(z),
+                    ct,
+                    pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), len(genes)),
+                ],
+                schema=schema,
+            )
+            writer.write_table(table, row_group_size=n)
+            del x, table
+
+
+def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, Any]:
+    """Normalise, split and write ``raw`` to ``out`` atomically; return the manifest."""
+    out = Path(out)
+    secs = raw.sections
+    for s in secs:
+        if s.n_cells < 2:
+            raise DataError(f"{s.file}: section '{s.name}' has {s.n_cells} cell(s); remove it or merge it, a section needs >= 2 cells")
+    split = assign_splits([s.name for s in secs], dcfg, raw.slab_cut, secs[0].file)
+    train = [i for i, s in enumerate(secs) if split[s.name] == "train"]
+    g = len(raw.genes)  # columns read; len(genes) columns written
+
+    is_counts, counts = _detect_input(raw, dcfg)  # pass 1
 
     # Gene selection: a gene list wins; else highly variable genes of the training sections when the data
     # have more genes than dataset.n_top_genes; else every gene.
@@ -123,19 +211,7 @@ def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, A
                   "on_sections": [secs[i].name for i in train]}
     genes = raw.kept_genes
 
-    # Pass 2: per-gene mean/std over training cells (Chan et al. pairwise merge of per-section moments).
-    n_tot, mean, m2 = 0, np.zeros(len(genes)), np.zeros(len(genes))
-    for i in train:
-        x = _normalise(secs[i].load(), counts, dcfg.target_sum, raw.keep)
-        n_b, mean_b = len(x), x.mean(axis=0, dtype=np.float64)
-        m2_b = ((x - mean_b.astype(np.float32)) ** 2).sum(axis=0, dtype=np.float64)
-        delta = mean_b - mean
-        mean = mean + delta * n_b / (n_tot + n_b)
-        m2 = m2 + m2_b + delta**2 * n_tot * n_b / (n_tot + n_b)
-        n_tot += n_b
-        del x
-    std = np.sqrt(m2 / n_tot)
-    std = np.where(std < STD_FLOOR, 1.0, std)
+    n_tot, mean, std = _training_moments(raw, train, counts, dcfg.target_sum)  # pass 2
 
     # Coordinates: per-section centre; one scale = RMS radius of centred training cells.
     dims = raw.dims
@@ -175,63 +251,8 @@ def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, A
         "notes": list(raw.notes or []),
         "parameters": to_dict(dcfg),
     }
-    schema = pa.schema(
-        [
-            ("cell_id", pa.string()),
-            ("section", pa.dictionary(pa.int32(), pa.string())),
-            ("split", pa.dictionary(pa.int8(), pa.string())),
-            ("x", pa.float32()),
-            ("y", pa.float32()),
-            ("z", pa.float32()),
-            ("cell_type", pa.dictionary(pa.int32(), pa.string())),
-            ("expression", pa.list_(pa.float32(), len(genes))),
-        ],
-        metadata={
-            "alphastomics.genes": json.dumps(genes),
-            "alphastomics.parameters": json.dumps(to_dict(dcfg)),
-        },
-    )
-    section_dict = pa.array([s.name for s in secs], pa.string())
-    split_dict = pa.array(list(SPLITS), pa.string())
-    type_dict = pa.array(cell_types, pa.string())
-    type_code = {t: i for i, t in enumerate(cell_types)}
-    mean32, inv_std32 = mean.astype(np.float32), (1.0 / std).astype(np.float32)
-
-    # Pass 3: normalise + standardise in place, one row group per section.
-    with atomic_dir(out) as tmp:
-        # Dictionary encoding only where it pays (labels): tried on millions of float values it costs ~6x
-        # the write time for nothing; byte-stream-split makes float32 compress better under zstd.
-        with pq.ParquetWriter(tmp / "cells.parquet", schema, compression="zstd",
-                              use_dictionary=["section", "split", "cell_type"],
-                              use_byte_stream_split=["x", "y", "z", "expression.list.element"]) as writer:
-            for i, s in enumerate(secs):
-                x = _normalise(s.load(), counts, dcfg.target_sum, raw.keep)
-                x -= mean32
-                x *= inv_std32
-                n = s.n_cells
-                pos = ((s.coords - centers[s.name]) / scale).astype(np.float32)
-                z = pos[:, 2] if dims == 3 else np.zeros(n, np.float32)
-                if s.cell_types is None:
-                    ct = pa.DictionaryArray.from_arrays(pa.nulls(n, pa.int32()), type_dict)
-                else:
-                    codes = pa.array([type_code.get(t) for t in s.cell_types], pa.int32())
-                    ct = pa.DictionaryArray.from_arrays(codes, type_dict)
-                ids = [f"{s.name}:{c}" for c in s.cell_ids] if prefix_ids else list(s.cell_ids)
-                table = pa.table(
-                    [
-                        pa.array(ids, pa.string()),
-                        pa.DictionaryArray.from_arrays(pa.array(np.full(n, i, np.int32)), section_dict),
-                        pa.DictionaryArray.from_arrays(pa.array(np.full(n, SPLITS.index(split[s.name]), np.int8)), split_dict),
-                        pa.array(pos[:, 0]),
-                        pa.array(pos[:, 1]),
-                        pa.array(z),
-                        ct,
-                        pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), len(genes)),
-                    ],
-                    schema=schema,
-                )
-                writer.write_table(table, row_group_size=n)
-                del x, table
+    with atomic_dir(out) as tmp:  # pass 3
+        _write_cells(tmp / "cells.parquet", raw, dcfg, split, counts, mean, std, centers, scale, cell_types, prefix_ids)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 

@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 import torch
 
 from alphastomics import AlphaSTomicsError
-from alphastomics.config import Config
-from alphastomics.artifacts import check_compatible, read_manifest, write_samples
+from alphastomics.config import Config, generates_expression
+from alphastomics.artifacts import check_compatible, read_manifest, samples_table, write_samples
 from alphastomics.model import Denoiser
 from alphastomics.seeds import SAMPLE_STREAM, step_seed
 from alphastomics.variants import variant_name
@@ -42,6 +42,24 @@ def _generate(model: torch.nn.Module, diffusion: Any, batch: Any, mode: str, ste
     with torch.no_grad():
         expr, pos = diffusion.sample(model, batch, mode=mode, steps=steps, generator=gen)
     return expr.float().cpu(), pos.float().cpu()
+
+
+def _generate_whole(model: torch.nn.Module, diffusion: Any, batch: Any, mode: str, steps: int, seed: int,
+                    device: torch.device, section: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """_generate on ``device``; a section that does not fit in GPU memory is generated on the CPU instead.
+
+    Whole sections are the point (attention over every cell); rather than cropping, which would change the
+    task, this one section falls back to the CPU (slower, same procedure, same seed)."""
+    try:
+        return _generate(model, diffusion, batch, mode, steps, seed, device)
+    except torch.OutOfMemoryError:
+        n = int(batch.mask.sum())
+        print(f"sample: section {section} ({n} cells) does not fit in GPU memory; generating it on "
+              f"the CPU (slower, same procedure)", file=sys.stderr)
+        torch.cuda.empty_cache()
+        out = _generate(model.cpu(), diffusion, batch, mode, steps, seed, torch.device("cpu"))
+        model.to(device)
+        return out
 
 
 def sample(
@@ -81,66 +99,40 @@ def sample(
     wanted = ["cell_id", "section", "x", "y", "z", "cell_type", "expression"]
     truth = pq.read_table(data_dir / "cells.parquet", columns=wanted)
     truth_section = truth["section"].cast(pa.string())
-    makes_expression = mode in ("pos_to_expr", "joint")
+    makes_expression = generates_expression(mode)
 
     parts: list[pa.Table] = []
     for i, section in enumerate(sections):
         batch = collate([data.section(section)])  # the whole section, no augmentation
         seed = step_seed(run_cfg.evaluation.seed, i, 0, SAMPLE_STREAM)
-        try:
-            expr, pos = _generate(model, diffusion, batch, mode, steps, seed, device)
-        except torch.OutOfMemoryError:
-            # Whole sections are the point (attention over every cell); rather than cropping, which would
-            # change the task, fall back to the CPU for this one section.
-            n = int(batch.mask.sum())
-            print(f"sample: section {section} ({n} cells) does not fit in GPU memory; generating it on "
-                  f"the CPU (slower, same procedure)", file=sys.stderr)
-            torch.cuda.empty_cache()
-            expr, pos = _generate(model.cpu(), diffusion, batch, mode, steps, seed, torch.device("cpu"))
-            model.to(device)
+        expr, pos = _generate_whole(model, diffusion, batch, mode, steps, seed, device, section)
         real = batch.mask[0].cpu()
         order = torch.argsort(batch.index[0][real].cpu())  # back to the row order of the section
-        pos_np = pos[0][real][order].double().numpy()
         rows = truth.filter(pc.equal(truth_section, section))  # file order = Batch.index order
-        dims = pos_np.shape[1]
-        columns: dict[str, Any] = {
-            "cell_id": rows["cell_id"].cast(pa.string()),
-            "section": pa.array([section] * rows.num_rows, pa.string()),
-            "cell_type": rows["cell_type"].cast(pa.string()),
-        }
+        pos_np = pos[0][real][order].double().numpy()
         # float64 inputs keep the mapping exact to float32 storage precision.
-        stored_pos = np.stack([rows[axis].to_numpy().astype(np.float64) for axis in "xyz"[:dims]], axis=1)
-        mapped = {"true": original_positions(stored_pos, section, manifest),
-                  "pred": original_positions(pos_np, section, manifest)}
-        for kind, values in mapped.items():
-            for a, axis in enumerate("xyz"):
-                column = values[:, a] if a < dims else np.zeros(rows.num_rows)
-                columns[f"{axis}_{kind}"] = pa.array(column, pa.float64())
+        stored_pos = np.stack([rows[axis].to_numpy().astype(np.float64) for axis in "xyz"[: pos_np.shape[1]]], axis=1)
+        expression: dict[str, np.ndarray] = {}
         if makes_expression:
-            g = len(manifest["genes"])
-            flat = rows["expression"].combine_chunks().flatten()
-            stored = np.asarray(flat, dtype=np.float64).reshape(-1, g)
-            pred_e = expr[0][real][order].double().numpy()
-            columns["expression_true"] = _fixed_list(undo_normalization(stored, manifest), g)
-            columns["expression_pred"] = _fixed_list(undo_normalization(pred_e, manifest), g)
-        parts.append(pa.table(columns))
+            stored = np.asarray(rows["expression"].combine_chunks().flatten(), dtype=np.float64)
+            expression = {
+                "expression_true": undo_normalization(stored.reshape(-1, len(manifest["genes"])), manifest),
+                "expression_pred": undo_normalization(expr[0][real][order].double().numpy(), manifest),
+            }
+        parts.append(samples_table(
+            rows["cell_id"].cast(pa.string()), pa.array([section] * rows.num_rows, pa.string()),
+            rows["cell_type"].cast(pa.string()), original_positions(stored_pos, section, manifest),
+            original_positions(pos_np, section, manifest), **expression,
+        ))
 
-    table = pa.concat_tables(parts)
     m = ckpt_cfg.model
-    meta = {
-        b"alphastomics.mode": mode.encode(),
-        b"alphastomics.method": variant_name(m.attention, m.gate, m.qk_norm).encode(),
-        b"alphastomics.genes": json.dumps(manifest["genes"]).encode(),
-        b"alphastomics.split": split.encode(),
-        b"alphastomics.checkpoint": str(checkpoint).encode(),
-    }
-    table = table.replace_schema_metadata(meta)
+    meta = {"mode": mode, "method": variant_name(m.attention, m.gate, m.qk_norm),
+            "genes": json.dumps(manifest["genes"]), "split": split, "checkpoint": str(checkpoint)}
+    table = pa.concat_tables(parts).replace_schema_metadata(
+        {f"alphastomics.{k}".encode(): v.encode() for k, v in meta.items()}
+    )
     write_samples(table, out)
     return table
-
-
-def _fixed_list(values: np.ndarray, g: int) -> pa.FixedSizeListArray:
-    return pa.FixedSizeListArray.from_arrays(pa.array(values.astype(np.float32).ravel(), pa.float32()), g)
 
 
 def main(args: Any, cfg: Config) -> int:
