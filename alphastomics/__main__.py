@@ -37,6 +37,8 @@ def _common(p: argparse.ArgumentParser, config_required: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every stage's options. Long on purpose: one flat list of argument declarations per stage, read top to
+    bottom like the help it prints; helpers would only scatter it."""
     parser = argparse.ArgumentParser(prog="python -m alphastomics", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"alphastomics {__version__}")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
@@ -155,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("params", help="parameter table of every attention variant")
     _common(p)
+    p.add_argument("--data_dir", "--data-dir", dest="data_dir", type=Path,
+                   help="processed data set whose genes and dims size the heads (default: from the config)")
 
     return parser
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from alphastomics.artifacts import DataError, load_checkpoint
+from alphastomics.artifacts import DataError, load_checkpoint, read_manifest
 from alphastomics.attention import Attention
 from alphastomics.config import Config, ModelConfig, config_from_dict, generates_expression, generates_positions
 from alphastomics.variants import VARIANTS
@@ -267,6 +267,8 @@ class Denoiser(nn.Module):
 # --------------------------------------------------------------------------------------------------------
 # `python -m alphastomics params`: parameter table of the ablation
 
+BDTNP_GENES, BDTNP_DIMS = 84, 3  # the bundled atlas (DESIGN section 3): 84 genes, 3D coordinates
+
 # The design note's claims per attention layer at d_model 256, 8 heads (relative to linear).
 _CLAIMED_OVERHEAD = {
     "gated_headwise": "+4 %",
@@ -306,11 +308,18 @@ def parameter_table(cfg: ModelConfig, n_genes: int, dims: int) -> list[dict[str,
     return rows
 
 
-def _genes_and_dims(cfg: Config) -> tuple[int, int]:
-    # Only the input/output heads depend on these; attention counts do not.
+def _genes_and_dims(cfg: Config, data_dir: Path | None) -> tuple[int, int]:
+    """G and D of the data set: from a processed folder's manifest, else what the config generates or bundles.
+    Only the input/output heads depend on them; attention counts do not."""
+    if data_dir is not None:
+        manifest = read_manifest(data_dir)
+        return int(manifest["n_genes"]), int(manifest["dims"])
     if cfg.dataset.source == "synthetic":
         return cfg.dataset.synthetic.num_genes, cfg.dataset.synthetic.dims
-    return 84, 3  # bdtnp (the bundled atlas): 84 genes, 3D
+    if cfg.dataset.source == "bdtnp":
+        return BDTNP_GENES, BDTNP_DIMS
+    raise DataError(f"params: dataset.source is {cfg.dataset.source!r}; pass --data_dir with the data set's "
+                    "processed folder (results/data/NAME/processed) so the heads have its genes and dims")
 
 
 def format_parameter_table(rows: list[dict[str, Any]]) -> str:
@@ -328,7 +337,7 @@ def format_parameter_table(rows: list[dict[str, Any]]) -> str:
 
 
 def params_main(args: Any, cfg: Config) -> int:
-    n_genes, dims = _genes_and_dims(cfg)
+    n_genes, dims = _genes_and_dims(cfg, getattr(args, "data_dir", None))
     m = cfg.model
     print(
         f"d_model {m.d_model}, {m.num_heads} heads, {m.num_layers} layers, ff_mult {m.ff_mult}; "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 
 import pytest
@@ -225,3 +226,13 @@ def test_params_cli_prints_every_variant(capsys):
     for name in NAMED_VARIANTS:
         assert name in out
     assert "+25.0%" in out  # elementwise gate: d^2 extra on 4 d^2
+
+
+def test_params_sizes_the_heads_from_the_data_set(tiny_processed, capsys):
+    manifest = json.loads((tiny_processed / "manifest.json").read_text())
+    g, d = manifest["n_genes"], manifest["dims"]
+    assert cli(["params", "--data_dir", str(tiny_processed)]) == 0
+    assert f"G = {g} genes, D = {d}" in capsys.readouterr().out
+    # a user's file without its processed folder: one line naming the fix, not bdtnp's shape
+    assert cli(["params", "--set", "dataset.source=h5ad", "--set", "dataset.path=mine.h5ad"]) == 2
+    assert "pass --data_dir" in capsys.readouterr().err
