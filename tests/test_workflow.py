@@ -147,7 +147,7 @@ def test_multi_gpu_variant_runs_torchrun_and_asks_for_its_gpus(tmp_path):
         (lambda c: c["variants"].update(peer_x={}), "peer_x"),
         (lambda c: c.update(gpu=2), "Additional properties are not allowed ('gpu' was unexpected)"),
         # a package key inside overrides is checked by the package's own config loader
-        (lambda c: c["variants"]["linear"]["overrides"]["TransformerLayer_setting"].update(gate_type="rowwise"),
+        (lambda c: c["variants"]["linear"].update(overrides={"TransformerLayer_setting": {"gate_type": "rowwise"}}),
          "'TransformerLayer_setting.gate_type' is 'rowwise'; use one of"),
     ],
 )
@@ -239,7 +239,7 @@ def test_rerun_one_target_file_with_forcerun(tiny_run):
 
 def test_changing_one_variant_reruns_only_that_variant(tiny_run):
     def edit(c):
-        c["variants"]["gated_headwise"]["overrides"]["training"] = {"learning_rate": 2.0e-3}
+        c["variants"]["gated_headwise"].setdefault("overrides", {})["training"] = {"learning_rate": 2.0e-3}
 
     config = write_config(tiny_run, "edited.yaml", edit)
     counts, out = dry_run(tiny_run, "--configfile", config)
@@ -254,7 +254,7 @@ def test_changed_variant_retrains_from_scratch(tiny_run, tmp_path):
     shutil.copytree(tiny_run, repo, symlinks=True)
 
     def edit(c):
-        c["variants"]["gated_headwise"]["overrides"]["training"] = {"learning_rate": 2.0e-3}
+        c["variants"]["gated_headwise"].setdefault("overrides", {})["training"] = {"learning_rate": 2.0e-3}
 
     snakemake(repo, "--cores", "2", "--configfile", write_config(repo, "edited.yaml", edit))
     final = torch.load(repo / "results/synthetic/gated_headwise/seed0/train/final.pt", weights_only=False)

@@ -39,6 +39,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     if p
 )
 
+# The attention variants' names and settings come from one table (alphastomics/variants.py: plain Python,
+# importable wherever Snakemake runs, also outside the package's environment).
+sys.path.insert(0, str(Path(workflow.basedir).parent))
+from alphastomics.variants import VARIANTS as VARIANT_TABLE
+
 
 envvars:
     "PATH",
@@ -123,10 +128,14 @@ def is_peer(variant):
 
 
 def variant_overrides(dataset, variant, seed):
-    """Package overrides of one training run: global < dataset < variant < seed."""
+    """Package overrides of one training run: global < dataset < named variant's settings < variant's own
+    overrides < seed. A variant named in alphastomics.variants.VARIANTS brings its attention settings.
+    """
+    named = VARIANT_TABLE.get(variant)
     return [
         config["overrides"],
         config["datasets"][dataset]["overrides"],
+        {"TransformerLayer_setting": named.settings()} if named else {},
         config["variants"][variant]["overrides"],
         {"training": {"seed": int(seed)}},
     ]
