@@ -160,22 +160,14 @@ def peer_run(plan: dict[str, Any], model_config: str, data: Path, out: Path, dat
 # Tables, the chosen budget, the figure
 
 
-def _val_loss_at(metrics_jsonl: Path, step: int) -> float:
-    """Validation loss of the last validation at or before ``step``."""
-    best = math.nan
-    for line in metrics_jsonl.read_text().splitlines():
-        rec = json.loads(line)
-        if "val_loss" in rec and rec["step"] <= step:
-            best = rec["val_loss"]
-    return best
-
-
-def _elapsed_at(metrics_jsonl: Path, step: int) -> float:
+def _last_at(metrics_jsonl: Path, step: int, field: str) -> float:
+    """``field`` of the last metrics.jsonl record at or before ``step`` that has it (val_loss: the last
+    validation; elapsed_s: training time by then)."""
     last = math.nan
     for line in metrics_jsonl.read_text().splitlines():
         rec = json.loads(line)
-        if "elapsed_s" in rec and rec["step"] <= step:
-            last = rec["elapsed_s"]
+        if field in rec and rec["step"] <= step:
+            last = rec[field]
     return last
 
 
@@ -206,8 +198,8 @@ def collect(out: Path, datasets: list[str], variants: list[str], seeds: list[int
                     overall = json.loads(mpath.read_text())["overall"]
                     rows.append({
                         "dataset": ds, "variant": v, "seed": s, "budget": b,
-                        "val_loss": _val_loss_at(run / "train" / "metrics.jsonl", b),
-                        "train_s": _elapsed_at(run / "train" / "metrics.jsonl", b),
+                        "val_loss": _last_at(run / "train" / "metrics.jsonl", b, "val_loss"),
+                        "train_s": _last_at(run / "train" / "metrics.jsonl", b, "elapsed_s"),
                         **{m: overall.get(m, math.nan) for m in METRICS},
                         "stopped_at": stopped,
                         "best_val_step": summary.get("best_val_step", ""),
