@@ -1,6 +1,7 @@
 """Every file format that stages hand each other, defined once (docs/architecture.md, "Contracts").
 
-- the processed data set's ``manifest.json`` (``FORMAT``, ``read_manifest`` validates it);
+- the processed data set's ``manifest.json`` (``FORMAT``, ``read_manifest`` validates it) and the schema of
+  its ``cells.parquet`` (``cells_schema``);
 - the samples table (``SAMPLE_POSITION_COLUMNS``, one builder ``samples_table``, ``write_samples`` /
   ``read_samples``), written by the sample stage and by the peer baselines, read by evaluate;
 - checkpoints (``save_checkpoint`` / ``load_checkpoint``): plain tensors, dicts, lists, strings and numbers
@@ -106,6 +107,28 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
     if manifest["format"] != FORMAT:
         raise DataError(f"{path}: format is {manifest['format']}, this code reads {FORMAT}; rerun preprocess")
     return manifest
+
+
+# --------------------------------------------------------------------------------------------------------
+# cells.parquet of a processed data set (written by preprocess; read by data, sample and evaluate)
+
+
+def cells_schema(genes: list[str], parameters: dict[str, Any]) -> pa.Schema:
+    """One row per cell (docs/architecture.md, "Processed data"); the gene list and the dataset config that
+    made the file travel in the schema metadata."""
+    return pa.schema(
+        [
+            ("cell_id", pa.string()),
+            ("section", pa.dictionary(pa.int32(), pa.string())),
+            ("split", pa.dictionary(pa.int8(), pa.string())),
+            ("x", pa.float32()),
+            ("y", pa.float32()),
+            ("z", pa.float32()),
+            ("cell_type", pa.dictionary(pa.int32(), pa.string())),
+            ("expression", pa.list_(pa.float32(), len(genes))),
+        ],
+        metadata={"alphastomics.genes": json.dumps(genes), "alphastomics.parameters": json.dumps(parameters)},
+    )
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from alphastomics import __version__
-from alphastomics.artifacts import FORMAT, DataError, atomic_dir
+from alphastomics.artifacts import FORMAT, DataError, atomic_dir, cells_schema
 from alphastomics.config import DatasetConfig, to_dict
 from alphastomics.datasets import RawData, assign_splits, from_anndata, open_raw
 
@@ -127,22 +127,7 @@ def _write_cells(path: Path, raw: RawData, dcfg: DatasetConfig, split: dict[str,
     """cells.parquet (docs/architecture.md, "Processed data"): each section normalised, standardised with the
     training statistics, centred and scaled, written as one row group."""
     secs, genes, dims = raw.sections, raw.kept_genes, raw.dims
-    schema = pa.schema(
-        [
-            ("cell_id", pa.string()),
-            ("section", pa.dictionary(pa.int32(), pa.string())),
-            ("split", pa.dictionary(pa.int8(), pa.string())),
-            ("x", pa.float32()),
-            ("y", pa.float32()),
-            ("z", pa.float32()),
-            ("cell_type", pa.dictionary(pa.int32(), pa.string())),
-            ("expression", pa.list_(pa.float32(), len(genes))),
-        ],
-        metadata={
-            "alphastomics.genes": json.dumps(genes),
-            "alphastomics.parameters": json.dumps(to_dict(dcfg)),
-        },
-    )
+    schema = cells_schema(genes, to_dict(dcfg))
     section_dict = pa.array([s.name for s in secs], pa.string())
     split_dict = pa.array(list(SPLITS), pa.string())
     type_dict = pa.array(cell_types, pa.string())
