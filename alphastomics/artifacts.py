@@ -155,9 +155,12 @@ def samples_table(
             flat = pa.array(np.asarray(values, np.float32).ravel(), pa.float32())
             columns[name] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
     table = pa.table(columns)
-    if meta:
-        table = table.replace_schema_metadata({f"alphastomics.{k}".encode(): v.encode() for k, v in meta.items()})
-    return table
+    return with_samples_meta(table, meta) if meta else table
+
+
+def with_samples_meta(table: pa.Table, meta: dict[str, str]) -> pa.Table:
+    """``table`` with ``meta`` as its schema metadata, each key under the ``alphastomics.`` prefix."""
+    return table.replace_schema_metadata({f"alphastomics.{k}".encode(): v.encode() for k, v in meta.items()})
 
 
 def write_samples(table: pa.Table, out: str | Path) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from alphastomics import AlphaSTomicsError
-from alphastomics.variants import Gate, Kernel, from_design_note
+from alphastomics.variants import DESIGN_NOTE_KEYS, Gate, Kernel, from_design_note
 
 Source = Literal["bdtnp", "synthetic", "h5ad", "csv"]
 Mode = Literal["expr_to_pos", "pos_to_expr", "joint"]
@@ -357,16 +357,13 @@ def config_from_dict(data: dict[str, Any], source: str = "checkpoint") -> Config
     return _build(Config, _design_note_keys(data, source), "", source)
 
 
-_DESIGN_NOTE_TYPES = {"use_gated_attention": bool, "gate_type": Gate, "use_qk_norm": bool}
-
-
 def _design_note_keys(data: dict[str, Any], source: str) -> dict[str, Any]:
     """The design note's attention keys checked under their own names, then rewritten to the package's (one
     source at a time, so a later file or override still wins over an earlier one)."""
     section = data.get("TransformerLayer_setting")
     if not isinstance(section, dict):
         return data
-    for key, tp in _DESIGN_NOTE_TYPES.items():
+    for key, tp in DESIGN_NOTE_KEYS.items():
         if key in section:
             _coerce(section[key], tp, f"TransformerLayer_setting.{key}", source)
     return {**data, "TransformerLayer_setting": from_design_note(section)}

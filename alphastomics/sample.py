@@ -25,7 +25,7 @@ import torch
 
 from alphastomics import AlphaSTomicsError
 from alphastomics.config import Config, generates_expression
-from alphastomics.artifacts import check_compatible, read_manifest, samples_table, write_samples
+from alphastomics.artifacts import check_compatible, read_manifest, samples_table, with_samples_meta, write_samples
 from alphastomics.model import Denoiser
 from alphastomics.seeds import SAMPLE_STREAM, step_seed
 from alphastomics.variants import variant_name
@@ -128,9 +128,7 @@ def sample(
     m = ckpt_cfg.model
     meta = {"mode": mode, "method": variant_name(m.attention, m.gate, m.qk_norm),
             "genes": json.dumps(manifest["genes"]), "split": split, "checkpoint": str(checkpoint)}
-    table = pa.concat_tables(parts).replace_schema_metadata(
-        {f"alphastomics.{k}".encode(): v.encode() for k, v in meta.items()}
-    )
+    table = with_samples_meta(pa.concat_tables(parts), meta)
     write_samples(table, out)
     return table
 

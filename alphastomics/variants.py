@@ -20,7 +20,10 @@ from typing import Any, Literal
 Kernel = Literal["linear", "softmax"]
 Gate = Literal["none", "headwise", "elementwise"]
 
-DESIGN_NOTE_KEYS = ("use_gated_attention", "gate_type", "use_qk_norm")
+
+
+# The design note's spelling of the three settings, with the type each value must have.
+DESIGN_NOTE_KEYS: dict[str, Any] = {"use_gated_attention": bool, "gate_type": Gate, "use_qk_norm": bool}
 
 
 @dataclass(frozen=True)
