@@ -60,12 +60,14 @@ def linear_attention_matrix(q: Tensor, k: Tensor, mask: Tensor) -> Tensor:
     return q @ k.transpose(-2, -1)
 
 
-def softmax_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+def softmax_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, padded: bool = True) -> Tensor:
     """softmax(q k^T / sqrt(dh)) v over real keys, through the fused SDPA kernels.
 
-    Without padding the mask is dropped: the flash kernel takes no boolean mask, so a padded batch runs the
-    memory-efficient kernel and an unpadded one (whole sections, equal crops) can run flash."""
-    attn_mask = None if bool(mask.all()) else mask[:, None, None, :]
+    ``padded`` False (the caller knows every cell is real, e.g. from ``Batch.padded``, computed once per
+    batch on the host) drops the mask: the flash kernel takes no boolean mask, so a padded batch runs the
+    memory-efficient kernel and an unpadded one (whole sections, equal crops) can run flash. Reading the
+    flag here from the mask would cost a host sync per layer and a graph break under torch.compile."""
+    attn_mask = mask[:, None, None, :] if padded else None
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 
@@ -104,9 +106,10 @@ class Attention(nn.Module):
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, N, dh)
 
     def forward(
-        self, x: Tensor, mask: Tensor, need_weights: bool = False
+        self, x: Tensor, mask: Tensor, need_weights: bool = False, padded: bool = True
     ) -> Tensor | tuple[Tensor, dict[str, Tensor | None]]:
-        """x (B, N, D) normalised block input, mask (B, N) -> (B, N, D) [, {"attn", "gate"}]."""
+        """x (B, N, D) normalised block input, mask (B, N) -> (B, N, D) [, {"attn", "gate"}]; ``padded``:
+        whether some cell of the batch is padding (False lets softmax attention drop the mask)."""
         b, n, d = x.shape
         q, gate_logits = self.to_q(x).split([d, self.gate_dim], dim=-1)
         k, v = self.to_kv(x).chunk(2, dim=-1)
@@ -126,7 +129,7 @@ class Attention(nn.Module):
         elif self.kernel == "linear":
             y = linear_attention(q, k, v, mask)
         else:
-            y = softmax_attention(q, k, v, mask)
+            y = softmax_attention(q, k, v, mask, padded)
         y = y.transpose(1, 2)  # (B, N, H, dh)
 
         gate = None

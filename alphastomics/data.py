@@ -56,14 +56,26 @@ class Batch:
     cell_type: torch.Tensor  # (B, N) long, -1 = none or padding
     index: torch.Tensor  # (B, N) long, -1 = padding
     sections: list[str] = field(default_factory=list)
+    # Real cells per example, known when the batch is built on the host, so nothing reads them back from the
+    # mask on the device (a host sync): per-example noise draws, and ``padded`` (softmax attention drops the
+    # mask when no row is padding).
+    lengths: list[int] | None = None
+
+    @property
+    def padded(self) -> bool:
+        if self.lengths is None:
+            return True
+        return min(self.lengths) < self.mask.shape[1]
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return Batch(*(getattr(self, k).to(device, non_blocking=non_blocking)
-                       for k in ("expression", "positions", "mask", "cell_type", "index")), list(self.sections))
+                       for k in ("expression", "positions", "mask", "cell_type", "index")), list(self.sections),
+                     self.lengths)
 
     def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True)
         return Batch(*(getattr(self, k).pin_memory()
-                       for k in ("expression", "positions", "mask", "cell_type", "index")), list(self.sections))
+                       for k in ("expression", "positions", "mask", "cell_type", "index")), list(self.sections),
+                     self.lengths)
 
     @property
     def num_cells(self) -> int:
@@ -144,7 +156,7 @@ def collate(sections: list[Section]) -> Batch:
         k = len(s)
         expr[i, :k], pos[i, :k], mask[i, :k], ct[i, :k], idx[i, :k] = s.expression, s.positions, True, s.cell_type, s.index
     return Batch(torch.from_numpy(expr), torch.from_numpy(pos), torch.from_numpy(mask), torch.from_numpy(ct),
-                 torch.from_numpy(idx), [s.name for s in sections])
+                 torch.from_numpy(idx), [s.name for s in sections], [len(s) for s in sections])
 
 
 def crop(sec: Section, max_cells: int, mode: Literal["contiguous", "random", "mixed"], rng: np.random.Generator) -> Section:

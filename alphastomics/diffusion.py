@@ -9,7 +9,10 @@
 - Losses: expression MSE over real cells; position MSE between predicted and true pairwise-distance matrices
   over real cells (invariant to rotation, reflection and translation), in row chunks with a closed-form
   gradient so memory stays O(chunk x N) in the forward and the backward pass; masked diffusion (design
-  note): a fraction of expression entries is hidden and reconstructed towards the clean x0.
+  note): a fraction of expression entries is hidden and reconstructed towards the clean x0. Every term is a
+  mean per section (over its cells, pairs or hidden entries), then a mean over the sections of the batch: a
+  1,000-cell section weighs as much as a 300-cell one, and k micro-batches of b sections (or k ranks) give
+  the gradient of one batch of k b sections.
 - Sampler: strided steps, DDIM (Song et al., ICLR 2021; ``ddim_eta``) or ancestral with the DDPM posterior
   variance (LUNA used the standard deviation where the variance belongs). Because the distance loss leaves
   the orientation of the predicted coordinates free, every predicted x0 is first aligned onto the current
@@ -19,6 +22,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Protocol
 
 import torch
@@ -78,13 +82,15 @@ def _row_sq_distances(rows: Tensor, points: Tensor) -> Tensor:
 def _chunk_sse(
     pred_rows: Tensor, pred: Tensor, true_rows: Tensor, true: Tensor, m_rows: Tensor, m: Tensor
 ) -> Tensor:
+    """(B,) sums of squared distance errors over the pairs of one row chunk."""
     err = _row_distances(pred_rows, pred) - _row_distances(true_rows, true)
     pair_mask = m_rows[:, :, None] * m[:, None, :]  # (B, c, N), built here so checkpointing frees it
-    return (err * err * pair_mask).sum()
+    return (err * err * pair_mask).sum((1, 2))
 
 
 class _DistanceSSE(torch.autograd.Function):
-    """sum over pairs of (|p_i - p_j| - |x_i - x_j|)^2 m_i m_j with a closed-form gradient for ``pred``.
+    """Per example (B,): sum over pairs of (|p_i - p_j| - |x_i - x_j|)^2 m_i m_j, with a closed-form gradient
+    for ``pred``.
 
     d/dp_k = 4 sum_j w_kj (p_k - p_j), w_kj = m_k m_j (d_kj - t_kj) / d_kj (w is symmetric, every ordered
     pair counts), = 4 (p_k sum_j w_kj - (w p)_k): one (chunk, N) block at a time, a matrix product instead
@@ -98,7 +104,7 @@ class _DistanceSSE(torch.autograd.Function):
     ) -> Tensor:
         ctx.save_for_backward(pred, true, m)
         ctx.chunk_size = chunk_size
-        total = pred.new_zeros(())
+        total = pred.new_zeros(pred.shape[0])
         for start in range(0, pred.shape[1], chunk_size):
             rows = slice(start, start + chunk_size)
             total = total + _chunk_sse(pred[:, rows], pred, true[:, rows], true, m[:, rows], m)
@@ -116,11 +122,21 @@ class _DistanceSSE(torch.autograd.Function):
             w = (d - _row_distances(true[:, rows], true)) / d * (m[:, rows, None] * m[:, None, :])
             w = w.masked_fill(sq < 1e-12, 0.0)
             out[:, rows] = 4.0 * (p_rows * w.sum(-1, keepdim=True) - w @ pred)
-        return out * grad, None, None, None
+        return out * grad[:, None, None], None, None, None
+
+
+def section_mean(sums: Tensor, counts: Tensor) -> Tensor:
+    """Mean over the sections that have something to count of ``sums / counts`` (both (B,)); 0 when none has.
+
+    The loss reduction of every term: each section weighs the same, whatever its size."""
+    has = counts > 0
+    per_section = sums / counts.clamp_min(1.0)
+    return (per_section * has).sum() / has.sum().clamp_min(1)
 
 
 def pairwise_distance_mse(pred: Tensor, true: Tensor, mask: Tensor, chunk_size: int = 1024) -> Tensor:
-    """mean over real pairs i != j of (|p_i - p_j| - |x_i - x_j|)^2; pred, true (B, N, D), mask (B, N).
+    """Mean over sections of the mean over their real pairs i != j of (|p_i - p_j| - |x_i - x_j|)^2;
+    pred, true (B, N, D), mask (B, N).
 
     Rows are processed ``chunk_size`` at a time, so no N x N tensor is ever held, in the forward or the
     backward pass: the gradient for ``pred`` is computed in closed form chunk by chunk (_DistanceSSE); when
@@ -128,11 +144,11 @@ def pairwise_distance_mse(pred: Tensor, true: Tensor, mask: Tensor, chunk_size: 
     """
     m = mask.to(pred.dtype)
     n = m.sum(1)
-    pairs = (n * (n - 1)).sum().clamp_min(1.0)
+    pairs = n * (n - 1)
     if torch.is_grad_enabled() and pred.requires_grad and not true.requires_grad:
-        return _DistanceSSE.apply(pred, true, m, chunk_size) / pairs
+        return section_mean(_DistanceSSE.apply(pred, true, m, chunk_size), pairs)
     # Gradients for the truth too (not used by training): autograd, each chunk checkpointed.
-    total = pred.new_zeros(())
+    total = pred.new_zeros(pred.shape[0])
     for start in range(0, pred.shape[1], chunk_size):
         rows = slice(start, start + chunk_size)
         args = (pred[:, rows], pred, true[:, rows], true, m[:, rows], m)
@@ -140,13 +156,14 @@ def pairwise_distance_mse(pred: Tensor, true: Tensor, mask: Tensor, chunk_size: 
             total = total + checkpoint(_chunk_sse, *args, use_reentrant=False)
         else:
             total = total + _chunk_sse(*args)
-    return total / pairs
+    return section_mean(total, pairs)
 
 
 def masked_mse(pred: Tensor, true: Tensor, entries: Tensor) -> Tensor:
-    """Mean of (pred - true)^2 over the True entries of ``entries`` (broadcast to pred's shape)."""
+    """Mean over sections (dim 0) of the mean of (pred - true)^2 over their True entries of ``entries``
+    (broadcast to pred's shape, (B, N, F))."""
     entries = entries.expand_as(pred).to(pred.dtype)
-    return ((pred - true) ** 2 * entries).sum() / entries.sum().clamp_min(1.0)
+    return section_mean(((pred - true) ** 2 * entries).sum((1, 2)), entries.sum((1, 2)))
 
 
 def kabsch_align(x: Tensor, target: Tensor, mask: Tensor) -> Tensor:
@@ -185,32 +202,62 @@ class Diffusion:
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
     def noise_generated(
-        self, x_e: Tensor, x_p: Tensor, mask: Tensor, t: Tensor, mode: Mode, generator: torch.Generator | None
+        self, x_e: Tensor, x_p: Tensor, mask: Tensor, t: Tensor, mode: Mode, generator: torch.Generator | None,
+        noise: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Noise the modality that ``mode`` generates to integer time t (B,), keep the other clean.
 
         x_e (B,N,G) and x_p (B,N,D, centred) are clean; returns (in_e, t_e, in_p, t_p) with t_e / t_p in
         [0, 1] (0 = clean, as the model is told). Expression noise is drawn first, then position noise
-        (centred over real cells), so training, validation and diagnostics draw alike.
+        (centred over real cells), so validation and diagnostics draw alike; ``noise`` = (expression,
+        position) standard normal noise drawn by the caller instead (training draws it per example).
         """
         b, device = x_e.shape[0], x_e.device
         m = mask[..., None].to(x_e.dtype)
         clean = torch.zeros(b, device=device)
         in_e, t_e, in_p, t_p = x_e, clean, x_p, clean
         if generates_expression(mode):
-            in_e, t_e = self.q_sample(x_e, t, _randn(tuple(x_e.shape), generator, device) * m), t / self.T
+            eps = noise[0] if noise is not None else _randn(tuple(x_e.shape), generator, device)
+            in_e, t_e = self.q_sample(x_e, t, eps * m), t / self.T
         if generates_positions(mode):
-            noise = masked_centre(_randn(tuple(x_p.shape), generator, device), mask)
-            in_p, t_p = self.q_sample(x_p, t, noise), t / self.T
+            eps = noise[1] if noise is not None else _randn(tuple(x_p.shape), generator, device)
+            in_p, t_p = self.q_sample(x_p, t, masked_centre(eps.to(x_p.dtype), mask)), t / self.T
         return in_e, t_e, in_p, t_p
+
+    def example_draws(
+        self, seeds: Sequence[int], lengths: Sequence[int], n: int, g: int, d: int, device: torch.device
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(t (B,), expression noise (B,N,G), position noise (B,N,D), uniforms for the mask (B,N,G)) drawn per
+        example from its own seed (one generator per kind of draw) for its ``lengths[i]`` real cells, padding
+        rows zero: an example draws the same values whatever batch it is in and however far that batch is
+        padded, so k micro-batches, or k ranks, see exactly the draws of one batch of all their examples."""
+        t = torch.empty(len(seeds), dtype=torch.long)
+        e, p, u = torch.zeros(len(seeds), n, g), torch.zeros(len(seeds), n, d), torch.ones(len(seeds), n, g)
+        for i, (seed, k) in enumerate(zip(seeds, lengths)):
+            gens = [torch.Generator().manual_seed(int(seed) + j) for j in range(4)]
+            t[i] = torch.randint(1, self.T + 1, (1,), generator=gens[0])[0]
+            if generates_expression(self.cfg.mode):
+                e[i, :k] = torch.randn((k, g), generator=gens[1])
+            if generates_positions(self.cfg.mode):
+                p[i, :k] = torch.randn((k, d), generator=gens[2])
+            if self.cfg.mask_fraction > 0:
+                u[i, :k] = torch.rand((k, g), generator=gens[3])
+        return t.to(device), e.to(device), p.to(device), u.to(device)
 
     # ----------------------------------------------------------------------------------------------------
     # training
 
     def training_losses(
-        self, model: nn.Module, batch: BatchLike, generator: torch.Generator | None = None
+        self,
+        model: nn.Module,
+        batch: BatchLike,
+        generator: torch.Generator | None = None,
+        *,
+        example_seeds: Sequence[int] | None = None,
     ) -> dict[str, Tensor]:
-        """One noisy draw per example -> {"loss", "expression", "position", "masked"} (scalars)."""
+        """One noisy draw per example -> {"loss", "expression", "position", "masked"} (scalars, each a mean
+        over the batch's sections of the section's own mean). Draws come from ``example_seeds`` (one per
+        example: ``example_draws``) when given, else from ``generator``."""
         cfg, mask = self.cfg, batch.mask
         device = batch.expression.device
         b, n, g = batch.expression.shape
@@ -219,16 +266,26 @@ class Diffusion:
         x_p = masked_centre(batch.positions, mask)
         diffuse_e, diffuse_p = generates_expression(cfg.mode), generates_positions(cfg.mode)
 
-        t = torch.randint(1, self.T + 1, (b,), generator=generator, device=_gen_device(generator, device))
-        in_e, t_e, in_p, t_p = self.noise_generated(x_e, x_p, mask, t.to(device), cfg.mode, generator)
+        if example_seeds is not None:
+            if len(example_seeds) != b:
+                raise ValueError(f"training_losses: {len(example_seeds)} example seeds for {b} examples")
+            lengths = getattr(batch, "lengths", None) or mask.sum(1).tolist()
+            t, noise_e, noise_p, uniform = self.example_draws(example_seeds, lengths, n, g, x_p.shape[-1], device)
+            in_e, t_e, in_p, t_p = self.noise_generated(x_e, x_p, mask, t, cfg.mode, None, (noise_e, noise_p))
+        else:
+            t = torch.randint(1, self.T + 1, (b,), generator=generator, device=_gen_device(generator, device))
+            in_e, t_e, in_p, t_p = self.noise_generated(x_e, x_p, mask, t.to(device), cfg.mode, generator)
+            uniform = _rand((b, n, g), generator, device) if cfg.mask_fraction > 0 else None
         hidden = None
         if cfg.mask_fraction > 0:
-            hidden = (_rand((b, n, g), generator, device) < cfg.mask_fraction) & mask[..., None]
+            hidden = (uniform < cfg.mask_fraction) & mask[..., None]
             in_e = in_e.masked_fill(hidden, 0.0)  # 0 = the gene mean after standardisation
 
-        pred_e, pred_p = model(in_e, in_p, t_e, mask, expression_t=t_e, position_t=t_p)
+        pred_e, pred_p = model(in_e, in_p, t_e, mask, expression_t=t_e, position_t=t_p,
+                               padded=getattr(batch, "padded", None))
         # Losses in float32 even under bf16 autocast: distance differences lose too many bits otherwise.
-        pred_e, pred_p = pred_e.float(), pred_p.float()
+        dtype = torch.promote_types(pred_p.dtype, torch.float32)  # float64 stays float64 (tests)
+        pred_e, pred_p, x_e, x_p = (x.to(dtype) for x in (pred_e, pred_p, x_e, x_p))
         zero = pred_e.new_zeros(())
         chunk = cfg.distance_chunk_size
         losses = {
@@ -296,6 +353,9 @@ class Diffusion:
         if diffuse_p:
             x_p = masked_centre(_randn(tuple(x_p.shape), generator, device), mask)
 
+        padded = getattr(batch, "padded", None)
+        if padded is None:
+            padded = not bool(mask.all())  # once per section, not per model call
         was_training = model.training
         model.eval()
         try:
@@ -304,7 +364,7 @@ class Diffusion:
                 time = torch.full((b,), t / self.T, device=device)
                 zero = torch.zeros(b, device=device)
                 t_e, t_p = (time if diffuse_e else zero), (time if diffuse_p else zero)
-                pred_e, pred_p = model(x_e, x_p, time, mask, expression_t=t_e, position_t=t_p)
+                pred_e, pred_p = model(x_e, x_p, time, mask, expression_t=t_e, position_t=t_p, padded=padded)
                 pred_e, pred_p = pred_e.to(x_e.dtype), pred_p.to(x_p.dtype)
                 if diffuse_p:
                     # The distance loss leaves the frame of pred_p free: bring it into x_t's frame first.

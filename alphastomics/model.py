@@ -110,7 +110,8 @@ class GatedSelfAttentionModel(nn.Module):
         self.pos_update = nn.Linear(c, dims, bias=False) if update_positions else None
 
     def forward(
-        self, h: Tensor, time: Tensor, positions: Tensor, mask: Tensor, need_weights: bool = False
+        self, h: Tensor, time: Tensor, positions: Tensor, mask: Tensor, need_weights: bool = False,
+        padded: bool = True,
     ) -> tuple[Tensor, Tensor, Tensor, Diagnostics | None]:
         h = h + self.pos_embed(position_features(positions, mask, self.num_frequencies))
         shift, scale, gate = self.modulation(time)[:, None].chunk(3, dim=-1)  # (B, 1, C) each
@@ -119,7 +120,7 @@ class GatedSelfAttentionModel(nn.Module):
         if need_weights:
             y, diag = self.attn(x, mask, need_weights=True)
         else:
-            y = self.attn(x, mask)
+            y = self.attn(x, mask, padded=padded)
         h = h + gate * self.dropout(y)
         if self.pos_update is not None:
             positions = masked_centre(positions + self.pos_update(self.pos_norm(h)), mask)
@@ -144,9 +145,10 @@ class TransformerLayer(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(
-        self, h: Tensor, time: Tensor, positions: Tensor, mask: Tensor, need_weights: bool = False
+        self, h: Tensor, time: Tensor, positions: Tensor, mask: Tensor, need_weights: bool = False,
+        padded: bool = True,
     ) -> tuple[Tensor, Tensor, Tensor, Diagnostics | None]:
-        h, positions, time, diag = self.attention(h, time, positions, mask, need_weights)
+        h, positions, time, diag = self.attention(h, time, positions, mask, need_weights, padded)
         shift, scale, gate = self.modulation(time)[:, None].chunk(3, dim=-1)
         h = h + gate * self.dropout(self.ff(modulate(self.norm(h), shift, scale)))
         return h, positions, time, diag
@@ -228,6 +230,11 @@ class Denoiser(nn.Module):
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
 
+    @property
+    def has_gates(self) -> bool:
+        """Whether any attention layer has an output gate (its statistics are worth a diagnostics pass)."""
+        return any(getattr(m, "gate_dim", 0) for m in self.modules())
+
     def forward(
         self,
         expression: Tensor,
@@ -238,11 +245,16 @@ class Denoiser(nn.Module):
         expression_t: Tensor | None = None,
         position_t: Tensor | None = None,
         return_diagnostics: bool = False,
+        padded: bool | None = None,
     ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, list[Diagnostics]]:
         """expression (B,N,G), positions (B,N,D), t (B,) in [0, 1], mask (B,N) -> x0 of both modalities.
 
         ``expression_t`` / ``position_t`` override ``t`` per modality (t = 0: that modality is clean).
+        ``padded``: whether any cell is padding (``Batch.padded``, known on the host); None reads it from the
+        mask, one host sync per forward.
         """
+        if padded is None:
+            padded = not bool(mask.all())
         b = expression.shape[0]
         t = torch.as_tensor(t, device=expression.device).to(expression.dtype).expand(b)
         t_expr = t if expression_t is None else torch.as_tensor(expression_t, device=t.device).expand(b)
@@ -253,7 +265,7 @@ class Denoiser(nn.Module):
         pos = given = masked_centre(positions, mask)
         diagnostics = []
         for layer in self.layers:
-            h, pos, time, diag = layer(h, time, pos, mask, need_weights=return_diagnostics)
+            h, pos, time, diag = layer(h, time, pos, mask, need_weights=return_diagnostics, padded=padded)
             diagnostics.append(diag)
         shift, scale = self.final_modulation(time)[:, None].chunk(2, dim=-1)
         x = modulate(self.final_norm(h), shift, scale)

@@ -109,21 +109,24 @@ def accumulate_gradients(
     sync: Callable[[bool], contextlib.AbstractContextManager] | None = None,
 ) -> dict[str, float]:
     """Backward every micro-batch with its loss divided by their number: the gradients equal those of one
-    batch holding them all when the loss is a mean over sections (tests/test_train.py checks this).
+    batch holding them all, since ``Diffusion.training_losses`` is a mean over sections and draws per example
+    (tests/test_train.py checks this through the real loss).
 
     ``loss_fn(batch, i)`` returns the diffusion loss dict; ``sync(is_last)`` is DDP's no_sync for all but the
     last micro-batch. Returns the loss terms averaged over micro-batches (nan when any was non-finite).
     """
     n = len(micro_batches)
-    totals: dict[str, float] = {}
+    totals: dict[str, torch.Tensor] = {}
     for i, batch in enumerate(micro_batches):
         ctx = sync(i == n - 1) if sync is not None else contextlib.nullcontext()
         with ctx:
             losses = loss_fn(batch, i)
             (losses["loss"] / n).backward()
         for key, value in losses.items():
-            totals[key] = totals.get(key, 0.0) + float(value.detach()) / n
-    return totals
+            totals[key] = totals.get(key, 0.0) + value.detach().double() / n
+    # One host sync for all terms of all micro-batches (not one per term and micro-batch).
+    values = torch.stack(list(totals.values())).tolist()
+    return dict(zip(totals, values))
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -678,9 +681,10 @@ def _resume(paths: Paths, cfg: Config, d: Dist, model: nn.Module, ema: nn.Module
     return start_step, RunState(**ckpt["state"])
 
 
-def optimise(s: Session, step: int, micro_batches: list[Any], flag: SignalFlag) -> StepResult:
+def optimise(s: Session, step: int, micro_batches: list[Any], flag: SignalFlag, n_cells: int) -> StepResult:
     """One optimiser step (0-based ``step``): accumulate, clip, then step + EMA, or skip it when the loss or the
-    gradient is not finite on any rank (counted; a streak of them fails loudly)."""
+    gradient is not finite on any rank (counted; a streak of them fails loudly). ``n_cells``: real cells of
+    this rank's micro-batches, counted on the host."""
     t_cfg = s.cfg.training
     lr = lr_at(step, t_cfg)
     for group in s.optimizer.param_groups:
@@ -689,11 +693,10 @@ def optimise(s: Session, step: int, micro_batches: list[Any], flag: SignalFlag) 
     torch.manual_seed(step_seed(t_cfg.seed, step, s.d.rank, DROPOUT_STREAM))
 
     def loss_fn(batch: Any, k: int) -> dict[str, torch.Tensor]:
-        gen = torch.Generator(device=s.device).manual_seed(
-            step_seed(t_cfg.seed, step * t_cfg.accumulate_grad_batches + k, s.d.rank, NOISE_STREAM)
-        )
         with s.autocast():
-            return s.diffusion.training_losses(s.net, batch, generator=gen)
+            return s.diffusion.training_losses(
+                s.net, batch, example_seeds=example_seeds(t_cfg, step * t_cfg.accumulate_grad_batches + k, s.d)
+            )
 
     def sync(is_last: bool) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext() if is_last or not s.d.enabled else s.net.no_sync()
@@ -722,14 +725,23 @@ def optimise(s: Session, step: int, micro_batches: list[Any], flag: SignalFlag) 
         s.optimizer.zero_grad(set_to_none=True)
         update_ema(s.ema, s.model, ema_decay_at(step, t_cfg.ema_decay))
         state.nonfinite_in_row = 0
-    n_cells = sum(int(b.mask.sum()) for b in micro_batches) * s.d.world_size
+    n_cells *= s.d.world_size
     state.cells_seen += n_cells
     return StepResult(losses, grad_norm, lr, bool(bad), int(signum), n_cells)
 
 
-def log_step(s: Session, step: int, r: StepResult, batch: Any, cells_per_s: float, elapsed_s: float) -> None:
-    """metrics.jsonl line of a logged step: losses (mean over ranks), lr, gradient norm, gate statistics,
-    throughput and memory."""
+def example_seeds(t_cfg: TrainConfig, data_step: int, d: Dist) -> list[int]:
+    """The noise seed of each example of this rank's micro-batch at ``data_step`` (optimiser step x
+    accumulate + k), keyed by the example's global number as in ``alphastomics.data.training_batch``: the
+    same example draws the same noise whether it sits in one batch, a micro-batch or another rank's batch."""
+    global_size = t_cfg.batch_size * d.world_size
+    first = data_step * global_size + d.rank * t_cfg.batch_size
+    return [step_seed(t_cfg.seed, first + j, 0, NOISE_STREAM) for j in range(t_cfg.batch_size)]
+
+
+def log_step(s: Session, step: int, r: StepResult, cells_per_s: float, elapsed_s: float) -> None:
+    """metrics.jsonl line of a logged step: losses (mean over ranks), lr, gradient norm, throughput and
+    memory."""
     losses = r.losses
     if s.d.enabled:  # the mean over ranks (every rank logs at the same steps)
         keys = sorted(losses)
@@ -738,9 +750,6 @@ def log_step(s: Session, step: int, r: StepResult, batch: Any, cells_per_s: floa
         losses = {k: v / s.d.world_size for k, v in zip(keys, summed.tolist())}
     record = {"step": step, **{k: round(v, 8) for k, v in losses.items()}, "lr": r.lr,
               "grad_norm": round(r.grad_norm, 8)}
-    if s.d.is_main:
-        seed = step_seed(s.cfg.training.seed, step, 0, DIAG_STREAM)
-        record.update(gate_statistics(s.model, s.diffusion, batch, seed, s.cfg.evaluation))
     record.update(cells_per_s=round(cells_per_s, 2), peak_mem_mb=round(peak_memory_mb(s.device), 1),
                   elapsed_s=round(elapsed_s, 3))
     s.log(record)
@@ -750,7 +759,14 @@ def validate(s: Session, step: int) -> None:
     """Validation loss of the EMA weights (what sample uses); tracks the best and the early-stopping count."""
     t_cfg, state = s.cfg.training, s.state
     val = validation_loss(s.ema, s.diffusion, s.val_batches, t_cfg.seed, s.device, s.autocast)
-    s.log({"step": step, **{f"val_{k}": round(v, 8) for k, v in val.items()}})
+    record = {"step": step, **{f"val_{k}": round(v, 8) for k, v in val.items()}}
+    if s.d.is_main and s.model.has_gates:
+        # Gate statistics (one diagnostics forward of the first validation section, EMA weights); ungated
+        # variants have none and skip the pass.
+        seed = step_seed(t_cfg.seed, step, 0, DIAG_STREAM)
+        record.update(gate_statistics(s.ema, s.diffusion, _to_device(s.val_batches[0], s.device), seed,
+                                      s.cfg.evaluation))
+    s.log(record)
     if val["loss"] < state.best_val_loss:
         state.best_val_loss, state.best_val_step, state.bad_validations = val["loss"], step, 0
     else:
@@ -828,14 +844,14 @@ def train(
     step = s.start_step
     with SignalFlag(deadline, t_cfg.max_steps - s.start_step) as flag:
         while step < t_cfg.max_steps:
-            micro_batches = [_to_device(b, s.device) for b in next(batches)]
-            r = optimise(s, step, micro_batches, flag)
+            host = next(batches)
+            n_cells = sum(int(b.mask.sum()) for b in host)  # on the host: no device sync
+            r = optimise(s, step, [_to_device(b, s.device) for b in host], flag, n_cells)
             cells_window += r.n_cells
             step += 1
             if not r.bad and (step % t_cfg.log_every == 0 or step == t_cfg.max_steps):
                 now = time.perf_counter()
-                log_step(s, step, r, micro_batches[0], cells_window / max(now - t_window, 1e-9),
-                         elapsed_before + now - t_start_session)
+                log_step(s, step, r, cells_window / max(now - t_window, 1e-9), elapsed_before + now - t_start_session)
                 progress.update(step, f"loss {r.losses['loss']:.4f} lr {r.lr:.2e}", log_line=True)
                 t_window, cells_window = now, 0
             else:

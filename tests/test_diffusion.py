@@ -68,7 +68,7 @@ class Oracle(nn.Module):
         self.g = torch.Generator().manual_seed(seed)
         self.seen: list[tuple[torch.Tensor, float]] = []
 
-    def forward(self, expression, positions, t, mask, *, expression_t=None, position_t=None):
+    def forward(self, expression, positions, t, mask, *, expression_t=None, position_t=None, padded=None):
         self.seen.append((positions.clone(), float(position_t[0])))
         x0 = self.positions
         if self.rotate:
@@ -163,7 +163,8 @@ def test_distance_loss_closed_form_gradient_equals_autograd_of_the_naive_loss():
             return torch.sqrt(((x[:, :, None] - x[:, None]) ** 2).sum(-1).clamp_min(1e-12))
 
         pair = m[:, :, None] * m[:, None, :]
-        return ((dist(p) - dist(true)) ** 2 * pair).sum() / (m.sum(1) * (m.sum(1) - 1)).sum()
+        # each section's mean over its pairs, then the mean over sections
+        return (((dist(p) - dist(true)) ** 2 * pair).sum((1, 2)) / (m.sum(1) * (m.sum(1) - 1))).mean()
 
     ref = pred0.clone().requires_grad_(True)
     naive(ref).backward()
@@ -232,7 +233,7 @@ def test_oracle_has_zero_loss_in_every_mode_with_masking(mode):
 class Spy(nn.Module):
     """Records the model's inputs and predicts zeros."""
 
-    def forward(self, expression, positions, t, mask, *, expression_t=None, position_t=None):
+    def forward(self, expression, positions, t, mask, *, expression_t=None, position_t=None, padded=None):
         self.inputs = (expression, positions, mask, expression_t, position_t)
         return torch.zeros_like(expression), torch.zeros_like(positions)
 
@@ -251,8 +252,10 @@ def test_noising_centres_positions_keeps_condition_clean_and_masks_features():
     kept = ~hidden & mask[..., None]
     torch.testing.assert_close(expr_in[kept], b.expression[kept])  # the condition is clean
     assert 0.15 < hidden.sum().item() / (mask.sum().item() * G) < 0.35
-    # zero predictions: the masked term is the mean square of the hidden clean values
-    torch.testing.assert_close(losses["masked"], b.expression[hidden].pow(2).mean())
+    # zero predictions: the masked term is each section's mean square of its hidden clean values, averaged
+    # over the sections
+    per_section = [b.expression[i][hidden[i]].pow(2).mean() for i in range(2)]
+    torch.testing.assert_close(losses["masked"], torch.stack(per_section).mean())
     assert losses["expression"] == 0 and losses["position"] > 0
 
 
@@ -274,7 +277,8 @@ def test_masked_reconstruction_metric():
     value = masked_reconstruction(Spy(), b, 0.3, torch.Generator().manual_seed(0))
     draw = torch.rand(b.expression.shape, generator=torch.Generator().manual_seed(0))
     hidden = (draw < 0.3) & b.mask[..., None]
-    assert value == pytest.approx(b.expression[hidden].pow(2).mean().item(), rel=1e-6)
+    per_section = [b.expression[i][hidden[i]].pow(2).mean().item() for i in range(2)]
+    assert value == pytest.approx(sum(per_section) / 2, rel=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -19,14 +21,16 @@ from torch import nn
 from alphastomics.__main__ import main as cli
 from alphastomics.artifacts import load_checkpoint
 from alphastomics.config import Config, TrainConfig, load_config
-from alphastomics.data import ProcessedData, training_batch
+from alphastomics.data import ProcessedData, collate, training_batch
 from alphastomics.diffusion import Diffusion
 from alphastomics.model import Denoiser
 from alphastomics.train import (
     TIMING_FIELDS,
     TrainingError,
+    Dist,
     accumulate_gradients,
     ema_decay_at,
+    example_seeds,
     lr_at,
     train,
     update_ema,
@@ -89,9 +93,23 @@ def test_ema_decay_warms_up_to_configured_value():
     assert ema_decay_at(10**6, 0.999) == 0.999
 
 
-def test_accumulating_two_batches_of_b_equals_one_batch_of_2b(tiny_processed):
+def _grads_through_real_loss(model, diffusion, groups):
+    """accumulate_gradients over ``groups`` = [(batch, example seeds)], the real Diffusion.training_losses."""
+    model.zero_grad()
+    out = accumulate_gradients(
+        lambda batch, i: diffusion.training_losses(model, batch, example_seeds=groups[i][1]),
+        [b for b, _ in groups],
+    )
+    return out, [p.grad.clone() for p in model.parameters()]
+
+
+def test_accumulation_and_ranks_equal_one_big_batch_through_the_real_loss(tiny_processed):
+    """Two micro-batches of 2, or two ranks of 2, give the loss and gradients of one batch of 4: the loss
+    is a mean over sections (of each section's own mean), and every example draws its noise from its own
+    seed, whatever batch (and padding) it sits in."""
     model_keys = ["dropout=0.0", "d_model=32", "num_layers=2"]
-    cfg = load_config(overrides=[f"TransformerLayer_setting.{k}" for k in model_keys] + ["data.max_cells=64"])
+    cfg = load_config(overrides=[f"TransformerLayer_setting.{k}" for k in model_keys]
+                      + ["data.max_cells=100000", "diffusion.mask_fraction=0.2"])
     data = ProcessedData(tiny_processed)
     torch.manual_seed(0)
     # float64: the two ways sum in different orders, and float32 rounding would blur the comparison.
@@ -99,28 +117,58 @@ def test_accumulating_two_batches_of_b_equals_one_batch_of_2b(tiny_processed):
     with torch.no_grad():  # leave the zero-initialised (adaLN-Zero) state, so every weight gets a gradient
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    # Examples are numbered globally: steps 0 and 1 of batch 2 hold the examples of step 0 of batch 4.
-    small = [training_batch(data, cfg.data, 2, seed=3, step=s) for s in (0, 1)]
-    big = training_batch(data, cfg.data, 4, seed=3, step=0)
+    diffusion = Diffusion(cfg.diffusion)
 
-    def loss_fn(batch, i):
-        b = batch.mask.shape[0]
-        x_e, x_p, m = batch.expression.double(), batch.positions.double(), batch.mask[..., None].double()
-        expr, pos = model(x_e, x_p, torch.full((b,), 0.3, dtype=torch.float64), batch.mask)
-        per_section = ((pos - x_p) ** 2 * m).sum((1, 2)) / m.sum((1, 2))
-        per_section = per_section + ((expr - x_e) ** 2 * m).sum((1, 2)) / m.sum((1, 2))
-        return {"loss": per_section.mean()}
+    def double(batch):
+        batch.expression, batch.positions = batch.expression.double(), batch.positions.double()
+        return batch
 
-    model.zero_grad()
-    two = accumulate_gradients(loss_fn, small)
-    grads_two = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    one = accumulate_gradients(loss_fn, [big])
-    grads_one = [p.grad.clone() for p in model.parameters()]
-    assert two["loss"] == pytest.approx(one["loss"], rel=1e-12)
-    assert all(g.abs().sum() > 0 for g in grads_one)
-    for a, b in zip(grads_two, grads_one):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    def seeds(batch_size, data_step, rank=0, world_size=1):
+        t = dataclasses.replace(cfg.training, batch_size=batch_size, seed=3)
+        return example_seeds(t, data_step, Dist(rank, world_size, 0))
+
+    # Examples are numbered globally: steps 0 and 1 of batch 2 (or ranks 0 and 1 of 2) hold step 0 of batch 4.
+    big = double(training_batch(data, cfg.data, 4, seed=3, step=0))
+    micro = [(double(training_batch(data, cfg.data, 2, seed=3, step=s)), seeds(2, s)) for s in (0, 1)]
+    ranks = [(double(training_batch(data, cfg.data, 2, seed=3, step=0, rank=r, world_size=2)),
+              seeds(2, 0, r, 2)) for r in (0, 1)]
+    # whole sections of unequal size: padded batches
+    assert [len(b.sections) for b, _ in micro] == [2, 2] and big.padded
+    one, grads_one = _grads_through_real_loss(model, diffusion, [(big, seeds(4, 0))])
+    for groups in (micro, ranks):
+        # DDP averages the ranks' gradients: the same as accumulating their losses divided by 2.
+        two, grads_two = _grads_through_real_loss(model, diffusion, groups)
+        assert two["loss"] == pytest.approx(one["loss"], rel=1e-10)
+        assert two["masked"] == pytest.approx(one["masked"], rel=1e-10)
+        assert all(g.abs().sum() > 0 for g in grads_one)
+        for a, b in zip(grads_two, grads_one):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_loss_is_a_mean_over_sections_not_over_pooled_cells(tiny_processed):
+    """A batch's loss is the mean of its sections' losses, each drawn alone: a large section weighs as
+    much as a small one."""
+    cfg = load_config(overrides=["TransformerLayer_setting.dropout=0.0", "TransformerLayer_setting.d_model=32",
+                                 "TransformerLayer_setting.num_layers=2", "diffusion.mask_fraction=0.2"])
+    data = ProcessedData(tiny_processed)
+    torch.manual_seed(1)
+    model = Denoiser(cfg.model, data.n_genes, data.dims).double()
+    diffusion = Diffusion(cfg.diffusion)
+    names = data.splits["train"][:2]
+    secs = [data.section(n) for n in names]
+    secs[1] = secs[1].take(np.arange(len(secs[1]) // 3))  # one section much smaller than the other
+    assert len(secs[0]) != len(secs[1])
+    with torch.no_grad():
+        both = collate(secs)
+        both.expression, both.positions = both.expression.double(), both.positions.double()
+        pooled = diffusion.training_losses(model, both, example_seeds=[11, 12])
+        alone = []
+        for sec, seed in zip(secs, (11, 12)):
+            one = collate([sec])
+            one.expression, one.positions = one.expression.double(), one.positions.double()
+            alone.append(diffusion.training_losses(model, one, example_seeds=[seed]))
+    for key in ("loss", "position", "expression", "masked"):
+        assert float(pooled[key]) == pytest.approx((float(alone[0][key]) + float(alone[1][key])) / 2, rel=1e-10)
 
 
 
@@ -167,8 +215,8 @@ def poison_losses(monkeypatch, bad_calls):
     original = Diffusion.training_losses
     count = {"n": 0}
 
-    def patched(self, model, batch, generator=None):
-        out = original(self, model, batch, generator)
+    def patched(self, model, batch, generator=None, **kwargs):
+        out = original(self, model, batch, generator, **kwargs)
         if torch.is_grad_enabled():
             count["n"] += 1
             if bad_calls(count["n"]):
@@ -265,7 +313,24 @@ def test_resumed_run_has_same_metrics_as_uninterrupted(runs):
     steps = [r["step"] for r in straight if "loss" in r]
     assert steps == list(range(2, TINY["training"]["max_steps"] + 1, 2))
     assert sum("val_loss" in r for r in straight) == TINY["training"]["max_steps"] // 4
-    assert len(straight[0]["gate_mean"]) == TINY["TransformerLayer_setting"]["num_layers"]
+    # Gate statistics once per validation (the default variant is gated), never on a training step.
+    gated = [r for r in straight if "gate_mean" in r]
+    assert gated and all("val_loss" in r for r in gated)
+    assert len(gated[0]["gate_mean"]) == TINY["TransformerLayer_setting"]["num_layers"]
+
+
+def test_ungated_variant_runs_no_diagnostics_pass(tiny_processed, tmp_path, monkeypatch):
+    import alphastomics.train as train_module
+
+    calls = []
+    monkeypatch.setattr(train_module, "gate_statistics", lambda *a, **k: calls.append(1) or {"gate_mean": [0.5]})
+    for gate in ("none", "headwise"):
+        cfg = load_config(write_config(tmp_path / f"{gate}.yaml", training={"max_steps": 8},
+                                       TransformerLayer_setting={"gate": gate}))
+        calls.clear()
+        train(cfg, tiny_processed, tmp_path / gate)
+        # 8 steps, val_every 4: two validations; gated variants probe the gates once per validation only.
+        assert len(calls) == (0 if gate == "none" else 2)
 
 
 def test_resumed_run_has_same_final_weights(runs):
