@@ -138,15 +138,18 @@ def cells_schema(genes: list[str], parameters: dict[str, Any]) -> pa.Schema:
 def samples_table(
     cell_id: pa.Array, section: pa.Array, cell_type: pa.Array, true: np.ndarray, pred: np.ndarray, *,
     expression_true: np.ndarray | None = None, expression_pred: np.ndarray | None = None,
-    meta: dict[str, str] | None = None,
+    meta: dict[str, str] | None = None, draw: int | None = None,
 ) -> pa.Table:
     """The samples table (docs/architecture.md "Samples"), the one builder for the sample stage and the peers.
 
     ``true``/``pred`` (n, D) coordinates in original units (stored as x/y/z float64, z = 0 in 2D); expression
-    (n, G) on the log-normalised scale, stored as fixed-size float32 lists; ``meta`` keys get the
+    (n, G) on the log-normalised scale, stored as fixed-size float32 lists; ``draw``: which reverse-diffusion
+    draw of the section these rows are (an int32 column; absent = a single draw); ``meta`` keys get the
     ``alphastomics.`` prefix."""
     n = len(true)
     columns: dict[str, Any] = {"cell_id": cell_id, "section": section, "cell_type": cell_type}
+    if draw is not None:
+        columns["draw"] = pa.array(np.full(n, draw, np.int32))
     for kind, values in (("true", true), ("pred", pred)):
         for a, axis in enumerate("xyz"):
             columns[f"{axis}_{kind}"] = pa.array(values[:, a] if a < values.shape[1] else np.zeros(n), pa.float64())

@@ -82,6 +82,11 @@ class DatasetConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.25
     split_seed: int = 0
+    # Cross-validation fold (the workflow's `folds: K` sets these): fold i of num_folds tests the i-th group
+    # of sections (alphastomics.preprocess.fold_splits); fold_of names the data set the folds pool into.
+    fold: int = 0
+    num_folds: int = 1
+    fold_of: str | None = None
     normalization: Literal["auto", "counts", "normalized"] = "auto"
     target_sum: float = 1.0e4
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -172,6 +177,10 @@ class EvalConfig:
     # Share of expression entries hidden for the masked-reconstruction MSE; one value for every variant so
     # the figure compares across them, whatever mask_fraction each was trained with.
     masked_fraction: float = 0.15
+    # Reverse-diffusion draws per held-out section (the sample stage): each is scored, and a section's value
+    # is their mean, so the sampling noise of a model's value shrinks as 1 / draws while its training noise
+    # stays (docs/metrics.md, "Variance and resolution", measured the shares).
+    sampling_draws: int = 1
     seed: int = 0
 
 
@@ -390,7 +399,7 @@ STAGE_SETTINGS: dict[str, dict[str, Any]] = {
         "training": None,
         "diffusion": ("-",) + SAMPLING_KEYS,
     },
-    "sample": {"diffusion": SAMPLING_KEYS, "evaluation": ("seed",)},
+    "sample": {"diffusion": SAMPLING_KEYS, "evaluation": ("seed", "sampling_draws")},
     "evaluate": {"evaluation": None},
     "baseline": {"peers": None},
 }

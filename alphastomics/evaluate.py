@@ -231,26 +231,37 @@ def score(samples: Path, data_dir: Path, cfg: Config) -> dict[str, Any]:
     truth = read_truth(data_dir, manifest, sections)
     ecfg = cfg.evaluation
 
-    rows, refs = [], []
+    draw_col = table["draw"] if "draw" in table.column_names else None
+    rows, refs, per_draw = [], [], []
     for index, s in enumerate(sections):
-        part = table.filter(pc.equal(section_col, s))
-        n = part.num_rows
-        pos_pred, pos_true, expr_pred, expr_true, labels = _section_arrays(
-            part, s, truth[s], mode, manifest, samples, data_dir
-        )
-        keep = np.ones(n, dtype=bool) if labels is None else labels != ""
-        scores = section_scores(mode, pos_pred, pos_true, expr_pred, expr_true, ecfg)
-        ref = random_reference(mode, pos_true, expr_true, ecfg, index)
-        if labels is not None and keep.sum() >= 2 and generates_positions(mode):
-            # Cell-type neighbourhoods among labelled cells only (unlabelled: neither counted nor scored).
-            got, rand = _neighborhood(pos_pred[keep], pos_true[keep], labels[keep], ecfg, index)
-            scores.update(got)
-            ref.update(rand)
-        rows.append({"section": s, "n_cells": n, **scores})
+        in_section = pc.equal(section_col, s)
+        draws = [None] if draw_col is None else sorted(set(draw_col.filter(in_section).to_pylist()))
+        scored, ref = [], None
+        for k in draws:
+            part = table.filter(in_section if k is None else pc.and_(in_section, pc.equal(draw_col, k)))
+            n = part.num_rows
+            pos_pred, pos_true, expr_pred, expr_true, labels = _section_arrays(
+                part, s, truth[s], mode, manifest, samples, data_dir
+            )
+            keep = np.ones(n, dtype=bool) if labels is None else labels != ""
+            scores = section_scores(mode, pos_pred, pos_true, expr_pred, expr_true, ecfg)
+            if ref is None:  # the random reference depends on the truth only: once per section
+                ref = random_reference(mode, pos_true, expr_true, ecfg, index)
+            if labels is not None and keep.sum() >= 2 and generates_positions(mode):
+                # Cell-type neighbourhoods among labelled cells only (unlabelled: neither counted nor scored).
+                got, rand = _neighborhood(pos_pred[keep], pos_true[keep], labels[keep], ecfg, index)
+                scores.update(got)
+                ref.update(rand)
+            scored.append(scores)
+            per_draw.append({"section": s, "draw": 0 if k is None else int(k), **scores})
+        # A section's value: the mean over its draws (one draw: that draw's value).
+        keys = list(dict.fromkeys(key for d in scored for key in d))
+        mean = {key: float(np.mean([d.get(key, math.nan) for d in scored])) for key in keys}
+        rows.append({"section": s, "n_cells": n, "draws": len(scored), **mean})
         refs.append({"section": s, "n_cells": n, **ref})
 
     weights = [r["n_cells"] for r in rows]
-    metric_keys = list(dict.fromkeys(k for r in rows for k in r if k not in ("section", "n_cells")))
+    metric_keys = list(dict.fromkeys(k for r in rows for k in r if k not in ("section", "n_cells", "draws")))
     overall = {k: M.weighted_mean([r.get(k, math.nan) for r in rows], weights) for k in metric_keys}
     reference = {k: M.weighted_mean([r.get(k, math.nan) for r in refs], weights) for k in metric_keys}
     per_section = [
@@ -258,6 +269,8 @@ def score(samples: Path, data_dir: Path, cfg: Config) -> dict[str, Any]:
     ]
     return {
         "method": meta.get("method", samples.stem),
+        # cross-validation: which fold of which data set these sections are (the verdict pools the folds)
+        "fold": manifest.get("fold"),
         "mode": mode,
         "samples": str(samples),
         "data_dir": str(data_dir),
@@ -267,6 +280,8 @@ def score(samples: Path, data_dir: Path, cfg: Config) -> dict[str, Any]:
         "overall": overall,
         "random_reference": reference,
         "per_section": per_section,
+        # every (section, draw) scored: what docs/metrics.md's variance decomposition reads
+        "per_draw": per_draw,
         "settings": {
             "knn_k": ecfg.knn_k,
             "neighborhood_k": ecfg.neighborhood_k,

@@ -170,6 +170,38 @@ def _write_cells(path: Path, raw: RawData, dcfg: DatasetConfig, split: dict[str,
             del x, table
 
 
+def fold_splits(names: list[str], dcfg: DatasetConfig, slab_cut: bool, where: str) -> dict[str, str]:
+    """Section -> split of cross-validation fold ``dcfg.fold`` (1..K, K = ``dcfg.num_folds``).
+
+    Sections, in order (slabs along their axis; other data in the seeded order of ``dataset.split_seed``),
+    are dealt into K groups round-robin (position p goes to group p mod K), so each group spreads over the
+    tissue. Fold i tests group i mod K and validates on group (i + K // 2) mod K (K >= 3; with K = 2, on one
+    section of the other group when ``val_fraction`` > 0); the rest train. Over the K folds every section is
+    tested exactly once. Bdtnp's 8 slabs in 4 folds: fold 1 is the single split (slabs 01, 05 tested, 03, 07
+    validate)."""
+    k, i = dcfg.num_folds, dcfg.fold
+    if not 1 <= i <= k:
+        raise DataError(f"config: dataset.fold is {i}; use 1..{k} (dataset.num_folds)")
+    if len(names) < 2 * k:
+        raise DataError(
+            f"{where}: {len(names)} sections cannot make {k} folds with a training section each; "
+            f"set folds to at most {len(names) // 2} (or cut more slabs)"
+        )
+    order = list(names) if slab_cut else [names[j] for j in np.random.default_rng(dcfg.split_seed).permutation(len(names))]
+    groups = [order[g::k] for g in range(k)]
+    split = {s: "train" for s in names}
+    if k >= 3:
+        val = groups[(i + k // 2) % k] if dcfg.val_fraction > 0 else []
+    else:
+        other = groups[(i + 1) % k]
+        val = other[:1] if dcfg.val_fraction > 0 and len(other) >= 2 else []
+    for s in val:
+        split[s] = "val"
+    for s in groups[i % k]:
+        split[s] = "test"
+    return split
+
+
 def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, Any]:
     """Normalise, split and write ``raw`` to ``out`` atomically; return the manifest."""
     out = Path(out)
@@ -177,7 +209,11 @@ def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, A
     for s in secs:
         if s.n_cells < 2:
             raise DataError(f"{s.file}: section '{s.name}' has {s.n_cells} cell(s); remove it or merge it, a section needs >= 2 cells")
-    split = assign_splits([s.name for s in secs], dcfg, raw.slab_cut, secs[0].file)
+    names = [s.name for s in secs]
+    if dcfg.num_folds > 1:
+        split = fold_splits(names, dcfg, raw.slab_cut, secs[0].file)
+    else:
+        split = assign_splits(names, dcfg, raw.slab_cut, secs[0].file)
     train = [i for i, s in enumerate(secs) if split[s.name] == "train"]
     g = len(raw.genes)  # columns read; len(genes) columns written
 
@@ -221,6 +257,8 @@ def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, A
         "sections": [s.name for s in secs],
         "splits": {k: [s.name for s in secs if split[s.name] == k] for k in SPLITS},
         "cells_per_section": {s.name: s.n_cells for s in secs},
+        "fold": ({"dataset": dcfg.fold_of or dcfg.name, "index": dcfg.fold, "of": dcfg.num_folds}
+                 if dcfg.num_folds > 1 else None),
         "cell_types": cell_types or None,
         "gene_selection": selection,
         "normalization": {

@@ -182,7 +182,65 @@ class DatasetView:
         return names
 
 
+def _weighted(rows: list[dict[str, Any]], key: str) -> float:
+    v = np.array([_num(r.get(key)) for r in rows])
+    w = np.array([_num(r.get("n_cells")) for r in rows])
+    ok = np.isfinite(v) & np.isfinite(w) & (w > 0)
+    return float((v[ok] * w[ok]).sum() / w[ok].sum()) if ok.any() else math.nan
+
+
+def pool_folds(runs: list[Run]) -> list[Run]:
+    """Runs of cross-validation folds (metrics.json ``fold``) pooled into one run per (data set, variant,
+    seed): its sections are every fold's test sections (each section once), so its value is the
+    cell-weighted mean over all of them; cost is the sum over folds. The seed stays the unit of
+    replication: folds are never observations of their own. Other runs pass through."""
+    out: list[Run] = []
+    groups: dict[tuple[str, str, int], list[Run]] = {}
+    for r in runs:
+        fold = (r.metrics or {}).get("fold")
+        if not fold:
+            out.append(r)
+        else:
+            groups.setdefault((str(fold["dataset"]), r.variant, r.seed), []).append(r)
+    for (dataset, variant, seed), rs in sorted(groups.items()):
+        rs.sort(key=lambda r: int(r.metrics["fold"]["index"]))
+        k = int(rs[0].metrics["fold"]["of"])
+        have = [int(r.metrics["fold"]["index"]) for r in rs]
+        if have != list(range(1, k + 1)):
+            missing = sorted(set(range(1, k + 1)) - set(have)) or "a fold twice"
+            raise RunError(
+                f"{rs[0].path}: {dataset}/{variant} seed {seed} has folds {have} of {k} (missing {missing}); "
+                "run every fold of a seed, or pass none of them"
+            )
+        rows = [row for r in rs for row in (r.metrics.get("per_section") or [])]
+        names = [row.get("section") for row in rows]
+        if len(set(names)) != len(names):
+            raise RunError(f"{rs[0].path}: {dataset}'s folds test a section twice; rerun preprocess of its folds")
+        metrics = dict(rs[0].metrics)
+        keys = list(dict.fromkeys(key for r in rs for key in (r.metrics.get("overall") or {})))
+        metrics["overall"] = {key: _weighted(rows, key) for key in keys}
+        refs = [{"n_cells": row.get("n_cells"), **{key[len("random_"):]: v for key, v in row.items()
+                                                 if key.startswith("random_")}} for row in rows]
+        metrics["random_reference"] = {key: _weighted(refs, key) for key in keys}
+        metrics["per_section"] = rows
+        metrics["per_draw"] = [d for r in rs for d in (r.metrics.get("per_draw") or [])]
+        metrics["n_sections"], metrics["n_cells"] = len(rows), int(sum(_num(row.get("n_cells")) for row in rows))
+        metrics["folds"] = [str(r.path) for r in rs]
+        cost = dict(metrics.get("cost") or {})
+        if all("wall_time_s" in (r.metrics.get("cost") or {}) for r in rs):
+            cost["wall_time_s"] = sum(float(r.metrics["cost"]["wall_time_s"]) for r in rs)
+        metrics["cost"] = cost
+        summary = dict(rs[0].summary) if rs[0].summary else None
+        if summary is not None and all(r.summary and "wall_time_s" in r.summary for r in rs):
+            summary["wall_time_s"] = sum(float(r.summary["wall_time_s"]) for r in rs)
+        out.append(Run(rs[0].path, dataset, variant, seed, metrics=metrics, sections=pd.DataFrame(rows),
+                       train_log=rs[0].train_log, summary=summary))
+    return out
+
+
 def group_runs(runs: list[Run], baseline: str) -> list[DatasetView]:
+    """One view per data set (the folds of a data set pooled: ``pool_folds``), baseline variant first."""
+    runs = pool_folds(runs)
     views = []
     for ds in sorted({r.dataset for r in runs}):
         mine = sorted((r for r in runs if r.dataset == ds), key=lambda r: (r.variant, r.seed))

@@ -2,7 +2,8 @@
 
 ``python -m alphastomics sample --checkpoint RUN/train/final.pt --data_dir PROC --out RUN/samples.parquet``.
 The model is rebuilt from the checkpoint alone (its config, EMA weights); each section is generated whole
-(attention over all of its cells, as LUNA reassembles a tissue) in the diffusion mode it was trained for:
+(attention over all of its cells, as LUNA reassembles a tissue), ``evaluation.sampling_draws`` times with its
+own seed each (column ``draw``), in the diffusion mode it was trained for:
 coordinates from expression (``expr_to_pos``), expression from coordinates (``pos_to_expr``) or both
 (``joint``). Outputs are mapped back to original units with the manifest of ``PROC`` (coordinates:
 * scale + section centre; expression: * gene_std + gene_mean) in the "Samples" format of
@@ -101,33 +102,41 @@ def sample(
     truth_section = truth["section"].cast(pa.string())
     makes_expression = generates_expression(mode)
 
+    draws = run_cfg.evaluation.sampling_draws
+    if draws < 1:
+        raise SampleError(f"config: 'evaluation.sampling_draws' is {draws}; use an integer >= 1")
     parts: list[pa.Table] = []
     for i, section in enumerate(sections):
         batch = collate([data.section(section)])  # the whole section, no augmentation
-        seed = step_seed(run_cfg.evaluation.seed, i, 0, SAMPLE_STREAM)
-        expr, pos = _generate_whole(model, diffusion, batch, mode, steps, seed, device, section)
         real = batch.mask[0].cpu()
         order = torch.argsort(batch.index[0][real].cpu())  # back to the row order of the section
         rows = truth.filter(pc.equal(truth_section, section))  # file order = Batch.index order
-        pos_np = pos[0][real][order].double().numpy()
         # float64 inputs keep the mapping exact to float32 storage precision.
-        stored_pos = np.stack([rows[axis].to_numpy().astype(np.float64) for axis in "xyz"[: pos_np.shape[1]]], axis=1)
-        expression: dict[str, np.ndarray] = {}
+        dims = batch.positions.shape[-1]
+        stored_pos = np.stack([rows[axis].to_numpy().astype(np.float64) for axis in "xyz"[:dims]], axis=1)
+        stored = None
         if makes_expression:
             stored = np.asarray(rows["expression"].combine_chunks().flatten(), dtype=np.float64)
-            expression = {
-                "expression_true": undo_normalization(stored.reshape(-1, len(manifest["genes"])), manifest),
-                "expression_pred": undo_normalization(expr[0][real][order].double().numpy(), manifest),
-            }
-        parts.append(samples_table(
-            rows["cell_id"].cast(pa.string()), pa.array([section] * rows.num_rows, pa.string()),
-            rows["cell_type"].cast(pa.string()), original_positions(stored_pos, section, manifest),
-            original_positions(pos_np, section, manifest), **expression,
-        ))
+            stored = undo_normalization(stored.reshape(-1, len(manifest["genes"])), manifest)
+        for k in range(draws):
+            # Draw k of section i: its own seed (draw 0 is the single draw of sampling_draws = 1).
+            seed = step_seed(run_cfg.evaluation.seed, i, k, SAMPLE_STREAM)
+            expr, pos = _generate_whole(model, diffusion, batch, mode, steps, seed, device, section)
+            pos_np = pos[0][real][order].double().numpy()
+            expression: dict[str, np.ndarray] = {}
+            if stored is not None:
+                expression = {"expression_true": stored,
+                              "expression_pred": undo_normalization(expr[0][real][order].double().numpy(), manifest)}
+            parts.append(samples_table(
+                rows["cell_id"].cast(pa.string()), pa.array([section] * rows.num_rows, pa.string()),
+                rows["cell_type"].cast(pa.string()), original_positions(stored_pos, section, manifest),
+                original_positions(pos_np, section, manifest), **expression, draw=k,
+            ))
 
     m = ckpt_cfg.model
     meta = {"mode": mode, "method": variant_name(m.attention, m.gate, m.qk_norm),
-            "genes": json.dumps(manifest["genes"]), "split": split, "checkpoint": str(checkpoint)}
+            "genes": json.dumps(manifest["genes"]), "split": split, "checkpoint": str(checkpoint),
+            "sampling_draws": str(draws)}
     table = with_samples_meta(pa.concat_tables(parts), meta)
     write_samples(table, out)
     return table

@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from alphastomics import AlphaSTomicsError
+from alphastomics import plan as plan_module
 
 DEFAULT_VARIANTS = ("linear", "softmax", "gated_headwise")
 DEFAULT_SEEDS = (0, 1)
@@ -51,34 +52,11 @@ class StudyError(AlphaSTomicsError):
     pass
 
 
-def flatten(block: dict[str, Any], prefix: str = "") -> list[str]:
-    """{'a': {'b': 1}} -> ['a.b=1'] (YAML flow values for lists, as --set reads them)."""
-    out = []
-    for key, value in block.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out += flatten(value, name + ".")
-        elif isinstance(value, (list, tuple)):
-            out.append(f"{name}=[{','.join(str(v) for v in value)}]")
-        elif value is None:
-            out.append(f"{name}=null")
-        else:
-            out.append(f"{name}={str(value).lower() if isinstance(value, bool) else value}")
-    return out
-
-
-def run_overrides(plan: dict[str, Any], dataset: str, variant: str | None) -> list[str]:
-    """The workflow's order (workflow/rules/common.smk): data set block < global < data set < variant."""
-    ds = plan["datasets"][dataset]
-    blocks = [{"dataset": {**ds.get("dataset", {}), "name": dataset}}, plan.get("overrides") or {},
-              ds.get("overrides") or {}]
-    if variant is not None:
-        blocks.append(plan["variants"][variant].get("overrides") or {})
-    merged: dict[str, str] = {}
-    for block in blocks:
-        for item in flatten(block):
-            merged[item.split("=", 1)[0]] = item
-    return [merged[k] for k in sorted(merged)]
+def run_overrides(plan: dict[str, Any], dataset: str, variant: str | None, seed: int | None = None) -> list[str]:
+    """``--set`` items of one study run: the workflow's own (``alphastomics.plan.run_blocks``: the named
+    variant's attention settings included), so a study run trains what the workflow's run of that name
+    trains; ``variant`` None: the peer's."""
+    return plan_module.set_items(*plan_module.run_blocks(plan, dataset, variant, seed))
 
 
 def _sets(items: list[str]) -> list[str]:
@@ -123,8 +101,8 @@ def one_run(plan: dict[str, Any], model_config: str, data: Path, out: Path, data
     unchanged), then score each kept checkpoint."""
     run = out / "runs" / dataset / variant / f"seed{seed}"
     top = max(budgets)
-    sets = run_overrides(plan, dataset, variant) + list(extra) + [
-        f"training.seed={seed}", f"training.max_steps={top}", f"training.early_stopping_patience={patience}",
+    sets = run_overrides(plan, dataset, variant, seed) + list(extra) + [
+        f"training.max_steps={top}", f"training.early_stopping_patience={patience}",
         f"training.keep_checkpoints=[{','.join(str(b) for b in budgets)}]"]
     log = run / "study.log"
     cut = run / "train" / "checkpoints" / f"step{stop_after:06d}.pt" if stop_after else None

@@ -14,7 +14,9 @@ import pytest
 import yaml
 
 from alphastomics.__main__ import main as cli
+from alphastomics.config import load_config
 from alphastomics.study import choose_budget, run_overrides
+from alphastomics.variants import VARIANTS
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -40,10 +42,22 @@ def test_run_overrides_follow_the_workflow_order():
         "datasets": {"d": {"dataset": {"source": "synthetic"}, "overrides": {"training": {"batch_size": 1}}}},
         "variants": {"v": {"overrides": {"TransformerLayer_setting": {"use_gated_attention": False}}}},
     }
-    assert run_overrides(plan, "d", "v") == [
+    assert run_overrides(plan, "d", "v", 3) == [
         "TransformerLayer_setting.use_gated_attention=false", "dataset.name=d", "dataset.source=synthetic",
-        "training.batch_size=1", "training.learning_rate=0.001"]
+        "training.batch_size=1", "training.learning_rate=0.001", "training.seed=3"]
     assert "TransformerLayer_setting.use_gated_attention=false" not in run_overrides(plan, "d", None)
+
+
+def test_study_runs_of_the_shipped_config_train_the_variants_they_are_named_after():
+    """config/config.yaml lists variants as `linear: {}`: their attention settings come from the variant
+    table, and a study run must get them as the workflow's run of that name does."""
+    plan = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    settings = {}
+    for variant in plan["variants"]:
+        cfg = load_config([REPO / plan["model_config"]], run_overrides(plan, "bdtnp", variant, 0))
+        settings[variant] = (cfg.model.attention, cfg.model.gate, cfg.model.qk_norm)
+        assert settings[variant] == tuple(VARIANTS[variant].settings().values()), variant
+    assert len(set(settings.values())) == len(settings)  # five variants, five different models
 
 
 TINY_MODEL = {

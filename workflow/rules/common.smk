@@ -29,20 +29,16 @@ min_version("9.0")
 os.environ["PATH"] = (
     os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 )
-# The package itself (its config module: STAGE_SETTINGS) comes from this checkout, here and in the jobs.
-sys.path.insert(0, str(Path(workflow.basedir).parent))
-# The package itself comes from this checkout, also inside the conda envs of `conda:` directives
+# The package itself comes from this checkout, here (alphastomics.plan and .variants are plain Python,
+# importable wherever Snakemake runs) and in the jobs, also inside the conda envs of `conda:` directives
 # (environment.yml and workflow/envs/*.yaml hold its dependencies, not the package).
+sys.path.insert(0, str(Path(workflow.basedir).parent))
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p
     for p in (str(Path(workflow.basedir).parent), os.environ.get("PYTHONPATH", ""))
     if p
 )
-
-# The attention variants' names and settings come from one table (alphastomics/variants.py: plain Python,
-# importable wherever Snakemake runs, also outside the package's environment).
-sys.path.insert(0, str(Path(workflow.basedir).parent))
-from alphastomics.variants import VARIANTS as VARIANT_TABLE
+from alphastomics import plan
 
 
 envvars:
@@ -52,7 +48,11 @@ envvars:
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
-DATASETS = list(config["datasets"])
+# Data sets with `folds: K` run as K data sets {name}_fold1..K (alphastomics.plan.expand_datasets); their
+# raw data are fetched once, under the data set's own name.
+DATASET_ENTRIES = plan.expand_datasets(config["datasets"])
+DATASETS = list(DATASET_ENTRIES)
+SOURCES = list(config["datasets"])
 VARIANTS = list(config["variants"])
 SEEDS = [int(s) for s in config["seeds"]]
 
@@ -82,63 +82,13 @@ PROC = "results/data/{dataset}/processed"
 
 
 wildcard_constraints:
-    dataset="|".join(DATASETS),
+    dataset="|".join(dict.fromkeys(DATASETS + SOURCES)),
     variant="|".join(VARIANTS + PEERS),
     seed=r"\d+",
 
 
-def reads_back(text):
-    try:
-        return yaml.safe_load(text) == text
-    except yaml.YAMLError:
-        return False
-
-
-def flatten(block, prefix=""):
-    """{'training': {'lr': 1e-4}} -> ['training.lr=0.0001'] (values as JSON, which the package reads as YAML)."""
-    out = []
-    for key, value in block.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            out.extend(flatten(value, path))
-        elif isinstance(value, str) and reads_back(value):
-            out.append(f"{path}={value}")  # plain strings stay readable in logs
-        else:
-            out.append(f"{path}={json.dumps(value)}")
-    return out
-
-
-def set_args(*blocks):
-    """Shell-quoted `--set k=v ...` for the given partial configs, later blocks win (as in the package)."""
-    merged = {}
-    for block in blocks:
-        for item in flatten(block):
-            merged[item.split("=", 1)[0]] = item
-    # Sorted: the command line (a param, hence a rerun trigger) must not depend on key order in YAML.
-    return " ".join(f"--set {shlex.quote(merged[key])}" for key in sorted(merged))
-
-
-def dataset_block(dataset):
-    # The folder name is the data set's name, whatever the config's dataset block says.
-    return {"dataset": {**config["datasets"][dataset]["dataset"], "name": dataset}}
-
-
 def is_peer(variant):
     return variant.startswith("peer_")
-
-
-def variant_overrides(dataset, variant, seed):
-    """Package overrides of one training run: global < dataset < named variant's settings < variant's own
-    overrides < seed. A variant named in alphastomics.variants.VARIANTS brings its attention settings.
-    """
-    named = VARIANT_TABLE.get(variant)
-    return [
-        config["overrides"],
-        config["datasets"][dataset]["overrides"],
-        {"TransformerLayer_setting": named.settings()} if named else {},
-        config["variants"][variant]["overrides"],
-        {"training": {"seed": int(seed)}},
-    ]
 
 
 def train_gpus(variant):
@@ -156,13 +106,9 @@ def check_package_config():
         return
     for dataset in DATASETS:
         for variant in VARIANTS:
-            blocks = [dataset_block(dataset)] + variant_overrides(
-                dataset, variant, SEEDS[0]
-            )
+            blocks = plan.run_blocks(config, dataset, variant, SEEDS[0])
             try:
-                load_config(
-                    [config["model_config"]], [i for b in blocks for i in flatten(b)]
-                )
+                load_config([config["model_config"]], plan.set_items(*blocks))
             except AlphaSTomicsError as err:
                 raise WorkflowError(
                     f"config: datasets.{dataset} / variants.{variant}: {err}"
@@ -179,36 +125,24 @@ def fetch_args(wildcards):
     entry = config["datasets"][wildcards.dataset]
     local = entry.get("local_copy")
     local_arg = f"--local-copy {shlex.quote(local)}" if local else ""
-    return f"{set_args(dataset_block(wildcards.dataset))} {local_arg}".strip()
+    return f"{plan.set_args(plan.dataset_block(config, wildcards.dataset))} {local_arg}".strip()
 
 
 def preprocess_args(wildcards):
-    return set_args(dataset_block(wildcards.dataset))
+    return plan.set_args(plan.dataset_block(config, wildcards.dataset))
+
+
+def raw_of(wildcards):
+    """A fold's raw data are its data set's (fetched once)."""
+    block = DATASET_ENTRIES[wildcards.dataset]["dataset"]
+    return RAW.format(dataset=block.get("fold_of") or wildcards.dataset)
 
 
 def run_blocks(wildcards):
-    """Every override of this (dataset, variant, seed), lowest priority first; peers never see a variant's."""
-    blocks = [dataset_block(wildcards.dataset)]
-    # the baseline rule has a method, not a variant
-    variant = getattr(wildcards, "variant", "peer_")
-    if is_peer(variant):
-        blocks += [
-            config["overrides"],
-            config["datasets"][wildcards.dataset]["overrides"],
-        ]
-    else:
-        blocks += variant_overrides(wildcards.dataset, variant, wildcards.seed)
-    return blocks
-
-
-def merge(base, update):
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+    """Every override of this (dataset, variant, seed), lowest priority first (alphastomics.plan); the
+    baseline rule has a method, not a variant, and peers never see a variant's overrides."""
+    variant = getattr(wildcards, "variant", None)
+    return plan.run_blocks(config, wildcards.dataset, variant, getattr(wildcards, "seed", None))
 
 
 def model_yaml():
@@ -227,13 +161,13 @@ def stage_args(stage):
 
     def args(wildcards):
         blocks = [stage_settings(stage, b) for b in run_blocks(wildcards)]
-        return f"--config {shlex.quote(config['model_config'])} {set_args(*blocks)}"
+        return f"--config {shlex.quote(config['model_config'])} {plan.set_args(*blocks)}"
 
     def settings(wildcards):
         # Values as the stage will see them (model.yaml + overrides), as sorted JSON: the rerun trigger.
         resolved = model_yaml()
         for block in run_blocks(wildcards):
-            resolved = merge(resolved, block)
+            resolved = plan.merge(resolved, block)
         return json.dumps(stage_settings(stage, resolved), sort_keys=True, default=str)
 
     return args, settings
@@ -266,7 +200,7 @@ def source_files(wildcards):
     and what follows. A missing path gives no input, so fetch-data itself says which key to fix.
     """
     block = config["datasets"][wildcards.dataset]["dataset"]
-    if block["source"] not in ("h5ad", "csv") or not block.get("path"):
+    if block.get("source") not in ("h5ad", "csv") or not block.get("path"):
         return []
     path = Path(block["path"])
     if path.is_dir():

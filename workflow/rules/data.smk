@@ -21,7 +21,7 @@ rule fetch_data:
 
 rule preprocess:
     input:
-        RAW,
+        raw_of,
     output:
         directory(PROC),
     log:

@@ -3,15 +3,15 @@ rule report:
         metrics=expand("{run}/eval/metrics.json", run=all_runs()),
     output:
         html=report(
-            "results/report.html",
+            f"{config['report_dir']}/report.html",
             caption="../report/report.rst",
             category="Comparison",
         ),
-        verdict="results/verdict.json",
+        verdict=f"{config['report_dir']}/verdict.json",
     log:
-        "results/logs/report.log",
+        f"results/logs/report/{config['report_dir'].replace('/', '_')}.log",
     benchmark:
-        "results/benchmarks/report.tsv"
+        f"results/benchmarks/report/{config['report_dir'].replace('/', '_')}.tsv"
     conda:
         "../envs/report.yaml"
     threads: config["resources"]["cpu"]["threads"]

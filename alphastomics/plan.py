@@ -1,0 +1,131 @@
+"""The plan of a campaign (``config/config.yaml``): which runs exist and the package overrides of each.
+
+One owner for "the overrides of a (data set, variant, seed) run": the workflow (``workflow/rules/common.smk``)
+and the learning-curve study (``alphastomics.study``) both call ``run_blocks`` and ``set_items``, so a study run
+of ``gated_headwise`` trains what the workflow's ``gated_headwise`` trains. Plain Python (json, shlex, yaml):
+Snakemake imports it outside the package's environment too.
+
+Priority, lowest first: the data set's ``dataset`` block (its ``name`` is the key, or the fold's name) < global
+``overrides`` < the data set's ``overrides`` < the named variant's attention settings
+(``alphastomics.variants.VARIANTS``) < the variant's own ``overrides`` < ``training.seed``. Peers take the
+first three only.
+
+Cross-validation folds (``folds: K`` on a data set): the data set becomes K data sets ``{name}_fold{i}``
+(i = 1..K), each holding out another group of sections for testing (``alphastomics.preprocess.assign_splits``
+with ``dataset.fold`` / ``dataset.num_folds``), so every section is tested once per seed; the verdict pools
+the folds of a seed back into one observation (``dataset.fold_of`` names the data set they belong to).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+import yaml
+
+from alphastomics.variants import VARIANTS
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Nested merge of mappings, ``update`` wins (also ``alphastomics.config.load_config``'s rule)."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _reads_back(text: str) -> bool:
+    try:
+        return yaml.safe_load(text) == text
+    except yaml.YAMLError:
+        return False
+
+
+def flatten(block: dict[str, Any], prefix: str = "") -> list[str]:
+    """{'training': {'lr': 1e-4}} -> ['training.lr=0.0001'] (values as JSON, which ``--set`` reads as YAML;
+    plain strings stay bare so logs read well)."""
+    out = []
+    for key, value in block.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.extend(flatten(value, path))
+        elif isinstance(value, str) and _reads_back(value):
+            out.append(f"{path}={value}")
+        else:
+            out.append(f"{path}={json.dumps(value)}")
+    return out
+
+
+def set_items(*blocks: dict[str, Any]) -> list[str]:
+    """``key=value`` items of the merged blocks (later blocks win), sorted by key: the command line, a rerun
+    trigger of the workflow, must not depend on key order in YAML."""
+    merged: dict[str, str] = {}
+    for block in blocks:
+        for item in flatten(block):
+            merged[item.split("=", 1)[0]] = item
+    return [merged[key] for key in sorted(merged)]
+
+
+def set_args(*blocks: dict[str, Any]) -> str:
+    """Shell-quoted ``--set k=v ...`` of ``set_items``."""
+    return " ".join(f"--set {shlex.quote(item)}" for item in set_items(*blocks))
+
+
+# --- data sets and folds --------------------------------------------------------------------------------
+
+
+def fold_name(dataset: str, fold: int) -> str:
+    return f"{dataset}_fold{fold}"
+
+
+def expand_datasets(datasets: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Config ``datasets`` with every ``folds: K`` (K >= 2) entry replaced by its K fold data sets, each a
+    plain entry whose ``dataset`` block says which fold it is; order kept."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in datasets.items():
+        k = int(entry.get("folds") or 1)
+        if k < 2:
+            out[name] = entry
+            continue
+        for i in range(1, k + 1):
+            block = {**(entry.get("dataset") or {}), "fold": i, "num_folds": k, "fold_of": name}
+            out[fold_name(name, i)] = {**entry, "dataset": block, "folds": 1}
+    return out
+
+
+def dataset_block(plan: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """The ``dataset`` overrides of a data set (or fold) of the plan; its name is the key, whatever the
+    block says (the results folder is named after it)."""
+    entry = expand_datasets(plan["datasets"]).get(dataset) or plan["datasets"][dataset]  # or a folded one's
+    return {"dataset": {**(entry.get("dataset") or {}), "name": dataset}}
+
+
+# --- the overrides of one run ---------------------------------------------------------------------------
+
+
+def run_blocks(plan: dict[str, Any], dataset: str, variant: str | None, seed: int | None = None) -> list[dict]:
+    """Every override block of one run, lowest priority first (module docstring); ``variant`` None or a
+    ``peer_`` name: a peer's blocks (no variant settings, no seed)."""
+    entry = expand_datasets(plan["datasets"])[dataset]
+    blocks = [dataset_block(plan, dataset), plan.get("overrides") or {}, entry.get("overrides") or {}]
+    if variant is None or variant.startswith("peer_"):
+        return blocks
+    named = VARIANTS.get(variant)
+    blocks.append({"TransformerLayer_setting": named.settings()} if named else {})
+    blocks.append((plan["variants"][variant] or {}).get("overrides") or {})
+    if seed is not None:
+        blocks.append({"training": {"seed": int(seed)}})
+    return blocks
+
+
+def resolved(plan: dict[str, Any], dataset: str, variant: str | None, seed: int | None = None,
+             base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's settings as one mapping: ``base`` (model.yaml's content) merged with its blocks."""
+    out = dict(base or {})
+    for block in run_blocks(plan, dataset, variant, seed):
+        out = merge(out, block)
+    return out

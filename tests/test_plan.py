@@ -1,0 +1,53 @@
+"""The plan (alphastomics.plan): one owner of a run's overrides for the workflow and the study, and the
+cross-validation folds it expands a data set into."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from alphastomics import plan
+from alphastomics.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shipped() -> dict:
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def test_blocks_in_priority_order_and_seed_last():
+    p = {
+        "overrides": {"training": {"learning_rate": 1.0}},
+        "datasets": {"d": {"dataset": {"source": "synthetic"}, "overrides": {"training": {"learning_rate": 2.0}}}},
+        "variants": {"gated_headwise": {"overrides": {"TransformerLayer_setting": {"qk_norm": False}}}},
+    }
+    merged = plan.resolved(p, "d", "gated_headwise", 7, base={"training": {"learning_rate": 0.5, "max_steps": 9}})
+    assert merged["training"] == {"learning_rate": 2.0, "max_steps": 9, "seed": 7}
+    # the variant's own overrides win over its name's settings
+    assert merged["TransformerLayer_setting"] == {"attention": "softmax", "gate": "headwise", "qk_norm": False}
+    assert merged["dataset"] == {"source": "synthetic", "name": "d"}
+    # peers: no variant settings, no seed
+    assert "TransformerLayer_setting" not in plan.resolved(p, "d", "peer_knn")
+
+
+def test_set_items_are_sorted_and_later_blocks_win():
+    assert plan.set_items({"b": {"x": 1}, "a": "text"}, {"b": {"x": [1, 2]}}) == ["a=text", "b.x=[1, 2]"]
+
+
+def test_shipped_config_variants_differ_in_attention_settings():
+    p = shipped()
+    seen = set()
+    for variant in p["variants"]:
+        cfg = load_config([REPO / p["model_config"]], plan.set_items(*plan.run_blocks(p, "bdtnp", variant, 0)))
+        seen.add((cfg.model.attention, cfg.model.gate, cfg.model.qk_norm))
+    assert len(seen) == len(p["variants"]) == 5
+
+
+def test_folds_expand_into_one_data_set_each_naming_its_parent():
+    entries = plan.expand_datasets({"a": {"dataset": {"source": "bdtnp"}, "folds": 3}, "b": {"dataset": {}}})
+    assert list(entries) == ["a_fold1", "a_fold2", "a_fold3", "b"]
+    assert entries["a_fold2"]["dataset"] == {"source": "bdtnp", "fold": 2, "num_folds": 3, "fold_of": "a"}
+    assert plan.dataset_block({"datasets": {"a": {"dataset": {"source": "bdtnp"}, "folds": 3}}}, "a_fold3") == {
+        "dataset": {"source": "bdtnp", "fold": 3, "num_folds": 3, "fold_of": "a", "name": "a_fold3"}}
