@@ -1,7 +1,7 @@
 """Command line: ``python -m alphastomics <stage> --config FILE [--set section.key=value ...]``.
 
 Stages: fetch-data | preprocess | train | sample | evaluate | report | baseline | params |
-learning-curve.
+learning-curve | variance.
 ``python -m alphastomics.main`` is the same entry point (the design note's spelling).
 A user error (bad config, bad input file) prints one line and exits with status 2.
 """
@@ -155,6 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-train", dest="no_train", action="store_true",
                    help="train nothing; score the checkpoints the runs have kept so far, write the tables")
 
+    p = sub.add_parser("variance", help="where the seed-to-seed spread comes from: training, sections, draws")
+    _common(p)
+    p.add_argument("runs", nargs="+", type=Path, metavar="RESULTS_OR_RUN",
+                   help="a results folder (every */*/seed* run below it) or run folders")
+    p.add_argument("--metrics", nargs="+", metavar="METRIC", help="default: knn_preservation, "
+                   "distance_spearman, procrustes_rmsd_scaled")
+    p.add_argument("--contrasts", nargs="+", metavar="VARIANT:REFERENCE",
+                   help="also decompose these paired differences, e.g. gated_headwise:softmax")
+    p.add_argument("--datasets", nargs="+", metavar="NAME", help="only these data sets (folds pooled)")
+
     p = sub.add_parser("params", help="parameter table of every attention variant")
     _common(p)
     p.add_argument("--data_dir", "--data-dir", dest="data_dir", type=Path,
@@ -216,6 +226,12 @@ def _params(args: argparse.Namespace, cfg: Config) -> int:
     return model.params_main(args, cfg)
 
 
+def _variance(args: argparse.Namespace, cfg: Config) -> int:
+    from alphastomics import variance
+
+    return variance.main(args, cfg)
+
+
 def _learning_curve(args: argparse.Namespace, cfg: Config) -> int:
     from alphastomics import study
 
@@ -232,6 +248,7 @@ STAGES: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "baseline": _baseline,
     "params": _params,
     "learning-curve": _learning_curve,
+    "variance": _variance,
 }
 
 

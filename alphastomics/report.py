@@ -259,6 +259,23 @@ def cost_table(view: DatasetView) -> list[dict[str, str]]:
 # The page
 
 
+def plan_rows(ds: dict[str, Any]) -> list[dict[str, str]]:
+    """The power plan (verdict.json ``power_plan``) as table cells."""
+    rows = []
+    for r in ds.get("power_plan") or []:
+        n = r.get("seeds_needed")
+        minutes = r.get("train_minutes")
+        rows.append({
+            "contrast": contrast_name(r["variant"], r["reference"]),
+            "metric": r["metric"],
+            "now": f"{r['n']} seeds: {100 * r['mde_relative']:.1f} %" if _ok(r.get("mde_relative")) else NOT_MEASURED,
+            "needed": str(n) if n is not None else "not estimable",
+            "cost": (f"{minutes:,.0f} train-job minutes ({fmt(r['train_minutes_per_seed'])} per seed)"
+                     if _ok(minutes) else NOT_MEASURED),
+        })
+    return rows
+
+
 def _render(verdict: dict[str, Any], runs: list[Run], prov: dict[str, Any]) -> str:
     import jinja2
 
@@ -288,6 +305,7 @@ def _render(verdict: dict[str, Any], runs: list[Run], prov: dict[str, Any]) -> s
             forest=fig_forest(ds, primary),
             decision_cols=dcols,
             decision_rows=drows,
+            plan=plan_rows(ds),
             sentences=[sentence(r) for r in ds["records"]],
             secondary=[sentence(r) for r in ds["secondary"]],
             peers=ds["peers"],
@@ -455,6 +473,16 @@ def markdown_summary(results: Path) -> str:
                     c = row["cells"][m]
                     cells.append("-" if c is None else f"{c['change']}, p_Holm {c['holm']}: {c['decision']}")
                 out.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+            out.append("")
+        plan = plan_rows(ds)
+        if plan:
+            target = 100 * (ds.get("power_plan") or [{}])[0].get("target", math.nan)
+            out.append(f"Power plan (seeds for a {target:.0f} % smallest detectable effect at the observed "
+                       "spread):\n")
+            out.append("| contrast | metric | smallest detectable now | seeds needed | training cost |")
+            out.append("|---|---|---|---|---|")
+            for r in plan:
+                out.append(f"| {r['contrast']} | {r['metric']} | {r['now']} | {r['needed']} | {r['cost']} |")
             out.append("")
         if ds["peers"]:
             out.append("Peers, per held-out section (model: mean over seeds):\n")

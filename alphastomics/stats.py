@@ -12,6 +12,7 @@ seeds both ran (same seed: same data order, crops and noise), one difference per
 - ``min_detectable_effect``: the smallest true mean difference that a two-sided one-sample t-test on n
   differences with standard deviation s detects with the given power at level alpha; power from the
   noncentral t distribution (``scipy.stats.nct``), solved with ``scipy.optimize.brentq``.
+- ``seeds_needed``: the smallest n for which that effect is at most a target (the power plan).
 """
 
 from __future__ import annotations
@@ -168,3 +169,22 @@ def min_detectable_effect(sd: float, n: int, *, alpha: float = ALPHA, target: fl
         if hi > 1e6:
             return math.nan
     return sd * float(optimize.brentq(lambda e: power(e, 1.0, n, alpha) - target, 0.0, hi, xtol=1e-12))
+
+
+def seeds_needed(sd: float, effect: float, *, alpha: float = ALPHA, target: float = POWER,
+                 most: int = 1_000_000) -> int | None:
+    """Smallest n >= 2 whose smallest detectable effect (``min_detectable_effect``) is at most ``effect``:
+    the seeds a paired design needs at this spread; None when the spread is not estimable or n > ``most``."""
+    if not (math.isfinite(sd) and sd > 0 and math.isfinite(effect) and effect > 0):
+        return None
+    if min_detectable_effect(sd, 2, alpha=alpha, target=target) <= effect:
+        return 2
+    lo, hi = 2, 4
+    while min_detectable_effect(sd, hi, alpha=alpha, target=target) > effect:  # the effect shrinks with n
+        lo, hi = hi, hi * 2
+        if hi > most:
+            return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if min_detectable_effect(sd, mid, alpha=alpha, target=target) <= effect else (mid, hi)
+    return hi

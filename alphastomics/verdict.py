@@ -12,7 +12,8 @@ Follows DESIGN section 6, "Statistics", like a methods section written before th
   Holm-adjusted p < 0.05; every other metric is a secondary record (the same numbers, no Holm p, no word);
 - peers: per held-out section, the model's seed-averaged value against the peer's value; a test only with at
   least ``MIN_PEER_SECTIONS`` sections;
-- the design note's expected changes against linear attention, each compared with the interval.
+- the design note's expected changes against linear attention, each compared with the interval;
+- the power plan: per primary record, the seeds needed for a 5 % smallest detectable effect and their cost.
 
 The JSON schema is documented in docs/metrics.md ("verdict.json"); the report and ``report --markdown`` only
 render this file.
@@ -56,6 +57,9 @@ DEFAULT_PRIMARY: tuple[str, ...] = (
     "masked_reconstruction_mse",
 )
 MIN_PEER_SECTIONS = 5
+# The power plan's target: seeds needed for a smallest detectable effect of this relative size (the design
+# note's expected effects are 5-15 %).
+PLAN_TARGET = 0.05
 
 # The design note's expected change against linear attention: (label, metric, lo %, hi %); None = "up".
 EXPECTATIONS: list[tuple[str, str, float | None, float | None]] = [
@@ -353,6 +357,35 @@ def expectation_rows(
     return rows
 
 
+def _train_minutes(runs: list[Run]) -> float:
+    """Mean training wall time of a seed's model in minutes (train_summary.json; folds summed)."""
+    walls = [float(r.summary["wall_time_s"]) for r in runs if r.summary and r.summary.get("wall_time_s")]
+    return float(np.mean(walls)) / 60 if walls else math.nan
+
+
+def power_plan(view: DatasetView, family: Family, records: list[dict[str, Any]],
+               target: float = PLAN_TARGET) -> list[dict[str, Any]]:
+    """Per primary record: the seeds the same design needs for a smallest detectable effect of ``target``
+    (relative to the reference's mean) at the observed spread of the paired differences, at the level Holm
+    needs for the family's smallest p, and what they cost in training-job minutes (both variants of the
+    contrast train every seed)."""
+    rows = []
+    for r in records:
+        effect = target * abs(r["reference_mean"]) if math.isfinite(r["reference_mean"]) else math.nan
+        n = stats.seeds_needed(r["sd_difference"], effect, alpha=family.alpha / r["family_size"],
+                               target=family.power)
+        per_seed = _train_minutes(view.variants.get(r["variant"], [])) + _train_minutes(
+            view.variants.get(r["reference"], []))
+        rows.append({
+            "variant": r["variant"], "reference": r["reference"], "metric": r["metric"], "target": target,
+            "n": r["n"], "sd_difference": r["sd_difference"], "mde_relative": r["mde_relative"],
+            "seeds_needed": n, "train_minutes_per_seed": per_seed,
+            "train_minutes": n * per_seed if n is not None and math.isfinite(per_seed) else math.nan,
+            "more_seeds": max(0, n - r["n"]) if n is not None else None,
+        })
+    return rows
+
+
 def dataset_verdict(view: DatasetView, family: Family) -> dict[str, Any]:
     records, secondary, skipped = contrast_records(view, family)
     table, random_reference = describe(view)
@@ -364,6 +397,7 @@ def dataset_verdict(view: DatasetView, family: Family) -> dict[str, Any]:
         "peers": peer_records(view, family),
         "expectations": expectation_rows(view, family, records + secondary),
         "skipped": skipped,
+        "power_plan": power_plan(view, family, records),
         "table": table,
         "random_reference": random_reference,
     }
@@ -391,6 +425,10 @@ def build(runs: list[Run], family: Family | None = None, *, baseline: str = BASE
                 "detects with "
                 "80 % power at level alpha / family size (noncentral t)",
                 "min_peer_sections": MIN_PEER_SECTIONS,
+                "power_plan": f"seeds the same design needs for a smallest detectable effect of "
+                f"{PLAN_TARGET:.0%} of the reference's mean at the observed sd of the paired differences "
+                "(level alpha / family size, 80 % power), and their training-job minutes (variant + "
+                "reference, per seed: mean of train_summary.json wall_time_s, folds summed)",
             },
             "runs": sorted(str(r.path) for r in runs),
             "datasets": datasets,
