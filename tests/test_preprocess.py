@@ -473,3 +473,46 @@ def test_scanpy_normalisation_works_in_place_and_equals_the_formula() -> None:
     expected = np.log1p(before.astype(np.float64) / np.maximum(before.sum(axis=1, keepdims=True), 1) * 1e4)
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
     assert (out[7] == 0).all()
+
+
+# ------------------------------------------------------------------------------------------------------
+# cross-validation folds
+
+
+@pytest.mark.parametrize("k,n,slab", [(4, 8, True), (3, 7, False), (2, 6, False), (2, 4, True)])
+def test_every_section_is_tested_exactly_once_over_the_folds(k, n, slab):
+    import dataclasses
+
+    from alphastomics.config import DatasetConfig
+    from alphastomics.preprocess import fold_splits
+
+    names = [f"s{i:02d}" for i in range(n)]
+    tested = []
+    for i in range(1, k + 1):
+        split = fold_splits(names, dataclasses.replace(DatasetConfig(), fold=i, num_folds=k), slab, "x")
+        assert "train" in split.values() and set(split) == set(names)
+        tested += [s for s, v in split.items() if v == "test"]
+    assert sorted(tested) == names
+
+
+def test_bdtnp_fold_one_is_the_single_split():
+    import dataclasses
+
+    from alphastomics.config import DatasetConfig
+    from alphastomics.datasets import assign_splits
+    from alphastomics.preprocess import fold_splits
+
+    names = [f"slab{i:02d}" for i in range(8)]
+    single = assign_splits(names, DatasetConfig(), True, "x")
+    assert fold_splits(names, dataclasses.replace(DatasetConfig(), fold=1, num_folds=4), True, "x") == single
+
+
+def test_too_many_folds_is_a_one_line_error():
+    import dataclasses
+
+    from alphastomics.artifacts import DataError
+    from alphastomics.config import DatasetConfig
+    from alphastomics.preprocess import fold_splits
+
+    with pytest.raises(DataError, match="set folds to at most 2"):
+        fold_splits(["a", "b", "c", "d", "e"], dataclasses.replace(DatasetConfig(), fold=1, num_folds=3), False, "f.h5ad")

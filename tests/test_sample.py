@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 import pytest
 
@@ -123,3 +125,29 @@ def test_missing_checkpoint_is_a_one_line_error(tiny_processed, tmp_path, capsys
     rc = cli(["sample", "--checkpoint", str(tmp_path / "nope.pt"), "--data_dir", str(tiny_processed),
               "--out", str(tmp_path / "s.parquet")])
     assert rc == 2 and "checkpoint not found" in capsys.readouterr().err
+
+
+def test_draws_have_their_own_seeds_and_draw_zero_is_the_single_draw(checkpoints, tiny_processed, tmp_path):
+    one = sample(checkpoints["expr_to_pos"], tiny_processed, tmp_path / "one.parquet")
+    cfg = load_config(overrides=["evaluation.sampling_draws=3", "diffusion.sampling_steps=3"])
+    three = sample(checkpoints["expr_to_pos"], tiny_processed, tmp_path / "three.parquet", cfg=cfg)
+    assert three.num_rows == 3 * one.num_rows
+    draw = three["draw"].to_numpy()
+    assert sorted(set(draw)) == [0, 1, 2]
+    first = three.filter(pa.compute.equal(three["draw"], 0))
+    np.testing.assert_array_equal(first["x_pred"].to_numpy(), one["x_pred"].to_numpy())
+    x = [three.filter(pa.compute.equal(three["draw"], k))["x_pred"].to_numpy() for k in range(3)]
+    assert not np.array_equal(x[0], x[1]) and not np.array_equal(x[1], x[2])
+
+
+def test_a_sections_value_is_the_mean_over_its_draws(checkpoints, tiny_processed, tmp_path):
+    from alphastomics.evaluate import score
+
+    cfg = load_config(overrides=["evaluation.sampling_draws=2", "diffusion.sampling_steps=3",
+                                 "evaluation.num_random_references=1"])
+    sample(checkpoints["expr_to_pos"], tiny_processed, tmp_path / "s.parquet", cfg=cfg)
+    result = score(tmp_path / "s.parquet", tiny_processed, cfg)
+    for row in result["per_section"]:
+        draws = [d for d in result["per_draw"] if d["section"] == row["section"]]
+        assert [d["draw"] for d in draws] == [0, 1] and row["draws"] == 2
+        assert row["knn_preservation"] == pytest.approx(np.mean([d["knn_preservation"] for d in draws]))

@@ -334,3 +334,55 @@ def test_workflow_passes_the_declared_family_and_rejects_unknown_variants(tmp_pa
     assert "verdict.contrasts has ['gated_headwise', 'softmax'], but 'softmax' is not a key of variants" in (
         proc.stdout + proc.stderr
     )
+
+
+# ------------------------------------------------------------------------------------------------------
+# cross-validation folds and the power plan
+
+
+def _fold_run(root: Path, variant: str, seed: int, fold: int, values: dict[str, float], walls: float) -> Path:
+    run = _write(root, f"toy_fold{fold}", variant, seed, {s: {"knn_preservation": v} for s, v in values.items()},
+                 {s: 10 * (i + 1) for i, s in enumerate(values)})
+    m = json.loads((run / "eval" / "metrics.json").read_text())
+    m["fold"] = {"dataset": "toy", "index": fold, "of": 2}
+    (run / "eval" / "metrics.json").write_text(json.dumps(m))
+    (run / "train").mkdir()
+    (run / "train" / "train_summary.json").write_text(json.dumps({"wall_time_s": walls}))
+    return run
+
+
+def test_folds_pool_into_one_observation_per_seed_weighted_by_cells(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    runs, expected = [], {}
+    for variant, shift in (("linear", 0.0), ("gated_headwise", 0.02)):
+        for seed in range(4):
+            a = {"s0": 0.5 + shift + 0.01 * rng.normal(), "s1": 0.4 + shift}  # fold 1 tests s0, s1
+            b = {"s2": 0.3 + shift + 0.01 * rng.normal()}  # fold 2 tests s2
+            runs += [_fold_run(tmp_path, variant, seed, 1, a, 60.0), _fold_run(tmp_path, variant, seed, 2, b, 90.0)]
+            # cells: s0 10, s1 20 (fold 1), s2 10 (fold 2)
+            expected[(variant, seed)] = (10 * a["s0"] + 20 * a["s1"] + 10 * b["s2"]) / 40
+    fam = V.Family(contrasts=(("gated_headwise", "linear"),), primary_metrics=("knn_preservation",))
+    v = V.build([load_run(p) for p in runs], fam)
+    (ds,) = v["datasets"]
+    assert ds["dataset"] == "toy" and ds["seeds"] == {"linear": [0, 1, 2, 3], "gated_headwise": [0, 1, 2, 3]}
+    (r,) = ds["records"]
+    assert r["n"] == 4 and r["units"] == [0, 1, 2, 3]  # four seeds, not eight folds
+    assert r["variant_values"] == pytest.approx([expected[("gated_headwise", s)] for s in range(4)])
+    assert r["reference_values"] == pytest.approx([expected[("linear", s)] for s in range(4)])
+    (plan,) = ds["power_plan"]
+    # training minutes per seed: (60 + 90) s per variant, two variants
+    assert plan["train_minutes_per_seed"] == pytest.approx(2 * 150 / 60)
+    n = plan["seeds_needed"]
+    effect = 0.05 * abs(r["reference_mean"])
+    alpha = fam.alpha / r["family_size"]
+    from alphastomics.stats import min_detectable_effect
+
+    assert min_detectable_effect(r["sd_difference"], n, alpha=alpha) <= effect
+    assert n == 2 or min_detectable_effect(r["sd_difference"], n - 1, alpha=alpha) > effect
+    assert plan["train_minutes"] == pytest.approx(n * plan["train_minutes_per_seed"])
+
+
+def test_a_seed_missing_a_fold_is_an_error_naming_it(tmp_path: Path) -> None:
+    runs = [_fold_run(tmp_path, "linear", 0, 1, {"s0": 0.5}, 1.0)]
+    with pytest.raises(Exception, match=r"folds \[1\] of 2 \(missing \[2\]\)"):
+        V.build([load_run(p) for p in runs])
