@@ -22,9 +22,9 @@ from alphastomics.config import Config, TrainConfig, load_config
 from alphastomics.data import ProcessedData, training_batch
 from alphastomics.diffusion import Diffusion
 from alphastomics.model import Denoiser
+from alphastomics.lifecycle import TrainingError
 from alphastomics.train import (
     TIMING_FIELDS,
-    TrainingError,
     accumulate_gradients,
     ema_decay_at,
     lr_at,
