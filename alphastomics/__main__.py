@@ -169,9 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fetch_data(args: argparse.Namespace, cfg: Config) -> int:
-    from alphastomics import datasets
+    from alphastomics import fetch
 
-    return datasets.main(args, cfg)
+    return fetch.main(args, cfg)
 
 
 def _preprocess(args: argparse.Namespace, cfg: Config) -> int:

@@ -23,6 +23,7 @@ import torch
 
 from alphastomics.artifacts import DataError, read_manifest
 from alphastomics.config import DataConfig
+from alphastomics.synthetic import random_orthogonal
 
 Split = Literal["train", "val", "test"]
 
@@ -163,22 +164,12 @@ def crop(sec: Section, max_cells: int, mode: Literal["contiguous", "random", "mi
     return sec.take(rows)
 
 
-def random_orthogonal(dims: int, rng: np.random.Generator, reflect: bool) -> np.ndarray:
-    # QR of a Gaussian matrix with the sign fix is Haar-uniform over O(d) (Mezzadri 2007); flip to SO(d)
-    # unless reflections are allowed.
-    q, r = np.linalg.qr(rng.standard_normal((dims, dims)))
-    q = q * np.sign(np.diag(r))
-    if not reflect and np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q.astype(np.float32)
-
-
 def augment(sec: Section, rotate: bool, reflect: bool, rng: np.random.Generator) -> Section:
     """Rotate (and reflect) the coordinates, then re-centre them over the section's cells."""
     pos = sec.positions
     if rotate or reflect:
         if rotate:
-            q = random_orthogonal(pos.shape[1], rng, reflect)
+            q = random_orthogonal(pos.shape[1], rng, reflect).astype(np.float32)
         else:
             q = np.eye(pos.shape[1], dtype=np.float32)
             q[0, 0] = -1.0 if rng.random() < 0.5 else 1.0

@@ -10,7 +10,7 @@ original units.
 
 Memory: the data are streamed section by section (validate/detect, gene selection, training statistics,
 write), each pass holding one section's dense matrix, normalised in place; a sparse input matrix stays in
-memory as CSR (datasets.py), a dense one on disk; the training cells for gene selection are held sparse.
+memory as CSR (raw.py), a dense one on disk; the training cells for gene selection are held sparse.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 from alphastomics import __version__
 from alphastomics.artifacts import FORMAT, DataError, atomic_dir, cells_schema
 from alphastomics.config import DatasetConfig, to_dict
-from alphastomics.datasets import RawData, assign_splits, from_anndata, open_raw
+from alphastomics.raw import RawData, from_anndata, open_raw
+from alphastomics.splits import assign_splits
 
 SPLITS = ("train", "val", "test")
 STD_FLOOR = 1e-6  # genes constant over training cells are divided by 1, not by ~0

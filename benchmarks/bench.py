@@ -93,7 +93,7 @@ def _child(body: str) -> dict[str, Any]:
 
 
 def bench_preprocess(quick: bool) -> list[tuple[str, str]]:
-    from alphastomics.datasets import generate_synthetic
+    from alphastomics.synthetic import generate_synthetic
 
     n_cells, n_genes, n_sections = (20_000 if quick else 200_000), 500, 20
     per = n_cells // n_sections

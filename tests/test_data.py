@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy.spatial.distance import pdist
 
+from alphastomics.artifacts import DataError
 from alphastomics.config import DataConfig
 from alphastomics.data import (
     ProcessedData,
@@ -21,7 +22,6 @@ from alphastomics.data import (
     eval_batches,
     training_batch,
 )
-from alphastomics.datasets import DataError
 
 CFG = DataConfig(max_cells=64, crop="mixed")
 
@@ -177,7 +177,7 @@ def test_shipped_config_trains_bdtnp_at_the_test_size(bdtnp_processed: Path, tmp
 
 
 def test_shipped_config_trains_synthetic_at_the_test_size(tmp_path: Path) -> None:
-    from alphastomics.datasets import fetch_synthetic
+    from alphastomics.fetch import fetch_synthetic
     from alphastomics.preprocess import preprocess
 
     cfg = _shipped_config("synthetic", tmp_path)

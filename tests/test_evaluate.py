@@ -14,8 +14,8 @@ import pytest
 
 from alphastomics.__main__ import main as cli
 from alphastomics.config import load_config
-from alphastomics.datasets import fetch_synthetic
 from alphastomics.evaluate import EvaluationError, evaluate
+from alphastomics.fetch import fetch_synthetic
 from alphastomics.model import Denoiser
 from alphastomics.preprocess import preprocess
 

@@ -13,10 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from alphastomics.__main__ import main as cli
+from alphastomics.artifacts import DataError
 from alphastomics.config import DatasetConfig
 from alphastomics.data import ProcessedData, eval_batches, original_positions, undo_normalization
-from alphastomics.datasets import DataError, fetch_user_files
-from alphastomics.preprocess import assign_splits, preprocess, preprocess_anndata
+from alphastomics.fetch import fetch_user_files
+from alphastomics.preprocess import preprocess, preprocess_anndata
+from alphastomics.splits import assign_splits
 
 DCFG = DatasetConfig(name="toy", source="h5ad", val_fraction=0.2, test_fraction=0.2)
 
@@ -314,7 +316,7 @@ def test_rows_of_a_section_are_gathered_by_index_from_a_sparse_file(tmp_path: Pa
     a.X = sparse.csr_matrix(a.X)
     dcfg, _ = _bad_h5ad(tmp_path, {"d": a})
     fetch_user_files(tmp_path / "raw", dcfg)
-    from alphastomics.datasets import open_raw
+    from alphastomics.raw import open_raw
 
     raw = open_raw(tmp_path / "raw", dcfg)
     for s in raw.sections:

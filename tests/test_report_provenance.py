@@ -11,7 +11,7 @@ import pandas as pd
 import yaml
 
 from alphastomics.config import DatasetConfig
-from alphastomics.datasets import fetch_user_files
+from alphastomics.fetch import fetch_user_files
 from alphastomics.preprocess import preprocess
 from alphastomics.provenance import provenance
 
