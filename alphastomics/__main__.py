@@ -211,9 +211,9 @@ def _baseline(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _params(args: argparse.Namespace, cfg: Config) -> int:
-    from alphastomics import model
+    from alphastomics import params
 
-    return model.params_main(args, cfg)
+    return params.main(args, cfg)
 
 
 def _learning_curve(args: argparse.Namespace, cfg: Config) -> int:

@@ -34,11 +34,12 @@ import torch.distributed as dist
 from torch import nn
 
 from alphastomics.artifacts import atomic_write_text, save_checkpoint
+from alphastomics.attention import Attention
 from alphastomics.config import Config, TrainConfig, to_dict
 from alphastomics.diagnostics import gate_statistics
 from alphastomics.distributed import Dist, setup_distributed
 from alphastomics.lifecycle import Deadline, Interrupted, SignalFlag, TrainingError, ignore_stop_signals, thread_split
-from alphastomics.model import Denoiser
+from alphastomics.model import Denoiser, count_parameters
 from alphastomics.runfolder import Paths, RunState, prepare_run_folder, resume, rng_state
 from alphastomics.seeds import DIAG_STREAM, DROPOUT_STREAM, NOISE_STREAM, VAL_STREAM, step_seed
 from alphastomics.variants import variant_name
@@ -103,15 +104,6 @@ def accumulate_gradients(
         for key, value in losses.items():
             totals[key] = totals.get(key, 0.0) + float(value.detach()) / n
     return totals
-
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(all parameters, parameters inside attention modules)."""
-    from alphastomics.attention import Attention
-
-    total = sum(p.numel() for p in model.parameters())
-    attention = sum(p.numel() for m in model.modules() if isinstance(m, Attention) for p in m.parameters())
-    return total, attention
 
 
 def variant_settings(cfg: Config) -> dict[str, Any]:
@@ -422,11 +414,10 @@ def checkpoint(s: Session, step: int, signum: int) -> None:
 def finish(s: Session, step: int) -> dict[str, Any]:
     """The summary; latest.pt, train_summary.json, then final.pt, which marks the run as done (a kill before it
     reruns from latest.pt, writing all again)."""
-    params_total, params_attention = count_parameters(s.model)
     state = s.state
     summary = {
-        "params_total": params_total,
-        "params_attention": params_attention,
+        "params_total": count_parameters(s.model),
+        "params_attention": count_parameters(s.model, within=Attention),
         "wall_time_s": round(state.elapsed_s, 3),
         "cells_per_s": round(state.cells_seen / max(state.elapsed_s, 1e-9), 2),
         "peak_mem_mb": round(peak_memory_mb(s.device), 1),
