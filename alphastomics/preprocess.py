@@ -25,13 +25,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from alphastomics import __version__
-from alphastomics.artifacts import FORMAT, DataError, atomic_dir, cells_schema
+from alphastomics.artifacts import FORMAT, DataError, atomic_dir, cells_schema, gene_std_floored
 from alphastomics.config import DatasetConfig, to_dict
 from alphastomics.raw import RawData, from_anndata, open_raw
 from alphastomics.splits import assign_splits
 
 SPLITS = ("train", "val", "test")
-STD_FLOOR = 1e-6  # genes constant over training cells are divided by 1, not by ~0
 
 
 def _normalise(x: np.ndarray, counts: bool, target_sum: float, keep: np.ndarray | None) -> np.ndarray:
@@ -119,7 +118,7 @@ def _training_moments(raw: RawData, train: list[int], counts: bool, target_sum: 
         n_tot += n_b
         del x
     std = np.sqrt(m2 / n_tot)
-    return n_tot, mean, np.where(std < STD_FLOOR, 1.0, std)
+    return n_tot, mean, gene_std_floored(std)
 
 
 def _write_cells(path: Path, raw: RawData, dcfg: DatasetConfig, split: dict[str, str], counts: bool,
