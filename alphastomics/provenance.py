@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from alphastomics import AlphaSTomicsError, __version__
-from alphastomics.runs import Run, _read_json, parse_run_path
+from alphastomics.layout import parse_run_path
+from alphastomics.runs import Run, _read_json
 
 NOT_MEASURED = "not measured"
 

@@ -31,15 +31,14 @@ import numpy as np
 from alphastomics import AlphaSTomicsError
 from alphastomics import verdict as V
 from alphastomics.artifacts import atomic_write_text
+from alphastomics.layout import peer_method
 from alphastomics.provenance import NOT_MEASURED, provenance
-from alphastomics.runs import (  # noqa: F401  (load_run, parse_run_path: this module's API too)
+from alphastomics.runs import (  # noqa: F401  (load_run: this module's API too)
     DatasetView,
     Run,
     _is_num,
-    _read_json,
     group_runs,
     load_run,
-    parse_run_path,
 )
 
 
@@ -134,7 +133,7 @@ def sentence(r: dict[str, Any]) -> str:
     word = r["better"]
     units = "sections" if "peer" in r else "seeds"
     head = (
-        f"{r['variant']} vs {r['reference'].removeprefix('peer_')} on {label(r['metric'])} ({r['metric']}, "
+        f"{r['variant']} vs {peer_method(r['reference'])} on {label(r['metric'])} ({r['metric']}, "
         f"{word} is better), {r['n']} paired {units}: {fmt(r['variant_mean'])} vs "
         f"{fmt(r['reference_mean'])}, difference {fmt(r['mean_difference'])}"
     )

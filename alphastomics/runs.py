@@ -1,8 +1,8 @@
 """Result folders -> runs and the values the verdict compares (DESIGN section 6, "Statistics").
 
-A run folder is ``results/{dataset}/{variant}/seed{seed}/`` with ``eval/metrics.json`` (and
-``eval/sections.csv``), ``train/`` and ``samples.parquet``; peers are
-``results/{dataset}/peer_{method}/seed{seed}/`` without ``train/`` (docs/architecture.md).
+A run folder (``alphastomics.layout``: ``results/{dataset}/{variant}/seed{seed}/``, peers
+``results/{dataset}/peer_{method}/seed{seed}/``) holds ``eval/metrics.json`` (and ``eval/sections.csv``),
+``train/`` (not peers) and ``samples.parquet`` (docs/architecture.md).
 
 The unit of replication is one trained model: ``seed_values`` gives one number per seed, the cell-weighted
 mean of a metric over the run's held-out sections, so two sections of one seed never become two
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from alphastomics import AlphaSTomicsError
+from alphastomics.layout import is_peer, parse_run_path
 
 
 class RunError(AlphaSTomicsError, ValueError):
@@ -85,7 +85,7 @@ class Run:
 
     @property
     def is_peer(self) -> bool:
-        return self.variant.startswith("peer_")
+        return is_peer(self.variant)
 
     @property
     def overall(self) -> dict[str, float]:
@@ -109,14 +109,6 @@ class Run:
         if t is None or not {"section", metric} <= set(t.columns):
             return {}
         return {str(s): _num(v) for s, v in zip(t["section"], pd.to_numeric(t[metric], errors="coerce"))}
-
-
-def parse_run_path(path: Path) -> tuple[str, str, int] | None:
-    """``.../{dataset}/{variant}/seed{seed}`` -> (dataset, variant, seed); None for another shape."""
-    m = re.fullmatch(r"seed(\d+)", path.name)
-    if m is None or len(path.parts) < 3:
-        return None
-    return path.parent.parent.name, path.parent.name, int(m.group(1))
 
 
 def load_run(path: Path) -> Run:

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from alphastomics import report
+from alphastomics.layout import parse_run_path
 from alphastomics.runs import RunError, direction
 from alphastomics.__main__ import main as cli
 
@@ -309,8 +310,8 @@ def test_bad_run_folder_errors_and_leaves_nothing(tmp_path):
 
 
 def test_path_layout_and_fields():
-    assert report.parse_run_path(Path("results/bdtnp/linear/seed2")) == ("bdtnp", "linear", 2)
-    assert report.parse_run_path(Path("results/bdtnp/linear/last")) is None
+    assert parse_run_path(Path("results/bdtnp/linear/seed2")) == ("bdtnp", "linear", 2)
+    assert parse_run_path(Path("results/bdtnp/linear/last")) is None
     assert direction("distance_mse") == -1 and direction("distance_pearson") == 1
 
 

@@ -42,6 +42,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 # The attention variants' names and settings come from one table (alphastomics/variants.py: plain Python,
 # importable wherever Snakemake runs, also outside the package's environment).
 sys.path.insert(0, str(Path(workflow.basedir).parent))
+from alphastomics.layout import PEER_PREFIX, RUN_LAYOUT, is_peer, peer_variant
 from alphastomics.variants import VARIANTS as VARIANT_TABLE
 
 
@@ -72,11 +73,13 @@ def runnable_baselines(methods):
 
 
 BASELINES = runnable_baselines(config["baselines"])
-PEERS = [f"peer_{m}" for m in BASELINES]
+PEERS = [peer_variant(m) for m in BASELINES]
 # Peers are cheap to rerun but several are deterministic or slow (tangram, novoSpaRc): seeds of their own.
 BASELINE_SEEDS = [int(s) for s in config["baseline_seeds"]]
 MODEL_VARIANTS = "|".join(VARIANTS)
-RUN = "results/{dataset}/{variant}/seed{seed}"
+PEER_LAYOUT = RUN_LAYOUT.replace("{variant}", peer_variant("{method}"))  # the baseline rule has a method
+RUN = f"results/{RUN_LAYOUT}"
+PEER_RUN = f"results/{PEER_LAYOUT}"
 RAW = "results/data/{dataset}/raw"
 PROC = "results/data/{dataset}/processed"
 
@@ -121,10 +124,6 @@ def set_args(*blocks):
 def dataset_block(dataset):
     # The folder name is the data set's name, whatever the config's dataset block says.
     return {"dataset": {**config["datasets"][dataset]["dataset"], "name": dataset}}
-
-
-def is_peer(variant):
-    return variant.startswith("peer_")
 
 
 def variant_overrides(dataset, variant, seed):
@@ -190,7 +189,7 @@ def run_blocks(wildcards):
     """Every override of this (dataset, variant, seed), lowest priority first; peers never see a variant's."""
     blocks = [dataset_block(wildcards.dataset)]
     # the baseline rule has a method, not a variant
-    variant = getattr(wildcards, "variant", "peer_")
+    variant = getattr(wildcards, "variant", PEER_PREFIX)
     if is_peer(variant):
         blocks += [
             config["overrides"],
