@@ -109,10 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=2400, help="--screenshot: window height (px)")
     p.add_argument("--scale", type=float, default=0.5, help="--screenshot: shrink the PNG by this factor")
     p.add_argument("--baseline", default="linear", metavar="VARIANT", help="variant the others are compared with")
-    p.add_argument(
-        "--data-dirs", dest="data_dirs", type=Path, nargs="*", default=[],
-        help="processed data folders (manifest.json: data checksums for provenance)",
-    )
     p.add_argument("--config-snapshot", dest="config_snapshot", type=Path, help="config file as run (provenance)")
     p.add_argument(
         "--verdict", type=Path, metavar="JSON", help="verdict file to write (default: verdict.json next to --out)"

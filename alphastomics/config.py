@@ -369,10 +369,6 @@ def _design_note_keys(data: dict[str, Any], source: str) -> dict[str, Any]:
     return {**data, "TransformerLayer_setting": from_design_note(section)}
 
 
-def dump_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
 # --------------------------------------------------------------------------------------------------------
 # Which settings each workflow stage reads. The workflow reruns a stage only when one of these changes
 # (workflow/rules/common.smk), and training resumes a checkpoint whose training settings match even when a

@@ -54,17 +54,16 @@ class Batch:
     expression: torch.Tensor  # (B, N, G) float32
     positions: torch.Tensor  # (B, N, D) float32
     mask: torch.Tensor  # (B, N) bool
-    cell_type: torch.Tensor  # (B, N) long, -1 = none or padding
     index: torch.Tensor  # (B, N) long, -1 = padding
     sections: list[str] = field(default_factory=list)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return Batch(*(getattr(self, k).to(device, non_blocking=non_blocking)
-                       for k in ("expression", "positions", "mask", "cell_type", "index")), list(self.sections))
+                       for k in ("expression", "positions", "mask", "index")), list(self.sections))
 
     def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True)
         return Batch(*(getattr(self, k).pin_memory()
-                       for k in ("expression", "positions", "mask", "cell_type", "index")), list(self.sections))
+                       for k in ("expression", "positions", "mask", "index")), list(self.sections))
 
     @property
     def num_cells(self) -> int:
@@ -135,17 +134,18 @@ class ProcessedData:
 
 
 def collate(sections: list[Section]) -> Batch:
-    """Pad to the largest example; zeros and mask False in padding, cell_type and index -1."""
+    """Pad to the largest example; zeros and mask False in padding, index -1 (cell types stay in Section:
+    no batch consumer reads them)."""
     b, n = len(sections), max(len(s) for s in sections)
     g, d = sections[0].expression.shape[1], sections[0].positions.shape[1]
     expr, pos = np.zeros((b, n, g), np.float32), np.zeros((b, n, d), np.float32)
     mask = np.zeros((b, n), bool)
-    ct, idx = np.full((b, n), -1, np.int64), np.full((b, n), -1, np.int64)
+    idx = np.full((b, n), -1, np.int64)
     for i, s in enumerate(sections):
         k = len(s)
-        expr[i, :k], pos[i, :k], mask[i, :k], ct[i, :k], idx[i, :k] = s.expression, s.positions, True, s.cell_type, s.index
-    return Batch(torch.from_numpy(expr), torch.from_numpy(pos), torch.from_numpy(mask), torch.from_numpy(ct),
-                 torch.from_numpy(idx), [s.name for s in sections])
+        expr[i, :k], pos[i, :k], mask[i, :k], idx[i, :k] = s.expression, s.positions, True, s.index
+    return Batch(torch.from_numpy(expr), torch.from_numpy(pos), torch.from_numpy(mask), torch.from_numpy(idx),
+                 [s.name for s in sections])
 
 
 def crop(sec: Section, max_cells: int, mode: Literal["contiguous", "random", "mixed"], rng: np.random.Generator) -> Section:

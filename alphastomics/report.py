@@ -334,7 +334,6 @@ def build_report(
     baseline: str = V.BASELINE,
     family: V.Family | None = None,
     verdict_out: Path | None = None,
-    data_dirs: list[Path] | None = None,
     config_snapshot: Path | None = None,
     cfg: Any = None,
 ) -> Path:
@@ -346,7 +345,7 @@ def build_report(
         )
     runs = [load_run(Path(p)) for p in run_dirs]
     verdict = V.build(runs, family, baseline=baseline)
-    html = _render(verdict, runs, provenance(runs, cfg, list(data_dirs or []), config_snapshot))
+    html = _render(verdict, runs, provenance(runs, cfg, config_snapshot))
     V.write(verdict, Path(verdict_out) if verdict_out else Path(out).with_name("verdict.json"))
     atomic_write_text(out, html)
     return Path(out)
@@ -370,7 +369,6 @@ def main(args: argparse.Namespace, cfg: Any) -> int:
         baseline=getattr(args, "baseline", V.BASELINE),
         family=family,
         verdict_out=getattr(args, "verdict", None),
-        data_dirs=getattr(args, "data_dirs", None),
         config_snapshot=getattr(args, "config_snapshot", None),
         cfg=cfg,
     )

@@ -149,11 +149,6 @@ def load_run(path: Path) -> Run:
     return run
 
 
-def find_runs(results: Path) -> list[Path]:
-    """Every evaluated run folder below ``results`` (``*/*/seed*/eval/metrics.json``)."""
-    return sorted(p.parent.parent for p in Path(results).glob("*/*/seed*/eval/metrics.json"))
-
-
 @dataclass
 class DatasetView:
     """The runs of one data set: model variants (baseline first) and peers, each a list of seeds."""

@@ -310,7 +310,7 @@ def _batch(n: int, b: int, g: int, dims: int, device: str, seed: int = 0) -> Any
     expr, pos = torch.randn(b, n, g, generator=gen), torch.randn(b, n, dims, generator=gen)
     mask = torch.ones(b, n, dtype=torch.bool)
     idx = torch.arange(n).expand(b, n).clone()
-    return Batch(expr, pos, mask, torch.full((b, n), -1), idx).to(device)
+    return Batch(expr, pos, mask, idx).to(device)
 
 
 def build_attention(spec: dict[str, Any]) -> Callable[[], Any]:

@@ -42,7 +42,7 @@ def test_collate_pads_with_zeros_and_masks_padding() -> None:
         assert b.mask[i, :n].all() and not b.mask[i, n:].any()
         assert torch.equal(b.expression[i, :n], torch.from_numpy(s.expression))
         assert (b.expression[i, n:] == 0).all() and (b.positions[i, n:] == 0).all()
-        assert (b.cell_type[i, n:] == -1).all() and (b.index[i, n:] == -1).all()
+        assert (b.index[i, n:] == -1).all()
     assert b.sections == ["s", "s", "s"]
 
 

@@ -55,7 +55,7 @@ def test_round_trip_h5ad_to_parquet_to_batch(tmp_path: Path, counts: bool) -> No
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
             pos = original_positions(batch.positions[0, m].numpy().astype(np.float64), name, manifest)
             np.testing.assert_allclose(pos, adata.obsm["spatial"][rows], rtol=1e-5, atol=1e-3)
-            types = [data.cell_types[c] for c in batch.cell_type[0, m].numpy()]
+            types = [data.cell_types[c] for c in data.section(name).cell_type[batch.index[0, m].numpy()]]
             assert types == list(adata.obs["cell_type"].iloc[rows])
             seen += int(m.sum())
     assert seen == adata.n_obs

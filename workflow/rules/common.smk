@@ -39,9 +39,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     if p
 )
 
-# The attention variants' names and settings come from one table (alphastomics/variants.py: plain Python,
-# importable wherever Snakemake runs, also outside the package's environment).
-sys.path.insert(0, str(Path(workflow.basedir).parent))
+# The attention variants' names and settings come from one table, the run folders from one layout
+# (alphastomics/variants.py, alphastomics/layout.py: plain Python).
 from alphastomics.layout import PEER_PREFIX, RUN_LAYOUT, is_peer, peer_variant
 from alphastomics.variants import VARIANTS as VARIANT_TABLE
 
@@ -146,13 +145,9 @@ def train_gpus(variant):
 
 def check_package_config():
     """Fail at parse time, before any job runs, when an override names an unknown key or a bad value."""
-    try:
-        from alphastomics import AlphaSTomicsError
-        from alphastomics.config import load_config
-    except (
-        ImportError
-    ):  # Snakemake runs outside the package's environment: the stages will check.
-        return
+    from alphastomics import AlphaSTomicsError
+    from alphastomics.config import load_config
+
     for dataset in DATASETS:
         for variant in VARIANTS:
             blocks = [dataset_block(dataset)] + variant_overrides(
