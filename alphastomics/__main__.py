@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_dir", "--data-dir", dest="data_dir", required=True, type=Path)
     p.add_argument("--checkpoint", type=Path, help="for diagnostics (attention sinks, gates)")
     p.add_argument("--train-summary", type=Path, help="train_summary.json (cost figures)")
+    p.add_argument("--run-id", dest="run_id", nargs=3, metavar=("DATASET", "VARIANT", "SEED"),
+                   help="what this run is (metrics.json's dataset, variant, seed; the report groups runs by it)")
     p.add_argument("--out", required=True, type=Path, help="folder to write")
 
     p = sub.add_parser("report", help="the comparison HTML page (or its verdict as Markdown, or a PNG of a page)")

@@ -380,9 +380,14 @@ def evaluate(
     *,
     checkpoint: Path | None = None,
     train_summary: Path | None = None,
+    run_id: tuple[str, str, int] | None = None,
 ) -> dict[str, Any]:
-    """Score, add diagnostics/params/cost when given, write the outputs; returns metrics.json's content."""
+    """Score, add diagnostics/params/cost when given, write the outputs; returns metrics.json's content.
+    ``run_id`` (dataset, variant, seed) is what the run is: written first, read by the report (``runs``)."""
     result = score(samples, data_dir, cfg)
+    if run_id is not None:
+        dataset, variant, seed = run_id
+        result = {"dataset": str(dataset), "variant": str(variant), "seed": int(seed), **result}
     result["diagnostics"] = {}
     result["params"], result["cost"] = {}, {}
     attention_map = None
@@ -420,6 +425,7 @@ def main(args: Any, cfg: Config) -> int:
         cfg,
         checkpoint=args.checkpoint,
         train_summary=args.train_summary,
+        run_id=getattr(args, "run_id", None),
     )
     o, r = result["overall"], result["random_reference"]
     shown = [

@@ -2,7 +2,9 @@
 
 A run folder (``alphastomics.layout``: ``results/{dataset}/{variant}/seed{seed}/``, peers
 ``results/{dataset}/peer_{method}/seed{seed}/``) holds ``eval/metrics.json`` (and ``eval/sections.csv``),
-``train/`` (not peers) and ``samples.parquet`` (docs/architecture.md).
+``train/`` (not peers) and ``samples.parquet`` (docs/architecture.md). A run is what its metrics.json says
+it is (``dataset``, ``variant``, ``seed``: evaluate ``--run-id``); a metrics.json without them is placed by
+its folder's path.
 
 The unit of replication is one trained model: ``seed_values`` gives one number per seed, the cell-weighted
 mean of a metric over the run's held-out sections, so two sections of one seed never become two
@@ -120,16 +122,16 @@ def load_run(path: Path) -> Run:
         )
     mfile = path / "eval" / "metrics.json"
     metrics = _read_json(mfile) if mfile.is_file() else None
-    ids = parse_run_path(path.resolve())
+    m = metrics if isinstance(metrics, dict) else {}
+    if all(k in m for k in ("dataset", "variant", "seed")):  # what evaluate says the run is (--run-id)
+        ids: tuple[str, str, int] | None = (str(m["dataset"]), str(m["variant"]), int(m["seed"]))
+    else:  # metrics.json written without --run-id: the folder's place in the layout
+        ids = parse_run_path(path.resolve())
     if ids is None:
-        m = metrics or {}
-        if not all(k in m for k in ("dataset", "variant", "seed")):
-            raise RunError(
-                f"{path}: cannot tell dataset/variant/seed; place the run at "
-                "{dataset}/{variant}/seed{seed} "
-                f"or add 'dataset', 'variant' and 'seed' to {mfile}"
-            )
-        ids = (str(m["dataset"]), str(m["variant"]), int(m["seed"]))
+        raise RunError(
+            f"{path}: cannot tell dataset/variant/seed; rerun evaluate with --run-id DATASET VARIANT SEED, "
+            f"add 'dataset', 'variant' and 'seed' to {mfile}, or place the run at {{dataset}}/{{variant}}/seed{{seed}}"
+        )
     run = Run(path, *ids, metrics=metrics)
     if metrics and metrics.get("per_section"):
         run.sections = pd.DataFrame(metrics["per_section"])

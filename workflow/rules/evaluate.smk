@@ -47,7 +47,8 @@ rule evaluate:
         args=evaluate_args,
         settings=evaluate_settings,
         extra=evaluate_extra_args,
+        run_id="--run-id {dataset} {variant} {seed}",
         out=lambda wildcards, output: os.path.dirname(output.metrics),
     shell:
         "python -m alphastomics evaluate --samples {input.samples} --data_dir {input.data}"
-        " {params.extra} --out {params.out} {params.args} > {log} 2>&1"
+        " {params.extra} {params.run_id} --out {params.out} {params.args} > {log} 2>&1"
