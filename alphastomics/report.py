@@ -10,7 +10,8 @@ opens without network.
 
 ``python -m alphastomics report --markdown RESULTS`` prints the decisions with intervals per data set from
 ``RESULTS/verdict.json`` (README, "What make run found"); ``report --screenshot PAGE.html OUT.png`` renders a
-page in headless Chromium (docs/report.md).
+page in headless Chromium (docs/report.md). About 490 lines: the three renderings of one verdict (page,
+Markdown, screenshot) with the page's tables; the figures are in ``report_figures``.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ Files written are described in ``docs/architecture.md`` ("Training outputs") and
 
 The run folder (paths, what must not be resumed, resume) is ``alphastomics.runfolder``; stop requests, the
 time limit and the CPU split are ``alphastomics.lifecycle``; DDP set-up is ``alphastomics.distributed``.
+About 500 lines, on purpose: the loop with the pieces it is made of (schedule, EMA, gradient accumulation,
+step loader, validation, the session, one function per step), each short and tested on its own; moved
+elsewhere they would only be imported back here.
 """
 
 from __future__ import annotations
