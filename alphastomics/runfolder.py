@@ -193,7 +193,7 @@ def prepare_run_folder(cfg: Config, paths: Paths, restart_if_config_changed: boo
 
 
 def resume(paths: Paths, cfg: Config, d: Dist, model: nn.Module, ema: nn.Module,
-            optimizer: torch.optim.Optimizer) -> tuple[int, RunState]:
+           optimizer: torch.optim.Optimizer) -> tuple[int, RunState]:
     """(first step, loop state): from checkpoints/latest.pt when the same command runs again, else (0, new)."""
     if not paths.latest.exists():
         if d.is_main:
