@@ -76,7 +76,8 @@ PEERS = [peer_variant(m) for m in BASELINES]
 # Peers are cheap to rerun but several are deterministic or slow (tangram, novoSpaRc): seeds of their own.
 BASELINE_SEEDS = [int(s) for s in config["baseline_seeds"]]
 MODEL_VARIANTS = "|".join(VARIANTS)
-PEER_LAYOUT = RUN_LAYOUT.replace("{variant}", peer_variant("{method}"))  # the baseline rule has a method
+# The baseline rule has a method where the others have a variant.
+PEER_LAYOUT = RUN_LAYOUT.replace("{variant}", peer_variant("{method}"))
 RUN = f"results/{RUN_LAYOUT}"
 PEER_RUN = f"results/{PEER_LAYOUT}"
 RAW = "results/data/{dataset}/raw"
