@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_dir", "--data-dir", dest="data_dir", required=True, type=Path)
     p.add_argument("--checkpoint", type=Path, help="for diagnostics (attention sinks, gates)")
     p.add_argument("--train-summary", type=Path, help="train_summary.json (cost figures)")
+    p.add_argument("--run-id", dest="run_id", nargs=3, metavar=("DATASET", "VARIANT", "SEED"),
+                   help="what this run is (metrics.json's dataset, variant, seed; the report groups runs by it)")
     p.add_argument("--out", required=True, type=Path, help="folder to write")
 
     p = sub.add_parser("report", help="the comparison HTML page (or its verdict as Markdown, or a PNG of a page)")
@@ -109,10 +111,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=2400, help="--screenshot: window height (px)")
     p.add_argument("--scale", type=float, default=0.5, help="--screenshot: shrink the PNG by this factor")
     p.add_argument("--baseline", default="linear", metavar="VARIANT", help="variant the others are compared with")
-    p.add_argument(
-        "--data-dirs", dest="data_dirs", type=Path, nargs="*", default=[],
-        help="processed data folders (manifest.json: data checksums for provenance)",
-    )
     p.add_argument("--config-snapshot", dest="config_snapshot", type=Path, help="config file as run (provenance)")
     p.add_argument(
         "--verdict", type=Path, metavar="JSON", help="verdict file to write (default: verdict.json next to --out)"
@@ -179,9 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fetch_data(args: argparse.Namespace, cfg: Config) -> int:
-    from alphastomics import datasets
+    from alphastomics import fetch
 
-    return datasets.main(args, cfg)
+    return fetch.main(args, cfg)
 
 
 def _preprocess(args: argparse.Namespace, cfg: Config) -> int:
@@ -221,9 +219,9 @@ def _baseline(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _params(args: argparse.Namespace, cfg: Config) -> int:
-    from alphastomics import model
+    from alphastomics import params
 
-    return model.params_main(args, cfg)
+    return params.main(args, cfg)
 
 
 def _variance(args: argparse.Namespace, cfg: Config) -> int:

@@ -90,6 +90,12 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
 # manifest.json of a processed data set
 
 
+def gene_std_floored(std: np.ndarray) -> np.ndarray:
+    """The manifest's ``gene_std`` as expression is divided by it: a gene constant over the training cells
+    (std below 1e-6) is divided by 1, not by ~0. Written by preprocess, applied again by whoever reads it."""
+    return np.where(std < 1e-6, 1.0, std)
+
+
 def read_manifest(data_dir: str | Path) -> dict[str, Any]:
     """The validated manifest of a folder written by preprocess (fields: docs/architecture.md)."""
     data_dir = Path(data_dir)

@@ -83,7 +83,7 @@ class DatasetConfig:
     test_fraction: float = 0.25
     split_seed: int = 0
     # Cross-validation fold (the workflow's `folds: K` sets these): fold i of num_folds tests the i-th group
-    # of sections (alphastomics.preprocess.fold_splits); fold_of names the data set the folds pool into.
+    # of sections (alphastomics.splits.fold_splits); fold_of names the data set the folds pool into.
     fold: int = 0
     num_folds: int = 1
     fold_of: str | None = None
@@ -376,10 +376,6 @@ def _design_note_keys(data: dict[str, Any], source: str) -> dict[str, Any]:
         if key in section:
             _coerce(section[key], tp, f"TransformerLayer_setting.{key}", source)
     return {**data, "TransformerLayer_setting": from_design_note(section)}
-
-
-def dump_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 # --------------------------------------------------------------------------------------------------------

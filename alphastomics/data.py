@@ -23,6 +23,7 @@ import torch
 
 from alphastomics.artifacts import DataError, read_manifest
 from alphastomics.config import DataConfig
+from alphastomics.synthetic import random_orthogonal
 
 Split = Literal["train", "val", "test"]
 
@@ -53,7 +54,6 @@ class Batch:
     expression: torch.Tensor  # (B, N, G) float32
     positions: torch.Tensor  # (B, N, D) float32
     mask: torch.Tensor  # (B, N) bool
-    cell_type: torch.Tensor  # (B, N) long, -1 = none or padding
     index: torch.Tensor  # (B, N) long, -1 = padding
     sections: list[str] = field(default_factory=list)
     # Real cells per example, known when the batch is built on the host, so nothing reads them back from the
@@ -69,13 +69,11 @@ class Batch:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return Batch(*(getattr(self, k).to(device, non_blocking=non_blocking)
-                       for k in ("expression", "positions", "mask", "cell_type", "index")), list(self.sections),
-                     self.lengths)
+                       for k in ("expression", "positions", "mask", "index")), list(self.sections), self.lengths)
 
     def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True)
         return Batch(*(getattr(self, k).pin_memory()
-                       for k in ("expression", "positions", "mask", "cell_type", "index")), list(self.sections),
-                     self.lengths)
+                       for k in ("expression", "positions", "mask", "index")), list(self.sections), self.lengths)
 
     @property
     def num_cells(self) -> int:
@@ -146,17 +144,18 @@ class ProcessedData:
 
 
 def collate(sections: list[Section]) -> Batch:
-    """Pad to the largest example; zeros and mask False in padding, cell_type and index -1."""
+    """Pad to the largest example; zeros and mask False in padding, index -1 (cell types stay in Section:
+    no batch consumer reads them)."""
     b, n = len(sections), max(len(s) for s in sections)
     g, d = sections[0].expression.shape[1], sections[0].positions.shape[1]
     expr, pos = np.zeros((b, n, g), np.float32), np.zeros((b, n, d), np.float32)
     mask = np.zeros((b, n), bool)
-    ct, idx = np.full((b, n), -1, np.int64), np.full((b, n), -1, np.int64)
+    idx = np.full((b, n), -1, np.int64)
     for i, s in enumerate(sections):
         k = len(s)
-        expr[i, :k], pos[i, :k], mask[i, :k], ct[i, :k], idx[i, :k] = s.expression, s.positions, True, s.cell_type, s.index
-    return Batch(torch.from_numpy(expr), torch.from_numpy(pos), torch.from_numpy(mask), torch.from_numpy(ct),
-                 torch.from_numpy(idx), [s.name for s in sections], [len(s) for s in sections])
+        expr[i, :k], pos[i, :k], mask[i, :k], idx[i, :k] = s.expression, s.positions, True, s.index
+    return Batch(torch.from_numpy(expr), torch.from_numpy(pos), torch.from_numpy(mask), torch.from_numpy(idx),
+                 [s.name for s in sections], [len(s) for s in sections])
 
 
 def crop(sec: Section, max_cells: int, mode: Literal["contiguous", "random", "mixed"], rng: np.random.Generator) -> Section:
@@ -175,22 +174,12 @@ def crop(sec: Section, max_cells: int, mode: Literal["contiguous", "random", "mi
     return sec.take(rows)
 
 
-def random_orthogonal(dims: int, rng: np.random.Generator, reflect: bool) -> np.ndarray:
-    # QR of a Gaussian matrix with the sign fix is Haar-uniform over O(d) (Mezzadri 2007); flip to SO(d)
-    # unless reflections are allowed.
-    q, r = np.linalg.qr(rng.standard_normal((dims, dims)))
-    q = q * np.sign(np.diag(r))
-    if not reflect and np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q.astype(np.float32)
-
-
 def augment(sec: Section, rotate: bool, reflect: bool, rng: np.random.Generator) -> Section:
     """Rotate (and reflect) the coordinates, then re-centre them over the section's cells."""
     pos = sec.positions
     if rotate or reflect:
         if rotate:
-            q = random_orthogonal(pos.shape[1], rng, reflect)
+            q = random_orthogonal(pos.shape[1], rng, reflect).astype(np.float32)
         else:
             q = np.eye(pos.shape[1], dtype=np.float32)
             q[0, 0] = -1.0 if rng.random() < 0.5 else 1.0

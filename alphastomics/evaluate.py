@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from alphastomics import AlphaSTomicsError
 from alphastomics import metrics as M
-from alphastomics.artifacts import atomic_dir, read_manifest, read_samples
+from alphastomics.artifacts import atomic_dir, gene_std_floored, read_manifest, read_samples
 from alphastomics.config import Config, EvalConfig, generates_expression, generates_positions
 
 MODES = ("expr_to_pos", "pos_to_expr", "joint")
@@ -205,7 +205,7 @@ def _section_arrays(
         norm = manifest["normalization"]
         gene_mean = np.asarray(norm["gene_mean"], dtype=np.float64)
         gene_std = np.asarray(norm["gene_std"], dtype=np.float64)
-        gene_std = np.where(gene_std > 0, gene_std, 1.0)
+        gene_std = gene_std_floored(gene_std)
         raw = _matrix(part["expression_pred"], int(manifest["n_genes"]), str(samples))
         expr_pred = _finite((raw - gene_mean) / gene_std, samples, "expression_pred", s)
     return pos_pred, pos_true, expr_pred, expr_true, _labels(part, truth, order)
@@ -395,9 +395,14 @@ def evaluate(
     *,
     checkpoint: Path | None = None,
     train_summary: Path | None = None,
+    run_id: tuple[str, str, int] | None = None,
 ) -> dict[str, Any]:
-    """Score, add diagnostics/params/cost when given, write the outputs; returns metrics.json's content."""
+    """Score, add diagnostics/params/cost when given, write the outputs; returns metrics.json's content.
+    ``run_id`` (dataset, variant, seed) is what the run is: written first, read by the report (``runs``)."""
     result = score(samples, data_dir, cfg)
+    if run_id is not None:
+        dataset, variant, seed = run_id
+        result = {"dataset": str(dataset), "variant": str(variant), "seed": int(seed), **result}
     result["diagnostics"] = {}
     result["params"], result["cost"] = {}, {}
     attention_map = None
@@ -435,6 +440,7 @@ def main(args: Any, cfg: Config) -> int:
         cfg,
         checkpoint=args.checkpoint,
         train_summary=args.train_summary,
+        run_id=getattr(args, "run_id", None),
     )
     o, r = result["overall"], result["random_reference"]
     shown = [

@@ -15,7 +15,6 @@ Shape legend:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from alphastomics.artifacts import DataError, load_checkpoint, read_manifest
+from alphastomics.artifacts import DataError, load_checkpoint
 from alphastomics.attention import Attention
 from alphastomics.config import Config, ModelConfig, config_from_dict, generates_expression, generates_positions
-from alphastomics.variants import VARIANTS
 
 Diagnostics = dict[str, Tensor | None]
 
@@ -276,84 +274,9 @@ class Denoiser(nn.Module):
         return expression_x0, positions_x0
 
 
-# --------------------------------------------------------------------------------------------------------
-# `python -m alphastomics params`: parameter table of the ablation
-
-BDTNP_GENES, BDTNP_DIMS = 84, 3  # the bundled atlas (DESIGN section 3): 84 genes, 3D coordinates
-
-# The design note's claims per attention layer at d_model 256, 8 heads (relative to linear).
-_CLAIMED_OVERHEAD = {
-    "gated_headwise": "+4 %",
-    "gated_elementwise": "+50 %",
-    "gated_headwise_no_qknorm": "+4 %",
-}
-
-
-def variant_config(cfg: ModelConfig, name: str) -> ModelConfig:
-    """``cfg`` with the attention settings of the named variant (``alphastomics.variants.VARIANTS``)."""
-    return dataclasses.replace(cfg, **VARIANTS[name].settings())
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def parameter_table(cfg: ModelConfig, n_genes: int, dims: int) -> list[dict[str, Any]]:
-    """Per variant: attention parameters per layer, parameters per layer, total, overheads vs linear."""
-    rows = []
-    for name in VARIANTS:
-        model = Denoiser(variant_config(cfg, name), n_genes, dims)
-        layer = model.layers[0]
-        rows.append(
-            {
-                "variant": name,
-                "attention_per_layer": count_parameters(layer.attention.attn),
-                "layer": count_parameters(layer),
-                "total": count_parameters(model),
-            }
-        )
-    base = rows[0]
-    for row in rows:
-        for key in ("attention_per_layer", "total"):
-            row[f"{key}_vs_linear"] = row[key] / base[key] - 1.0
-        row["claimed"] = _CLAIMED_OVERHEAD.get(row["variant"], "")
-    return rows
-
-
-def _genes_and_dims(cfg: Config, data_dir: Path | None) -> tuple[int, int]:
-    """G and D of the data set: from a processed folder's manifest, else what the config generates or bundles.
-    Only the input/output heads depend on them; attention counts do not."""
-    if data_dir is not None:
-        manifest = read_manifest(data_dir)
-        return int(manifest["n_genes"]), int(manifest["dims"])
-    if cfg.dataset.source == "synthetic":
-        return cfg.dataset.synthetic.num_genes, cfg.dataset.synthetic.dims
-    if cfg.dataset.source == "bdtnp":
-        return BDTNP_GENES, BDTNP_DIMS
-    raise DataError(f"params: dataset.source is {cfg.dataset.source!r}; pass --data_dir with the data set's "
-                    "processed folder (results/data/NAME/processed) so the heads have its genes and dims")
-
-
-def format_parameter_table(rows: list[dict[str, Any]]) -> str:
-    head = (
-        f"{'variant':<26}{'attn/layer':>12}{'vs linear':>11}{'claimed':>9}"
-        f"{'layer':>10}{'total':>11}{'vs linear':>11}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r['variant']:<26}{r['attention_per_layer']:>12,}{r['attention_per_layer_vs_linear']:>+10.1%} "
-            f"{r['claimed']:>8}{r['layer']:>10,}{r['total']:>11,}{r['total_vs_linear']:>+10.1%} "
-        )
-    return "\n".join(lines)
-
-
-def params_main(args: Any, cfg: Config) -> int:
-    n_genes, dims = _genes_and_dims(cfg, getattr(args, "data_dir", None))
-    m = cfg.model
-    print(
-        f"d_model {m.d_model}, {m.num_heads} heads, {m.num_layers} layers, ff_mult {m.ff_mult}; "
-        f"G = {n_genes} genes, D = {dims} (dataset '{cfg.dataset.name}')"
-    )
-    print(format_parameter_table(parameter_table(m, n_genes, dims)))
-    return 0
+def count_parameters(module: nn.Module, within: type[nn.Module] | None = None) -> int:
+    """Parameters of ``module``; with ``within``, only those inside its submodules of that type (e.g.
+    ``Attention``: the parameters attention variants differ in)."""
+    if within is None:
+        return sum(p.numel() for p in module.parameters())
+    return sum(p.numel() for m in module.modules() if isinstance(m, within) for p in m.parameters())

@@ -346,7 +346,7 @@ def common_frame(manifest: dict[str, Any], where: Path) -> dict[str, np.ndarray]
     if manifest.get("source") != "synthetic":
         return None
     from alphastomics.config import SyntheticConfig
-    from alphastomics.datasets import synthetic_rotations
+    from alphastomics.synthetic import synthetic_rotations
 
     params = (manifest.get("parameters") or {}).get("synthetic")
     if not isinstance(params, dict):

@@ -11,7 +11,7 @@ Priority, lowest first: the data set's ``dataset`` block (its ``name`` is the ke
 first three only.
 
 Cross-validation folds (``folds: K`` on a data set): the data set becomes K data sets ``{name}_fold{i}``
-(i = 1..K), each holding out another group of sections for testing (``alphastomics.preprocess.assign_splits``
+(i = 1..K), each holding out another group of sections for testing (``alphastomics.splits.fold_splits``
 with ``dataset.fold`` / ``dataset.num_folds``), so every section is tested once per seed; the verdict pools
 the folds of a seed back into one observation (``dataset.fold_of`` names the data set they belong to).
 """
@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from alphastomics.layout import is_peer
 from alphastomics.variants import VARIANTS
 
 
@@ -112,7 +113,7 @@ def run_blocks(plan: dict[str, Any], dataset: str, variant: str | None, seed: in
     ``peer_`` name: a peer's blocks (no variant settings, no seed)."""
     entry = expand_datasets(plan["datasets"])[dataset]
     blocks = [dataset_block(plan, dataset), plan.get("overrides") or {}, entry.get("overrides") or {}]
-    if variant is None or variant.startswith("peer_"):
+    if variant is None or is_peer(variant):
         return blocks
     named = VARIANTS.get(variant)
     blocks.append({"TransformerLayer_setting": named.settings()} if named else {})

@@ -10,7 +10,7 @@ original units.
 
 Memory: the data are streamed section by section (validate/detect, gene selection, training statistics,
 write), each pass holding one section's dense matrix, normalised in place; a sparse input matrix stays in
-memory as CSR (datasets.py), a dense one on disk; the training cells for gene selection are held sparse.
+memory as CSR (raw.py), a dense one on disk; the training cells for gene selection are held sparse.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from alphastomics import __version__
-from alphastomics.artifacts import FORMAT, DataError, atomic_dir, cells_schema
+from alphastomics.artifacts import FORMAT, DataError, atomic_dir, cells_schema, gene_std_floored
 from alphastomics.config import DatasetConfig, to_dict
-from alphastomics.datasets import RawData, assign_splits, from_anndata, open_raw
+from alphastomics.raw import RawData, from_anndata, open_raw
+from alphastomics.splits import assign_splits, fold_splits
 
 SPLITS = ("train", "val", "test")
-STD_FLOOR = 1e-6  # genes constant over training cells are divided by 1, not by ~0
 
 
 def _normalise(x: np.ndarray, counts: bool, target_sum: float, keep: np.ndarray | None) -> np.ndarray:
@@ -118,7 +118,7 @@ def _training_moments(raw: RawData, train: list[int], counts: bool, target_sum: 
         n_tot += n_b
         del x
     std = np.sqrt(m2 / n_tot)
-    return n_tot, mean, np.where(std < STD_FLOOR, 1.0, std)
+    return n_tot, mean, gene_std_floored(std)
 
 
 def _write_cells(path: Path, raw: RawData, dcfg: DatasetConfig, split: dict[str, str], counts: bool,
@@ -168,38 +168,6 @@ def _write_cells(path: Path, raw: RawData, dcfg: DatasetConfig, split: dict[str,
             )
             writer.write_table(table, row_group_size=n)
             del x, table
-
-
-def fold_splits(names: list[str], dcfg: DatasetConfig, slab_cut: bool, where: str) -> dict[str, str]:
-    """Section -> split of cross-validation fold ``dcfg.fold`` (1..K, K = ``dcfg.num_folds``).
-
-    Sections, in order (slabs along their axis; other data in the seeded order of ``dataset.split_seed``),
-    are dealt into K groups round-robin (position p goes to group p mod K), so each group spreads over the
-    tissue. Fold i tests group i mod K and validates on group (i + K // 2) mod K (K >= 3; with K = 2, on one
-    section of the other group when ``val_fraction`` > 0); the rest train. Over the K folds every section is
-    tested exactly once. Bdtnp's 8 slabs in 4 folds: fold 1 is the single split (slabs 01, 05 tested, 03, 07
-    validate)."""
-    k, i = dcfg.num_folds, dcfg.fold
-    if not 1 <= i <= k:
-        raise DataError(f"config: dataset.fold is {i}; use 1..{k} (dataset.num_folds)")
-    if len(names) < 2 * k:
-        raise DataError(
-            f"{where}: {len(names)} sections cannot make {k} folds with a training section each; "
-            f"set folds to at most {len(names) // 2} (or cut more slabs)"
-        )
-    order = list(names) if slab_cut else [names[j] for j in np.random.default_rng(dcfg.split_seed).permutation(len(names))]
-    groups = [order[g::k] for g in range(k)]
-    split = {s: "train" for s in names}
-    if k >= 3:
-        val = groups[(i + k // 2) % k] if dcfg.val_fraction > 0 else []
-    else:
-        other = groups[(i + 1) % k]
-        val = other[:1] if dcfg.val_fraction > 0 and len(other) >= 2 else []
-    for s in val:
-        split[s] = "val"
-    for s in groups[i % k]:
-        split[s] = "test"
-    return split
 
 
 def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, Any]:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from alphastomics import AlphaSTomicsError, __version__
-from alphastomics.runs import Run, _read_json, parse_run_path
+from alphastomics.layout import parse_run_path
+from alphastomics.runs import Run, _read_json
 
 NOT_MEASURED = "not measured"
 
@@ -74,15 +75,10 @@ def _version(pkg: str) -> str:
         return "not installed"
 
 
-def _manifests(runs: list[Run], data_dirs: list[Path]) -> dict[str, dict[str, Any]]:
-    """dataset -> manifest.json: from --data-dirs, else any manifest.json under the runs' results folder."""
-    paths = [Path(d) / "manifest.json" for d in data_dirs]
-    for d, p in zip(data_dirs, paths):
-        if not p.is_file():
-            raise ProvenanceError(f"{d}: no manifest.json; pass the folder written by preprocess to --data-dirs")
-    if not data_dirs:
-        roots = {r.path.resolve().parents[2] for r in runs if parse_run_path(r.path.resolve())}
-        paths = [p for root in roots for p in sorted(root.glob("**/manifest.json"))[:50]]
+def _manifests(runs: list[Run]) -> dict[str, dict[str, Any]]:
+    """dataset -> manifest.json: any manifest.json under the runs' results folder."""
+    roots = {r.path.resolve().parents[2] for r in runs if parse_run_path(r.path.resolve())}
+    paths = [p for root in roots for p in sorted(root.glob("**/manifest.json"))[:50]]
     out = {}
     for p in paths:
         m = _read_json(p)
@@ -120,9 +116,7 @@ def _datasets_as_run(manifests: dict[str, dict[str, Any]], config_text: str) -> 
     return "\n# Data sets as preprocessed (from each manifest.json)\n" + yaml.safe_dump({"datasets_as_run": out}, sort_keys=False)
 
 
-def provenance(
-    runs: list[Run], cfg: Any, data_dirs: list[Path], config_snapshot: Path | None
-) -> dict[str, Any]:
+def provenance(runs: list[Run], cfg: Any, config_snapshot: Path | None) -> dict[str, Any]:
     import yaml
 
     from alphastomics.config import to_dict
@@ -137,7 +131,7 @@ def provenance(
     else:
         config_text = yaml.safe_dump(to_dict(cfg), sort_keys=False) if cfg is not None else NOT_MEASURED
         config_src = "configuration given to the report stage"
-    manifests = _manifests(runs, data_dirs)
+    manifests = _manifests(runs)
     # Source files by the user's own path (fetch-data records it), each with its sha256.
     checksums = {
         ds: {(m.get("source_files") or {}).get(f, f): h for f, h in (m.get("source_checksums") or {}).items()}

@@ -10,7 +10,8 @@ opens without network.
 
 ``python -m alphastomics report --markdown RESULTS`` prints the decisions with intervals per data set from
 ``RESULTS/verdict.json`` (README, "What make run found"); ``report --screenshot PAGE.html OUT.png`` renders a
-page in headless Chromium (docs/report.md).
+page in headless Chromium (docs/report.md). About 490 lines: the three renderings of one verdict (page,
+Markdown, screenshot) with the page's tables; the figures are in ``report_figures``.
 """
 
 from __future__ import annotations
@@ -31,15 +32,14 @@ import numpy as np
 from alphastomics import AlphaSTomicsError
 from alphastomics import verdict as V
 from alphastomics.artifacts import atomic_write_text
+from alphastomics.layout import peer_method
 from alphastomics.provenance import NOT_MEASURED, provenance
-from alphastomics.runs import (  # noqa: F401  (load_run, parse_run_path: this module's API too)
+from alphastomics.runs import (  # noqa: F401  (load_run: this module's API too)
     DatasetView,
     Run,
     _is_num,
-    _read_json,
     group_runs,
     load_run,
-    parse_run_path,
 )
 
 
@@ -134,7 +134,7 @@ def sentence(r: dict[str, Any]) -> str:
     word = r["better"]
     units = "sections" if "peer" in r else "seeds"
     head = (
-        f"{r['variant']} vs {r['reference'].removeprefix('peer_')} on {label(r['metric'])} ({r['metric']}, "
+        f"{r['variant']} vs {peer_method(r['reference'])} on {label(r['metric'])} ({r['metric']}, "
         f"{word} is better), {r['n']} paired {units}: {fmt(r['variant_mean'])} vs "
         f"{fmt(r['reference_mean'])}, difference {fmt(r['mean_difference'])}"
     )
@@ -353,7 +353,6 @@ def build_report(
     baseline: str = V.BASELINE,
     family: V.Family | None = None,
     verdict_out: Path | None = None,
-    data_dirs: list[Path] | None = None,
     config_snapshot: Path | None = None,
     cfg: Any = None,
 ) -> Path:
@@ -365,7 +364,7 @@ def build_report(
         )
     runs = [load_run(Path(p)) for p in run_dirs]
     verdict = V.build(runs, family, baseline=baseline)
-    html = _render(verdict, runs, provenance(runs, cfg, list(data_dirs or []), config_snapshot))
+    html = _render(verdict, runs, provenance(runs, cfg, config_snapshot))
     V.write(verdict, Path(verdict_out) if verdict_out else Path(out).with_name("verdict.json"))
     atomic_write_text(out, html)
     return Path(out)
@@ -389,7 +388,6 @@ def main(args: argparse.Namespace, cfg: Any) -> int:
         baseline=getattr(args, "baseline", V.BASELINE),
         family=family,
         verdict_out=getattr(args, "verdict", None),
-        data_dirs=getattr(args, "data_dirs", None),
         config_snapshot=getattr(args, "config_snapshot", None),
         cfg=cfg,
     )

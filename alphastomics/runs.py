@@ -1,8 +1,10 @@
 """Result folders -> runs and the values the verdict compares (DESIGN section 6, "Statistics").
 
-A run folder is ``results/{dataset}/{variant}/seed{seed}/`` with ``eval/metrics.json`` (and
-``eval/sections.csv``), ``train/`` and ``samples.parquet``; peers are
-``results/{dataset}/peer_{method}/seed{seed}/`` without ``train/`` (docs/architecture.md).
+A run folder (``alphastomics.layout``: ``results/{dataset}/{variant}/seed{seed}/``, peers
+``results/{dataset}/peer_{method}/seed{seed}/``) holds ``eval/metrics.json`` (and ``eval/sections.csv``),
+``train/`` (not peers) and ``samples.parquet`` (docs/architecture.md). A run is what its metrics.json says
+it is (``dataset``, ``variant``, ``seed``: evaluate ``--run-id``); a metrics.json without them is placed by
+its folder's path.
 
 The unit of replication is one trained model: ``seed_values`` gives one number per seed, the cell-weighted
 mean of a metric over the run's held-out sections, so two sections of one seed never become two
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from alphastomics import AlphaSTomicsError
+from alphastomics.layout import is_peer, parse_run_path
 
 
 class RunError(AlphaSTomicsError, ValueError):
@@ -85,7 +87,7 @@ class Run:
 
     @property
     def is_peer(self) -> bool:
-        return self.variant.startswith("peer_")
+        return is_peer(self.variant)
 
     @property
     def overall(self) -> dict[str, float]:
@@ -111,14 +113,6 @@ class Run:
         return {str(s): _num(v) for s, v in zip(t["section"], pd.to_numeric(t[metric], errors="coerce"))}
 
 
-def parse_run_path(path: Path) -> tuple[str, str, int] | None:
-    """``.../{dataset}/{variant}/seed{seed}`` -> (dataset, variant, seed); None for another shape."""
-    m = re.fullmatch(r"seed(\d+)", path.name)
-    if m is None or len(path.parts) < 3:
-        return None
-    return path.parent.parent.name, path.parent.name, int(m.group(1))
-
-
 def load_run(path: Path) -> Run:
     """Read one run folder; missing files stay None/empty so the page can say "not measured"."""
     path = Path(path)
@@ -128,16 +122,16 @@ def load_run(path: Path) -> Run:
         )
     mfile = path / "eval" / "metrics.json"
     metrics = _read_json(mfile) if mfile.is_file() else None
-    ids = parse_run_path(path.resolve())
+    m = metrics if isinstance(metrics, dict) else {}
+    if all(k in m for k in ("dataset", "variant", "seed")):  # what evaluate says the run is (--run-id)
+        ids: tuple[str, str, int] | None = (str(m["dataset"]), str(m["variant"]), int(m["seed"]))
+    else:  # metrics.json written without --run-id: the folder's place in the layout
+        ids = parse_run_path(path.resolve())
     if ids is None:
-        m = metrics or {}
-        if not all(k in m for k in ("dataset", "variant", "seed")):
-            raise RunError(
-                f"{path}: cannot tell dataset/variant/seed; place the run at "
-                "{dataset}/{variant}/seed{seed} "
-                f"or add 'dataset', 'variant' and 'seed' to {mfile}"
-            )
-        ids = (str(m["dataset"]), str(m["variant"]), int(m["seed"]))
+        raise RunError(
+            f"{path}: cannot tell dataset/variant/seed; rerun evaluate with --run-id DATASET VARIANT SEED, "
+            f"add 'dataset', 'variant' and 'seed' to {mfile}, or place the run at {{dataset}}/{{variant}}/seed{{seed}}"
+        )
     run = Run(path, *ids, metrics=metrics)
     if metrics and metrics.get("per_section"):
         run.sections = pd.DataFrame(metrics["per_section"])
@@ -155,11 +149,6 @@ def load_run(path: Path) -> Run:
     if summ.is_file():
         run.summary = _read_json(summ)
     return run
-
-
-def find_runs(results: Path) -> list[Path]:
-    """Every evaluated run folder below ``results`` (``*/*/seed*/eval/metrics.json``)."""
-    return sorted(p.parent.parent for p in Path(results).glob("*/*/seed*/eval/metrics.json"))
 
 
 @dataclass

@@ -39,6 +39,7 @@ import yaml
 
 from alphastomics import AlphaSTomicsError
 from alphastomics import plan as plan_module
+from alphastomics.layout import peer_variant, run_folder
 
 DEFAULT_VARIANTS = ("linear", "softmax", "gated_headwise")
 DEFAULT_SEEDS = (0, 1)
@@ -99,7 +100,7 @@ def one_run(plan: dict[str, Any], model_config: str, data: Path, out: Path, data
             train: bool = True, extra: tuple[str, ...] = ()) -> None:
     """Train one (data set, variant, seed) to max(budgets) (or cut after step ``stop_after``, the schedule
     unchanged), then score each kept checkpoint."""
-    run = out / "runs" / dataset / variant / f"seed{seed}"
+    run = run_folder(out / "runs", dataset, variant, seed)
     top = max(budgets)
     sets = run_overrides(plan, dataset, variant, seed) + list(extra) + [
         f"training.max_steps={top}", f"training.early_stopping_patience={patience}",
@@ -126,7 +127,7 @@ def one_run(plan: dict[str, Any], model_config: str, data: Path, out: Path, data
 
 
 def peer_run(plan: dict[str, Any], model_config: str, data: Path, out: Path, dataset: str) -> None:
-    run = out / "runs" / dataset / "peer_knn" / "seed0"
+    run = run_folder(out / "runs", dataset, peer_variant("knn"), 0)
     sets = run_overrides(plan, dataset, None)
     samples = run / "samples.parquet"
     cmd = [sys.executable, "-m", "alphastomics", "baseline", "--config", model_config, *_sets(sets),
@@ -155,7 +156,7 @@ def collect(out: Path, datasets: list[str], variants: list[str], seeds: list[int
     for ds in datasets:
         for v in variants:
             for s in seeds:
-                run = out / "runs" / ds / v / f"seed{s}"
+                run = run_folder(out / "runs", ds, v, s)
                 summ = run / "train" / "train_summary.json"
                 if summ.exists():
                     summary = json.loads(summ.read_text())
@@ -216,7 +217,7 @@ def choose_budget(rows: list[dict[str, Any]], budgets: tuple[int, ...]) -> dict[
 def peer_scores(out: Path, datasets: list[str]) -> dict[str, dict[str, float]]:
     res = {}
     for ds in datasets:
-        p = out / "runs" / ds / "peer_knn" / "seed0" / "eval" / "metrics.json"
+        p = run_folder(out / "runs", ds, peer_variant("knn"), 0) / "eval" / "metrics.json"
         if p.exists():
             o = json.loads(p.read_text())["overall"]
             res[ds] = {m: o.get(m, math.nan) for m in METRICS}

@@ -2,10 +2,17 @@
 
 ``train(cfg, data_dir, out_dir)`` is a short loop over named steps: ``prepare_run_folder`` (what must not be
 resumed), ``set_up`` (processes, seeds, data, model + EMA, optimiser, resume), then per step ``optimise``
-(accumulate, clip, step, EMA), ``log_step``, ``validate`` and ``checkpoint``, and ``finish`` (summary, final.pt). Everything a rerun needs to continue bit for bit lives in ``checkpoints/latest.pt``: the batch
-of step s depends only on (seed, s, rank, world_size) and every random draw of a step is seeded from the
+(accumulate, clip, step, EMA), ``log_step``, ``validate`` and ``checkpoint``, and ``finish`` (summary,
+final.pt). Everything a rerun needs to continue bit for bit lives in ``checkpoints/latest.pt``: the batch of
+step s depends only on (seed, s, rank, world_size) and every random draw of a step is seeded from the
 same tuple, so a resumed run on the CPU ends with the same metrics and weights as an uninterrupted one.
 Files written are described in ``docs/architecture.md`` ("Training outputs") and ``docs/training.md``.
+
+The run folder (paths, what must not be resumed, resume) is ``alphastomics.runfolder``; stop requests, the
+time limit and the CPU split are ``alphastomics.lifecycle``; DDP set-up is ``alphastomics.distributed``.
+About 500 lines, on purpose: the loop with the pieces it is made of (schedule, EMA, gradient accumulation,
+step loader, validation, the session, one function per step), each short and tested on its own; moved
+elsewhere they would only be imported back here.
 """
 
 from __future__ import annotations
@@ -18,8 +25,6 @@ import math
 import os
 import random
 import resource
-import shutil
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -31,42 +36,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from alphastomics import AlphaSTomicsError
-from alphastomics.artifacts import atomic_write_text, load_checkpoint, save_checkpoint
-from alphastomics.config import Config, ConfigError, TrainConfig, config_from_dict, stage_settings, to_dict
+from alphastomics.artifacts import atomic_write_text, save_checkpoint
+from alphastomics.attention import Attention
+from alphastomics.config import Config, TrainConfig, to_dict
 from alphastomics.diagnostics import gate_statistics
-from alphastomics.model import Denoiser
+from alphastomics.distributed import Dist, setup_distributed
+from alphastomics.lifecycle import Deadline, Interrupted, SignalFlag, TrainingError, ignore_stop_signals, thread_split
+from alphastomics.model import Denoiser, count_parameters
+from alphastomics.runfolder import Paths, RunState, prepare_run_folder, resume, rng_state
 from alphastomics.seeds import DIAG_STREAM, DROPOUT_STREAM, NOISE_STREAM, VAL_STREAM, step_seed
 from alphastomics.variants import variant_name
 
 # Fields of metrics.jsonl that measure the machine, not the model: they differ between two runs of the same
 # config, so reproducibility checks drop them.
 TIMING_FIELDS = ("cells_per_s", "peak_mem_mb", "elapsed_s")
-
-
-
-class TrainingError(AlphaSTomicsError):
-    """Training cannot continue (non-finite losses, a run folder made by another config, ...)."""
-
-
-# Exit status of a run stopped by its own time limit (Deadline): EX_TEMPFAIL, "try again". Any non-zero
-# status makes Snakemake retry the job (rule train: retries), and the retry resumes from latest.pt.
-EXIT_TIME_LIMIT = 75
-# The stop flag's value for "time limit reached": above every signal number, so the max over ranks keeps it.
-_TIME_LIMIT_STOP = 1000
-
-
-class Interrupted(Exception):
-    """A SIGTERM/SIGUSR1 arrived or the time limit is near; the state was checkpointed and the process should
-    exit (``exit_code``: 128 + signum after a signal, EXIT_TIME_LIMIT after the time limit)."""
-
-    def __init__(self, signum: int, step: int, path: Path) -> None:
-        if signum == _TIME_LIMIT_STOP:
-            why, self.exit_code = "the job's time limit is near", EXIT_TIME_LIMIT
-        else:
-            why, self.exit_code = f"signal {signal.Signals(signum).name}", 128 + signum
-        super().__init__(f"stopped after step {step} ({why}); state saved to {path}")
-        self.signum = signum
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -129,15 +112,6 @@ def accumulate_gradients(
     return dict(zip(totals, values))
 
 
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(all parameters, parameters inside attention modules)."""
-    from alphastomics.attention import Attention
-
-    total = sum(p.numel() for p in model.parameters())
-    attention = sum(p.numel() for m in model.modules() if isinstance(m, Attention) for p in m.parameters())
-    return total, attention
-
-
 def variant_settings(cfg: Config) -> dict[str, Any]:
     m = cfg.model
     return {
@@ -166,49 +140,7 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Distributed set-up: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; without them this is one process.
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device_choice: str) -> tuple[Dist, torch.device]:
-    env = os.environ
-    d = Dist(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
-    want_cuda = device_choice == "cuda" or (device_choice == "auto" and torch.cuda.is_available())
-    if device_choice == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("training.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
-    if want_cuda:
-        device = torch.device("cuda", d.local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if d.enabled and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if want_cuda else "gloo")
-    return d, device
-
-
-# --------------------------------------------------------------------------------------------------------
 # Data: thin adapters over alphastomics.data, so the loop reads as prose.
-
-
-def _ignore_stop_signals(worker_id: int) -> None:
-    # SLURM signals the whole process group: a worker killed by SIGTERM would crash the main process
-    # before it could checkpoint. Workers ignore it; the main process saves, exits, and takes them down.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 def step_loader(data: Any, cfg: Config, start: int, d: Dist, device: torch.device,
@@ -229,7 +161,7 @@ def step_loader(data: Any, cfg: Config, start: int, d: Dist, device: torch.devic
         batch_size=None,
         num_workers=cfg.data.num_workers if num_workers is None else num_workers,
         pin_memory=cfg.data.pin_memory and device.type == "cuda",
-        worker_init_fn=_ignore_stop_signals,
+        worker_init_fn=ignore_stop_signals,
     )
     it = iter(loader)
     while True:
@@ -261,104 +193,6 @@ def validation_loss(model: nn.Module, diffusion: Any, batches: list[Any], seed: 
     return totals
 
 
-# --------------------------------------------------------------------------------------------------------
-# Run-folder bookkeeping
-
-
-@dataclass
-class RunState:
-    """Loop state that is not weights: saved in checkpoints as ``state``."""
-
-    best_val_loss: float = math.inf
-    best_val_step: int = 0
-    bad_validations: int = 0
-    nonfinite_in_row: int = 0
-    nonfinite_total: int = 0
-    cells_seen: int = 0
-    elapsed_s: float = 0.0
-    stopped_early: bool = False
-
-
-def _rng_state() -> dict[str, Any]:
-    # Tensors and plain tuples only, so checkpoints load with weights_only=True (numpy arrays would not).
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    numpy_state = (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
-    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _config_difference(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = sorted(set(a) | set(b))
-    out = []
-    for k in keys:
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _config_difference(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}")
-    return out
-
-
-def _stale_config(path: Path, ckpt_cfg: dict[str, Any], cfg: Config) -> list[str]:
-    """Training settings whose values differ between a checkpoint's config and ``cfg``; [] = the same run.
-
-    Both sides are compared with defaults filled in, so a checkpoint written before a config section was
-    added to the package still counts as the same run. Settings training does not read (sampling,
-    evaluation, peers: config.STAGE_SETTINGS) may differ: the workflow does not rerun training for them."""
-    try:
-        ckpt_cfg = to_dict(config_from_dict(ckpt_cfg, source=str(path)))
-    except ConfigError:
-        pass  # a key this version no longer has: compare raw, which reports it as a difference
-    return _config_difference(stage_settings("train", ckpt_cfg), stage_settings("train", to_dict(cfg)))
-
-
-def _check_same_config(path: Path, ckpt_cfg: dict[str, Any], cfg: Config) -> None:
-    diff = _stale_config(path, ckpt_cfg, cfg)
-    if diff:
-        raise TrainingError(
-            f"{path}: written by a different config ({', '.join(diff[:5])} differ); use a new --out folder, "
-            f"delete {path.parent if path.name == 'latest.pt' else path}, or pass --restart-if-config-changed"
-        )
-
-
-def _discard_stale_run(out_dir: Path, cfg: Config) -> None:
-    """Remove checkpoints, final weights and logs that a different config wrote into ``out_dir``.
-
-    The workflow reruns a training job when its settings change; the old checkpoints then belong to
-    another experiment and must not be resumed."""
-    ckpt_dir = out_dir / "checkpoints"
-    for path in (out_dir / "final.pt", ckpt_dir / "latest.pt"):
-        if path.exists():
-            diff = _stale_config(path, load_checkpoint(path)["config"], cfg)
-            if diff:
-                print(f"train: {path} was written by another config ({', '.join(diff[:5])} differ); "
-                      "starting this run from scratch", file=sys.stderr)
-                shutil.rmtree(ckpt_dir, ignore_errors=True)
-                for name in ("final.pt", "train_summary.json", "metrics.jsonl"):
-                    (out_dir / name).unlink(missing_ok=True)
-                return
-
-
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop metric lines written after the checkpoint we resume from (a kill between two checkpoints), so
-    the resumed file equals the uninterrupted one."""
-    if not path.exists():
-        return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= last_step]
-    atomic_write_text(path, "".join(ln + "\n" for ln in lines))
-
-
 class Progress:
     """A one-line bar on a terminal, plain log lines otherwise (SLURM logs, Snakemake logs)."""
 
@@ -382,150 +216,8 @@ class Progress:
             sys.stderr.write("\n")
 
 
-class SignalFlag:
-    """SIGTERM / SIGUSR1 (SLURM time limit, preemption) only set a flag; the loop saves at the next step
-    boundary, so a checkpoint is never written from inside a half-finished step. ``stop()`` (once per step)
-    also reports the time limit of ``deadline``: the first line of defence, the signals being the second.
-
-    After the last of ``steps`` steps it never asks to stop: the run then writes final.pt instead (as long
-    as a checkpoint), and a finished latest.pt without final.pt always means a forced rerun."""
-
-    def __init__(self, deadline: Deadline | None = None, steps: int | None = None) -> None:
-        self.signum = 0
-        self.deadline = deadline
-        self.steps_left = steps
-        self._previous: dict[int, Any] = {}
-
-    def stop(self) -> int:
-        """The signal number that asked to stop, _TIME_LIMIT_STOP near the time limit, else 0."""
-        if self.steps_left is not None:
-            self.steps_left -= 1
-            if self.steps_left <= 0:
-                return 0
-        if self.signum:
-            return self.signum
-        return _TIME_LIMIT_STOP if self.deadline is not None and self.deadline.reached() else 0
-
-    def __enter__(self) -> "SignalFlag":
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-# Environment variable for tests only: when set to N, the time limit's clock reads N seconds per optimiser
-# step done by this process instead of the wall clock, so a test stops at an exact step (tests/test_workflow.py).
-FAKE_CLOCK_ENV = "ALPHASTOMICS_FAKE_SECONDS_PER_STEP"
-
-
-class Deadline:
-    """The job's time limit: ``reached()`` turns true ``margin_s`` before it, and the loop then saves a
-    checkpoint and stops (exit EXIT_TIME_LIMIT), so that a retry resumes instead of losing the work since the
-    last periodic checkpoint. Signals (SignalFlag) stay as a second line.
-
-    The clock starts when this process started (the job started a few seconds earlier: the margin covers
-    that, the last step and the save). ``limit_s`` None means no limit. With FAKE_CLOCK_ENV set (tests),
-    every call of ``reached()`` advances a fake clock by that many seconds instead."""
-
-    def __init__(self, limit_s: float | None, margin_s: float, start: float | None = None) -> None:
-        self.limit_s, self.margin_s = limit_s, margin_s
-        if start is None:
-            import psutil
-
-            start = psutil.Process().create_time()
-        self.start = start
-        fake = os.environ.get(FAKE_CLOCK_ENV)
-        self.fake_step_s = float(fake) if fake else None
-        self.calls = 0
-
-    @classmethod
-    def from_minutes(cls, limit_min: float | None, margin_min: float) -> "Deadline":
-        """At most half the limit is margin, so a short job still trains for half its time."""
-        if limit_min is None:
-            return cls(None, 0.0)
-        return cls(60.0 * limit_min, 60.0 * min(margin_min, limit_min / 2))
-
-    def elapsed(self) -> float:
-        if self.fake_step_s is not None:
-            return self.calls * self.fake_step_s
-        return time.time() - self.start
-
-    def reached(self) -> bool:
-        """Called once per optimiser step (on every rank, so fake clocks agree)."""
-        self.calls += 1
-        if self.limit_s is None:
-            return False
-        return self.elapsed() >= self.limit_s - self.margin_s
-
-
-def thread_split(threads: int | None, world_size: int, num_workers: int) -> tuple[int | None, int]:
-    """(torch threads, data-loader workers) of each of ``world_size`` processes sharing ``threads`` CPUs.
-
-    An explicit data.num_workers > 0 wins; otherwise a quarter of a process's CPUs load data (at most 4) and
-    the rest run torch. ``threads`` None (not given) leaves torch's default and data.num_workers as they are."""
-    if threads is None:
-        return None, num_workers
-    per_process = max(1, threads // max(1, world_size))
-    workers = num_workers if num_workers > 0 else min(4, per_process // 4)
-    return max(1, per_process - workers), workers
-
-
-def _finished(path: Path) -> bool:
-    ckpt = load_checkpoint(path)
-    return int(ckpt["step"]) >= int(ckpt["config"]["training"]["max_steps"]) or bool(
-        ckpt.get("state", {}).get("stopped_early")
-    )
-
-
-def _discard_finished_run(out_dir: Path) -> None:
-    """A finished latest.pt without final.pt is a forced rerun: Snakemake deletes a job's outputs (final.pt)
-    before it runs the job again (-R, --forcerun, --force, a changed input), whereas a preempted or failed
-    job never got to final.pt and its latest.pt is short of max_steps. A forced rerun trains from step 0."""
-    latest, final = out_dir / "checkpoints" / "latest.pt", out_dir / "final.pt"
-    if final.exists() or not latest.exists() or not _finished(latest):
-        return
-    print(f"train: {latest} is a finished run but {final} is missing (a forced rerun); training again "
-          "from step 0", file=sys.stderr)
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-    for name in ("train_summary.json", "metrics.jsonl"):
-        (out_dir / name).unlink(missing_ok=True)
-
-
 # --------------------------------------------------------------------------------------------------------
 # The training run: set-up, then a loop over named steps (optimise, log, validate, checkpoint), then finish.
-
-
-@dataclass
-class Paths:
-    """The files of one run folder (docs/architecture.md, "Training outputs")."""
-
-    out: Path
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.out / "checkpoints"
-
-    @property
-    def latest(self) -> Path:
-        return self.checkpoints / "latest.pt"
-
-    @property
-    def final(self) -> Path:
-        return self.out / "final.pt"
-
-    @property
-    def metrics(self) -> Path:
-        return self.out / "metrics.jsonl"
-
-    @property
-    def summary(self) -> Path:
-        return self.out / "train_summary.json"
 
 
 @dataclass
@@ -563,7 +255,7 @@ class Session:
                 "ema": self.ema.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "step": step,
-                "rng": _rng_state(),
+                "rng": rng_state(),
                 "n_genes": self.data.n_genes,
                 "dims": self.data.dims,
                 "manifest": self.data.manifest,
@@ -593,32 +285,8 @@ class StepResult:
     grad_norm: float
     lr: float
     bad: bool  # non-finite loss or gradient on some rank: the step was skipped
-    signum: int  # a stop was asked for (signal number or _TIME_LIMIT_STOP), else 0
+    signum: int  # a stop was asked for (signal number or lifecycle.TIME_LIMIT_STOP), else 0
     n_cells: int
-
-
-def prepare_run_folder(cfg: Config, paths: Paths, restart_if_config_changed: bool) -> dict[str, Any] | None:
-    """Clear what must not be resumed; returns the summary of a run that is already finished, else None.
-
-    Another config's run is discarded when asked, and a finished latest.pt without final.pt (a forced rerun)
-    always; rank 0 deletes and the other ranks wait, so no rank resumes from a stale checkpoint."""
-    rank0 = int(os.environ.get("RANK", "0")) == 0
-    if restart_if_config_changed:
-        if rank0:
-            _discard_stale_run(paths.out, cfg)
-        else:
-            while paths.latest.exists() and _stale_config(paths.latest, load_checkpoint(paths.latest)["config"], cfg):
-                time.sleep(1)
-    if rank0:
-        _discard_finished_run(paths.out)
-    else:
-        while not paths.final.exists() and paths.latest.exists() and _finished(paths.latest):
-            time.sleep(1)
-    if paths.final.exists() and paths.summary.exists():
-        _check_same_config(paths.final, load_checkpoint(paths.final)["config"], cfg)
-        print(f"{paths.final} already exists for this config; nothing to do", file=sys.stderr)
-        return json.loads(paths.summary.read_text())
-    return None
 
 
 def set_up(cfg: Config, data_dir: str | Path, paths: Paths) -> Session:
@@ -646,7 +314,7 @@ def set_up(cfg: Config, data_dir: str | Path, paths: Paths) -> Session:
         betas=(0.9, 0.95),
         fused=device.type == "cuda",
     )
-    start_step, state = _resume(paths, cfg, d, model, ema, optimizer)
+    start_step, state = resume(paths, cfg, d, model, ema, optimizer)
     net: nn.Module = torch.compile(model) if t_cfg.compile else model
     if d.enabled:
         # Every parameter gets a gradient in every mode (the model builds only the heads it trains), so
@@ -654,31 +322,6 @@ def set_up(cfg: Config, data_dir: str | Path, paths: Paths) -> Session:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     return Session(cfg, paths, d, device, use_bf16, data, val_batches, model, ema, net, Diffusion(cfg.diffusion),
                    optimizer, state, start_step)
-
-
-def _resume(paths: Paths, cfg: Config, d: Dist, model: nn.Module, ema: nn.Module,
-            optimizer: torch.optim.Optimizer) -> tuple[int, RunState]:
-    """(first step, loop state): from checkpoints/latest.pt when the same command runs again, else (0, new)."""
-    if not paths.latest.exists():
-        if d.is_main:
-            print(f"train: starting at step 0 of {cfg.training.max_steps}", file=sys.stderr)
-            if paths.metrics.exists():
-                paths.metrics.unlink()  # a run that died before its first checkpoint starts over
-        return 0, RunState()
-    ckpt = load_checkpoint(paths.latest)
-    _check_same_config(paths.latest, ckpt["config"], cfg)
-    model.load_state_dict(ckpt["model"])
-    ema.load_state_dict(ckpt["ema"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    _set_rng_state(ckpt["rng"])
-    start_step = int(ckpt["step"])
-    if d.is_main and ckpt.get("world_size", 1) != d.world_size:
-        print(f"warning: {paths.latest} was written by {ckpt.get('world_size', 1)} process(es), resuming "
-              f"with {d.world_size}: training continues, but not bit for bit as before", file=sys.stderr)
-    if d.is_main:
-        _truncate_metrics(paths.metrics, start_step)
-        print(f"resuming from {paths.latest} at step {start_step}", file=sys.stderr)
-    return start_step, RunState(**ckpt["state"])
 
 
 def optimise(s: Session, step: int, micro_batches: list[Any], flag: SignalFlag, n_cells: int) -> StepResult:
@@ -790,11 +433,10 @@ def checkpoint(s: Session, step: int, signum: int) -> None:
 def finish(s: Session, step: int) -> dict[str, Any]:
     """The summary; latest.pt, train_summary.json, then final.pt, which marks the run as done (a kill before it
     reruns from latest.pt, writing all again)."""
-    params_total, params_attention = count_parameters(s.model)
     state = s.state
     summary = {
-        "params_total": params_total,
-        "params_attention": params_attention,
+        "params_total": count_parameters(s.model),
+        "params_attention": count_parameters(s.model, within=Attention),
         "wall_time_s": round(state.elapsed_s, 3),
         "cells_per_s": round(state.cells_seen / max(state.elapsed_s, 1e-9), 2),
         "peak_mem_mb": round(peak_memory_mb(s.device), 1),

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from alphastomics import AlphaSTomicsError, stats
+from alphastomics.layout import peer_method
 from alphastomics.runs import DatasetView, Run, direction, group_runs, section_values, seed_values
 
 SCHEMA = "alphastomics.verdict/1"
@@ -280,7 +281,7 @@ def peer_records(view: DatasetView, family: Family) -> list[dict[str, Any]]:
                 a, b = section_values(v_runs, m), section_values(p_runs, m)
                 if a and b:
                     peers.append(
-                        compare(view.name, variant, peer, m, a, b) | {"peer": peer.removeprefix("peer_")}
+                        compare(view.name, variant, peer, m, a, b) | {"peer": peer_method(peer)}
                     )
     decide([r for r in peers if r["n"] >= MIN_PEER_SECTIONS], family, min_n=MIN_PEER_SECTIONS)
     untested = (

@@ -93,7 +93,7 @@ def _child(body: str) -> dict[str, Any]:
 
 
 def bench_preprocess(quick: bool) -> list[tuple[str, str]]:
-    from alphastomics.datasets import generate_synthetic
+    from alphastomics.synthetic import generate_synthetic
 
     n_cells, n_genes, n_sections = (20_000 if quick else 200_000), 500, 20
     per = n_cells // n_sections
@@ -286,7 +286,7 @@ def naive_estimate_gb(n: int, heads: int = 8, batch: int = 1) -> float:
 
 def _variant(name: str) -> Any:
     from alphastomics.config import ModelConfig
-    from alphastomics.model import variant_config
+    from alphastomics.params import variant_config
 
     return variant_config(ModelConfig(), name)
 
@@ -310,7 +310,7 @@ def _batch(n: int, b: int, g: int, dims: int, device: str, seed: int = 0) -> Any
     expr, pos = torch.randn(b, n, g, generator=gen), torch.randn(b, n, dims, generator=gen)
     mask = torch.ones(b, n, dtype=torch.bool)
     idx = torch.arange(n).expand(b, n).clone()
-    return Batch(expr, pos, mask, torch.full((b, n), -1), idx).to(device)
+    return Batch(expr, pos, mask, idx).to(device)
 
 
 def build_attention(spec: dict[str, Any]) -> Callable[[], Any]:

@@ -21,13 +21,15 @@ import statistics
 import time
 
 import torch
-import yaml
 from torch import nn
 
 from alphastomics.config import load_config
 from alphastomics.data import ProcessedData, training_batch
 from alphastomics.diffusion import Diffusion
-from alphastomics.train import build_model, ema_decay_at, gate_statistics, update_ema
+from alphastomics.diagnostics import gate_statistics
+from alphastomics.model import Denoiser
+from alphastomics.train import ema_decay_at, update_ema
+from alphastomics.variants import VARIANTS
 
 
 def main() -> None:
@@ -40,9 +42,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    variants = yaml.safe_load(open("config/config.yaml"))["variants"]
-    overrides = [f"TransformerLayer_setting.{k}={v}"
-                 for k, v in variants[args.variant]["overrides"]["TransformerLayer_setting"].items()]
+    overrides = [f"TransformerLayer_setting.{k}={v}" for k, v in VARIANTS[args.variant].settings().items()]
     if args.max_cells:
         overrides.append(f"data.max_cells={args.max_cells}")
     if args.batch_size:
@@ -50,7 +50,7 @@ def main() -> None:
     cfg = load_config(["config/model.yaml"], overrides)
     data = ProcessedData(args.data)
     torch.manual_seed(0)
-    model = build_model(cfg, data.n_genes, data.dims)
+    model = Denoiser.from_config(cfg, data.n_genes, data.dims)
     ema = copy.deepcopy(model).requires_grad_(False)
     diffusion = Diffusion(cfg.diffusion)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
@@ -71,7 +71,7 @@ def main() -> None:
         t4 = time.process_time()
         update_ema(ema, model, ema_decay_at(step, 0.999))
         t5 = time.process_time()
-        gate_statistics(model, diffusion, batch, step)
+        gate_statistics(model, diffusion, batch, step, cfg.evaluation)
         t6 = time.process_time()
         if step >= 3:
             for k, a, b in zip(phases, (t0, t1, t2, t3, t4, t5), (t1, t2, t3, t4, t5, t6)):

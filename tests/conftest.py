@@ -81,7 +81,7 @@ def tiny_config() -> Config:
 
 
 def _fetch_and_preprocess(root: Path, cfg: Config) -> tuple[Path, Path]:
-    from alphastomics.datasets import fetch_synthetic
+    from alphastomics.fetch import fetch_synthetic
     from alphastomics.preprocess import preprocess
 
     raw, proc = root / "raw", root / "processed"
@@ -112,7 +112,7 @@ def tiny_processed_3d(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def bdtnp_processed(tmp_path_factory: pytest.TempPathFactory, bdtnp_dir: Path) -> Path:
-    from alphastomics.datasets import fetch_bdtnp
+    from alphastomics.fetch import fetch_bdtnp
     from alphastomics.preprocess import preprocess
 
     root = tmp_path_factory.mktemp("bdtnp")

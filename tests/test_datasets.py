@@ -14,14 +14,10 @@ import pytest
 from scipy.spatial.distance import pdist
 
 from alphastomics.config import DatasetConfig, SyntheticConfig
-from alphastomics.datasets import (
-    BDTNP_FILES,
-    DataError,
-    fetch_bdtnp,
-    fetch_user_files,
-    generate_synthetic,
-    open_raw,
-)
+from alphastomics.artifacts import DataError
+from alphastomics.fetch import BDTNP_FILES, fetch_bdtnp, fetch_user_files
+from alphastomics.raw import open_raw
+from alphastomics.synthetic import generate_synthetic
 
 
 def test_bdtnp_fetch_from_local_copy_records_verified_checksums(bdtnp_dir: Path, tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ import pytest
 
 from alphastomics.__main__ import main as cli
 from alphastomics.config import load_config
-from alphastomics.datasets import fetch_synthetic
 from alphastomics.evaluate import EvaluationError, evaluate
+from alphastomics.fetch import fetch_synthetic
 from alphastomics.model import Denoiser
 from alphastomics.preprocess import preprocess
 
@@ -123,6 +123,17 @@ def test_truth_scores_perfectly_and_writes_both_tables(proc: Path, tmp_path: Pat
     lines = (out / "sections.csv").read_text().splitlines()
     assert lines[0].startswith("section,n_cells,") and len(lines) == 3
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "sections.csv"]
+    assert "dataset" not in on_disk  # no --run-id given: the report falls back to the folder's path
+
+
+def test_run_id_is_recorded_first_in_metrics_json(proc: Path, tmp_path: Path) -> None:
+    samples = write_samples(proc, tmp_path / "samples.parquet", positions=rigid)
+    argv = ["evaluate", "--samples", str(samples), "--data_dir", str(proc), "--out", str(tmp_path / "e"),
+            "--run-id", "toy", "gated_headwise", "3", "--set", "evaluation.num_random_references=1"]
+    assert cli(argv) == 0
+    on_disk = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert list(on_disk)[:3] == ["dataset", "variant", "seed"]
+    assert (on_disk["dataset"], on_disk["variant"], on_disk["seed"]) == ("toy", "gated_headwise", 3)
 
 
 def test_overall_is_cell_weighted_mean_of_sections(proc: Path, tmp_path: Path) -> None:

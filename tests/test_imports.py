@@ -11,7 +11,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "alphastomics"
-STAGES = {"preprocess", "train", "sample", "evaluate", "report", "peers", "study"}
+# Every module the CLI runs: fetch-data, preprocess, train, sample, evaluate, report, baseline, learning-curve, params.
+STAGES = {"fetch", "preprocess", "train", "sample", "evaluate", "report", "peers", "study", "params", "variance"}
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -71,3 +72,8 @@ def test_no_stage_imports_another_stage():
     graph = import_graph()
     crossing = {stage: sorted(graph[stage] & STAGES) for stage in STAGES if graph[stage] & STAGES}
     assert crossing == {}
+
+
+def test_every_module_the_cli_runs_counts_as_a_stage():
+    """The CLI imports the config and the stages, nothing else: a new stage cannot be missed above."""
+    assert import_graph()["__main__"] - {"config"} == STAGES

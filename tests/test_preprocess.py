@@ -13,10 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from alphastomics.__main__ import main as cli
+from alphastomics.artifacts import DataError
 from alphastomics.config import DatasetConfig
 from alphastomics.data import ProcessedData, eval_batches, original_positions, undo_normalization
-from alphastomics.datasets import DataError, fetch_user_files
-from alphastomics.preprocess import assign_splits, preprocess, preprocess_anndata
+from alphastomics.fetch import fetch_user_files
+from alphastomics.preprocess import preprocess, preprocess_anndata
+from alphastomics.splits import assign_splits
 
 DCFG = DatasetConfig(name="toy", source="h5ad", val_fraction=0.2, test_fraction=0.2)
 
@@ -53,7 +55,7 @@ def test_round_trip_h5ad_to_parquet_to_batch(tmp_path: Path, counts: bool) -> No
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
             pos = original_positions(batch.positions[0, m].numpy().astype(np.float64), name, manifest)
             np.testing.assert_allclose(pos, adata.obsm["spatial"][rows], rtol=1e-5, atol=1e-3)
-            types = [data.cell_types[c] for c in batch.cell_type[0, m].numpy()]
+            types = [data.cell_types[c] for c in data.section(name).cell_type[batch.index[0, m].numpy()]]
             assert types == list(adata.obs["cell_type"].iloc[rows])
             seen += int(m.sum())
     assert seen == adata.n_obs
@@ -314,7 +316,7 @@ def test_rows_of_a_section_are_gathered_by_index_from_a_sparse_file(tmp_path: Pa
     a.X = sparse.csr_matrix(a.X)
     dcfg, _ = _bad_h5ad(tmp_path, {"d": a})
     fetch_user_files(tmp_path / "raw", dcfg)
-    from alphastomics.datasets import open_raw
+    from alphastomics.raw import open_raw
 
     raw = open_raw(tmp_path / "raw", dcfg)
     for s in raw.sections:
@@ -484,7 +486,7 @@ def test_every_section_is_tested_exactly_once_over_the_folds(k, n, slab):
     import dataclasses
 
     from alphastomics.config import DatasetConfig
-    from alphastomics.preprocess import fold_splits
+    from alphastomics.splits import fold_splits
 
     names = [f"s{i:02d}" for i in range(n)]
     tested = []
@@ -499,8 +501,8 @@ def test_bdtnp_fold_one_is_the_single_split():
     import dataclasses
 
     from alphastomics.config import DatasetConfig
-    from alphastomics.datasets import assign_splits
-    from alphastomics.preprocess import fold_splits
+    from alphastomics.splits import assign_splits
+    from alphastomics.splits import fold_splits
 
     names = [f"slab{i:02d}" for i in range(8)]
     single = assign_splits(names, DatasetConfig(), True, "x")
@@ -512,7 +514,7 @@ def test_too_many_folds_is_a_one_line_error():
 
     from alphastomics.artifacts import DataError
     from alphastomics.config import DatasetConfig
-    from alphastomics.preprocess import fold_splits
+    from alphastomics.splits import fold_splits
 
     with pytest.raises(DataError, match="set folds to at most 2"):
         fold_splits(["a", "b", "c", "d", "e"], dataclasses.replace(DatasetConfig(), fold=1, num_folds=3), False, "f.h5ad")

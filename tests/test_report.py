@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from alphastomics import report
+from alphastomics.layout import parse_run_path
 from alphastomics.runs import RunError, direction
 from alphastomics.__main__ import main as cli
 
@@ -308,9 +309,26 @@ def test_bad_run_folder_errors_and_leaves_nothing(tmp_path):
         report.load_run(odd)
 
 
+def test_runs_are_what_metrics_json_says_they_are(tmp_path):
+    """A run is identified by metrics.json's dataset/variant/seed, wherever its folder is; without them
+    (an older metrics.json) by the folder's place in the layout."""
+    run = _write_run(tmp_path, "toy", "linear", 0)
+    moved = tmp_path / "elsewhere" / "run-a"
+    moved.parent.mkdir()
+    run.rename(moved)
+    metrics = json.loads((moved / "eval" / "metrics.json").read_text())
+    (moved / "eval" / "metrics.json").write_text(json.dumps({"dataset": "toy", "variant": "softmax", "seed": 4,
+                                                             **metrics}))
+    r = report.load_run(moved)
+    assert (r.dataset, r.variant, r.seed) == ("toy", "softmax", 4)
+    old = _write_run(tmp_path, "toy", "linear", 1)
+    r = report.load_run(old)
+    assert (r.dataset, r.variant, r.seed) == ("toy", "linear", 1)
+
+
 def test_path_layout_and_fields():
-    assert report.parse_run_path(Path("results/bdtnp/linear/seed2")) == ("bdtnp", "linear", 2)
-    assert report.parse_run_path(Path("results/bdtnp/linear/last")) is None
+    assert parse_run_path(Path("results/bdtnp/linear/seed2")) == ("bdtnp", "linear", 2)
+    assert parse_run_path(Path("results/bdtnp/linear/last")) is None
     assert direction("distance_mse") == -1 and direction("distance_pearson") == 1
 
 

@@ -11,9 +11,11 @@ import pandas as pd
 import yaml
 
 from alphastomics.config import DatasetConfig
-from alphastomics.datasets import fetch_user_files
+from alphastomics.fetch import fetch_user_files
+from alphastomics.layout import run_folder
 from alphastomics.preprocess import preprocess
 from alphastomics.provenance import provenance
+from alphastomics.runs import Run
 
 
 def test_provenance_shows_the_data_set_configuration_and_the_source_file_checksum(tmp_path: Path) -> None:
@@ -26,11 +28,13 @@ def test_provenance_shows_the_data_set_configuration_and_the_source_file_checksu
     a.write_h5ad(src)
     dcfg = DatasetConfig(name="lab", source="h5ad", path=str(src), coordinate_key="xy", section_key="slice", n_top_genes=8)
     info = fetch_user_files(tmp_path / "raw", dcfg)
-    preprocess(tmp_path / "raw", dcfg, tmp_path / "processed")
+    results = tmp_path / "results"
+    preprocess(tmp_path / "raw", dcfg, results / "data" / "lab" / "processed")
+    run = Run(run_folder(results, "lab", "linear", 0), "lab", "linear", 0)  # manifests are found beside it
     snapshot = tmp_path / "config.yaml"
     snapshot.write_text(yaml.safe_dump({"datasets": {"lab": {"dataset": {"source": "h5ad"},
                                                                "overrides": {"training": {"max_steps": 200}}}}}))
-    prov = provenance([], None, [tmp_path / "processed"], snapshot)
+    prov = provenance([run], None, snapshot)
     sha = info["files"]["lab.h5ad"]
     assert prov["checksums"] == {"lab": {str(src.resolve()): sha}}
     as_run = yaml.safe_load(prov["config_text"])["datasets_as_run"]["lab"]

@@ -15,7 +15,7 @@ import pytest
 from alphastomics.__main__ import main as cli
 from alphastomics.artifacts import DataError
 from alphastomics.config import load_config
-from alphastomics.datasets import open_raw
+from alphastomics.raw import open_raw
 from alphastomics.sample import sample
 from alphastomics.train import train
 

@@ -23,11 +23,11 @@ from alphastomics.artifacts import load_checkpoint
 from alphastomics.config import Config, TrainConfig, load_config
 from alphastomics.data import ProcessedData, collate, training_batch
 from alphastomics.diffusion import Diffusion
+from alphastomics.distributed import Dist
+from alphastomics.lifecycle import TrainingError
 from alphastomics.model import Denoiser
 from alphastomics.train import (
     TIMING_FIELDS,
-    TrainingError,
-    Dist,
     accumulate_gradients,
     ema_decay_at,
     example_seeds,

@@ -1,7 +1,7 @@
 """Training on a cluster: a stop before the job's time limit resumes bit for bit, a forced rerun retrains,
 settings training does not read do not make its checkpoints stale, and the job's CPUs are shared out.
 
-The time limit is made deterministic with the test-only fake clock (train.FAKE_CLOCK_ENV: N seconds per
+The time limit is made deterministic with the test-only fake clock (lifecycle.FAKE_CLOCK_ENV: N seconds per
 optimiser step). The workflow-level versions (fake SLURM, Snakemake reruns) are in tests/test_workflow.py.
 """
 
@@ -15,16 +15,10 @@ import torch
 import yaml
 
 from alphastomics.__main__ import main as cli
+from alphastomics.artifacts import load_checkpoint
 from alphastomics.config import STAGE_SETTINGS, load_config, stage_settings, to_dict
-from alphastomics.train import (
-    EXIT_TIME_LIMIT,
-    FAKE_CLOCK_ENV,
-    TIMING_FIELDS,
-    Deadline,
-    load_checkpoint,
-    thread_split,
-    train,
-)
+from alphastomics.lifecycle import EXIT_TIME_LIMIT, FAKE_CLOCK_ENV, Deadline, thread_split
+from alphastomics.train import TIMING_FIELDS, train
 
 TINY = {
     "TransformerLayer_setting": {"d_model": 16, "num_layers": 1, "num_heads": 2, "time_embed_dim": 16,

@@ -19,7 +19,7 @@ import torch
 import yaml
 from snakemake.utils import available_cpu_count
 
-from alphastomics.train import thread_split
+from alphastomics.lifecycle import thread_split
 
 pytestmark = pytest.mark.workflow
 
@@ -489,7 +489,7 @@ def test_slurm_profile_runs_tiny_workflow_on_fake_slurm(tmp_path, tiny_run):
     stops with a checkpoint before its limit, is retried with twice the runtime, and resumes to the same
     weights as the uninterrupted local run. gated_headwise asks for 2 GPUs (torchrun, gloo on the CPU).
 
-    The limit is made deterministic by the test-only fake clock (alphastomics.train.FAKE_CLOCK_ENV): 100 s per
+    The limit is made deterministic by the test-only fake clock (alphastomics.lifecycle.FAKE_CLOCK_ENV): 100 s per
     optimiser step; runtime 10 min, margin min(10, 10 / 2) = 5 min: the first attempt stops after step 3 of
     4 (checkpoint_every is 2, so that checkpoint is the stop's own), the second (20 min) finishes."""
     repo = make_copy(tmp_path)

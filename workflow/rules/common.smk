@@ -40,6 +40,9 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 from alphastomics import plan
 
+# The run folders come from one layout (alphastomics/layout.py: plain Python).
+from alphastomics.layout import PEER_PREFIX, RUN_LAYOUT, is_peer, peer_variant
+
 
 envvars:
     "PATH",
@@ -72,11 +75,14 @@ def runnable_baselines(methods):
 
 
 BASELINES = runnable_baselines(config["baselines"])
-PEERS = [f"peer_{m}" for m in BASELINES]
+PEERS = [peer_variant(m) for m in BASELINES]
 # Peers are cheap to rerun but several are deterministic or slow (tangram, novoSpaRc): seeds of their own.
 BASELINE_SEEDS = [int(s) for s in config["baseline_seeds"]]
 MODEL_VARIANTS = "|".join(VARIANTS)
-RUN = "results/{dataset}/{variant}/seed{seed}"
+# The baseline rule has a method where the others have a variant.
+PEER_LAYOUT = RUN_LAYOUT.replace("{variant}", peer_variant("{method}"))
+RUN = f"results/{RUN_LAYOUT}"
+PEER_RUN = f"results/{PEER_LAYOUT}"
 RAW = "results/data/{dataset}/raw"
 PROC = "results/data/{dataset}/processed"
 
@@ -87,8 +93,6 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-def is_peer(variant):
-    return variant.startswith("peer_")
 
 
 def train_gpus(variant):
@@ -97,13 +101,9 @@ def train_gpus(variant):
 
 def check_package_config():
     """Fail at parse time, before any job runs, when an override names an unknown key or a bad value."""
-    try:
-        from alphastomics import AlphaSTomicsError
-        from alphastomics.config import load_config
-    except (
-        ImportError
-    ):  # Snakemake runs outside the package's environment: the stages will check.
-        return
+    from alphastomics import AlphaSTomicsError
+    from alphastomics.config import load_config
+
     for dataset in DATASETS:
         for variant in VARIANTS:
             blocks = plan.run_blocks(config, dataset, variant, SEEDS[0])

@@ -2,11 +2,11 @@ rule baseline:
     input:
         data=PROC,
     output:
-        "results/{dataset}/peer_{method}/seed{seed}/samples.parquet",
+        f"{PEER_RUN}/samples.parquet",
     log:
-        "results/logs/baseline/{dataset}/peer_{method}/seed{seed}.log",
+        f"results/logs/baseline/{PEER_LAYOUT}.log",
     benchmark:
-        "results/benchmarks/baseline/{dataset}/peer_{method}/seed{seed}.tsv"
+        f"results/benchmarks/baseline/{PEER_LAYOUT}.tsv"
     wildcard_constraints:
         method="|".join(BASELINES),
     conda:
@@ -34,9 +34,9 @@ rule evaluate:
         metrics=f"{RUN}/eval/metrics.json",
         sections=f"{RUN}/eval/sections.csv",
     log:
-        "results/logs/evaluate/{dataset}/{variant}/seed{seed}.log",
+        f"results/logs/evaluate/{RUN_LAYOUT}.log",
     benchmark:
-        "results/benchmarks/evaluate/{dataset}/{variant}/seed{seed}.tsv"
+        f"results/benchmarks/evaluate/{RUN_LAYOUT}.tsv"
     conda:
         "../../environment.yml"
     threads: config["resources"]["cpu"]["threads"]
@@ -47,7 +47,8 @@ rule evaluate:
         args=evaluate_args,
         settings=evaluate_settings,
         extra=evaluate_extra_args,
+        run_id="--run-id {dataset} {variant} {seed}",
         out=lambda wildcards, output: os.path.dirname(output.metrics),
     shell:
         "python -m alphastomics evaluate --samples {input.samples} --data_dir {input.data}"
-        " {params.extra} --out {params.out} {params.args} > {log} 2>&1"
+        " {params.extra} {params.run_id} --out {params.out} {params.args} > {log} 2>&1"

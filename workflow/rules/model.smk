@@ -15,9 +15,9 @@ rule train:
         final=f"{RUN}/train/final.pt",
         summary=f"{RUN}/train/train_summary.json",
     log:
-        "results/logs/train/{dataset}/{variant}/seed{seed}.log",
+        f"results/logs/train/{RUN_LAYOUT}.log",
     benchmark:
-        "results/benchmarks/train/{dataset}/{variant}/seed{seed}.tsv"
+        f"results/benchmarks/train/{RUN_LAYOUT}.tsv"
     wildcard_constraints:
         variant=MODEL_VARIANTS,
     retries: RETRIES
@@ -48,9 +48,9 @@ rule sample:
     output:
         f"{RUN}/samples.parquet",
     log:
-        "results/logs/sample/{dataset}/{variant}/seed{seed}.log",
+        f"results/logs/sample/{RUN_LAYOUT}.log",
     benchmark:
-        "results/benchmarks/sample/{dataset}/{variant}/seed{seed}.tsv"
+        f"results/benchmarks/sample/{RUN_LAYOUT}.tsv"
     wildcard_constraints:
         variant=MODEL_VARIANTS,
     retries: RETRIES

@@ -1,9 +1,8 @@
-"""Raw data: the ``fetch-data`` stage and the readers that ``preprocess`` uses.
+"""Raw data readers: a folder written by ``fetch-data`` (or an in-memory AnnData) -> ``RawData``.
 
-Sources (``dataset.source``):
-- ``bdtnp``: the BDTNP Drosophila embryo atlas (Fowlkes et al., Cell 2008; 3,039 cells x 84 genes, 3D) as
-  published in the PyPI source archive ``novosparc==0.4.4`` (Nitzan et al., Nature 2019), checksum-verified;
-- ``synthetic``: a seeded multi-section layered tissue with known cell types, written as an ``.h5ad``;
+Formats (``dataset.source``):
+- ``bdtnp``: ``dge.txt`` + ``geometry.txt`` of the BDTNP atlas, cut into equal-count slabs (the sections);
+- ``synthetic``: the generator's ``.h5ad`` (scanpy-default keys);
 - ``h5ad``: AnnData files (scanpy conventions: ``obsm[coordinate_key]``, ``obs[section_key]``,
   ``obs[cell_type_key]``, expression in ``X`` or ``layers[layer]``), one file or a folder of one per section;
 - ``csv``: LUNA-style tables (Yu et al. 2025): ``coord_X``, ``coord_Y``[, ``coord_Z``], ``cell_section``,
@@ -11,17 +10,16 @@ Sources (``dataset.source``):
 
 ``open_raw`` turns a fetched folder into ``RawData``: sections whose coordinates are in memory and whose
 expression rows are read on demand, so preprocessing holds one section of expression at a time.
+
+Longer than ~450 lines on purpose: one reader per format with the checks that name the user's file, field and
+fix for each way a file can be wrong; split further, each reader would import the same checks back.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import sys
-import tarfile
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,23 +29,11 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from alphastomics.artifacts import DataError, atomic_dir
-from alphastomics.config import DatasetConfig, SyntheticConfig
+from alphastomics.artifacts import DataError
+from alphastomics.config import DatasetConfig
 
-NOVOSPARC_URLS = ("https://pypi.org/pypi/novosparc/0.4.4/json", "https://pypi.org/pypi/novosparc/json")
-NOVOSPARC_ARCHIVE = "novosparc-0.4.4.tar.gz"
-NOVOSPARC_SHA256 = "ddd6a1aec2000e95c4f1e5245551b59470d81548b9338ab241767de6cc61adc4"
-BDTNP_FILES = {  # sha256 from ../shared/data/bdtnp/README.md
-    "dge.txt": "54f92f3e20e392f23b39b87d5b8d19a2158fed761f1ce7a0a5b7fb4ec176d388",
-    "geometry.txt": "7db4e560581020bf647df915d39941f8ec3d472c351883aeff836d7aa6069762",
-}
-SYNTHETIC_FILE = "synthetic.h5ad"
-FETCH_JSON = "fetch.json"
+FETCH_JSON = "fetch.json"  # written by fetch-data: {source, origin, files: {name: sha256}[, paths]}
 READ_CHUNK_ROWS = 65536  # rows per h5 read when a section's rows are not contiguous
-
-
-# --------------------------------------------------------------------------------------------------------
-# Small helpers shared with preprocess
 
 
 def sha256_file(path: Path) -> str:
@@ -58,264 +44,11 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=1) + "\n")
-
-
-# --------------------------------------------------------------------------------------------------------
-# fetch-data
-
-
-def _verify(path: Path, expected: str, what: str, fix: str) -> str:
+def verify_sha256(path: Path, expected: str, what: str, fix: str) -> str:
     actual = sha256_file(path)
     if actual != expected:
         raise DataError(f"{what}: sha256 mismatch (expected {expected}, got {actual}); {fix}")
     return actual
-
-
-def _download_archive(dest: Path) -> str:
-    """Download the novosparc sdist into ``dest``; return its URL. The checksum is verified by the caller."""
-    url = None
-    for index in NOVOSPARC_URLS:
-        try:
-            with urllib.request.urlopen(index, timeout=60) as r:
-                meta = json.load(r)
-        except OSError:
-            continue
-        files = meta.get("urls", []) + meta.get("releases", {}).get("0.4.4", [])
-        url = next((u["url"] for u in files if u.get("filename") == NOVOSPARC_ARCHIVE), None)
-        if url:
-            break
-    if url is None:
-        raise DataError(
-            f"{NOVOSPARC_URLS[0]}: cannot find {NOVOSPARC_ARCHIVE} on PyPI; check the network or pass "
-            "--local-copy DIR with dge.txt and geometry.txt"
-        )
-    with urllib.request.urlopen(url, timeout=300) as r, open(dest, "wb") as f:
-        shutil.copyfileobj(r, f, 1 << 20)
-    return url
-
-
-def fetch_bdtnp(out: Path, local_copy: Path | None = None) -> dict[str, Any]:
-    """Write ``dge.txt``, ``geometry.txt`` and ``fetch.json`` to ``out``, every file checksum-verified."""
-    with atomic_dir(out) as tmp:
-        if local_copy is not None:
-            local_copy = Path(local_copy)
-            for name, sha in BDTNP_FILES.items():
-                src = local_copy / name
-                if not src.is_file():
-                    raise DataError(f"{src}: file not found; pass a folder holding dge.txt and geometry.txt")
-                shutil.copyfile(src, tmp / name)
-                _verify(tmp / name, sha, str(src), "use an unmodified copy of the novosparc 0.4.4 file")
-            origin = str(local_copy.resolve())
-        else:
-            archive = tmp / NOVOSPARC_ARCHIVE
-            origin = _download_archive(archive)
-            _verify(archive, NOVOSPARC_SHA256, origin, "the download is corrupt or changed; retry")
-            with tarfile.open(archive) as tar:
-                for name in BDTNP_FILES:
-                    member = tar.getmember(f"novosparc-0.4.4/novosparc/datasets/bdtnp/{name}")
-                    with tar.extractfile(member) as src, open(tmp / name, "wb") as dst:  # type: ignore[union-attr]
-                        shutil.copyfileobj(src, dst)
-            archive.unlink()
-            for name, sha in BDTNP_FILES.items():
-                _verify(tmp / name, sha, f"{origin}:{name}", "the archive content changed; report it")
-        info = {"source": "bdtnp", "origin": origin, "files": dict(BDTNP_FILES)}
-        _write_json(tmp / FETCH_JSON, info)
-    return info
-
-
-def fetch_user_files(out: Path, dcfg: DatasetConfig) -> dict[str, Any]:
-    """Link (or copy) the configured h5ad/csv file(s) into ``out`` so preprocess reads only ``out``."""
-    if not dcfg.path:
-        raise DataError(f"dataset.path: not set for source '{dcfg.source}'; set it to a .{dcfg.source} file or folder")
-    src = Path(dcfg.path)
-    if src.is_dir():
-        files = sorted(p for p in src.iterdir() if p.suffix == f".{dcfg.source}" and p.is_file())
-    elif src.is_file():
-        files = [src]
-    else:
-        raise DataError(f"{src}: dataset.path does not exist; point it at a .{dcfg.source} file or folder")
-    if not files:
-        raise DataError(f"{src}: no .{dcfg.source} files in the folder; add them or fix dataset.path")
-    with atomic_dir(out) as tmp:
-        for f in files:
-            if f.stat().st_size == 0:
-                raise DataError(f"{f}: the file is empty; remove it or give a non-empty file")
-            try:
-                os.link(f, tmp / f.name)  # no copy of large files on the same file system
-            except OSError:
-                shutil.copyfile(f, tmp / f.name)
-        info = {
-            "source": dcfg.source,
-            "origin": str(src.resolve()),
-            "files": {f.name: sha256_file(tmp / f.name) for f in files},
-            "paths": {f.name: str(f.resolve()) for f in files},  # errors name these, not the links
-        }
-        _write_json(tmp / FETCH_JSON, info)
-        # Validate now, so a wrong file fails here with the user's path, not in a later stage.
-        data = open_raw(tmp, dcfg, verify=False)
-        assign_splits([s.name for s in data.sections], dcfg, data.slab_cut, data.sections[0].file)
-    return info
-
-
-def fetch_synthetic(out: Path, scfg: SyntheticConfig) -> dict[str, Any]:
-    with atomic_dir(out) as tmp:
-        generate_synthetic(scfg).write_h5ad(tmp / SYNTHETIC_FILE)
-        info = {
-            "source": "synthetic",
-            "origin": f"alphastomics.synthetic seed={scfg.seed}",
-            "files": {SYNTHETIC_FILE: sha256_file(tmp / SYNTHETIC_FILE)},
-        }
-        _write_json(tmp / FETCH_JSON, info)
-    return info
-
-
-# --------------------------------------------------------------------------------------------------------
-# Synthetic layered tissue (known ground truth: tissue-frame coordinates and cell types)
-
-
-def _random_rotation(rng: np.random.Generator, dims: int) -> np.ndarray:
-    # QR of a Gaussian matrix with the sign fix gives a Haar-uniform orthogonal matrix (Mezzadri 2007)
-    q, r = np.linalg.qr(rng.standard_normal((dims, dims)))
-    q = q * np.sign(np.diag(r))
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
-
-
-def generate_synthetic(scfg: SyntheticConfig) -> Any:
-    """AnnData of ``num_sections`` tissue sections: counts in X, obsm['spatial'], obs section/cell_type.
-
-    Each section is an ellipse (2D) or ellipsoid (3D) of random size, rotation and offset. Cell types are
-    wavy layers along the tissue's y axis; marker genes rise in one type, gradient genes follow a tissue
-    axis, the rest are background; counts are Poisson-gamma (negative binomial, dispersion = ``noise``).
-    The tissue-frame coordinates (ground truth before rotation) are kept in ``obsm['tissue_frame']``, each
-    section's rotation in ``uns['section_rotation']`` (section -> D x D list).
-    """
-    import anndata as ad
-
-    rng = np.random.default_rng(scfg.seed)
-    k, g, d = scfg.num_cell_types, scfg.num_genes, scfg.dims
-    if k < 1 or g < 2 or scfg.num_sections < 1 or not 2 <= scfg.min_cells <= scfg.max_cells:
-        raise DataError("config: dataset.synthetic needs num_cell_types >= 1, num_genes >= 2, num_sections >= 1,"
-                        " 2 <= min_cells <= max_cells; fix those values")
-    per_type = max(1, g // (3 * k))
-    n_marker = min(g, per_type * k)
-    n_grad = min(g - n_marker, max(1, g // 4))
-    names = [f"marker{j // per_type}_{j % per_type}" for j in range(n_marker)]
-    names += [f"grad{j}" for j in range(n_grad)] + [f"gene{j}" for j in range(g - n_marker - n_grad)]
-    base = rng.normal(0.0, 0.5, g)
-    marker = np.zeros((k, g))
-    for j in range(n_marker):
-        marker[j // per_type, j] = 2.0
-    direction = rng.standard_normal((n_grad, d))
-    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-    amplitude = rng.uniform(1.0, 2.0, n_grad)
-    semi_axes = np.array([1.0, 0.6, 0.5][:d])
-    xs, frames, sections, types, ids, coords = [], [], [], [], [], []
-    rotations: dict[str, np.ndarray] = {}
-    for s in range(scfg.num_sections):
-        n = int(rng.integers(scfg.min_cells, scfg.max_cells + 1))
-        u = rng.standard_normal((n, d))
-        u *= (rng.uniform(size=(n, 1)) ** (1.0 / d)) / np.linalg.norm(u, axis=1, keepdims=True)  # uniform ball
-        layer = (u[:, 1] + 1.0) / 2.0 * k + 0.25 * k * np.sin(np.pi * u[:, 0]) / 2.0
-        t = np.clip(np.floor(layer), 0, k - 1).astype(np.int64)
-        log_mu = base + marker[t]
-        log_mu[:, n_marker : n_marker + n_grad] += amplitude * (u @ direction.T)
-        rate = np.exp(log_mu)
-        library = np.exp(rng.normal(np.log(20.0 * g), scfg.noise, (n, 1)))
-        rate *= library / rate.sum(axis=1, keepdims=True)
-        if scfg.noise > 0:
-            rate *= rng.gamma(1.0 / scfg.noise, scfg.noise, rate.shape)
-        xs.append(rng.poisson(rate).astype(np.float32))
-        size = rng.uniform(0.8, 1.25) * 100.0  # about microns
-        frame = u * semi_axes
-        rotation = _random_rotation(rng, d)
-        coords.append(frame * size @ rotation.T + rng.uniform(-500, 500, d))
-        rotations[f"section{s:02d}"] = rotation
-        frames.append(frame)
-        sections += [f"section{s:02d}"] * n
-        types += [f"type{i}" for i in t]
-        ids += [f"s{s:02d}_c{i:05d}" for i in range(n)]
-    obs = pd.DataFrame({"section": pd.Categorical(sections), "cell_type": pd.Categorical(types)}, index=ids)
-    adata = ad.AnnData(np.concatenate(xs), obs=obs, var=pd.DataFrame(index=names))
-    adata.obsm["spatial"] = np.concatenate(coords)
-    adata.obsm["tissue_frame"] = np.concatenate(frames)
-    # spatial = size * tissue_frame @ R.T + offset per section: R undone, sections share one frame (peers)
-    adata.uns["section_rotation"] = {name: r.tolist() for name, r in rotations.items()}
-    return adata
-
-
-def synthetic_rotations(scfg: SyntheticConfig) -> dict[str, np.ndarray]:
-    """Section -> the rotation R (D x D) the generator applied: its coordinates are ``frame @ R.T`` plus an
-    offset, so ``positions @ R`` puts every section in the one tissue frame (regenerated from the seed)."""
-    uns = generate_synthetic(scfg).uns["section_rotation"]
-    return {name: np.asarray(r, dtype=np.float64) for name, r in uns.items()}
-
-
-
-def assign_splits(names: list[str], dcfg: DatasetConfig, slab_cut: bool, where: str) -> dict[str, str]:
-    """Section -> split, by section, never by cell. Explicit lists win; slab-cut data hold out odd slabs;
-    otherwise a seeded shuffle takes ``max(1, round(test_fraction * n))`` test sections and, when
-    ``val_fraction > 0``, ``max(1, round(val_fraction * n))`` validation sections, always leaving one
-    for training (3 sections: one each)."""
-    if len(names) < 2:
-        raise DataError(
-            f"{where}: only one section ('{names[0]}'); splits are by section, never by cell, so at least 2 "
-            "sections are needed: set dataset.section_key to an obs column with several sections or give one file per section"
-        )
-    known = set(names)
-    if dcfg.val_sections or dcfg.test_sections:
-        for key, listed in (("val_sections", dcfg.val_sections), ("test_sections", dcfg.test_sections)):
-            unknown = [s for s in listed if s not in known]
-            if unknown:
-                raise DataError(f"config: dataset.{key} names unknown section(s) {unknown}; use names from {sorted(known)[:8]}")
-        both = set(dcfg.val_sections) & set(dcfg.test_sections)
-        if both:
-            raise DataError(f"config: section(s) {sorted(both)} in both dataset.val_sections and test_sections; list each once")
-        split = {s: "val" if s in dcfg.val_sections else "test" if s in dcfg.test_sections else "train" for s in names}
-        if "train" not in split.values():
-            raise DataError("config: dataset.val_sections + test_sections hold out every section; leave one for training")
-        return split
-    if slab_cut:
-        # Adjacent-slab hold-out, like adjacent tissue sections: odd slabs are held out, alternating
-        # test, val, test, ... (slab01 test, slab03 val, slab05 test, slab07 val); even slabs train.
-        split = {}
-        for i, s in enumerate(names):
-            split[s] = "train" if i % 2 == 0 else ("test" if (i // 2) % 2 == 0 else "val")
-        return split
-    n = len(names)
-    if dcfg.val_fraction > 0 and n < 3:
-        raise DataError(
-            f"{where}: {n} sections ({', '.join(names)}) cannot give train, validation and test sections; set "
-            "dataset.val_fraction=0 to train without validation, or list dataset.test_sections (and val_sections)"
-        )
-    rng = np.random.default_rng(dcfg.split_seed)
-    order = [names[i] for i in rng.permutation(n)]
-    n_test = min(max(1, int(round(dcfg.test_fraction * n))), n - 1)
-    n_val = max(1, int(round(dcfg.val_fraction * n))) if dcfg.val_fraction > 0 else 0
-    n_val = max(0, min(n_val, n - n_test - 1))  # keep at least one training section
-    split = {s: "train" for s in names}
-    for s in order[:n_test]:
-        split[s] = "test"
-    for s in order[n_test : n_test + n_val]:
-        split[s] = "val"
-    return split
-
-
-def main(args: Any, cfg: Any) -> int:
-    """``fetch-data``: get the raw files of ``cfg.dataset`` into ``args.out``."""
-    d: DatasetConfig = cfg.dataset
-    if d.source == "bdtnp":
-        local = args.local_copy or (Path(d.path) if d.path else None)
-        info = fetch_bdtnp(args.out, local)
-    elif d.source == "synthetic":
-        info = fetch_synthetic(args.out, d.synthetic)
-    else:
-        info = fetch_user_files(args.out, d)
-    print(f"fetch-data: {d.name} ({d.source}) -> {args.out}: {', '.join(info['files'])}")
-    return 0
 
 
 # Readers: RawData = sections with coordinates in memory and expression read on demand
@@ -694,7 +427,7 @@ def open_raw(raw: Path, dcfg: DatasetConfig, *, verify: bool = True) -> RawData:
     for name, sha in info["files"].items():
         if not (raw / name).is_file():
             raise DataError(f"{raw / name}: listed in fetch.json but missing; rerun fetch-data")
-        checksums[name] = _verify(raw / name, sha, str(raw / name), "the raw file changed since fetch-data; rerun it") if verify else sha
+        checksums[name] = verify_sha256(raw / name, sha, str(raw / name), "the raw file changed since fetch-data; rerun it") if verify else sha
     labels: dict[str, str] = info.get("paths") or {}  # the user's own files, for messages
     files = [raw / n for n in info["files"]]
     if dcfg.source == "bdtnp":
