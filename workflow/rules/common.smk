@@ -57,6 +57,8 @@ DATASET_ENTRIES = plan.expand_datasets(config["datasets"])
 DATASETS = list(DATASET_ENTRIES)
 SOURCES = list(config["datasets"])
 VARIANTS = list(config["variants"])
+# Logs of the report of this campaign (report_dir results/powered -> results_powered).
+REPORT_TAG = "_".join(Path(config["report_dir"]).parts)
 SEEDS = [int(s) for s in config["seeds"]]
 
 

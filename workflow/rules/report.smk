@@ -9,9 +9,9 @@ rule report:
         ),
         verdict=f"{config['report_dir']}/verdict.json",
     log:
-        f"results/logs/report/{config['report_dir'].replace('/', '_')}.log",
+        f"results/logs/report/{REPORT_TAG}.log",
     benchmark:
-        f"results/benchmarks/report/{config['report_dir'].replace('/', '_')}.tsv"
+        f"results/benchmarks/report/{REPORT_TAG}.tsv"
     conda:
         "../envs/report.yaml"
     threads: config["resources"]["cpu"]["threads"]
