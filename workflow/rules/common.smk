@@ -95,8 +95,6 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-
-
 def train_gpus(variant):
     return config["variants"][variant].get("gpus", config["resources"]["train"]["gpus"])
 
@@ -142,9 +140,12 @@ def raw_of(wildcards):
 
 def run_blocks(wildcards):
     """Every override of this (dataset, variant, seed), lowest priority first (alphastomics.plan); the
-    baseline rule has a method, not a variant, and peers never see a variant's overrides."""
+    baseline rule has a method, not a variant, and peers never see a variant's overrides.
+    """
     variant = getattr(wildcards, "variant", None)
-    return plan.run_blocks(config, wildcards.dataset, variant, getattr(wildcards, "seed", None))
+    return plan.run_blocks(
+        config, wildcards.dataset, variant, getattr(wildcards, "seed", None)
+    )
 
 
 def model_yaml():
@@ -163,7 +164,9 @@ def stage_args(stage):
 
     def args(wildcards):
         blocks = [stage_settings(stage, b) for b in run_blocks(wildcards)]
-        return f"--config {shlex.quote(config['model_config'])} {plan.set_args(*blocks)}"
+        return (
+            f"--config {shlex.quote(config['model_config'])} {plan.set_args(*blocks)}"
+        )
 
     def settings(wildcards):
         # Values as the stage will see them (model.yaml + overrides), as sorted JSON: the rerun trigger.
