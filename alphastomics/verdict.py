@@ -12,7 +12,9 @@ Follows DESIGN section 6, "Statistics", like a methods section written before th
   Holm-adjusted p < 0.05; every other metric is a secondary record (the same numbers, no Holm p, no word);
 - peers: per held-out section, the model's seed-averaged value against the peer's value; a test only with at
   least ``MIN_PEER_SECTIONS`` sections;
-- the design note's expected changes against linear attention, each compared with the interval.
+- the design note's expected changes against linear attention, each compared with the interval;
+- before any of that is read, the learning gate and the run warnings (``alphastomics.checks``): when no
+  variant placed cells better than random, every contrast of the data set is "not interpreted".
 
 The JSON schema is documented in docs/metrics.md ("verdict.json"); the report and ``report --markdown`` only
 render this file.
@@ -31,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from alphastomics import AlphaSTomicsError, stats
+from alphastomics import AlphaSTomicsError, checks, stats
 from alphastomics.layout import peer_method
 from alphastomics.runs import DatasetView, Run, direction, group_runs, section_values, seed_values
 
@@ -367,6 +369,14 @@ def dataset_verdict(view: DatasetView, family: Family) -> dict[str, Any]:
         "skipped": skipped,
         "table": table,
         "random_reference": random_reference,
+    } | learning_checks(view, family, random_reference)
+
+
+def learning_checks(view: DatasetView, family: Family, random_reference: dict[str, float]) -> dict[str, Any]:
+    """The keys ``learning_gate`` and ``warnings`` of a data set (``alphastomics.checks``)."""
+    return {
+        "learning_gate": checks.learning_gate(view, family.primary_metrics, random_reference),
+        "warnings": checks.run_warnings(view),
     }
 
 
@@ -374,6 +384,9 @@ def build(runs: list[Run], family: Family | None = None, *, baseline: str = BASE
     """The whole verdict (JSON-ready: NaN as null) of the runs given."""
     family = family or Family()
     datasets = [dataset_verdict(v, family) for v in group_runs(runs, baseline)]
+    for ds in datasets:
+        if ds["learning_gate"]["outcome"] == "not learned":
+            checks.not_interpreted(ds)
     return _clean(
         {
             "schema": SCHEMA,
@@ -394,6 +407,7 @@ def build(runs: list[Run], family: Family | None = None, *, baseline: str = BASE
                 "min_peer_sections": MIN_PEER_SECTIONS,
             },
             "runs": sorted(str(r.path) for r in runs),
+            "learning_gate": checks.RULE,
             "datasets": datasets,
         }
     )
