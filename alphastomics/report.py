@@ -351,6 +351,7 @@ def _render(verdict: dict[str, Any], runs: list[Run], prov: dict[str, Any]) -> s
             gate_cols=gcols,
             gate_rows=grows,
             warnings=[w["message"] for w in ds.get("warnings", [])],
+            data_notes=prov.get("data_notes", {}).get(ds["dataset"], []),
             forest=fig_forest(ds, primary) if gate["outcome"] != "not learned" else None,
             decision_cols=dcols,
             decision_rows=drows,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from html import unescape
 from pathlib import Path
 
 import numpy as np
@@ -192,3 +193,15 @@ def test_page_says_it_first_and_shows_no_forest_plot(tmp_path):
     assert "no difference detected" not in section and "Holm p" not in section
     assert text.count("not interpreted") >= 3  # one cell per primary metric of the one contrast
     assert "Warning: 3 seed(s) for gated_headwise, linear" in text
+
+
+def test_page_shows_the_notes_of_the_data_sets_manifest(tmp_path):
+    runs = [_run(tmp_path, "t", v, seed, vals)
+            for v, seeds in LEARNED.items() for seed, vals in enumerate(seeds)]
+    data = tmp_path / "data" / "t" / "processed"
+    data.mkdir(parents=True)
+    note = "no cell-type column 'cell_type' (dataset.cell_type_key): cell-type metrics not measured"
+    (data / "manifest.json").write_text(json.dumps({"dataset": "t", "notes": [note]}))
+    html = report.build_report(runs, tmp_path / "report.html", family=FAMILY, data_dirs=[data]).read_text()
+    section = html[html.index('id="verdict-t"'):html.index('id="expectations"')]
+    assert f"Data note (preprocess, manifest.json): {note}." in unescape(re.sub(r"\s+", " ", section))
