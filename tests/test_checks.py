@@ -202,6 +202,6 @@ def test_page_shows_the_notes_of_the_data_sets_manifest(tmp_path):
     data.mkdir(parents=True)
     note = "no cell-type column 'cell_type' (dataset.cell_type_key): cell-type metrics not measured"
     (data / "manifest.json").write_text(json.dumps({"dataset": "t", "notes": [note]}))
-    html = report.build_report(runs, tmp_path / "report.html", family=FAMILY, data_dirs=[data]).read_text()
+    html = report.build_report(runs, tmp_path / "report.html", family=FAMILY).read_text()  # found beside the runs
     section = html[html.index('id="verdict-t"'):html.index('id="expectations"')]
     assert f"Data note (preprocess, manifest.json): {note}." in unescape(re.sub(r"\s+", " ", section))
