@@ -429,6 +429,11 @@ def test_negative_control_is_not_interpreted_and_bdtnp_is(tmp_path, bdtnp_dir):
     assert f"**no_signal: {checks.NOT_LEARNED}.**" in md and "**bdtnp** (3 seeds" in md
     page = (repo / "results/report.html").read_text()
     assert page.index("The models did not learn this tissue") < page.index('id="expectations"')
+    # a lab's file without the optional cell-type column: noted in the log and on the page
+    log = (repo / "results/logs/preprocess/no_signal.log").read_text()
+    assert "no cell-type column 'cell_type' (dataset.cell_type_key)" in log
+    assert re.search(r"preprocess: train: s\d \(100 cells\), s\d \(100 cells\); val: s\d \(100 cells\); test:", log)
+    assert "Data note (preprocess, manifest.json): no cell-type column" in page.replace("&#39;", "'")
 
 
 # --------------------------------------------------------------------------------------------------------
