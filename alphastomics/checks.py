@@ -140,7 +140,7 @@ def learning_gate(
         )
     elif "undetermined" in outcomes or "not learned" not in outcomes:
         outcome = "not assessed"
-        message = "learning gate not assessed: " + (
+        message = "not assessed: " + (
             "one seed per variant, no interval over seeds" if "undetermined" in outcomes
             else "no primary metric has a random-placement reference"
         )

@@ -266,7 +266,7 @@ def expectations_rows(ds: dict[str, Any]) -> list[dict[str, str]]:
                 if _ok(e.get("control_largest_share")):
                     measured += f" (ungated softmax control: {e['control_largest_share']:.1%})"
         elif e["mark"] == NOT_INTERPRETED:
-            measured = "(a change relative to a value at the random level)"
+            measured = "not shown (relative to a value at the random level)"
         else:
             measured = NOT_MEASURED if e["mark"] == NOT_MEASURED else f"{fmt_rel_ci(e)} over {e['n']} seeds"
         out.append(dict(variant=e["variant"], label=e["label"], expected=e["expected"], measured=measured,
