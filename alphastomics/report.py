@@ -3,15 +3,17 @@
 The page renders ``results/verdict.json`` (``alphastomics.verdict``: the declared contrasts tested over
 seeds, Holm-adjusted, with intervals) and adds what the verdict does not decide: descriptive tables, cost,
 figures and provenance, read from the run folders (``alphastomics.runs``). Its first screen is the answer:
-per data set a forest plot of the declared contrasts on the primary metrics and a table of decisions; the
-sentence per test follows, collapsed. Gated attention is that of Qiu et al. 2025 (arXiv 2505.06708), the
+per data set the learning gate and the run warnings (``alphastomics.checks``), a forest plot of the
+declared contrasts on the primary metrics and a table of decisions; the sentence per test follows, collapsed.
+A data set that failed the gate says so first and shows its contrasts as "not interpreted", without a forest
+plot. Gated attention is that of Qiu et al. 2025 (arXiv 2505.06708), the
 baseline the linear attention of LUNA (Yu et al. 2025). Inline CSS and PNG figures as data URIs: the page
 opens without network.
 
 ``python -m alphastomics report --markdown RESULTS`` prints the decisions with intervals per data set from
 ``RESULTS/verdict.json`` (README, "What make run found"); ``report --screenshot PAGE.html OUT.png`` renders a
-page in headless Chromium (docs/report.md). About 490 lines: the three renderings of one verdict (page,
-Markdown, screenshot) with the page's tables; the figures are in ``report_figures``.
+page in headless Chromium (docs/report.md). About 580 lines: the three renderings of one verdict (page,
+Markdown, screenshot) with the page's tables (the gate's among them); the figures are in ``report_figures``.
 """
 
 from __future__ import annotations
