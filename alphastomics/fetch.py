@@ -23,7 +23,7 @@ from typing import Any
 from alphastomics.artifacts import DataError, atomic_dir
 from alphastomics.config import DatasetConfig, SyntheticConfig
 from alphastomics.raw import FETCH_JSON, open_raw, sha256_file, verify_sha256
-from alphastomics.splits import assign_splits
+from alphastomics.splits import split_sections
 from alphastomics.synthetic import generate_synthetic
 
 NOVOSPARC_URLS = ("https://pypi.org/pypi/novosparc/0.4.4/json", "https://pypi.org/pypi/novosparc/json")
@@ -122,7 +122,7 @@ def fetch_user_files(out: Path, dcfg: DatasetConfig) -> dict[str, Any]:
         _write_json(tmp / FETCH_JSON, info)
         # Validate now, so a wrong file fails here with the user's path, not in a later stage.
         data = open_raw(tmp, dcfg, verify=False)
-        assign_splits([s.name for s in data.sections], dcfg, data.slab_cut, data.sections[0].file)
+        split_sections(data, dcfg)
     return info
 
 

@@ -28,7 +28,7 @@ from alphastomics import __version__
 from alphastomics.artifacts import FORMAT, DataError, atomic_dir, cells_schema, gene_std_floored
 from alphastomics.config import DatasetConfig, to_dict
 from alphastomics.raw import RawData, from_anndata, open_raw
-from alphastomics.splits import assign_splits, fold_splits
+from alphastomics.splits import split_sections
 
 SPLITS = ("train", "val", "test")
 
@@ -177,11 +177,7 @@ def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, A
     for s in secs:
         if s.n_cells < 2:
             raise DataError(f"{s.file}: section '{s.name}' has {s.n_cells} cell(s); remove it or merge it, a section needs >= 2 cells")
-    names = [s.name for s in secs]
-    if dcfg.num_folds > 1:
-        split = fold_splits(names, dcfg, raw.slab_cut, secs[0].file)
-    else:
-        split = assign_splits(names, dcfg, raw.slab_cut, secs[0].file)
+    split = split_sections(raw, dcfg)
     train = [i for i, s in enumerate(secs) if split[s.name] == "train"]
     g = len(raw.genes)  # columns read; len(genes) columns written
 
@@ -266,4 +262,14 @@ def main(args: Any, cfg: Any) -> int:
            "highly_variable_genes": "highly variable on training sections"}[sel["method"]]
     print(f"preprocess: {m['n_cells']} cells x {m['n_genes']} genes ({how}, of {sel['from_genes']}), {m['dims']}D, "
           f"sections {sizes}, input {m['normalization']['input']} -> {args.out}")
+    print(f"preprocess: {split_line(m)}")
     return 0
+
+
+def split_line(manifest: dict[str, Any]) -> str:
+    """Which section went where, with its cell count: 'train: s2 (645 cells), s1 (400 cells); val: ...'."""
+    cells = manifest["cells_per_section"]
+    return "; ".join(
+        f"{k}: " + ", ".join(f"{s} ({cells[s]:,} cells)" for s in names)
+        for k, names in manifest["splits"].items() if names
+    )

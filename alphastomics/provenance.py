@@ -144,6 +144,8 @@ def provenance(runs: list[Run], cfg: Any, config_snapshot: Path | None) -> dict[
         "version": __version__,
         "commit": _git_commit(),
         "checksums": checksums,
+        # what the reader noted (a missing optional column, constant z dropped ...): shown with the verdict
+        "data_notes": {ds: list(m.get("notes") or []) for ds, m in manifests.items()},
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": _cpu_name(),
         "gpu": _gpu_name(),

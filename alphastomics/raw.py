@@ -81,7 +81,7 @@ class RawData:
     # gene, as scanpy does before subsetting to a gene panel); None = all genes
     keep: np.ndarray | None = None
     source_files: dict[str, str] | None = None  # fetched name -> the user's file it came from
-    notes: list[str] | None = None  # what the reader changed (unique gene names, constant z dropped)
+    notes: list[str] | None = None  # what the reader changed or missed (constant z dropped, no cell types)
 
     @property
     def kept_genes(self) -> list[str]:
@@ -393,6 +393,24 @@ def _flatten_constant_z(data: RawData, where: str) -> None:
         data.notes = [*(data.notes or []), "constant z dropped: 2D"]
 
 
+def _note_missing_cell_types(data: RawData, dcfg: DatasetConfig, where: str) -> None:
+    """A lab's file without the optional cell-type column: said once (log and the manifest's notes), since
+    the cell-type metrics are then missing from every run's metrics and the report."""
+    if data.source not in ("h5ad", "csv") or any(s.cell_types is not None for s in data.sections):
+        return
+    key = dcfg.cell_type_key
+    if data.source == "csv":
+        key = "cell_class" if key in (None, "cell_type") else key
+    if key is None:
+        text = "no cell types (dataset.cell_type_key is null)"
+    else:
+        text = f"no cell-type column '{key}' (dataset.cell_type_key)"
+    text += ": the cell-type metrics (neighborhood_ari, neighborhood_nmi) are not measured"
+    note(f"{where}: {text}" + ("; set dataset.cell_type_key to the column of cell types if the file has one"
+                               if key is not None else ""))
+    data.notes = [*(data.notes or []), text]
+
+
 def read_gene_list(path: str | Path, available: list[str]) -> list[str]:
     path = Path(path)
     if not path.is_file():
@@ -456,6 +474,7 @@ def open_raw(raw: Path, dcfg: DatasetConfig, *, verify: bool = True) -> RawData:
             if len(np.unique(all_ids)) != len(all_ids):
                 note(f"{where}: cell ids repeat across files; written as 'section:id'")
         _flatten_constant_z(data, where)
+        _note_missing_cell_types(data, dcfg, where)
     names = [s.name for s in data.sections]
     if len(set(names)) != len(names):
         raise DataError(f"{info.get('origin', raw)}: section names repeat across files; give each file distinct section names")
@@ -490,6 +509,7 @@ def from_anndata(adata: Any, dcfg: DatasetConfig, name: str = "anndata") -> RawD
     sections = _annotated_sections(where, adata.obs, adata.n_obs, coords, matrix, dcfg, dcfg.section_key, name)
     data = RawData("h5ad", genes, coords.shape[1], sections, {}, expression_field=field)
     _flatten_constant_z(data, where)
+    _note_missing_cell_types(data, dcfg, where)
     if dcfg.genes_file:
         index = {g: i for i, g in enumerate(genes)}
         data.keep = np.array([index[g] for g in read_gene_list(dcfg.genes_file, genes)])

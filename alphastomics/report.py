@@ -3,15 +3,17 @@
 The page renders ``results/verdict.json`` (``alphastomics.verdict``: the declared contrasts tested over
 seeds, Holm-adjusted, with intervals) and adds what the verdict does not decide: descriptive tables, cost,
 figures and provenance, read from the run folders (``alphastomics.runs``). Its first screen is the answer:
-per data set a forest plot of the declared contrasts on the primary metrics and a table of decisions; the
-sentence per test follows, collapsed. Gated attention is that of Qiu et al. 2025 (arXiv 2505.06708), the
+per data set the learning gate and the run warnings (``alphastomics.checks``), a forest plot of the
+declared contrasts on the primary metrics and a table of decisions; the sentence per test follows, collapsed.
+A data set that failed the gate says so first and shows its contrasts as "not interpreted", without a forest
+plot. Gated attention is that of Qiu et al. 2025 (arXiv 2505.06708), the
 baseline the linear attention of LUNA (Yu et al. 2025). Inline CSS and PNG figures as data URIs: the page
 opens without network.
 
 ``python -m alphastomics report --markdown RESULTS`` prints the decisions with intervals per data set from
 ``RESULTS/verdict.json`` (README, "What make run found"); ``report --screenshot PAGE.html OUT.png`` renders a
-page in headless Chromium (docs/report.md). About 490 lines: the three renderings of one verdict (page,
-Markdown, screenshot) with the page's tables; the figures are in ``report_figures``.
+page in headless Chromium (docs/report.md). About 580 lines: the three renderings of one verdict (page,
+Markdown, screenshot) with the page's tables (the gate's among them); the figures are in ``report_figures``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 from alphastomics import AlphaSTomicsError
 from alphastomics import verdict as V
 from alphastomics.artifacts import atomic_write_text
+from alphastomics.checks import NOT_INTERPRETED
 from alphastomics.layout import peer_method
 from alphastomics.provenance import NOT_MEASURED, provenance
 from alphastomics.runs import (  # noqa: F401  (load_run: this module's API too)
@@ -138,7 +141,10 @@ def sentence(r: dict[str, Any]) -> str:
         f"{word} is better), {r['n']} paired {units}: {fmt(r['variant_mean'])} vs "
         f"{fmt(r['reference_mean'])}, difference {fmt(r['mean_difference'])}"
     )
-    if _ok(r.get("ci_low")):
+    if r.get("decision") == NOT_INTERPRETED:  # relative to a value at the random level: no scale
+        if _ok(r.get("ci_low")):
+            head += f" [95 % interval {fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
+    elif _ok(r.get("ci_low")):
         head += f" [95 % interval {fmt(r['ci_low'])}, {fmt(r['ci_high'])}], relative {fmt_rel_ci(r)}"
     else:
         head += f", relative {fmt_pct(r.get('relative_change'))}"
@@ -150,7 +156,7 @@ def sentence(r: dict[str, Any]) -> str:
             f"; paired t-test p = {fmt_p(r.get('p_value'))}, "
             f"sign-flip permutation p = {fmt_p(r.get('permutation_p'))}"
         )
-    if _ok(r.get("holm_p")):
+    if _ok(r.get("holm_p")) and r.get("decision") != NOT_INTERPRETED:
         head += f", Holm-adjusted p = {fmt_p(r['holm_p'])} (family of {r['family_size']})"
     if r.get("decision"):
         head += f": {r['decision']}"
@@ -172,6 +178,10 @@ def decisions_table(ds: dict[str, Any], primary: list[str]) -> tuple[list[str], 
     for r in ds["records"]:
         key = (r["variant"], r["reference"])
         row = rows.setdefault(key, {"name": contrast_name(*key), "cells": {m: None for m in cols}})
+        if r["decision"] == NOT_INTERPRETED:
+            row["cells"][r["metric"]] = {"change": fmt_abs_ci(r), "holm": None, "decision": r["decision"],
+                                         "kind": "not-interpreted"}
+            continue
         row["cells"][r["metric"]] = {
             "change": fmt_rel_ci(r),
             "holm": fmt_p(r.get("holm_p")),
@@ -179,6 +189,52 @@ def decisions_table(ds: dict[str, Any], primary: list[str]) -> tuple[list[str], 
             "kind": r["decision"] if r["decision"] in ("better", "worse") else "none",
         }
     return cols, list(rows.values())
+
+
+def fmt_abs_ci(r: dict[str, Any]) -> str:
+    """'difference 0.0012 [-0.003, 0.005]': the paired difference in the metric's units (a relative change
+    would divide by a value at the random level)."""
+    if not _ok(r.get("ci_low")):
+        return f"difference {fmt(r.get('mean_difference'))}"
+    return f"difference {fmt(r['mean_difference'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
+
+
+def fmt_skill(x: float | None) -> str:
+    if not _ok(x):
+        return NOT_MEASURED
+    return "0.00" if abs(x) < 0.005 else f"{x:+.2f}"
+
+
+def gate_table(ds: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The learning gate as a table: columns = primary metrics with a random-placement reference; rows = the
+    variants (mean [95 % interval over seeds], skill, against random), the best peer, random placement."""
+    gate = ds.get("learning_gate") or {}
+    metrics = [e for e in gate.get("metrics", []) if e.get("random") is not None]
+    cols = [e["metric"] for e in metrics]
+    rows: dict[str, dict[str, Any]] = {}
+    for e in metrics:
+        for r in e["variants"]:
+            row = rows.setdefault(r["variant"], {"name": r["variant"], "kind": "variant", "cells": {}})
+            ci = fmt_mean_ci({"mean": r["mean"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n": r["n"]})
+            where = {"above": "above random", "at": "at the random level", "below": "below random",
+                     "undetermined": "one seed, no interval"}[r["vs_random"]]
+            row["cells"][e["metric"]] = {
+                "value": ci,
+                "skill": f"skill {fmt_skill(r['skill'])} (worse end {fmt_skill(r['skill_worse_end'])})",
+                "mark": where, "kind": r["vs_random"]}
+        p = e.get("best_peer")
+        if p:
+            name = f"best peer ({p['peer']})"
+            row = rows.setdefault(name, {"name": name, "kind": "peer", "cells": {}})
+            above = p["peer"] in e["peers_above"]
+            row["cells"][e["metric"]] = {"value": fmt(p["value"]), "skill": f"skill {fmt_skill(p['skill'])}",
+                                         "mark": "above random" if above else "at the random level",
+                                         "kind": "above" if above else "at"}
+    out = list(rows.values())
+    out.append({"name": "random placement", "kind": "reference",
+                "cells": {e["metric"]: {"value": fmt(e["random"]), "skill": "skill 0", "mark": "", "kind": ""}
+                          for e in metrics}})
+    return cols, out
 
 
 def metrics_table(ds: dict[str, Any], runs: dict[str, list[Run]]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -211,6 +267,8 @@ def expectations_rows(ds: dict[str, Any]) -> list[dict[str, str]]:
                 measured = f"largest per-layer sink share {e['largest_share']:.1%}"
                 if _ok(e.get("control_largest_share")):
                     measured += f" (ungated softmax control: {e['control_largest_share']:.1%})"
+        elif e["mark"] == NOT_INTERPRETED:
+            measured = "not shown (relative to a value at the random level)"
         else:
             measured = NOT_MEASURED if e["mark"] == NOT_MEASURED else f"{fmt_rel_ci(e)} over {e['n']} seeds"
         out.append(dict(variant=e["variant"], label=e["label"], expected=e["expected"], measured=measured,
@@ -297,12 +355,23 @@ def _render(verdict: dict[str, Any], runs: list[Run], prov: dict[str, Any]) -> s
         shown = next((m for m in primary if m in names), names[0] if names else "knn_preservation")
         cols, rows = metrics_table(ds, {**view.variants, **view.peers})
         dcols, drows = decisions_table(ds, primary)
+        gcols, grows = gate_table(ds)
         pos_png, pos_caption = fig_positions(view, shown)
+        gate = ds.get("learning_gate") or {
+            "outcome": "not assessed", "message": "no learning gate in verdict.json", "metrics": [],
+            "min_skill": None,
+        }
+        gate = gate | {"unchecked": [e["metric"] for e in gate["metrics"] if e.get("random") is None]}
         pages.append(dict(
             name=ds["dataset"],
             baseline=verdict["baseline"],
             seeds=ds["seeds"],
-            forest=fig_forest(ds, primary),
+            gate=gate,
+            gate_cols=gcols,
+            gate_rows=grows,
+            warnings=[w["message"] for w in ds.get("warnings", [])],
+            data_notes=prov.get("data_notes", {}).get(ds["dataset"], []),
+            forest=fig_forest(ds, primary) if gate["outcome"] != "not learned" else None,
             decision_cols=dcols,
             decision_rows=drows,
             plan=plan_rows(ds),
@@ -334,6 +403,7 @@ def _render(verdict: dict[str, Any], runs: list[Run], prov: dict[str, Any]) -> s
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
+    env.filters["capitalize_first"] = lambda text: text[:1].upper() + text[1:]
     return env.get_template("report.html.j2").render(
         views=pages,
         family=verdict["family"],
@@ -454,12 +524,24 @@ def markdown_summary(results: Path) -> str:
     out = []
     for ds in v["datasets"]:
         cols, rows = decisions_table(ds, primary)
-        seeds = sorted({len(s) for s in ds["seeds"].values()})
-        out.append(
-            f"**{ds['dataset']}** ({'/'.join(map(str, seeds))} seeds per variant; relative change of the "
-            f"mean paired difference [95 % t interval over seeds]; Holm-adjusted p over "
-            f"{len(ds['records'])} tests; better/worse only when it is < 0.05)\n"
-        )
+        seeds = "/".join(map(str, sorted({len(s) for s in ds["seeds"].values()})))
+        gate = ds.get("learning_gate") or {}
+        if gate.get("outcome") == "not learned":
+            out.append(
+                f"**{ds['dataset']}: {gate['message']}.** ({seeds} seeds per variant; every contrast is not "
+                "interpreted: the mean paired difference in the metric's units [95 % t interval over seeds], "
+                "no decision; verdict.json, 'learning_gate')\n"
+            )
+        else:
+            out.append(
+                f"**{ds['dataset']}** ({seeds} seeds per variant; relative change of the "
+                f"mean paired difference [95 % t interval over seeds]; Holm-adjusted p over "
+                f"{len(ds['records'])} tests; better/worse only when it is < 0.05)\n"
+            )
+            if gate:
+                out.append(f"Learning gate: {gate['message']}.\n")
+        for w in ds.get("warnings", []):
+            out.append(f"Warning: {w['message']}.\n")
         if not rows:
             out.append("No declared contrast could be tested here (see verdict.json, 'skipped').\n")
         else:
@@ -469,7 +551,12 @@ def markdown_summary(results: Path) -> str:
                 cells = []
                 for m in cols:
                     c = row["cells"][m]
-                    cells.append("-" if c is None else f"{c['change']}, p_Holm {c['holm']}: {c['decision']}")
+                    if c is None:
+                        cells.append("-")
+                    elif c["decision"] == NOT_INTERPRETED:
+                        cells.append(f"{c['decision']} ({c['change']})")
+                    else:
+                        cells.append(f"{c['change']}, p_Holm {c['holm']}: {c['decision']}")
                 out.append(f"| {row['name']} | " + " | ".join(cells) + " |")
             out.append("")
         plan = plan_rows(ds)
@@ -486,7 +573,7 @@ def markdown_summary(results: Path) -> str:
             out.append("Peers, per held-out section (model: mean over seeds):\n")
             for r in ds["peers"]:
                 diffs = ", ".join(fmt(d) for d in np.subtract(r["variant_values"], r["reference_values"]))
-                if r["p_value"] is None:
+                if r["decision"] == NOT_INTERPRETED or r["p_value"] is None:
                     out.append(
                         f"- {r['variant']} vs {r['peer']}, {r['metric']}: differences per section {diffs}; "
                         f"{r['decision']}"

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from alphastomics.artifacts import DataError
 from alphastomics.config import DatasetConfig
+from alphastomics.raw import RawData
 
 
-def assign_splits(names: list[str], dcfg: DatasetConfig, slab_cut: bool, where: str) -> dict[str, str]:
+def assign_splits(
+    names: list[str], dcfg: DatasetConfig, slab_cut: bool, where: str, sizes: Mapping[str, int] | None = None
+) -> dict[str, str]:
     """Section -> split, by section, never by cell. Explicit lists win; slab-cut data hold out odd slabs;
-    otherwise a seeded shuffle takes ``max(1, round(test_fraction * n))`` test sections and, when
-    ``val_fraction > 0``, ``max(1, round(val_fraction * n))`` validation sections, always leaving one
-    for training (3 sections: one each)."""
+    otherwise ``max(1, round(test_fraction * n))`` test sections and, when ``val_fraction > 0``,
+    ``max(1, round(val_fraction * n))`` validation sections, always leaving one for training (3 sections:
+    one each). The sections are shuffled with ``split_seed``; without ``sizes`` the first of them are held
+    out, with ``sizes`` (cells per section) the smallest (the largest train), ties in the shuffled order.
+    Test sections come first among those held out."""
     if len(names) < 2:
         raise DataError(
             f"{where}: only one section ('{names[0]}'); splits are by section, never by cell, so at least 2 "
@@ -49,10 +56,17 @@ def assign_splits(names: list[str], dcfg: DatasetConfig, slab_cut: bool, where: 
     n_test = min(max(1, int(round(dcfg.test_fraction * n))), n - 1)
     n_val = max(1, int(round(dcfg.val_fraction * n))) if dcfg.val_fraction > 0 else 0
     n_val = max(0, min(n_val, n - n_test - 1))  # keep at least one training section
+    held = order[: n_test + n_val]
+    if sizes is not None:
+        # A lab's sections differ in size (coverslips of 400 and 645 cells): the model learns from the
+        # largest ones. The smallest are held out (a stable sort: among equal sizes the seeded order, so equal
+        # sizes give the plain shuffle) and dealt to test and val in the seeded order.
+        smallest = set(sorted(order, key=lambda s: sizes[s])[: n_test + n_val])
+        held = [s for s in order if s in smallest]
     split = {s: "train" for s in names}
-    for s in order[:n_test]:
+    for s in held[:n_test]:
         split[s] = "test"
-    for s in order[n_test : n_test + n_val]:
+    for s in held[n_test:]:
         split[s] = "val"
     return split
 
@@ -87,3 +101,14 @@ def fold_splits(names: list[str], dcfg: DatasetConfig, slab_cut: bool, where: st
     for s in groups[i % k]:
         split[s] = "test"
     return split
+
+
+def split_sections(data: RawData, dcfg: DatasetConfig) -> dict[str, str]:
+    """The split of a data set as read: a lab's own sections (h5ad, csv) by size, the largest training;
+    synthetic sections are draws of one generator, exchangeable, and keep the plain seeded shuffle; a
+    cross-validation fold (``dataset.num_folds`` > 1) is ``fold_splits``'s."""
+    secs = data.sections
+    if dcfg.num_folds > 1:
+        return fold_splits([s.name for s in secs], dcfg, data.slab_cut, secs[0].file)
+    sizes = {s.name: s.n_cells for s in secs} if data.source in ("h5ad", "csv") else None
+    return assign_splits([s.name for s in secs], dcfg, data.slab_cut, secs[0].file, sizes)

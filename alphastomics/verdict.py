@@ -13,6 +13,8 @@ Follows DESIGN section 6, "Statistics", like a methods section written before th
 - peers: per held-out section, the model's seed-averaged value against the peer's value; a test only with at
   least ``MIN_PEER_SECTIONS`` sections;
 - the design note's expected changes against linear attention, each compared with the interval;
+- before any of that is read, the learning gate and the run warnings (``alphastomics.checks``): when no
+  variant placed cells better than random, every contrast of the data set is "not interpreted".
 - the power plan: per primary record, the seeds needed for a 5 % smallest detectable effect and their cost.
 
 The JSON schema is documented in docs/metrics.md ("verdict.json"); the report and ``report --markdown`` only
@@ -32,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from alphastomics import AlphaSTomicsError, stats
+from alphastomics import AlphaSTomicsError, checks, stats
 from alphastomics.layout import peer_method
 from alphastomics.runs import DatasetView, Run, direction, group_runs, section_values, seed_values
 
@@ -390,7 +392,7 @@ def power_plan(view: DatasetView, family: Family, records: list[dict[str, Any]],
 def dataset_verdict(view: DatasetView, family: Family) -> dict[str, Any]:
     records, secondary, skipped = contrast_records(view, family)
     table, random_reference = describe(view)
-    return {
+    out = {
         "dataset": view.name,
         "seeds": {v: sorted(r.seed for r in rs) for v, rs in view.variants.items()},
         "records": records,
@@ -398,9 +400,19 @@ def dataset_verdict(view: DatasetView, family: Family) -> dict[str, Any]:
         "peers": peer_records(view, family),
         "expectations": expectation_rows(view, family, records + secondary),
         "skipped": skipped,
-        "power_plan": power_plan(view, family, records),
         "table": table,
         "random_reference": random_reference,
+    } | learning_checks(view, family, random_reference)
+    # Seeds to resolve a difference nobody may interpret would be a plan for nothing: none when not learned.
+    learned = out["learning_gate"].get("outcome") != "not learned"
+    return out | {"power_plan": power_plan(view, family, records) if learned else []}
+
+
+def learning_checks(view: DatasetView, family: Family, random_reference: dict[str, float]) -> dict[str, Any]:
+    """The keys ``learning_gate`` and ``warnings`` of a data set (``alphastomics.checks``)."""
+    return {
+        "learning_gate": checks.learning_gate(view, family.primary_metrics, random_reference),
+        "warnings": checks.run_warnings(view),
     }
 
 
@@ -408,6 +420,9 @@ def build(runs: list[Run], family: Family | None = None, *, baseline: str = BASE
     """The whole verdict (JSON-ready: NaN as null) of the runs given."""
     family = family or Family()
     datasets = [dataset_verdict(v, family) for v in group_runs(runs, baseline)]
+    for ds in datasets:
+        if ds["learning_gate"]["outcome"] == "not learned":
+            checks.not_interpreted(ds)
     return _clean(
         {
             "schema": SCHEMA,
@@ -432,6 +447,7 @@ def build(runs: list[Run], family: Family | None = None, *, baseline: str = BASE
                 "reference, per seed: mean of train_summary.json wall_time_s, folds summed)",
             },
             "runs": sorted(str(r.path) for r in runs),
+            "learning_gate": checks.RULE,
             "datasets": datasets,
         }
     )

@@ -146,6 +146,52 @@ def test_split_rules() -> None:
         assign_splits(names, replace(DCFG, test_sections=("nope",)), False, "x")
 
 
+def test_split_rule_trains_on_the_largest_sections() -> None:
+    # three coverslips: the largest trains whatever the seed; the seed deals the other two to test and val
+    sizes = {"a": 400, "b": 645, "c": 300}
+    dealt = set()
+    for seed in range(10):
+        split = assign_splits(list(sizes), replace(DatasetConfig(), split_seed=seed), False, "x", sizes)
+        assert split["b"] == "train"
+        dealt.add((split["a"], split["c"]))
+    assert dealt == {("test", "val"), ("val", "test")}
+    # ten sections, 6 / 2 / 2: the six largest train for every seed
+    names = [f"s{i}" for i in range(10)]
+    sizes = {s: 100 + 10 * i for i, s in enumerate(names)}
+    for seed in range(5):
+        split = assign_splits(names, replace(DatasetConfig(), split_seed=seed), False, "x", sizes)
+        assert [s for s in names if split[s] == "train"] == names[4:]
+    # equal sizes: the plain seeded shuffle
+    for seed in range(5):
+        dcfg = replace(DatasetConfig(), split_seed=seed)
+        assert assign_splits(names, dcfg, False, "x", dict.fromkeys(names, 50)) == assign_splits(names, dcfg, False, "x")
+
+
+def test_preprocess_logs_each_section_with_its_split_and_cells(tmp_path, capsys) -> None:
+    rng = np.random.default_rng(0)
+    sizes = {"cs1": 400, "cs2": 645, "cs3": 300}
+    n = sum(sizes.values())
+    a = ad.AnnData(rng.poisson(2.0, (n, 6)).astype(np.float32),
+                   obs=pd.DataFrame({"section": np.repeat(list(sizes), list(sizes.values()))},
+                                    index=[f"c{i}" for i in range(n)]))
+    a.obsm["spatial"] = rng.uniform(0, 100, (n, 2))
+    a.write_h5ad(tmp_path / "lab.h5ad")
+    sets = ["--set", "dataset.source=h5ad", "--set", f"dataset.path={tmp_path / 'lab.h5ad'}"]
+    assert cli(["fetch-data", "--out", str(tmp_path / "raw"), *sets]) == 0
+    capsys.readouterr()
+    assert cli(["preprocess", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "proc"), *sets]) == 0
+    out, err = capsys.readouterr()
+    line = next(x for x in out.splitlines() if x.startswith("preprocess: train:"))
+    assert line.startswith("preprocess: train: cs2 (645 cells); ")
+    assert {"val: cs1 (400 cells)", "test: cs3 (300 cells)"} <= set(line.split("; ")) or \
+        {"val: cs3 (300 cells)", "test: cs1 (400 cells)"} <= set(line.split("; "))
+    # the missing optional cell-type column: a note in the log and in the manifest
+    assert "no cell-type column 'cell_type' (dataset.cell_type_key): the cell-type metrics" in err
+    manifest = json.loads((tmp_path / "proc" / "manifest.json").read_text())
+    assert manifest["notes"] == ["no cell-type column 'cell_type' (dataset.cell_type_key): the cell-type metrics "
+                                 "(neighborhood_ari, neighborhood_nmi) are not measured"]
+
+
 # ---------------------------------------------------------------- bad input: one line, file + field + fix,
 # and no output folder left behind
 
