@@ -148,17 +148,20 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def run_folders(paths: Sequence[Path]) -> list[Path]:
-    """Run folders given, or every evaluated run below a results folder given."""
+    """Run folders given, or every evaluated run below a data set folder (results/bdtnp) or a results
+    folder given. One campaign at a time: a results folder holding two campaigns' runs of one data set
+    name (make run's bdtnp and make powered's folds of bdtnp) is passed as its data set folders."""
     out: list[Path] = []
     for p in map(Path, paths):
         if (p / "eval" / "metrics.json").is_file():
             out.append(p)
-        else:
-            found = sorted(q.parent.parent for q in p.glob("*/*/seed*/eval/metrics.json"))
-            if not found:
-                raise VarianceError(f"{p}: no run folder (*/*/seed*/eval/metrics.json) below it; pass "
-                                    "results/ or run folders")
-            out += found
+            continue
+        found = sorted(q.parent.parent for pattern in ("*/seed*/eval/metrics.json", "*/*/seed*/eval/metrics.json")
+                       for q in p.glob(pattern))
+        if not found:
+            raise VarianceError(f"{p}: no evaluated run below it ({{variant}}/seed*/eval/metrics.json); pass "
+                                "results/, data set folders such as results/bdtnp, or run folders")
+        out += found
     return out
 
 
