@@ -1,7 +1,9 @@
 """Provenance of a report: the configuration each data set really ran with, source checksums, code and machine.
 
 Read from the run folders (train summaries), the processed data sets' ``manifest.json`` and the config
-snapshot the workflow passes; the report renders what ``provenance`` returns.
+snapshot the workflow passes; the report renders what ``provenance`` returns. The training machines and
+their torch come from each run's ``train_summary.json`` (``machine()``, recorded by the training job itself:
+on a cluster the report runs on the login node, which has neither the GPUs nor, often, torch).
 """
 
 from __future__ import annotations
@@ -66,6 +68,37 @@ def _gpu_name() -> str:
         if r.returncode == 0 and r.stdout.strip():
             return ", ".join(sorted(set(r.stdout.split("\n")) - {""}))
     return "none"
+
+
+def machine() -> dict[str, Any]:
+    """Where this process runs, as a training job records it in train_summary.json ("machine")."""
+    import socket
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {
+        "host": socket.gethostname(),
+        "cpu": _cpu_name(),
+        "gpus": sorted({torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())}) if cuda else [],
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if cuda else None,
+        "python": platform.python_version(),
+    }
+
+
+def _training_machines(runs: list[Run]) -> tuple[str, str]:
+    """(devices, torch versions) of the training jobs, from their summaries; NOT_MEASURED without any."""
+    devices, torches = set(), set()
+    for r in runs:
+        s = r.summary or {}
+        m = s.get("machine") or {}
+        if "device" in s:
+            gpus = ", ".join(m.get("gpus") or []) or m.get("cpu")
+            devices.add(f"{s['device']}" + (f" ({gpus})" if gpus else ""))
+        if m.get("torch"):
+            torches.add(m["torch"] + (f", CUDA {m['cuda']}" if m.get("cuda") else ""))
+    return ("; ".join(sorted(devices)) or NOT_MEASURED), ("; ".join(sorted(torches)) or NOT_MEASURED)
 
 
 def _version(pkg: str) -> str:
@@ -138,6 +171,7 @@ def provenance(runs: list[Run], cfg: Any, config_snapshot: Path | None) -> dict[
         for ds, m in manifests.items()
     }
     config_text += _datasets_as_run(manifests, config_text)
+    train_devices, train_torch = _training_machines(runs)
     return {
         "config_text": config_text,
         "config_src": config_src,
@@ -149,11 +183,9 @@ def provenance(runs: list[Run], cfg: Any, config_snapshot: Path | None) -> dict[
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": _cpu_name(),
         "gpu": _gpu_name(),
-        "train_devices": ", ".join(
-            sorted({str(r.summary["device"]) for r in runs if r.summary and "device" in r.summary})
-        )
-        or NOT_MEASURED,
+        "train_devices": train_devices,
         "snakemake": _version("snakemake"),
         "python": platform.python_version(),
-        "torch": _version("torch"),
+        # torch as the training jobs saw it; the report's own environment needs none
+        "torch": train_torch if train_torch != NOT_MEASURED else f"{_version('torch')} (report environment)",
     }

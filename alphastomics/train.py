@@ -43,6 +43,7 @@ from alphastomics.diagnostics import gate_statistics
 from alphastomics.distributed import Dist, setup_distributed
 from alphastomics.lifecycle import Deadline, Interrupted, SignalFlag, TrainingError, ignore_stop_signals, thread_split
 from alphastomics.model import Denoiser, count_parameters
+from alphastomics.provenance import machine
 from alphastomics.runfolder import Paths, RunState, prepare_run_folder, resume, rng_state
 from alphastomics.seeds import DIAG_STREAM, DROPOUT_STREAM, NOISE_STREAM, VAL_STREAM, step_seed
 from alphastomics.variants import variant_name
@@ -446,6 +447,7 @@ def finish(s: Session, step: int) -> dict[str, Any]:
         "best_val_step": state.best_val_step,
         "nonfinite_steps": state.nonfinite_total,
         "device": str(s.device) if not s.d.enabled else f"{s.device.type} x {s.d.world_size}",
+        "machine": machine(),  # the report's provenance: this job's host, GPUs and torch
         "variant": variant_settings(s.cfg),
     }
     if s.d.is_main:

@@ -44,3 +44,26 @@ def test_provenance_shows_the_data_set_configuration_and_the_source_file_checksu
     assert as_run["overrides"] == {"training": {"max_steps": 200}}
     assert as_run["source_sha256"] == {"lab.h5ad": sha}
     assert prov["config_text"].startswith(snapshot.read_text())  # the workflow config as given, then the data sets
+
+
+def test_training_devices_and_torch_come_from_the_training_jobs(tmp_path: Path) -> None:
+    """On a cluster the report runs on the login node: the devices and torch it shows are those each training
+    job recorded in train_summary.json ("machine"), not the report environment's."""
+    from alphastomics.provenance import machine
+    from alphastomics.runs import Run
+
+    gpu_job = {"host": "gpu017", "cpu": "Xeon", "gpus": ["NVIDIA A100-SXM4-80GB"], "torch": "2.5.1",
+               "cuda": "12.4", "python": "3.11.9"}
+    runs = [Run(tmp_path / "a", "d", "linear", 0, summary={"device": "cuda:0", "machine": gpu_job}),
+            Run(tmp_path / "b", "d", "softmax", 0, summary={"device": "cuda x 2", "machine": gpu_job}),
+            Run(tmp_path / "c", "d", "peer_knn", 0)]
+    prov = provenance(runs, None, None)
+    assert prov["train_devices"] == "cuda x 2 (NVIDIA A100-SXM4-80GB); cuda:0 (NVIDIA A100-SXM4-80GB)"
+    assert prov["torch"] == "2.5.1, CUDA 12.4"
+    # Without summaries the report says whose torch it shows.
+    assert provenance(runs[2:], None, None)["torch"].endswith("(report environment)")
+    # What a job records: this process's host and torch.
+    import torch
+
+    here = machine()
+    assert here["torch"] == torch.__version__ and here["host"] and isinstance(here["gpus"], list)
