@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end each run after step N, its schedule still that of max(--budgets)")
     p.add_argument("--no-train", dest="no_train", action="store_true",
                    help="train nothing; score the checkpoints the runs have kept so far, write the tables")
+    p.add_argument("--only", choices=["runs", "peers"], default=None,
+                   help="only the training runs (scored) or only the peer, no tables: one workflow job")
 
     p = sub.add_parser("variance", help="where the seed-to-seed spread comes from: training, sections, draws")
     _common(p)

@@ -319,12 +319,18 @@ def main(args: Any, cfg: Any) -> int:
             raise StudyError(f"{path}: no processed data; run `snakemake {path}` (or make run) first")
     # seed-major order: if the study is cut short, every (data set, variant) has its first seed.
     jobs = [(ds, v, s) for s in seeds for v in variants for ds in datasets]
+    only = getattr(args, "only", None)  # one piece for a workflow job (workflow/rules/study.smk), no tables
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(peer_run, plan, model_config, data[ds], out, ds) for ds in datasets]
-        futures += [pool.submit(one_run, plan, model_config, data[ds], out, ds, v, s, budgets, args.patience,
-                                args.stop_after, not args.no_train, tuple(args.overrides))
-                    for ds, v, s in jobs]
+        futures = [] if only == "runs" else [pool.submit(peer_run, plan, model_config, data[ds], out, ds)
+                                             for ds in datasets]
+        futures += [] if only == "peers" else [
+            pool.submit(one_run, plan, model_config, data[ds], out, ds, v, s, budgets, args.patience,
+                        args.stop_after, not args.no_train, tuple(args.overrides)) for ds, v, s in jobs]
         errors = [f.exception() for f in futures if f.exception() is not None]
+    if only:
+        if errors:
+            raise StudyError("; ".join(str(e) for e in errors))
+        return 0
     rows = collect(out, datasets, variants, seeds, budgets)
     peers = peer_scores(out, datasets)
     chosen = write_tables(out, rows, budgets, peers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -128,8 +129,12 @@ def test_snakemake_learning_curve_target_dry_run(tmp_path):
                           env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    assert "python -m alphastomics learning-curve --config config/model.yaml --plan config/config.yaml" in out
-    assert "--jobs 2" in out
+    # one job per (data set, variant, seed) and per data set's peer, then the tables from what they scored
+    counts = dict(re.findall(r"^(study_run|study_peer|learning_curve)\s+(\d+)$", out, re.M))
+    assert counts == {"study_run": "12", "study_peer": "2", "learning_curve": "1"}  # 2 data sets x 3 x 2 seeds
+    assert "--only runs --datasets bdtnp --variants gated_headwise --seeds 1 --jobs 1" in out
+    assert "--only peers --datasets synthetic --jobs 1" in out
+    assert "--variants linear softmax gated_headwise --seeds 0 1 --no-train" in out
 
 
 def test_stop_after_ends_a_stage_once_its_checkpoint_exists(tmp_path):

@@ -1,30 +1,121 @@
 # The learning-curve study (docs/training.md, "How long to train"): not part of `make run`'s default target.
-# `make learning-curve` = snakemake learning_curve. Its training runs live under results/study/runs; they
-# are the study's own bookkeeping (resumed by the stage itself), so only the tables and the figure are
-# declared outputs.
+# `make learning-curve` = snakemake learning_curve. One job per (data set, variant, seed) trains one run and
+# scores its kept checkpoints (study_run: a GPU job like train, under --profile slurm on the GPU
+# partition), one per data set scores the kNN peer (study_peer, CPU), and learning_curve writes the tables
+# and the figure from what they scored. The training runs live under results/study/runs; they are the
+# study's own bookkeeping (train resumes from their checkpoints), so only the scores, the tables and the
+# figure are declared outputs.
+
+from alphastomics import study as STUDY
+
+STUDY_DIR = "results/study"
+STUDY_VARIANTS = [v for v in STUDY.DEFAULT_VARIANTS if v in VARIANTS]
+STUDY_SEEDS = list(STUDY.DEFAULT_SEEDS)
+STUDY_BUDGETS = sorted(STUDY.DEFAULT_BUDGETS)
+STUDY_RUN = STUDY_DIR + "/runs/{dataset}/{variant}/seed{seed}"
+
+
+def study_plan(wildcards):
+    """The workflow configuration as resolved (config_as_run in report.smk): the study's --plan."""
+    return config_as_run(wildcards)
+
+
+# Each job writes the plan beside its log (a param: a changed config reruns the study's jobs).
+STUDY_CMD = (
+    'plan={log}.plan.yaml && printf "%s" {params.plan:q} > "$plan" &&'
+    ' python -m alphastomics learning-curve --config {params.model_config} --plan "$plan"'
+    " --data-root results/data --out "
+    + STUDY_DIR
+    + " --budgets "
+    + " ".join(map(str, STUDY_BUDGETS))
+)
+
+
+rule study_run:
+    input:
+        data=PROC,
+    output:
+        expand(
+            STUDY_RUN + "/step{budget}/eval/metrics.json",
+            budget=STUDY_BUDGETS,
+            allow_missing=True,
+        ),
+    log:
+        "results/logs/study_run/{dataset}/{variant}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/study_run/{dataset}/{variant}/seed{seed}.tsv"
+    wildcard_constraints:
+        variant=MODEL_VARIANTS,
+    retries: RETRIES
+    conda:
+        "../../environment.yml"
+    threads: gpu_threads("train")
+    resources:
+        gpu=config["resources"]["train"]["gpus"],
+        gpu_model=gpu_model_on_retry("train"),
+        cpus_per_gpu=config["resources"]["train"]["cpus_per_gpu"],
+        nodes=1,
+        mem_mb=gpu_mem("train"),
+        runtime=runtime("train"),
+    params:
+        plan=study_plan,
+        model_config=config["model_config"],
+    shell:
+        STUDY_CMD
+        + " --only runs --datasets {wildcards.dataset} --variants {wildcards.variant}"
+        " --seeds {wildcards.seed} --jobs 1 > {log} 2>&1"
+
+
+rule study_peer:
+    input:
+        data=PROC,
+    output:
+        STUDY_DIR + "/runs/{dataset}/peer_knn/seed0/eval/metrics.json",
+    log:
+        "results/logs/study_peer/{dataset}.log",
+    conda:
+        "../../environment.yml"
+    threads: config["resources"]["cpu"]["threads"]
+    resources:
+        mem_mb=cpu_mem,
+        runtime=runtime("cpu"),
+    params:
+        plan=study_plan,
+        model_config=config["model_config"],
+    shell:
+        STUDY_CMD + " --only peers --datasets {wildcards.dataset} --jobs 1 > {log} 2>&1"
 
 
 rule learning_curve:
     input:
-        data=expand(PROC, dataset=DATASETS),
-        model_config=config["model_config"],
+        runs=expand(
+            rules.study_run.output,
+            dataset=DATASETS,
+            variant=STUDY_VARIANTS,
+            seed=STUDY_SEEDS,
+        ),
+        peers=expand(rules.study_peer.output, dataset=DATASETS),
     output:
-        table="results/study/learning_curve.tsv",
-        summary="results/study/learning_curve_summary.md",
-        figure="results/study/learning_curve.png",
+        table=f"{STUDY_DIR}/learning_curve.tsv",
+        summary=f"{STUDY_DIR}/learning_curve_summary.md",
+        figure=f"{STUDY_DIR}/learning_curve.png",
     log:
         "results/logs/learning_curve.log",
     benchmark:
         "results/benchmarks/learning_curve.tsv"
     conda:
         "../../environment.yml"
-    threads: 2
+    threads: config["resources"]["cpu"]["threads"]
+    resources:
+        mem_mb=cpu_mem,
+        runtime=runtime("cpu"),
     params:
-        # the workflow config as given (--configfile), for its data sets and variants
-        plan=lambda wildcards: (
-            workflow.configfiles[-1] if workflow.configfiles else "config/config.yaml"
-        ),
-        out=lambda wildcards, output: os.path.dirname(output.table),
+        plan=study_plan,
+        model_config=config["model_config"],
     shell:
-        "python -m alphastomics learning-curve --config {input.model_config} --plan {params.plan}"
-        " --data-root results/data --out {params.out} --jobs {threads} > {log} 2>&1"
+        STUDY_CMD
+        + " --variants "
+        + " ".join(STUDY_VARIANTS)
+        + " --seeds "
+        + " ".join(map(str, STUDY_SEEDS))
+        + " --no-train --jobs 1 > {log} 2>&1"
