@@ -72,7 +72,11 @@ def runnable_baselines(methods):
         return list(methods)
     kept, skipped = runnable(list(methods))
     for message in skipped:
-        logger.warning(message)
+        # loud: the report will compare against fewer peers than config.yaml's `baselines` promise
+        logger.warning(
+            f"WARNING: {message}; the report compares against {len(kept)} of "
+            f"{len(methods)} configured peers ({', '.join(kept) or 'none'})"
+        )
     return kept
 
 

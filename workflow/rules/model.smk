@@ -6,6 +6,23 @@
 #
 # Under SLURM (SLURM_JOB_ID set) train gets the job's time limit, resources.runtime: it saves a checkpoint
 # and exits 75 ten minutes before it (at most half the limit), and the retry (attempt x runtime) resumes.
+# Snakemake empties the log before each attempt; a failed attempt's log is printed by Snakemake
+# (show-failed-logs) and SLURM's log of that job is kept (.snakemake/slurm_logs/rule_train/...).
+
+
+def gpu_model_on_retry(rule):
+    """The GPU type of a retry (resources.RULE.retry_gpu_model): a GPU out of memory fails again on the
+    same GPU whatever the host memory, so attempts 2 and 3 ask for that type (e.g. more GPU memory). ""
+    (the first attempt, or unset) adds nothing to sbatch."""
+    model = config["resources"][rule].get("retry_gpu_model") or ""
+    return lambda wildcards, attempt: model if attempt > 1 else ""
+
+
+# PyTorch's expandable segments: less fragmentation of GPU memory, so fewer out-of-memory failures at the
+# same batch size (the user's own PYTORCH_CUDA_ALLOC_CONF wins).
+CUDA_ALLOC = (
+    "PYTORCH_CUDA_ALLOC_CONF=${{PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}} "
+)
 
 
 rule train:
@@ -26,6 +43,7 @@ rule train:
     threads: gpu_threads("train", lambda wildcards: train_gpus(wildcards.variant))
     resources:
         gpu=lambda wildcards: train_gpus(wildcards.variant),
+        gpu_model=gpu_model_on_retry("train"),
         cpus_per_gpu=config["resources"]["train"]["cpus_per_gpu"],
         nodes=1,
         mem_mb=gpu_mem("train", lambda wildcards: train_gpus(wildcards.variant)),
@@ -36,7 +54,8 @@ rule train:
         settings=train_settings,
         out=lambda wildcards, output: os.path.dirname(output.final),
     shell:
-        "{params.launcher} train --restart-if-config-changed --data_dir {input.data} --out {params.out}"
+        CUDA_ALLOC
+        + "{params.launcher} train --restart-if-config-changed --data_dir {input.data} --out {params.out}"
         " --threads {threads} ${{SLURM_JOB_ID:+--time-limit-min {resources.runtime}}}"
         " {params.args} > {log} 2>&1"
 
@@ -59,6 +78,7 @@ rule sample:
     threads: gpu_threads("sample")
     resources:
         gpu=config["resources"]["sample"]["gpus"],
+        gpu_model=gpu_model_on_retry("sample"),
         cpus_per_gpu=config["resources"]["sample"]["cpus_per_gpu"],
         nodes=1,
         mem_mb=gpu_mem("sample"),
@@ -67,5 +87,5 @@ rule sample:
         args=sample_args,
         settings=sample_settings,
     shell:
-        "python -m alphastomics sample --checkpoint {input.checkpoint}"
+        CUDA_ALLOC + "python -m alphastomics sample --checkpoint {input.checkpoint}"
         " --data_dir {input.data} --out {output} {params.args} > {log} 2>&1"
