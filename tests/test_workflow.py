@@ -1,4 +1,5 @@
-"""The Snakemake workflow: dry runs count the grid, a tiny run locally and on a fake SLURM, reruns, failures.
+"""The Snakemake workflow: dry runs count the grid (also under --profile slurm), a tiny local run, reruns,
+failures. The tiny run on a real SLURM cluster is tests/test_slurm.py.
 
 Every run happens in a temporary copy of the repository's workflow/ and config/ (never in its results/),
 with ../shared linked beside it as in CI. The tiny configuration is config/test.yaml.
@@ -17,15 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from snakemake.utils import available_cpu_count
 
-from alphastomics.lifecycle import thread_split
 
 pytestmark = pytest.mark.workflow
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-FAKE_SLURM = Path(__file__).resolve().parent / "fake_slurm"
 BIN = Path(sys.executable).parent
 
 
@@ -101,7 +99,7 @@ def test_default_dry_run_lists_datasets_x_variants_x_seeds(tmp_path):
 
 def test_slurm_profile_dry_run_from_repository_root(tmp_path):
     repo = make_copy(tmp_path)
-    # --cores 16: a dry run caps threads at --cores, a SLURM job at the CPUs it got (the fake-SLURM test)
+    # --cores 16: a dry run caps threads at --cores, a SLURM job at the CPUs it got
     counts, out = dry_run(repo, "--profile", "slurm", "--cores", "16")
     assert re.search(r"Using profiles? slurm", out)
     assert counts["train"] == 50 and counts["sample"] == 50
@@ -111,12 +109,16 @@ def test_slurm_profile_dry_run_from_repository_root(tmp_path):
     assert "threads: 8" in train and "nodes=1" in train  # the CPUs SLURM gives it are the ones it uses
     preprocess = out[out.index("rule preprocess:") :].split("\n\n")[0]
     assert "slurm_partition=cpu" in preprocess and "gpu=" not in preprocess
-    # (that fetch_data and report are localrules, never submitted, shows in the fake-SLURM run below)
+    # (that fetch_data and report are localrules, never submitted, shows in tests/test_slurm.py)
 
 
 def test_multi_gpu_variant_runs_torchrun_and_asks_for_its_gpus(tmp_path):
     repo = make_copy(tmp_path)
-    config = write_config(repo, "ddp.yaml", lambda c: c["variants"]["gated_headwise"].update(gpus=2))
+    def edit(c):
+        c["variants"]["gated_headwise"].update(gpus=2)
+        c["resources"]["train"]["cpus_per_gpu"] = 8
+
+    config = write_config(repo, "ddp.yaml", edit)
     _, out = dry_run(repo, "-p", "--configfile", config, "--until", "train")
     blocks = {b.split("output: ")[1].split("/train/")[0]: b for b in out.split("\n\n") if "rule train:" in b}
     ddp, single = blocks["results/synthetic/gated_headwise/seed0"], blocks["results/synthetic/linear/seed0"]
@@ -150,6 +152,27 @@ def test_lab_template_runs_the_default_grid_on_one_data_set(tmp_path):
     counts, _ = dry_run(repo, "--configfile", "config/lab.yaml")
     assert counts["train"] == len(default["variants"]) * len(default["seeds"]) == 25
     assert "SMOKE TEST" in (REPO / "config/lab_h5ad.yaml").read_text().splitlines()[0]
+
+
+def test_report_declares_what_it_reads_and_snapshots_the_configuration_as_run(tmp_path):
+    """The report's inputs are the files it reads (so it runs after them and reruns when they change), and
+    its configuration snapshot is the configuration this run resolved: --config model_config=... included."""
+    repo = make_copy(tmp_path)
+    _, out = dry_run(repo, "-p", "--configfile", "config/test.yaml", "--config",
+                     "model_config=config/model_cluster.yaml")
+    block = out[out.index("rule report:"):].split("\n\n")[0]
+    inputs = block.split("input: ")[1].split("\n")[0].split(", ")
+    runs = ["results/synthetic/linear/seed0", "results/synthetic/gated_headwise/seed0",
+            "results/synthetic/peer_knn/seed0"]
+    expected = {"results/data/synthetic/processed"} | {f"{r}/{f}" for r in runs for f in (
+        "eval/metrics.json", "eval/sections.csv", "samples.parquet")} | {
+        f"{r}/train/train_summary.json" for r in runs[:2]}
+    assert set(inputs) == expected
+    assert "--data-dirs results/data/synthetic/processed" in block
+    assert "--config config/model_cluster.yaml" in block and "--config-snapshot results/config_as_run.yaml" in block
+    snapshot = yaml.safe_load(block.split("printf '%s' '")[1].split("' > results/config_as_run.yaml")[0])
+    assert snapshot["model_config"] == "config/model_cluster.yaml"  # what ran, not what the file says
+    assert snapshot["seeds"] == [0] and snapshot["resources"]["cpu"]["threads"] == 1  # defaults filled in
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -482,7 +505,10 @@ def test_report_and_data_stages_run_in_their_small_environments(tiny_run, tmp_pa
 def test_set_up_files_say_what_the_workflow_needs():
     env = yaml.safe_load((REPO / "environment.yml").read_text())["dependencies"]
     assert "snakemake-executor-plugin-slurm>=2,<3" in env  # the profile uses 2.x options
-    assert any(re.fullmatch(r"cuda-version=\d+\.\d+", d) for d in env)  # CONDA_OVERRIDE_CUDA names it
+    assert any(re.fullmatch(r"cuda-version=\d+\.\d+", d) for d in env if isinstance(d, str))  # CONDA_OVERRIDE_CUDA
+    # the peers of config.yaml's baselines, at the versions the pyproject extras pin
+    pip = next(d["pip"] for d in env if isinstance(d, dict))
+    assert "tangram-sc==1.0.4" in pip and "novosparc==0.4.4" in pip
     assert "CONDA_OVERRIDE_CUDA" in (REPO / "environment.yml").read_text()
     pyproject = (REPO / "pyproject.toml").read_text()
     assert '"snakemake-executor-plugin-slurm>=2,<3"' in pyproject and 'license = "MIT"' in pyproject
@@ -493,6 +519,11 @@ def test_set_up_files_say_what_the_workflow_needs():
         text = (REPO / "workflow/profiles" / profile / "config.yaml").read_text()
         assert "conda" not in yaml.safe_load(text).get("software-deployment-method", "")
         assert "use-conda" not in yaml.safe_load(text)
+    # The workflow profile's keys win over --profile slurm's: it must not set keep-going, or one failed job
+    # would stop a whole cluster campaign; the slurm profile keeps going.
+    profiles = {p: yaml.safe_load((REPO / "workflow/profiles" / p / "config.yaml").read_text())
+                for p in ("default", "slurm")}
+    assert "keep-going" not in profiles["default"] and profiles["slurm"]["keep-going"] is True
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -557,83 +588,13 @@ def test_failing_job_names_its_log_and_rerun_after_fix_completes(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------
-# The slurm profile end to end against fake SLURM commands
+# The slurm profile end to end runs on a real SLURM cluster: tests/test_slurm.py
 
 
 def same_weights(a: Path, b: Path) -> bool:
     ca, cb = torch.load(a, weights_only=False), torch.load(b, weights_only=False)
     return all(torch.equal(ca[k][n], cb[k][n]) for k in ("model", "ema") for n in ca[k])
 
-
-def sbatch_calls(state: Path) -> dict[str, list[list[str]]]:
-    """The recorded sbatch argument lists by rule, in submission order."""
-    by_rule: dict[str, list[list[str]]] = {}
-    for line in (state / "sbatch.jsonl").read_text().splitlines():
-        args = json.loads(line)
-        rule = re.match(r"rule_([a-z_]+?)(_wildcards_.*)?$", args[args.index("--comment") + 1]).group(1)
-        by_rule.setdefault(rule, []).append(args)
-    return by_rule
-
-
-def test_slurm_profile_runs_tiny_workflow_on_fake_slurm(tmp_path, tiny_run):
-    """The tiny workflow under --profile slurm, with a time limit shorter than training: every train job
-    stops with a checkpoint before its limit, is retried with twice the runtime, and resumes to the same
-    weights as the uninterrupted local run. gated_headwise asks for 2 GPUs (torchrun, gloo on the CPU).
-
-    The limit is made deterministic by the test-only fake clock (alphastomics.lifecycle.FAKE_CLOCK_ENV): 100 s per
-    optimiser step; runtime 10 min, margin min(10, 10 / 2) = 5 min: the first attempt stops after step 3 of
-    4 (checkpoint_every is 2, so that checkpoint is the stop's own), the second (20 min) finishes."""
-    repo = make_copy(tmp_path)
-    config = write_config(repo, "ddp.yaml", lambda c: c["variants"]["gated_headwise"].update(gpus=2))
-    state = tmp_path / "slurm_state"
-    env = {"PATH": f"{FAKE_SLURM}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}", "FAKE_SLURM_DIR": str(state),
-           "ALPHASTOMICS_FAKE_SECONDS_PER_STEP": "100"}
-    snakemake(repo, "--profile", "slurm", "--configfile", config,
-              "--slurm-init-seconds-before-status-checks", "1", env=env)
-    assert (repo / "results/report.html").exists()
-
-    by_rule = sbatch_calls(state)
-    # fetch_data and report are localrules: never submitted
-    assert {r: len(c) for r, c in by_rule.items()} == {
-        "preprocess": 1, "train": 4, "baseline": 1, "sample": 2, "evaluate": 3}
-    for args in by_rule["train"] + by_rule["sample"]:
-        flags = " ".join(args[:-1])
-        assert "-p gpu" in flags and "-A your_account" in flags and "--nodes=1" in args
-        assert "--cpus-per-gpu=8" in args and "--gres" not in flags and "--cpus-per-task" not in flags
-        assert "--signal" not in flags  # stopping before the limit is train's own job (see the profile)
-    for args in by_rule["sample"]:
-        assert "--gpus=1" in args and "-t 10" in " ".join(args) and "--mem 2000" in " ".join(args)
-    # each train job twice: attempt 1 (10 min), then the retry with twice the runtime and memory
-    def option(args: list[str], name: str) -> str:
-        return args[args.index(name) + 1]
-
-    train_flags = sorted(
-        (re.search(r"wildcards_synthetic_(\w+)_0$", option(a, "--comment")).group(1),
-         next(x for x in a if x.startswith("--gpus=")), option(a, "-t"), option(a, "--mem"))
-        for a in by_rule["train"]
-    )
-    assert train_flags == [("gated_headwise", "--gpus=2", "10", "4000"), ("gated_headwise", "--gpus=2", "20", "8000"),
-                           ("linear", "--gpus=1", "10", "2000"), ("linear", "--gpus=1", "20", "4000")]
-    for args in by_rule["preprocess"] + by_rule["evaluate"] + by_rule["baseline"]:
-        flags = " ".join(args[:-1])
-        assert "-p cpu" in flags and "--mem 1000" in flags and "--cpus-per-task=1" in args
-        assert not any(a.startswith("--gpus") for a in args)
-
-    for variant in ("linear", "gated_headwise"):
-        log = (repo / f"results/logs/train/synthetic/{variant}/seed0.log").read_text()
-        assert re.search(r"resuming from \S+latest\.pt at step 3\b", log), log[-2000:]
-        summary = json.loads((repo / f"results/synthetic/{variant}/seed0/train/train_summary.json").read_text())
-        assert summary["steps"] == 4
-    # The DDP job asked for 2 GPUs x 8 CPUs (--cpus-per-gpu=8 above, one node) and its threads are those 16
-    # CPUs, as many as the node has (inside the job Snakemake caps threads at the CPUs it sees: 2 here).
-    # train shares them between its 2 processes.
-    cpus = min(16, available_cpu_count())
-    torch_threads, workers = thread_split(cpus, 2, 0)
-    assert f"train: {cpus} CPUs: {torch_threads} torch threads and {workers} data-loader workers" in (
-        repo / "results/logs/train/synthetic/gated_headwise/seed0.log").read_text()
-    # stopped and resumed = never stopped, bit for bit (the local tiny run, same config)
-    run = "results/synthetic/linear/seed0/train"
-    assert same_weights(repo / run / "final.pt", tiny_run / run / "final.pt")
 
 def test_changed_source_file_reruns_fetch_and_preprocess_untouched_reruns_nothing(tmp_path):
     import anndata as ad
