@@ -88,7 +88,13 @@ def test_tiny_study_scores_every_budget_and_records_where_runs_stopped(tiny_proc
     args = ["learning-curve", "--config", str(model), "--plan", str(plan), "--data-root",
             str(tmp_path / "data"), "--out", str(out), "--variants", "linear", "--seeds", "0",
             "--budgets", "1", "4", "--patience", "1", "--jobs", "1"]
-    assert cli(args) == 0
+    # As the workflow runs it (workflow/rules/study.smk): the runs, the peer, then the tables alone.
+    assert cli(args + ["--only", "runs"]) == 0
+    assert (out / "runs/tiny/linear/seed0/step4/eval/metrics.json").exists()
+    assert not (out / "runs/tiny/peer_knn").exists() and not (out / "learning_curve.tsv").exists()
+    assert cli(args + ["--only", "peers"]) == 0
+    assert (out / "runs/tiny/peer_knn/seed0/eval/metrics.json").exists() and not (out / "learning_curve.tsv").exists()
+    assert cli(args + ["--no-train"]) == 0
     rows = list(csv.DictReader((out / "learning_curve.tsv").open(), delimiter="\t"))
     assert [(r["dataset"], r["variant"], r["budget"]) for r in rows] == [
         ("tiny", "linear", "1"), ("tiny", "linear", "4")]

@@ -168,7 +168,6 @@ def test_report_declares_what_it_reads_and_snapshots_the_configuration_as_run(tm
         "eval/metrics.json", "eval/sections.csv", "samples.parquet")} | {
         f"{r}/train/train_summary.json" for r in runs[:2]}
     assert set(inputs) == expected
-    assert "--data-dirs results/data/synthetic/processed" in block
     assert "--config config/model_cluster.yaml" in block and "--config-snapshot results/config_as_run.yaml" in block
     snapshot = yaml.safe_load(block.split("printf '%s' '")[1].split("' > results/config_as_run.yaml")[0])
     assert snapshot["model_config"] == "config/model_cluster.yaml"  # what ran, not what the file says

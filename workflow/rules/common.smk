@@ -301,3 +301,57 @@ def gpu_threads(rule, gpus_of=lambda wildcards: 1):
     """
     per_gpu = config["resources"][rule]["cpus_per_gpu"]
     return lambda wildcards: per_gpu * gpus_of(wildcards)
+
+
+def gpu_model_on_retry(rule):
+    """The GPU type of a retry (resources.RULE.retry_gpu_model): a GPU out of memory fails again on the
+    same GPU whatever the host memory, so attempts 2 and 3 ask for that type (e.g. more GPU memory). ""
+    (the first attempt, or unset) adds nothing to sbatch."""
+    model = config["resources"][rule].get("retry_gpu_model") or ""
+    return lambda wildcards, attempt: model if attempt > 1 else ""
+
+
+# PyTorch's expandable segments: less fragmentation of GPU memory, so fewer out-of-memory failures at the
+# same batch size (the user's own PYTORCH_CUDA_ALLOC_CONF wins).
+CUDA_ALLOC = (
+    "PYTORCH_CUDA_ALLOC_CONF=${{PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}} "
+)
+
+
+# --- the report ---------------------------------------------------------------------------------------
+
+
+def report_inputs(wildcards):
+    """Every file the report reads, so that Snakemake orders it after them and reruns it when they change.
+
+    Per run: eval/metrics.json and sections.csv (evaluate; attention_map.npz is written with them, in one
+    folder rename), samples.parquet; per model run also train/train_summary.json (written after
+    train/metrics.jsonl is complete: metrics.jsonl is no declared output, see model.smk); per data set the
+    processed folder (its manifest.json, which the report finds beside the runs).
+    """
+    runs = all_runs()
+    models = [
+        RUN.format(dataset=d, variant=v, seed=s)
+        for d in DATASETS
+        for v in VARIANTS
+        for s in SEEDS
+    ]
+    return {
+        "data": expand(PROC, dataset=DATASETS),
+        "metrics": [f"{r}/eval/metrics.json" for r in runs],
+        "sections": [f"{r}/eval/sections.csv" for r in runs],
+        "samples": [f"{r}/samples.parquet" for r in runs],
+        "summaries": [f"{r}/train/train_summary.json" for r in models],
+    }
+
+
+def config_as_run(wildcards):
+    """The workflow configuration as this run resolved it (config file(s), --config overrides such as
+    model_config, schema defaults), as YAML with sorted keys: the report's provenance and the study's plan.
+    A param, so a changed value reruns its jobs, and a comment, key order or file name does not.
+    """
+    header = "# The workflow configuration as run: config file(s), --config overrides, defaults\n"
+    plain = json.loads(
+        json.dumps(config, default=str)
+    )  # no shared objects: no YAML anchors
+    return header + yaml.safe_dump(plain, sort_keys=True, default_flow_style=None)

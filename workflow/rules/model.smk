@@ -10,21 +10,6 @@
 # (show-failed-logs) and SLURM's log of that job is kept (.snakemake/slurm_logs/rule_train/...).
 
 
-def gpu_model_on_retry(rule):
-    """The GPU type of a retry (resources.RULE.retry_gpu_model): a GPU out of memory fails again on the
-    same GPU whatever the host memory, so attempts 2 and 3 ask for that type (e.g. more GPU memory). ""
-    (the first attempt, or unset) adds nothing to sbatch."""
-    model = config["resources"][rule].get("retry_gpu_model") or ""
-    return lambda wildcards, attempt: model if attempt > 1 else ""
-
-
-# PyTorch's expandable segments: less fragmentation of GPU memory, so fewer out-of-memory failures at the
-# same batch size (the user's own PYTORCH_CUDA_ALLOC_CONF wins).
-CUDA_ALLOC = (
-    "PYTORCH_CUDA_ALLOC_CONF=${{PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}} "
-)
-
-
 rule train:
     input:
         data=PROC,

@@ -1,39 +1,3 @@
-def report_inputs(wildcards):
-    """Every file the report reads, so that Snakemake orders it after them and reruns it when they change.
-
-    Per run: eval/metrics.json and sections.csv (evaluate; attention_map.npz is written with them, in one
-    folder rename), samples.parquet; per model run also train/train_summary.json (written after
-    train/metrics.jsonl is complete: metrics.jsonl is no declared output, see model.smk); per data set the
-    processed folder (its manifest.json, which the report finds beside the runs).
-    """
-    runs = all_runs()
-    models = [
-        RUN.format(dataset=d, variant=v, seed=s)
-        for d in DATASETS
-        for v in VARIANTS
-        for s in SEEDS
-    ]
-    return {
-        "data": expand(PROC, dataset=DATASETS),
-        "metrics": [f"{r}/eval/metrics.json" for r in runs],
-        "sections": [f"{r}/eval/sections.csv" for r in runs],
-        "samples": [f"{r}/samples.parquet" for r in runs],
-        "summaries": [f"{r}/train/train_summary.json" for r in models],
-    }
-
-
-def config_as_run(wildcards):
-    """The workflow configuration as this run resolved it (config file(s), --config overrides such as
-    model_config, schema defaults), as YAML: the report's provenance, and a rerun trigger as a param.
-    """
-    sources = ", ".join(os.path.relpath(f) for f in workflow.configfiles)
-    header = f"# The workflow configuration as run: {sources}, with --config overrides and defaults\n"
-    plain = json.loads(
-        json.dumps(config, default=str)
-    )  # no shared objects: no YAML anchors
-    return header + yaml.safe_dump(plain, sort_keys=False, default_flow_style=None)
-
-
 rule report:
     input:
         unpack(report_inputs),

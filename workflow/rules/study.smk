@@ -4,30 +4,18 @@
 # partition), one per data set scores the kNN peer (study_peer, CPU), and learning_curve writes the tables
 # and the figure from what they scored. The training runs live under results/study/runs; they are the
 # study's own bookkeeping (train resumes from their checkpoints), so only the scores, the tables and the
-# figure are declared outputs.
+# figure are declared outputs. Each job writes its --plan (the configuration as run, config_as_run in
+# common.smk, a param: a changed config reruns the study's jobs) beside its log.
 
 from alphastomics import study as STUDY
 
-STUDY_DIR = "results/study"
 STUDY_VARIANTS = [v for v in STUDY.DEFAULT_VARIANTS if v in VARIANTS]
 STUDY_SEEDS = list(STUDY.DEFAULT_SEEDS)
-STUDY_BUDGETS = sorted(STUDY.DEFAULT_BUDGETS)
-STUDY_RUN = STUDY_DIR + "/runs/{dataset}/{variant}/seed{seed}"
-
-
-def study_plan(wildcards):
-    """The workflow configuration as resolved (config_as_run in report.smk): the study's --plan."""
-    return config_as_run(wildcards)
-
-
-# Each job writes the plan beside its log (a param: a changed config reruns the study's jobs).
+STUDY_BUDGETS = " ".join(str(b) for b in sorted(STUDY.DEFAULT_BUDGETS))
 STUDY_CMD = (
     'plan={log}.plan.yaml && printf "%s" {params.plan:q} > "$plan" &&'
     ' python -m alphastomics learning-curve --config {params.model_config} --plan "$plan"'
-    " --data-root results/data --out "
-    + STUDY_DIR
-    + " --budgets "
-    + " ".join(map(str, STUDY_BUDGETS))
+    f" --data-root results/data --out results/study --budgets {STUDY_BUDGETS}"
 )
 
 
@@ -36,9 +24,8 @@ rule study_run:
         data=PROC,
     output:
         expand(
-            STUDY_RUN + "/step{budget}/eval/metrics.json",
-            budget=STUDY_BUDGETS,
-            allow_missing=True,
+            "results/study/runs/{{dataset}}/{{variant}}/seed{{seed}}/step{budget}/eval/metrics.json",
+            budget=sorted(STUDY.DEFAULT_BUDGETS),
         ),
     log:
         "results/logs/study_run/{dataset}/{variant}/seed{seed}.log",
@@ -58,11 +45,10 @@ rule study_run:
         mem_mb=gpu_mem("train"),
         runtime=runtime("train"),
     params:
-        plan=study_plan,
+        plan=config_as_run,
         model_config=config["model_config"],
     shell:
-        STUDY_CMD
-        + " --only runs --datasets {wildcards.dataset} --variants {wildcards.variant}"
+        f"{STUDY_CMD} --only runs --datasets {{wildcards.dataset}} --variants {{wildcards.variant}}"
         " --seeds {wildcards.seed} --jobs 1 > {log} 2>&1"
 
 
@@ -70,7 +56,7 @@ rule study_peer:
     input:
         data=PROC,
     output:
-        STUDY_DIR + "/runs/{dataset}/peer_knn/seed0/eval/metrics.json",
+        "results/study/runs/{dataset}/peer_knn/seed0/eval/metrics.json",
     log:
         "results/logs/study_peer/{dataset}.log",
     conda:
@@ -80,10 +66,10 @@ rule study_peer:
         mem_mb=cpu_mem,
         runtime=runtime("cpu"),
     params:
-        plan=study_plan,
+        plan=config_as_run,
         model_config=config["model_config"],
     shell:
-        STUDY_CMD + " --only peers --datasets {wildcards.dataset} --jobs 1 > {log} 2>&1"
+        f"{STUDY_CMD} --only peers --datasets {{wildcards.dataset}} --jobs 1 > {{log}} 2>&1"
 
 
 rule learning_curve:
@@ -96,9 +82,9 @@ rule learning_curve:
         ),
         peers=expand(rules.study_peer.output, dataset=DATASETS),
     output:
-        table=f"{STUDY_DIR}/learning_curve.tsv",
-        summary=f"{STUDY_DIR}/learning_curve_summary.md",
-        figure=f"{STUDY_DIR}/learning_curve.png",
+        table="results/study/learning_curve.tsv",
+        summary="results/study/learning_curve_summary.md",
+        figure="results/study/learning_curve.png",
     log:
         "results/logs/learning_curve.log",
     benchmark:
@@ -110,12 +96,8 @@ rule learning_curve:
         mem_mb=cpu_mem,
         runtime=runtime("cpu"),
     params:
-        plan=study_plan,
+        plan=config_as_run,
         model_config=config["model_config"],
     shell:
-        STUDY_CMD
-        + " --variants "
-        + " ".join(STUDY_VARIANTS)
-        + " --seeds "
-        + " ".join(map(str, STUDY_SEEDS))
-        + " --no-train --jobs 1 > {log} 2>&1"
+        f"{STUDY_CMD} --variants {' '.join(STUDY_VARIANTS)} --seeds {' '.join(map(str, STUDY_SEEDS))}"
+        " --no-train --jobs 1 > {log} 2>&1"
