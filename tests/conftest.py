@@ -119,3 +119,9 @@ def bdtnp_processed(tmp_path_factory: pytest.TempPathFactory, bdtnp_dir: Path) -
     fetch_bdtnp(root / "raw", bdtnp_dir)
     preprocess(root / "raw", dataclasses.replace(DatasetConfig(), name="bdtnp", source="bdtnp"), root / "processed")
     return root / "processed"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The tests on the real SLURM cluster (tests/test_slurm.py) spend most of their minutes waiting for jobs:
+    # first in the order, so that under `pytest -n 2 --dist loadfile` the other worker runs the rest meanwhile.
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is None)
