@@ -85,7 +85,7 @@ chmod 400 "$DIR/munge/munge.key"
 # SLURM's clients (sacctmgr at least, in 22.05) ignore AuthInfo=socket: munged listens on the default socket.
 SOCKET=/run/munge/munge.socket.2
 
-before=$(cat "$DIR/etc/slurm.conf" "$DIR/etc/gres.conf" 2>/dev/null | md5sum)
+before=$(cat "$DIR/etc/slurm.conf" "$DIR/etc/gres.conf" 2>/dev/null | md5sum || true)  # none on a first start
 cat > "$DIR/etc/slurm.conf" <<CONF
 # Written by tests/slurm/start.sh: a one-node test cluster on 127.0.0.1.
 ClusterName=$CLUSTER
