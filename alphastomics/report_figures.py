@@ -137,8 +137,12 @@ def fig_loss(view: DatasetView) -> str | None:
 
 
 def _samples(run: Run) -> pd.DataFrame | None:
+    """The run's samples, its first sampling draw only (one row per cell)."""
     path = run.path / "samples.parquet"
-    return pd.read_parquet(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    f = pd.read_parquet(path)
+    return f[f["draw"] == 0] if "draw" in f.columns else f
 
 
 def fig_positions(view: DatasetView, primary: str) -> tuple[str | None, str]:

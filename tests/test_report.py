@@ -391,3 +391,18 @@ def test_renders_in_headless_chromium(page, tmp_path):
     bad = tmp_path / "bad.html"
     bad.write_text("<html><body><p>x</p><script>throw new Error('boom')</script></body></html>")
     assert report.console_errors(report.screenshot(bad, tmp_path / "bad.png", width=400, height=300))
+
+
+def test_position_figure_takes_the_first_draw_of_a_multi_draw_samples_file(tmp_path):
+    import pandas as pd
+
+    from alphastomics.report_figures import _samples
+    from alphastomics.runs import Run
+
+    run = tmp_path / "toy" / "linear" / "seed0"
+    run.mkdir(parents=True)
+    rows = pd.DataFrame({"cell_id": ["a", "b", "a", "b"], "section": "s", "draw": [0, 0, 1, 1],
+                         "x_pred": [1.0, 2.0, 3.0, 4.0]})
+    rows.to_parquet(run / "samples.parquet")
+    got = _samples(Run(run, "toy", "linear", 0))
+    assert list(got["cell_id"]) == ["a", "b"] and list(got["x_pred"]) == [1.0, 2.0]
