@@ -564,10 +564,11 @@ def markdown_summary(results: Path) -> str:
             target = 100 * (ds.get("power_plan") or [{}])[0].get("target", math.nan)
             out.append(f"Power plan (seeds for a {target:.0f} % smallest detectable effect at the observed "
                        "spread):\n")
-            out.append("| contrast | metric | smallest detectable now | seeds needed | training cost |")
+            # metric first: a row of this table never reads as a row of the decisions table above
+            out.append("| metric | contrast | smallest detectable now | seeds needed | training cost |")
             out.append("|---|---|---|---|---|")
             for r in plan:
-                out.append(f"| {r['contrast']} | {r['metric']} | {r['now']} | {r['needed']} | {r['cost']} |")
+                out.append(f"| {r['metric']} | {r['contrast']} | {r['now']} | {r['needed']} | {r['cost']} |")
             out.append("")
         if ds["peers"]:
             out.append("Peers, per held-out section (model: mean over seeds):\n")

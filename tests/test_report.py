@@ -355,8 +355,13 @@ def test_markdown_prints_the_decisions_from_verdict_json(page, capsys):
     results = page[0].parent
     assert cli(["report", "--markdown", str(results)]) == 0
     text = capsys.readouterr().out
-    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    decisions, plan = text.split("Power plan (seeds for a 5 % smallest detectable effect")
+    rows = {line.split(" | ")[0].strip("| "): line for line in decisions.splitlines() if line.startswith("| ")}
     assert set(rows) == {"contrast", "gated_headwise vs linear", "gated_elementwise vs linear"}
+    # the power plan: one row per primary record, metric first
+    plan_rows = [line for line in plan.split("\n\n")[1].splitlines() if line.startswith("| ")][1:]
+    assert len(plan_rows) == len(_verdict(page)["datasets"][0]["records"])
+    assert all(line.split(" | ")[0].strip("| ") in report.LABELS or "_" in line for line in plan_rows)
     rec = next(r for r in _verdict(page)["datasets"][0]["records"]
                if (r["variant"], r["metric"]) == ("gated_headwise", "knn_preservation"))
     ci = f"[{100 * rec['relative_ci_low']:+.1f}, {100 * rec['relative_ci_high']:+.1f} %]"
