@@ -102,9 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs", type=Path, nargs="+",
         help="run folders results/{dataset}/{variant}/seed{seed} (peers: {dataset}/peer_{method}/seed{seed})",
     )
-    p.add_argument("--out", type=Path, help="HTML file to write (self-contained)")
+    p.add_argument("--out", type=Path, help="HTML file to write (self-contained); with --markdown: the Markdown file")
     p.add_argument("--markdown", type=Path, metavar="RESULTS",
-                   help="instead: print RESULTS/verdict.json (or that file) as Markdown (README tables)")
+                   help="instead: RESULTS/verdict.json (or that file) as Markdown, printed or written to --out "
+                        "(docs/results.md)")
     p.add_argument("--screenshot", nargs=2, type=Path, metavar=("PAGE_HTML", "OUT_PNG"),
                    help="instead: render a page in headless Chromium to a PNG (docs/report.png)")
     p.add_argument("--width", type=int, default=1280, help="--screenshot: window width (px)")

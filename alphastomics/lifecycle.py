@@ -87,7 +87,7 @@ class SignalFlag:
 
 
 # Environment variable for tests only: when set to N, the time limit's clock reads N seconds per optimiser
-# step done by this process instead of the wall clock, so a test stops at an exact step (tests/test_workflow.py).
+# step done by this process instead of the wall clock, so a test stops at an exact step (tests/test_slurm.py).
 FAKE_CLOCK_ENV = "ALPHASTOMICS_FAKE_SECONDS_PER_STEP"
 
 

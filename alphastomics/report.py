@@ -11,9 +11,10 @@ baseline the linear attention of LUNA (Yu et al. 2025). Inline CSS and PNG figur
 opens without network.
 
 ``python -m alphastomics report --markdown RESULTS`` prints the decisions with intervals per data set from
-``RESULTS/verdict.json`` (README, "What make run found"); ``report --screenshot PAGE.html OUT.png`` renders a
-page in headless Chromium (docs/report.md). About 580 lines: the three renderings of one verdict (page,
-Markdown, screenshot) with the page's tables (the gate's among them); the figures are in ``report_figures``.
+``RESULTS/verdict.json`` (``--out docs/results.md`` writes them as a page, quoted by the README);
+``report --screenshot PAGE.html OUT.png`` renders a page in headless Chromium (docs/report.md). About 600
+lines: the three renderings of one verdict (page, Markdown, screenshot) with the page's tables (the gate's
+among them); the figures are in ``report_figures``.
 """
 
 from __future__ import annotations
@@ -442,9 +443,14 @@ def build_report(
 
 def main(args: argparse.Namespace, cfg: Any) -> int:
     """``report --runs ... --out PAGE`` builds the verdict and the page; ``--markdown RESULTS`` prints the
-    verdict as Markdown; ``--screenshot PAGE PNG`` renders a page to PNG."""
+    verdict as Markdown (with ``--out FILE``: writes it as a whole page, docs/results.md); ``--screenshot PAGE
+    PNG`` renders a page to PNG."""
     if getattr(args, "markdown", None) is not None:
-        print(markdown_summary(args.markdown))
+        if args.out is None:
+            print(markdown_summary(args.markdown))
+        else:
+            atomic_write_text(args.out, markdown_document(args.markdown, args.out))
+            print(f"report: wrote {args.out}")
         return 0
     if getattr(args, "screenshot", None):
         return _screenshot_png(Path(args.screenshot[0]), Path(args.screenshot[1]), args.width, args.height,
@@ -513,7 +519,7 @@ def console_errors(log: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Markdown (README "What make run found")
+# Markdown (docs/results.md, quoted by README "What make run found")
 
 
 def markdown_summary(results: Path) -> str:
@@ -584,6 +590,19 @@ def markdown_summary(results: Path) -> str:
                                f"{fmt_p(r['holm_p'])}: {r['decision']}")
             out.append("")
     return "\n".join(out)
+
+
+def markdown_document(results: Path, out: Path) -> str:
+    """The whole results page (docs/results.md): a title, the command that wrote it and what the tables hold,
+    then ``markdown_summary``."""
+    results, out = Path(results).as_posix(), Path(out).as_posix()
+    return (
+        "# Results\n\n"
+        f"Filled by `python -m alphastomics report --markdown {results} --out {out}` from the\n"
+        f"`{results}/verdict.json` of a run; rerun that command after a run instead of editing this file.\n"
+        "Held-out sections only, one value per seed (the cell-weighted mean over the test sections); how to read\n"
+        'the tables: docs/metrics.md, "The verdict".\n\n' + markdown_summary(Path(results)) + "\n"
+    )
 
 
 def _screenshot_png(page: Path, out: Path, width: int, height: int, scale: float) -> int:

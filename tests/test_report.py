@@ -370,6 +370,17 @@ def test_markdown_prints_the_decisions_from_verdict_json(page, capsys):
     assert cli(["report", "--markdown", str(results / "nothing-here")]) == 2
 
 
+def test_markdown_out_writes_the_same_tables_as_a_page(page, capsys, tmp_path):
+    results = page[0].parent
+    assert cli(["report", "--markdown", str(results)]) == 0
+    printed = capsys.readouterr().out
+    out = tmp_path / "docs" / "results.md"
+    assert cli(["report", "--markdown", str(results), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("# Results\n") and f"--markdown {results.as_posix()} --out {out.as_posix()}`" in text
+    assert text.rstrip().endswith(printed.rstrip())
+
+
 @pytest.mark.skipif(
     shutil.which("chromium") is None, reason="needs Debian chromium (apt-get install -y chromium)"
 )

@@ -2,7 +2,8 @@
 settings training does not read do not make its checkpoints stale, and the job's CPUs are shared out.
 
 The time limit is made deterministic with the test-only fake clock (lifecycle.FAKE_CLOCK_ENV: N seconds per
-optimiser step). The workflow-level versions (fake SLURM, Snakemake reruns) are in tests/test_workflow.py.
+optimiser step). The workflow-level versions are in tests/test_slurm.py (a real SLURM cluster) and
+tests/test_workflow.py (Snakemake reruns).
 """
 
 from __future__ import annotations

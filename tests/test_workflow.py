@@ -1,14 +1,16 @@
-"""The Snakemake workflow: dry runs count the grid (also under --profile slurm), a tiny local run, reruns,
-failures. The tiny run on a real SLURM cluster is tests/test_slurm.py.
+"""The Snakemake workflow's tiny local run: every output, reruns of single stages, the small conda
+environments, forced reruns. Dry runs and small data-stage runs are in tests/test_workflow_dry.py, the
+learning gate's end-to-end run in tests/test_workflow_control.py, the tiny run on a real SLURM cluster in
+tests/test_slurm.py.
 
 Every run happens in a temporary copy of the repository's workflow/ and config/ (never in its results/),
-with ../shared linked beside it as in CI. The tiny configuration is config/test.yaml.
+with ../shared linked beside it as in CI (tests/workflow_helpers.py). The tiny configuration is
+config/test.yaml.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -19,199 +21,9 @@ import pytest
 import torch
 import yaml
 
+from workflow_helpers import REPO, dry_run, make_copy, snakemake, write_config
 
 pytestmark = pytest.mark.workflow
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-BIN = Path(sys.executable).parent
-
-
-def make_copy(root: Path) -> Path:
-    """A checkout-like copy: workflow/, config/, environment.yml, the ./slurm profile link, ../shared."""
-    repo = root / "repo"
-    repo.mkdir(parents=True)
-    for name in ("workflow", "config"):
-        shutil.copytree(REPO / name, repo / name, symlinks=True)
-    shutil.copy(REPO / "environment.yml", repo)
-    (repo / "slurm").symlink_to("workflow/profiles/slurm")
-    if SHARED.exists():
-        (root / "shared").symlink_to(SHARED)
-    return repo
-
-
-def snakemake(repo: Path, *args: str, env: dict | None = None, check: bool = True):
-    proc = subprocess.run(
-        [str(BIN / "snakemake"), *args],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})},
-        timeout=900,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run as {rule: count}; {} when nothing is to be done."""
-    match = re.search(r"Job stats:\n.*?\n-+\s+-+\n(.*?)\n(?:\n|$)", output, re.S)
-    if not match:
-        return {}
-    rows = (line.split() for line in match.group(1).splitlines())
-    return {row[0]: int(row[1]) for row in rows if len(row) == 2 and row[0] != "total"}
-
-
-def dry_run(repo: Path, *args: str) -> tuple[dict[str, int], str]:
-    proc = snakemake(repo, "-n", "--cores", "2", *args)
-    out = proc.stdout + proc.stderr
-    return job_counts(out), out
-
-
-def write_config(repo: Path, name: str, edit, sort_keys: bool = False) -> str:
-    cfg = yaml.safe_load((repo / "config" / "test.yaml").read_text())
-    edit(cfg)
-    (repo / "config" / name).write_text(yaml.safe_dump(cfg, sort_keys=sort_keys))
-    return f"config/{name}"
-
-
-# --------------------------------------------------------------------------------------------------------
-# Dry runs of the default grid
-
-
-def test_default_dry_run_lists_datasets_x_variants_x_seeds(tmp_path):
-    repo = make_copy(tmp_path)
-    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    runs = len(cfg["datasets"]) * len(cfg["variants"]) * len(cfg.get("seeds", [0, 1, 2]))
-    from alphastomics.peers import runnable
-
-    installed, _ = runnable(cfg["baselines"])  # a peer whose package is missing is skipped, with a warning
-    peers = len(cfg["datasets"]) * len(installed) * len(cfg.get("baseline_seeds", [0]))
-    counts, _ = dry_run(repo)
-    assert runs == 2 * 5 * 5  # the default grid: bdtnp + synthetic, four ablation rows + softmax, 5 seeds
-    assert counts["train"] == counts["sample"] == runs
-    assert counts["baseline"] == peers and "knn" in installed
-    assert counts["evaluate"] == runs + peers
-    assert counts["fetch_data"] == counts["preprocess"] == 2
-    assert counts["report"] == 1
-
-
-def test_slurm_profile_dry_run_from_repository_root(tmp_path):
-    repo = make_copy(tmp_path)
-    # --cores 16: a dry run caps threads at --cores, a SLURM job at the CPUs it got
-    counts, out = dry_run(repo, "--profile", "slurm", "--cores", "16")
-    assert re.search(r"Using profiles? slurm", out)
-    assert counts["train"] == 50 and counts["sample"] == 50
-    # The GPU rules ask for the GPU partition and one GPU; CPU rules keep the CPU partition.
-    train = out[out.index("rule train:") :].split("\n\n")[0]
-    assert "slurm_partition=gpu" in train and "gpu=1" in train and "cpus_per_gpu=8" in train
-    assert "threads: 8" in train and "nodes=1" in train  # the CPUs SLURM gives it are the ones it uses
-    preprocess = out[out.index("rule preprocess:") :].split("\n\n")[0]
-    assert "slurm_partition=cpu" in preprocess and "gpu=" not in preprocess
-    # (that fetch_data and report are localrules, never submitted, shows in tests/test_slurm.py)
-
-
-def test_multi_gpu_variant_runs_torchrun_and_asks_for_its_gpus(tmp_path):
-    repo = make_copy(tmp_path)
-    def edit(c):
-        c["variants"]["gated_headwise"].update(gpus=2)
-        c["resources"]["train"]["cpus_per_gpu"] = 8
-
-    config = write_config(repo, "ddp.yaml", edit)
-    _, out = dry_run(repo, "-p", "--configfile", config, "--until", "train")
-    blocks = {b.split("output: ")[1].split("/train/")[0]: b for b in out.split("\n\n") if "rule train:" in b}
-    ddp, single = blocks["results/synthetic/gated_headwise/seed0"], blocks["results/synthetic/linear/seed0"]
-    assert "torchrun --standalone --nproc_per_node 2 -m alphastomics train" in ddp
-    assert re.search(r"\bgpu=2\b", ddp) and "mem_mb=4000" in ddp  # 2000 MB per GPU x 2 GPUs x attempt 1
-    assert "python -m alphastomics train" in single and re.search(r"\bgpu=1\b", single)
-    # Locally Snakemake caps threads at --cores (2); train is told how many it got.
-    assert "threads: 2" in ddp and "--threads 2" in ddp
-    # Under SLURM: cpus_per_gpu x gpus threads, one node (torchrun's DDP runs inside one node).
-    _, out = dry_run(repo, "-p", "--profile", "slurm", "--cores", "32", "--configfile", config, "--until", "train")
-    blocks = {b.split("output: ")[1].split("/train/")[0]: b for b in out.split("\n\n") if "rule train:" in b}
-    ddp, single = blocks["results/synthetic/gated_headwise/seed0"], blocks["results/synthetic/linear/seed0"]
-    assert "threads: 16" in ddp and "--threads 16" in ddp and "nodes=1" in ddp
-    assert "threads: 8" in single and "--threads 8" in single
-    # the time limit reaches train only inside a SLURM job (SLURM_JOB_ID set)
-    assert "${SLURM_JOB_ID:+--time-limit-min 10}" in ddp
-
-
-def test_lab_template_runs_the_default_grid_on_one_data_set(tmp_path):
-    """config/lab.yaml is config/config.yaml's grid (variants, seeds, peers, budget, family) on the lab's file;
-    config/lab_h5ad.yaml, the smoke test, is not a template."""
-    repo = make_copy(tmp_path)
-    (repo / "data").mkdir()
-    (repo / "data/lab.h5ad").touch()  # a dry run only asks that the input exists
-    lab = yaml.safe_load((REPO / "config/lab.yaml").read_text())
-    default = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    for key in ("model_config", "variants", "seeds", "baselines"):
-        assert lab[key] == default[key], key
-    assert "overrides" not in lab and lab["datasets"]["lab"].get("overrides") is None  # the default budget
-    assert lab.get("verdict") == default.get("verdict")  # the declared family
-    counts, _ = dry_run(repo, "--configfile", "config/lab.yaml")
-    assert counts["train"] == len(default["variants"]) * len(default["seeds"]) == 25
-    assert "SMOKE TEST" in (REPO / "config/lab_h5ad.yaml").read_text().splitlines()[0]
-
-
-def test_report_declares_what_it_reads_and_snapshots_the_configuration_as_run(tmp_path):
-    """The report's inputs are the files it reads (so it runs after them and reruns when they change), and
-    its configuration snapshot is the configuration this run resolved: --config model_config=... included."""
-    repo = make_copy(tmp_path)
-    _, out = dry_run(repo, "-p", "--configfile", "config/test.yaml", "--config",
-                     "model_config=config/model_cluster.yaml")
-    block = out[out.index("rule report:"):].split("\n\n")[0]
-    inputs = block.split("input: ")[1].split("\n")[0].split(", ")
-    runs = ["results/synthetic/linear/seed0", "results/synthetic/gated_headwise/seed0",
-            "results/synthetic/peer_knn/seed0"]
-    expected = {"results/data/synthetic/processed"} | {f"{r}/{f}" for r in runs for f in (
-        "eval/metrics.json", "eval/sections.csv", "samples.parquet")} | {
-        f"{r}/train/train_summary.json" for r in runs[:2]}
-    assert set(inputs) == expected
-    assert "--config config/model_cluster.yaml" in block and "--config-snapshot results/config_as_run.yaml" in block
-    snapshot = yaml.safe_load(block.split("printf '%s' '")[1].split("' > results/config_as_run.yaml")[0])
-    assert snapshot["model_config"] == "config/model_cluster.yaml"  # what ran, not what the file says
-    assert snapshot["seeds"] == [0] and snapshot["resources"]["cpu"]["threads"] == 1  # defaults filled in
-
-
-# --------------------------------------------------------------------------------------------------------
-# Config validation: fails at parse time, before any job runs
-
-
-@pytest.mark.parametrize(
-    "edit, message",
-    [
-        (lambda c: c.update(baselines=["magic"]), "'magic' is not one of"),
-        (lambda c: c.update(seeds=[-1]), "-1 is less than the minimum of 0"),
-        (lambda c: c["variants"].update(peer_x={}), "peer_x"),
-        (lambda c: c.update(gpu=2), "Additional properties are not allowed ('gpu' was unexpected)"),
-        # a package key inside overrides is checked by the package's own config loader
-        (lambda c: c["variants"]["linear"].update(overrides={"TransformerLayer_setting": {"gate_type": "rowwise"}}),
-         "'TransformerLayer_setting.gate_type' is 'rowwise'; use one of"),
-    ],
-)
-def test_config_violation_fails_before_any_job(tmp_path, edit, message):
-    repo = make_copy(tmp_path)
-    config = write_config(repo, "bad.yaml", edit)
-    proc = snakemake(repo, "--cores", "2", "--configfile", config, check=False)
-    assert proc.returncode != 0
-    assert message in proc.stdout + proc.stderr
-    assert not (repo / "results").exists()
-
-
-# --------------------------------------------------------------------------------------------------------
-# Code quality of the workflow itself
-
-
-def test_snakemake_lint_passes(tmp_path):
-    repo = make_copy(tmp_path)
-    proc = snakemake(repo, "--lint", "--cores", "1")
-    assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
-
-
-def test_snakefmt_check_passes():
-    proc = subprocess.run([str(BIN / "snakefmt"), "--check", "workflow"], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -385,80 +197,6 @@ def test_deleted_samples_file_is_rebuilt_when_named(tiny_run, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------
-# The learning gate end to end: a tissue with no spatial signal is not interpreted, bdtnp is
-
-# The smallest budget at which the tiny model learns bdtnp with a margin: at 150 steps the worse end of the
-# interval over 3 seeds of distance Spearman sits at 0.5-0.7 of the way from random to perfect (the gate
-# asks for 0.1); at 100 steps one seed of 3 reached 0.32 and the worse end fell near the margin; at 4-50
-# steps nothing is learned (docs/data.md, "When nothing was learned"). The tissue without signal gets the
-# same budget, so the data alone make the difference.
-CONTROL_TRAINING = {"max_steps": 150, "val_every": 75, "checkpoint_every": 75, "log_every": 25}
-
-
-def write_no_signal_h5ad(path: Path) -> None:
-    """4 sections x 100 cells x 16 genes: Poisson counts with per-gene rates, positions uniform and drawn
-    independently of them: expression says nothing about where a cell is. No cell-type column."""
-    import anndata as ad
-    import numpy as np
-    import pandas as pd
-
-    rng = np.random.default_rng(0)
-    n_sections, n_cells, n_genes = 4, 100, 16
-    counts = rng.poisson(rng.gamma(2.0, 2.0, n_genes), (n_sections * n_cells, n_genes)).astype(np.float32)
-    obs = pd.DataFrame({"section": np.repeat([f"s{i}" for i in range(n_sections)], n_cells)},
-                       index=[f"c{i}" for i in range(n_sections * n_cells)])
-    a = ad.AnnData(counts, obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)]))
-    a.obsm["spatial"] = rng.uniform(0, 500, (n_sections * n_cells, 2))
-    a.write_h5ad(path)
-
-
-def test_negative_control_is_not_interpreted_and_bdtnp_is(tmp_path, bdtnp_dir):
-    from alphastomics import checks
-    from alphastomics.report import markdown_summary
-
-    repo = make_copy(tmp_path)
-    write_no_signal_h5ad(repo / "no_signal.h5ad")
-
-    def edit(c):
-        c["datasets"] = {
-            "bdtnp": {"dataset": {"source": "bdtnp"}, "local_copy": str(bdtnp_dir)},
-            "no_signal": {"dataset": {"source": "h5ad", "path": "no_signal.h5ad"}},
-        }
-        c["seeds"] = [0, 1, 2]  # an interval over seeds: with 2, t(0.975, 1) = 12.7 makes it too wide to clear
-        c["overrides"]["training"].update(CONTROL_TRAINING)
-
-    config = write_config(repo, "control.yaml", edit)
-    # one thread per training and sampling job, two side by side (as `make run`): on 2 shared cores, two torch
-    # threads per job spin against each other (150 steps: 24 s against 3 s, measured on a loaded machine)
-    snakemake(repo, "--profile", "workflow/profiles/default", "--cores", "2", "--set-threads", "train=1",
-              "sample=1", "--configfile", config)
-    verdict = json.loads((repo / "results/verdict.json").read_text())
-    gates = {d["dataset"]: d["learning_gate"] for d in verdict["datasets"]}
-    records = {d["dataset"]: d["records"] for d in verdict["datasets"]}
-
-    def skills(gate, key):
-        return [r[key] for e in gate["metrics"] for r in e["variants"]]
-
-    assert gates["no_signal"]["outcome"] == "not learned"
-    assert gates["no_signal"]["message"] == checks.NOT_LEARNED  # the kNN peer is at the random level too
-    assert max(skills(gates["no_signal"], "skill")) < checks.MIN_SKILL / 2  # even the means are far from it
-    assert {r["decision"] for r in records["no_signal"]} == {checks.NOT_INTERPRETED}
-    assert gates["bdtnp"]["outcome"] == "learned"
-    assert max(skills(gates["bdtnp"], "skill_worse_end")) > 3 * checks.MIN_SKILL  # cleared with margin
-    assert checks.NOT_INTERPRETED not in {r["decision"] for r in records["bdtnp"]}
-
-    md = markdown_summary(repo / "results")
-    assert f"**no_signal: {checks.NOT_LEARNED}.**" in md and "**bdtnp** (3 seeds" in md
-    page = (repo / "results/report.html").read_text()
-    assert page.index("The models did not learn this tissue") < page.index('id="expectations"')
-    # a lab's file without the optional cell-type column: noted in the log and on the page
-    log = (repo / "results/logs/preprocess/no_signal.log").read_text()
-    assert "no cell-type column 'cell_type' (dataset.cell_type_key)" in log
-    assert re.search(r"preprocess: train: s\d \(100 cells\), s\d \(100 cells\); val: s\d \(100 cells\); test:", log)
-    assert "Data note (preprocess, manifest.json): no cell-type column" in page.replace("&#39;", "'")
-
-
-# --------------------------------------------------------------------------------------------------------
 # The small conda environments: their stages run with only the packages listed
 
 # conda package -> module, for the optional heavy packages of the project
@@ -501,30 +239,6 @@ def test_report_and_data_stages_run_in_their_small_environments(tiny_run, tmp_pa
     assert '"../envs/report.yaml"' in rules and '"../envs/data.yaml"' in rules
 
 
-def test_set_up_files_say_what_the_workflow_needs():
-    env = yaml.safe_load((REPO / "environment.yml").read_text())["dependencies"]
-    assert "snakemake-executor-plugin-slurm>=2,<3" in env  # the profile uses 2.x options
-    assert any(re.fullmatch(r"cuda-version=\d+\.\d+", d) for d in env if isinstance(d, str))  # CONDA_OVERRIDE_CUDA
-    # the peers of config.yaml's baselines, at the versions the pyproject extras pin
-    pip = next(d["pip"] for d in env if isinstance(d, dict))
-    assert "tangram-sc==1.0.4" in pip and "novosparc==0.4.4" in pip
-    assert "CONDA_OVERRIDE_CUDA" in (REPO / "environment.yml").read_text()
-    pyproject = (REPO / "pyproject.toml").read_text()
-    assert '"snakemake-executor-plugin-slurm>=2,<3"' in pyproject and 'license = "MIT"' in pyproject
-    assert (REPO / "LICENSE").read_text().startswith("MIT License")
-    catalog = yaml.safe_load((REPO / ".snakemake-workflow-catalog.yml").read_text())["usage"]
-    assert catalog["software-stack-deployment"]["conda"] is True and catalog["report"] is True
-    for profile in ("default", "slurm"):  # CI uses these: conda never turned on there
-        text = (REPO / "workflow/profiles" / profile / "config.yaml").read_text()
-        assert "conda" not in yaml.safe_load(text).get("software-deployment-method", "")
-        assert "use-conda" not in yaml.safe_load(text)
-    # The workflow profile's keys win over --profile slurm's: it must not set keep-going, or one failed job
-    # would stop a whole cluster campaign; the slurm profile keeps going.
-    profiles = {p: yaml.safe_load((REPO / "workflow/profiles" / p / "config.yaml").read_text())
-                for p in ("default", "slurm")}
-    assert "keep-going" not in profiles["default"] and profiles["slurm"]["keep-going"] is True
-
-
 # --------------------------------------------------------------------------------------------------------
 # Forced reruns retrain; a preempted job resumes
 
@@ -564,64 +278,9 @@ def test_forced_rerun_retrains_from_step_0(forced, tiny_run, args, retrained):
 
 
 # --------------------------------------------------------------------------------------------------------
-# A failing job: clear failure, no corrupt output, rerun after the fix completes
-
-
-def test_failing_job_names_its_log_and_rerun_after_fix_completes(tmp_path):
-    repo = make_copy(tmp_path)
-    bdtnp = {"dataset": {"source": "bdtnp", "num_slabs": 4}, "local_copy": str(tmp_path / "missing")}
-    config = write_config(repo, "fail.yaml", lambda c: c.update(datasets={"bdtnp": bdtnp}))
-    proc = snakemake(repo, "--profile", "workflow/profiles/default", "--cores", "1", "--configfile", config,
-                     "--until", "preprocess", check=False)
-    assert proc.returncode != 0
-    assert "results/logs/fetch_data/bdtnp.log" in proc.stdout + proc.stderr
-    leftovers = [p for p in (repo / "results" / "data").rglob("*") if p.is_file()]
-    assert leftovers == []  # neither the failed job's output nor a half-written temporary survives
-
-    (tmp_path / "missing").mkdir()  # the fix: put the data where the config says
-    for name in ("dge.txt", "geometry.txt"):
-        shutil.copy(SHARED / "data" / "bdtnp" / name, tmp_path / "missing" / name)
-    snakemake(repo, "--profile", "workflow/profiles/default", "--cores", "1", "--configfile", config,
-              "--until", "preprocess")
-    assert (repo / "results/data/bdtnp/processed/manifest.json").exists()
-
-
-# --------------------------------------------------------------------------------------------------------
 # The slurm profile end to end runs on a real SLURM cluster: tests/test_slurm.py
 
 
 def same_weights(a: Path, b: Path) -> bool:
     ca, cb = torch.load(a, weights_only=False), torch.load(b, weights_only=False)
     return all(torch.equal(ca[k][n], cb[k][n]) for k in ("model", "ema") for n in ca[k])
-
-
-def test_changed_source_file_reruns_fetch_and_preprocess_untouched_reruns_nothing(tmp_path):
-    import anndata as ad
-    import numpy as np
-    import pandas as pd
-
-    repo = make_copy(tmp_path)
-    rng = np.random.default_rng(0)
-    a = ad.AnnData(
-        rng.poisson(3.0, (60, 8)).astype(np.float32),
-        obs=pd.DataFrame({"section": np.repeat(["a", "b", "c"], 20)}, index=[f"c{i}" for i in range(60)]),
-        var=pd.DataFrame(index=[f"g{j}" for j in range(8)]),
-    )
-    a.obsm["spatial"] = rng.uniform(0, 100, (60, 2))
-    src = repo / "mine.h5ad"
-    a.write_h5ad(src)
-
-    def edit(cfg):
-        cfg["datasets"] = {"mine": {"dataset": {"source": "h5ad", "path": "mine.h5ad"}}}
-
-    cfg = write_config(repo, "mine.yaml", edit)
-    target = "results/data/mine/processed"
-    snakemake(repo, target, "--cores", "1", "--configfile", cfg)
-    assert dry_run(repo, target, "--configfile", cfg)[0] == {}
-    a.X[0, 0] += 1.0
-    a.write_h5ad(src)  # a new export of the file (Snakemake skips inputs of unchanged checksum under 1 MB)
-    later = src.stat().st_mtime + 60
-    os.utime(src, (later, later))
-    assert dry_run(repo, target, "--configfile", cfg)[0] == {"fetch_data": 1, "preprocess": 1}
-    counts, _ = dry_run(repo, "--configfile", cfg)  # and everything downstream of the data set
-    assert counts["fetch_data"] == 1 and counts["train"] >= 1 and counts["report"] == 1
