@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from alphastomics import AlphaSTomicsError
+from alphastomics.plan import merge
 from alphastomics.variants import DESIGN_NOTE_KEYS, Gate, Kernel, from_design_note
 
 Source = Literal["bdtnp", "synthetic", "h5ad", "csv"]
@@ -288,16 +289,6 @@ def _build(cls: type, values: dict[str, Any], where: str, source: str) -> Any:
     return cls(**kwargs)
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def parse_override(text: str) -> dict[str, Any]:
     """``'training.learning_rate=1e-4'`` -> ``{'training': {'learning_rate': '1e-4'}}`` (value read as YAML)."""
     if "=" not in text:
@@ -336,14 +327,14 @@ def load_config(
             raise ConfigError(f"{p}: not valid YAML{at}; fix the syntax") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(data).__name__}")
-        merged = _merge(merged, _design_note_keys(data, str(p)))
+        merged = merge(merged, _design_note_keys(data, str(p)))
         sources.append(str(p))
     if isinstance(overrides, dict):
-        merged = _merge(merged, _design_note_keys(overrides, "overrides"))
+        merged = merge(merged, _design_note_keys(overrides, "overrides"))
         sources.append("overrides")
     else:
         for text in overrides or []:
-            merged = _merge(merged, _design_note_keys(parse_override(text), "--set"))
+            merged = merge(merged, _design_note_keys(parse_override(text), "--set"))
         if overrides:
             sources.append("--set")
     return _build(Config, merged, "", " + ".join(sources) or "config")
