@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_workflow import BIN, make_copy, same_weights, snakemake, write_config
+from workflow_helpers import BIN, make_copy, same_weights, snakemake, write_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 

@@ -20,6 +20,7 @@ from alphastomics.artifacts import load_checkpoint
 from alphastomics.config import STAGE_SETTINGS, load_config, stage_settings, to_dict
 from alphastomics.lifecycle import EXIT_TIME_LIMIT, FAKE_CLOCK_ENV, Deadline, thread_split
 from alphastomics.train import TIMING_FIELDS, train
+from workflow_helpers import same_weights
 
 TINY = {
     "TransformerLayer_setting": {"d_model": 16, "num_layers": 1, "num_heads": 2, "time_embed_dim": 16,
@@ -35,11 +36,6 @@ def metric_lines(path: Path) -> list[str]:
 
     recs = [json.loads(ln) for ln in path.read_text().splitlines()]
     return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in recs]
-
-
-def same_weights(a: Path, b: Path) -> bool:
-    ca, cb = load_checkpoint(a), load_checkpoint(b)
-    return all(torch.equal(ca[k][n], cb[k][n]) for k in ("model", "ema") for n in ca[k])
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +149,7 @@ def test_stage_settings_split_the_config():
     assert "evaluation" not in train_part and "peers" not in train_part
     assert stage_settings("sample", full) == {
         "diffusion": {"sampling_steps": 50, "sampler": "ddim", "ddim_eta": 0.0},
-        "evaluation": {"seed": 0},
+        "evaluation": {"seed": 0, "sampling_draws": 1},
     }
     assert stage_settings("evaluate", full) == {"evaluation": full["evaluation"]}
     assert stage_settings("evaluate", {"training": {"seed": 1}}) == {}  # partial blocks too

@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from workflow_helpers import REPO, dry_run, make_copy, snakemake, write_config
+from workflow_helpers import REPO, dry_run, make_copy, same_weights, snakemake, write_config
 
 pytestmark = pytest.mark.workflow
 
@@ -279,8 +279,3 @@ def test_forced_rerun_retrains_from_step_0(forced, tiny_run, args, retrained):
 
 # --------------------------------------------------------------------------------------------------------
 # The slurm profile end to end runs on a real SLURM cluster: tests/test_slurm.py
-
-
-def same_weights(a: Path, b: Path) -> bool:
-    ca, cb = torch.load(a, weights_only=False), torch.load(b, weights_only=False)
-    return all(torch.equal(ca[k][n], cb[k][n]) for k in ("model", "ema") for n in ca[k])

@@ -10,7 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import yaml
+
+from alphastomics.artifacts import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -64,3 +67,9 @@ def write_config(repo: Path, name: str, edit, sort_keys: bool = False) -> str:
     edit(cfg)
     (repo / "config" / name).write_text(yaml.safe_dump(cfg, sort_keys=sort_keys))
     return f"config/{name}"
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether two checkpoints hold identical model and EMA weights."""
+    ca, cb = load_checkpoint(a), load_checkpoint(b)
+    return all(torch.equal(ca[k][n], cb[k][n]) for k in ("model", "ema") for n in ca[k])
