@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= 2
 
-.PHONY: run test test-all setup clean chromium learning-curve powered
+.PHONY: run test test-slurm test-all setup clean chromium learning-curve powered
 
 # Locally, one thread per training/sampling job and CORES jobs side by side (how the README's timing of
 # `make run` was measured); on a cluster, threads follow cpus_per_gpu x gpus (config/README.md).
@@ -25,7 +25,13 @@ learning-curve: $(STAMP)  ## quality against training steps (docs/training.md); 
 test: $(STAMP) chromium  ## the fast test suite (what CI runs)
 	$(BIN)/pytest -n $(CORES) --dist loadfile
 
-test-all: $(STAMP) chromium  ## the fast and the slow tests
+# The workflow on a real one-node SLURM cluster (tests/test_slurm.py). Not in `make test`: it installs SLURM,
+# munge and MariaDB from Debian (root) and starts their daemons; the module starts the cluster when it is not
+# up and stops what it started. CI (.ci/run) runs it after `make test`.
+test-slurm: $(STAMP)  ## the tests on a real SLURM cluster (root; what CI runs after make test)
+	$(BIN)/pytest -p no:xdist -m slurm tests/test_slurm.py
+
+test-all: $(STAMP) chromium  ## the fast, slow and SLURM tests
 	$(BIN)/pytest -n $(CORES) --dist loadfile -m "not gpu"
 
 setup: $(STAMP)

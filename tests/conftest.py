@@ -123,5 +123,5 @@ def bdtnp_processed(tmp_path_factory: pytest.TempPathFactory, bdtnp_dir: Path) -
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # The tests on the real SLURM cluster (tests/test_slurm.py) spend most of their minutes waiting for jobs:
-    # first in the order, so that under `pytest -n 2 --dist loadfile` the other worker runs the rest meanwhile.
+    # first in the order, so that under `make test-all` (-n 2 --dist loadfile) the other worker runs the rest.
     items.sort(key=lambda item: item.get_closest_marker("slurm") is None)

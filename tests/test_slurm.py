@@ -8,7 +8,7 @@ schedules `--gpus` requests as on a GPU node and the jobs train on the CPU. Mark
 starts the cluster if it is not up (root only) and skips with start.sh's reason when it cannot;
 ALPHASTOMICS_REQUIRE_SLURM=1 (set by .ci/run) turns that skip into a failure.
 
-Run alone: `.venv/bin/pytest -m slurm -p no:xdist tests/test_slurm.py` (about 5 minutes on 2 busy cores).
+Not in `make test` (the addopts deselect the marker): `make test-slurm` runs this file.
 """
 
 from __future__ import annotations
