@@ -43,7 +43,7 @@ from alphastomics.layout import peer_variant, run_folder
 
 DEFAULT_VARIANTS = ("linear", "softmax", "gated_headwise")
 DEFAULT_SEEDS = (0, 1)
-DEFAULT_BUDGETS = (250, 500, 1000, 2000)
+DEFAULT_BUDGETS = (250, 400, 1000, 2000)  # 400: the training.max_steps of config/model.yaml
 DEFAULT_PATIENCE = 5  # validations (training.val_every steps apart) without improvement
 METRICS = ("knn_preservation", "distance_spearman", "procrustes_rmsd_scaled", "distance_mse")
 WITHIN = 0.02  # the chosen budget's kNN preservation is within 2 % of the top budget's
