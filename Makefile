@@ -20,7 +20,7 @@ powered: $(STAMP)  ## the design that resolves the question's contrasts on bdtnp
 	  --configfile config/powered.yaml
 
 learning-curve: $(STAMP)  ## quality against training steps (docs/training.md); about an hour on 2 cores
-	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --set-threads study_run=1 learning_curve
+	$(BIN)/snakemake learning_curve --profile workflow/profiles/default --cores $(CORES) --set-threads study_run=1
 
 test: $(STAMP) chromium  ## the fast test suite (what CI runs)
 	$(BIN)/pytest -n $(CORES) --dist loadfile

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
+
+from pathlib import Path
 
 import pytest
 import yaml
 
-from workflow_helpers import BIN, REPO, SHARED, dry_run, make_copy, snakemake, write_config
+from workflow_helpers import BIN, REPO, SHARED, dry_run, job_counts, make_copy, snakemake, write_config
 
 pytestmark = pytest.mark.workflow
 
@@ -27,21 +30,52 @@ pytestmark = pytest.mark.workflow
 # Dry runs of the default grid
 
 
+def make_dry_run(repo: Path, target: str) -> tuple[dict[str, int], str]:
+    """The Makefile's snakemake command of ``target``, as make would run it (its venv: this one), dry."""
+    shutil.copy(REPO / "Makefile", repo)
+    printed = subprocess.run(
+        ["make", "-n", "-o", ".venv/.installed", f"BIN={BIN}", target],
+        cwd=repo, capture_output=True, text=True, check=True,
+    ).stdout.replace("\\\n", " ")
+    commands = [line for line in printed.splitlines() if "snakemake" in line]
+    assert len(commands) == 1, printed
+    proc = subprocess.run(
+        [*shlex.split(commands[0]), "-n"],
+        cwd=repo, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"make {target}: {commands[0]}\n{out[-3000:]}"
+    return job_counts(out), out
+
+
 def test_default_dry_run_lists_datasets_x_variants_x_seeds(tmp_path):
+    """`make run`'s own command plans the default grid."""
     repo = make_copy(tmp_path)
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    runs = len(cfg["datasets"]) * len(cfg["variants"]) * len(cfg.get("seeds", [0, 1, 2]))
+    runs = len(cfg["datasets"]) * len(cfg["variants"]) * len(cfg.get("seeds", [0, 1, 2, 3, 4]))
     from alphastomics.peers import runnable
 
     installed, _ = runnable(cfg["baselines"])  # a peer whose package is missing is skipped, with a warning
     peers = len(cfg["datasets"]) * len(installed) * len(cfg.get("baseline_seeds", [0]))
-    counts, _ = dry_run(repo)
+    counts, _ = make_dry_run(repo, "run")
     assert runs == 2 * 5 * 5  # the default grid: bdtnp + synthetic, four ablation rows + softmax, 5 seeds
     assert counts["train"] == counts["sample"] == runs
     assert counts["baseline"] == peers and "knn" in installed
     assert counts["evaluate"] == runs + peers
     assert counts["fetch_data"] == counts["preprocess"] == 2
     assert counts["report"] == 1
+
+
+@pytest.mark.parametrize(
+    "target, rules",
+    [("powered", {"train": 3 * 5 * 4, "evaluate": 3 * 5 * 4 + 4}), ("learning-curve", {"study_run": 2 * 3 * 2})],
+)
+def test_make_targets_plan_their_design(tmp_path, target, rules):
+    """`make powered` (3 variants x 5 seeds x 4 folds, kNN peer per fold) and `make learning-curve` (2 data sets
+    x 3 variants x 2 seeds) parse as make runs them and plan their jobs."""
+    counts, _ = make_dry_run(make_copy(tmp_path), target)
+    assert {rule: counts.get(rule) for rule in rules} == rules
 
 
 def test_slurm_profile_dry_run_from_repository_root(tmp_path):
