@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", dest="run_id", nargs=3, metavar=("DATASET", "VARIANT", "SEED"),
                    help="what this run is (metrics.json's dataset, variant, seed; the report groups runs by it)")
     p.add_argument("--out", required=True, type=Path, help="folder to write")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPUs of the job: threads of torch, BLAS/OpenMP and numba (the workflow passes its threads)")
 
     p = sub.add_parser("report", help="the comparison HTML page (or its verdict as Markdown, or a PNG of a page)")
     _common(p)

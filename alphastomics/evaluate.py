@@ -27,6 +27,7 @@ from alphastomics import AlphaSTomicsError
 from alphastomics import metrics as M
 from alphastomics.artifacts import atomic_dir, gene_std_floored, read_manifest, read_samples
 from alphastomics.config import Config, EvalConfig, generates_expression, generates_positions
+from alphastomics.lifecycle import limit_threads
 
 MODES = ("expr_to_pos", "pos_to_expr", "joint")
 
@@ -433,6 +434,7 @@ def evaluate(
 
 
 def main(args: Any, cfg: Config) -> int:
+    limit_threads(getattr(args, "threads", None))
     result = evaluate(
         args.samples,
         args.data_dir,

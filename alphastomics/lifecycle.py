@@ -4,13 +4,14 @@ SIGTERM / SIGUSR1 (SLURM time limit, preemption) only set a flag (``SignalFlag``
 once per step; ``Deadline`` stops the run before the job's own time limit (exit ``EXIT_TIME_LIMIT``, which
 Snakemake retries, and the retry resumes from ``checkpoints/latest.pt``). ``FAKE_CLOCK_ENV`` makes the clock
 deterministic in tests. ``TrainingError``: training cannot continue. ``thread_split`` shares a job's CPUs
-between torch threads and data-loader workers.
+between torch threads and data-loader workers; ``limit_threads`` holds a job's numeric libraries to its CPUs.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -141,3 +142,30 @@ def thread_split(threads: int | None, world_size: int, num_workers: int) -> tupl
     per_process = max(1, threads // max(1, world_size))
     workers = num_workers if num_workers > 0 else min(4, per_process // 4)
     return max(1, per_process - workers), workers
+
+
+# Thread-count variables read when a library loads: OpenMP (torch, scikit-learn), BLAS builds, numba.
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def limit_threads(threads: int | None) -> None:
+    """Run this process's numeric libraries on ``threads`` threads: torch, BLAS/OpenMP and numba.
+
+    A SLURM job sees every core of its node but owns only its allocation; unlimited, each library starts one
+    thread per core of the node, dozens on a 1-CPU job. Libraries not loaded yet read ``THREAD_ENV`` when they
+    load (torch, numba and scikit-learn load only in the stages that use them); loaded ones are set here
+    (threadpoolctl for BLAS/OpenMP). None leaves every default."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+    for name in THREAD_ENV:
+        os.environ[name] = str(threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)  # BLAS/OpenMP already loaded (numpy's); kept for the process's life
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    if "numba" in sys.modules:
+        numba = sys.modules["numba"]
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))

@@ -8,7 +8,11 @@ tests/test_workflow.py (Snakemake reruns).
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +22,7 @@ import yaml
 from alphastomics.__main__ import main as cli
 from alphastomics.artifacts import load_checkpoint
 from alphastomics.config import STAGE_SETTINGS, load_config, stage_settings, to_dict
-from alphastomics.lifecycle import EXIT_TIME_LIMIT, FAKE_CLOCK_ENV, Deadline, thread_split
+from alphastomics.lifecycle import EXIT_TIME_LIMIT, FAKE_CLOCK_ENV, Deadline, limit_threads, thread_split
 from alphastomics.train import TIMING_FIELDS, train
 from workflow_helpers import same_weights
 
@@ -174,6 +178,30 @@ def test_stage_settings_split_the_config():
 )
 def test_thread_split_by_hand(threads, world, configured, expected):
     assert thread_split(threads, world, configured) == expected
+
+
+LIMITS_PROBE = """
+import json, sys
+import numpy
+from alphastomics.lifecycle import limit_threads
+limit_threads(int(sys.argv[1]))  # before torch and numba load (evaluate's order) ...
+import numba, torch
+from threadpoolctl import threadpool_info
+limit_threads(int(sys.argv[1]))  # ... and after
+print(json.dumps({"torch": torch.get_num_threads(), "numba": numba.get_num_threads(),
+                  "pools": sorted({p["num_threads"] for p in threadpool_info()})}))
+"""
+
+
+def test_limit_threads_holds_every_numeric_library_to_the_job(tmp_path):
+    """A 1-CPU SLURM job sees the node's cores: torch, numba and BLAS/OpenMP must all run 1 thread, whether
+    they load before the limit or after it (a fresh process: the limits are process-wide)."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    probe = subprocess.run([sys.executable, "-c", LIMITS_PROBE, "1"], capture_output=True, text=True, env=env,
+                           check=True)
+    assert json.loads(probe.stdout) == {"torch": 1, "numba": 1, "pools": [1]}
+    with pytest.raises(ValueError, match="--threads must be at least 1"):
+        limit_threads(0)
 
 
 def test_no_stop_after_the_last_step(straight, tmp_path, monkeypatch, capsys):

@@ -83,7 +83,7 @@ def test_make_powered_and_learning_curve_plan_their_designs(tmp_path):
 def test_slurm_profile_dry_run_from_repository_root(tmp_path):
     repo = make_copy(tmp_path)
     # --cores 16: a dry run caps threads at --cores, a SLURM job at the CPUs it got
-    counts, out = dry_run(repo, "--profile", "slurm", "--cores", "16")
+    counts, out = dry_run(repo, "-p", "--profile", "slurm", "--cores", "16")
     assert re.search(r"Using profiles? slurm", out)
     assert counts["train"] == 50 and counts["sample"] == 50
     # The GPU rules ask for the GPU partition and one GPU; CPU rules keep the CPU partition.
@@ -92,6 +92,11 @@ def test_slurm_profile_dry_run_from_repository_root(tmp_path):
     assert "threads: 8" in train and "nodes=1" in train  # the CPUs SLURM gives it are the ones it uses
     preprocess = out[out.index("rule preprocess:") :].split("\n\n")[0]
     assert "slurm_partition=cpu" in preprocess and "gpu=" not in preprocess
+    # Evaluate is sized on its own (resources.evaluate) and holds its numeric libraries to those CPUs.
+    wanted = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["resources"]["evaluate"]
+    evaluate = out[out.index("rule evaluate:") :].split("\n\n")[0]
+    assert f"--threads {wanted['threads']}" in evaluate  # (Snakemake prints "threads:" only above 1)
+    assert f"mem_mb={wanted['mem_mb']}" in evaluate and f"runtime={wanted['runtime']}" in evaluate
 
 
     # (that fetch_data and report are localrules, never submitted, shows in tests/test_slurm.py)

@@ -258,8 +258,10 @@ def gpu_mem(rule, gpus_of=lambda wildcards: 1):
     return lambda wildcards, attempt: mem * gpus_of(wildcards) * attempt
 
 
-def cpu_mem(wildcards, attempt):
-    return config["resources"]["cpu"]["mem_mb"] * attempt
+def cpu_mem(kind):
+    """mem_mb per CPU job of resources.KIND (cpu, evaluate) = its mem_mb x attempt."""
+    mem = config["resources"][kind]["mem_mb"]
+    return lambda wildcards, attempt: mem * attempt
 
 
 def runtime(kind):

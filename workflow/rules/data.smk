@@ -11,7 +11,7 @@ rule fetch_data:
         "../envs/data.yaml"
     threads: config["resources"]["cpu"]["threads"]
     resources:
-        mem_mb=cpu_mem,
+        mem_mb=cpu_mem("cpu"),
         runtime=runtime("cpu"),
     params:
         args=fetch_args,
@@ -32,7 +32,7 @@ rule preprocess:
         "../envs/data.yaml"
     threads: config["resources"]["cpu"]["threads"]
     resources:
-        mem_mb=cpu_mem,
+        mem_mb=cpu_mem("cpu"),
         runtime=runtime("cpu"),
     params:
         args=preprocess_args,

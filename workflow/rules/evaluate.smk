@@ -14,7 +14,7 @@ rule baseline:
         "../envs/{method}.yaml"
     threads: config["resources"]["cpu"]["threads"]
     resources:
-        mem_mb=cpu_mem,
+        mem_mb=cpu_mem("cpu"),
         runtime=runtime("cpu"),
     params:
         args=baseline_args,
@@ -39,10 +39,10 @@ rule evaluate:
         f"results/benchmarks/evaluate/{RUN_LAYOUT}.tsv"
     conda:
         "../../environment.yml"
-    threads: config["resources"]["cpu"]["threads"]
+    threads: config["resources"]["evaluate"]["threads"]
     resources:
-        mem_mb=cpu_mem,
-        runtime=runtime("cpu"),
+        mem_mb=cpu_mem("evaluate"),
+        runtime=runtime("evaluate"),
     params:
         args=evaluate_args,
         settings=evaluate_settings,
@@ -51,4 +51,4 @@ rule evaluate:
         out=lambda wildcards, output: os.path.dirname(output.metrics),
     shell:
         "python -m alphastomics evaluate --samples {input.samples} --data_dir {input.data}"
-        " {params.extra} {params.run_id} --out {params.out} {params.args} > {log} 2>&1"
+        " {params.extra} {params.run_id} --out {params.out} --threads {threads} {params.args} > {log} 2>&1"

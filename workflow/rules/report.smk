@@ -17,7 +17,7 @@ rule report:
         "../envs/report.yaml"
     threads: config["resources"]["cpu"]["threads"]
     resources:
-        mem_mb=cpu_mem,
+        mem_mb=cpu_mem("cpu"),
         runtime=runtime("cpu"),
     params:
         runs=all_runs(),

@@ -63,7 +63,7 @@ rule study_peer:
         "../../environment.yml"
     threads: config["resources"]["cpu"]["threads"]
     resources:
-        mem_mb=cpu_mem,
+        mem_mb=cpu_mem("cpu"),
         runtime=runtime("cpu"),
     params:
         plan=config_as_run,
@@ -93,7 +93,7 @@ rule learning_curve:
         "../../environment.yml"
     threads: config["resources"]["cpu"]["threads"]
     resources:
-        mem_mb=cpu_mem,
+        mem_mb=cpu_mem("cpu"),
         runtime=runtime("cpu"),
     params:
         plan=config_as_run,
