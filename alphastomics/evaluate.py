@@ -6,7 +6,8 @@ RUN/train/final.pt] [--train-summary RUN/train/train_summary.json] --out RUN/eva
 "Evaluation"). Whatever wrote the samples (our sampler or a peer baseline) is scored alike. Every metric
 also gets a random-placement reference (``metrics.random_placement``: a seeded permutation of the true
 positions, averaged over ``evaluation.num_random_references`` draws) so numbers have a scale. Metric
-definitions: docs/metrics.md.
+definitions: docs/metrics.md. A little over 450 lines: the checks that name the user's file, field and fix
+for every column a scorer reads sit beside the scoring they guard.
 """
 
 from __future__ import annotations
