@@ -14,11 +14,13 @@ import platform
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alphastomics import AlphaSTomicsError, __version__
 from alphastomics.layout import parse_run_path
-from alphastomics.runs import Run, _read_json
+
+if TYPE_CHECKING:  # the report's side needs runs (and pandas); a training job calls machine() only
+    from alphastomics.runs import Run
 
 NOT_MEASURED = "not measured"
 
@@ -110,6 +112,8 @@ def _version(pkg: str) -> str:
 
 def _manifests(runs: list[Run]) -> dict[str, dict[str, Any]]:
     """dataset -> manifest.json: any manifest.json under the runs' results folder."""
+    from alphastomics.runs import _read_json
+
     roots = {r.path.resolve().parents[2] for r in runs if parse_run_path(r.path.resolve())}
     paths = [p for root in roots for p in sorted(root.glob("**/manifest.json"))[:50]]
     out = {}
