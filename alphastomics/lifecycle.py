@@ -160,6 +160,8 @@ def limit_threads(threads: int | None) -> None:
     if threads < 1:
         raise ValueError(f"--threads must be at least 1, got {threads}")
     for name in THREAD_ENV:
+        if name == "NUMBA_NUM_THREADS" and "numba" in sys.modules:
+            continue  # numba re-reads it at each compile and refuses a value other than its launched pool's
         os.environ[name] = str(threads)
     from threadpoolctl import threadpool_limits
 

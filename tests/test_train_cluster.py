@@ -184,10 +184,14 @@ LIMITS_PROBE = """
 import json, sys
 import numpy
 from alphastomics.lifecycle import limit_threads
-limit_threads(int(sys.argv[1]))  # before torch and numba load (evaluate's order) ...
+first, then = int(sys.argv[1]), int(sys.argv[2])
+limit_threads(first)  # before torch and numba load (evaluate's order) ...
 import numba, torch
 from threadpoolctl import threadpool_info
-limit_threads(int(sys.argv[1]))  # ... and after
+limit_threads(first)  # ... and after
+numba.njit(lambda x: x + 1)(1)  # numba's thread pool is up
+limit_threads(then)  # a benchmark sweeping thread counts in one process
+numba.njit(lambda x: x + 2)(1)  # a new compile re-reads numba's environment
 print(json.dumps({"torch": torch.get_num_threads(), "numba": numba.get_num_threads(),
                   "pools": sorted({p["num_threads"] for p in threadpool_info()})}))
 """
@@ -195,11 +199,14 @@ print(json.dumps({"torch": torch.get_num_threads(), "numba": numba.get_num_threa
 
 def test_limit_threads_holds_every_numeric_library_to_the_job(tmp_path):
     """A 1-CPU SLURM job sees the node's cores: torch, numba and BLAS/OpenMP must all run 1 thread, whether
-    they load before the limit or after it (a fresh process: the limits are process-wide)."""
+    they load before the limit or after it, and a later limit must not break numba's next compile (a fresh
+    process: the limits are process-wide)."""
     env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
-    probe = subprocess.run([sys.executable, "-c", LIMITS_PROBE, "1"], capture_output=True, text=True, env=env,
-                           check=True)
-    assert json.loads(probe.stdout) == {"torch": 1, "numba": 1, "pools": [1]}
+    for first, then in [(1, 1), (2, 1)]:
+        probe = subprocess.run([sys.executable, "-c", LIMITS_PROBE, str(first), str(then)], capture_output=True,
+                               text=True, env=env)
+        assert probe.returncode == 0, probe.stderr[-500:]
+        assert json.loads(probe.stdout) == {"torch": 1, "numba": 1, "pools": [1]}
     with pytest.raises(ValueError, match="--threads must be at least 1"):
         limit_threads(0)
 
