@@ -8,15 +8,15 @@ CORES  ?= 2
 
 .PHONY: run test test-slurm test-all setup clean chromium learning-curve powered
 
-# Locally, one thread per training/sampling job and CORES jobs side by side (how the README's timing of
+# Locally, one thread per training/sampling/evaluate job and CORES jobs side by side (how the README's timing of
 # `make run` was measured); on a cluster, threads follow cpus_per_gpu x gpus (config/README.md).
 run: $(STAMP)  ## the full pipeline on the bundled data, ending in results/report.html
-	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --set-threads train=1 sample=1
+	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --set-threads train=1 sample=1 evaluate=1
 
 # The powered design on bdtnp (config/powered.yaml; docs/results.md): 4-fold cross-validation over the slabs,
 # 4 sampling draws, 3 variants; its report and verdict go to results/powered/.
 powered: $(STAMP)  ## the design that resolves the question's contrasts on bdtnp (docs/results.md)
-	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --set-threads train=1 sample=1 \
+	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --set-threads train=1 sample=1 evaluate=1 \
 	  --configfile config/powered.yaml
 
 learning-curve: $(STAMP)  ## quality against training steps (docs/training.md); about an hour on 2 cores
