@@ -19,7 +19,7 @@ powered: $(STAMP)  ## the design that resolves the question's contrasts on bdtnp
 	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --set-threads train=1 sample=1 evaluate=1 \
 	  --configfile config/powered.yaml
 
-learning-curve: $(STAMP)  ## quality against training steps (docs/training.md); about an hour on 2 cores
+learning-curve: $(STAMP)  ## quality against training steps (docs/training.md); about 20 minutes on 2 cores
 	$(BIN)/snakemake learning_curve --profile workflow/profiles/default --cores $(CORES) --set-threads study_run=1
 
 test: $(STAMP) chromium  ## the fast test suite (what CI runs)
