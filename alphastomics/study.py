@@ -47,6 +47,7 @@ DEFAULT_BUDGETS = (250, 400, 1000, 2000)  # 400: the training.max_steps of confi
 DEFAULT_PATIENCE = 5  # validations (training.val_every steps apart) without improvement
 METRICS = ("knn_preservation", "distance_spearman", "procrustes_rmsd_scaled", "distance_mse")
 WITHIN = 0.02  # the chosen budget's kNN preservation is within 2 % of the top budget's
+ALL_VARIANTS = "all variants"  # the summary's rows of means over variants and seeds
 
 
 class StudyError(AlphaSTomicsError):
@@ -234,12 +235,14 @@ def write_tables(out: Path, rows: list[dict[str, Any]], budgets: tuple[int, ...]
     lines = ["| data set | variant | steps | seeds | val loss | kNN pres. | dist. Spearman | scaled "
              "Procrustes RMSD | dist. MSE | train s | stopped at (per seed) |", "|" + "---|" * 11]
     for ds in sorted({r["dataset"] for r in rows}):
-        for v in dict.fromkeys(r["variant"] for r in rows if r["dataset"] == ds):
+        # Per variant, then "all variants": the mean over every run of a budget, which choose_budget reads.
+        for v in [*dict.fromkeys(r["variant"] for r in rows if r["dataset"] == ds), ALL_VARIANTS]:
             for b in budgets:
-                sel = [r for r in rows if r["dataset"] == ds and r["variant"] == v and r["budget"] == b]
+                sel = [r for r in rows if r["dataset"] == ds and v in (r["variant"], ALL_VARIANTS)
+                       and r["budget"] == b]
                 if not sel:
                     continue
-                stops = ", ".join(str(r["stopped_at"] or "-") for r in sel)
+                stops = "-" if v == ALL_VARIANTS else ", ".join(str(r["stopped_at"] or "-") for r in sel)
                 lines.append(
                     f"| {ds} | {v} | {b} | {len(sel)} | {_mean([r['val_loss'] for r in sel]):.3f} | "
                     + " | ".join(f"{_mean([r[m] for r in sel]):.3f}" for m in METRICS)

@@ -16,6 +16,7 @@ import yaml
 
 from alphastomics.__main__ import main as cli
 from alphastomics.config import load_config
+from alphastomics import study as STUDY
 from alphastomics.study import choose_budget, run_overrides
 from alphastomics.variants import VARIANTS
 
@@ -158,3 +159,19 @@ def test_stop_after_ends_a_stage_once_its_checkpoint_exists(tmp_path):
     with pytest.raises(StudyError, match="exited 143"):
         _run([sys.executable, "-c", "import sys; sys.exit(143)"], tmp_path / "log2",
              stop_when=tmp_path / "none")
+
+
+def test_summary_rows_of_all_variants_are_the_means_the_budget_is_chosen_from(tmp_path):
+    """The summary's "all variants" row of a budget is the mean over every run of it (values by hand)."""
+    def row(variant, seed, budget, knn):
+        return {"dataset": "d", "variant": variant, "seed": seed, "budget": budget, "val_loss": 1.0,
+                **{m: 0.5 for m in STUDY.METRICS}, "knn_preservation": knn, "train_s": 10.0,
+                "stopped_at": None, "best_val_step": budget}
+
+    rows = [row("a", 0, 100, 0.40), row("a", 1, 100, 0.44), row("b", 0, 100, 0.30), row("b", 1, 100, 0.34),
+            row("a", 0, 200, 0.50), row("a", 1, 200, 0.50), row("b", 0, 200, 0.36), row("b", 1, 200, 0.38)]
+    chosen = STUDY.write_tables(tmp_path, rows, (100, 200), {})
+    summary = (tmp_path / "learning_curve_summary.md").read_text()
+    assert "| d | all variants | 100 | 4 | 1.000 | 0.370 |" in summary  # (0.40 + 0.44 + 0.30 + 0.34) / 4
+    assert "| d | all variants | 200 | 4 | 1.000 | 0.435 |" in summary  # (0.50 + 0.50 + 0.36 + 0.38) / 4
+    assert chosen == {"d": 200, "all": 200}  # 0.370 < 0.98 x 0.435
