@@ -8,8 +8,8 @@ CORES  ?= 2
 
 .PHONY: run test test-slurm test-all setup clean chromium learning-curve powered
 
-# Locally, one thread per training/sampling/evaluate job and CORES jobs side by side (how the README's timing of
-# `make run` was measured); on a cluster, threads follow cpus_per_gpu x gpus (config/README.md).
+# Locally, one thread per training/sampling/evaluate job and CORES jobs side by side (how the README's
+# timing of `make run` was measured); on a cluster, threads follow resources in config/config.yaml.
 run: $(STAMP)  ## the full pipeline on the bundled data, ending in results/report.html
 	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --set-threads train=1 sample=1 evaluate=1
 

@@ -7,8 +7,8 @@ other), and times what an evaluate job does with it:
 
 - ``score``: every metric of the section, its random references (``evaluation.num_random_references``)
   and the cell-type neighbourhoods (KMeans), per sampling draw;
-- ``diagnostics``: the model probe of a trained checkpoint (attention sinks, gates, masked reconstruction;
-  at most ``evaluation.diagnostics_max_cells`` cells), for the laptop model (config/model.yaml) and the
+- ``diagnostics``: the model probe of a trained checkpoint (attention sinks and gates on at most
+  ``evaluation.diagnostics_max_cells`` cells, masked reconstruction over the whole section), for the laptop model (config/model.yaml) and the
   design note's size (config/model_cluster.yaml), each trained for one step (the probe's cost does not
   depend on the weights).
 
