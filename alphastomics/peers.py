@@ -139,17 +139,29 @@ def predict_tangram(data: PeerData, seed: int, s: PeersConfig) -> np.ndarray:
     sc_data = _anndata(data.query_log_expression, data.genes, "q")
     sp_data = _anndata(data.ref_log_expression, data.genes, "r")
     tg.pp_adatas(sc_data, sp_data, genes=None)
-    mapping = tg.map_cells_to_space(
-        sc_data,
-        sp_data,
-        mode="cells",
-        density_prior=s.tangram_density_prior,
-        num_epochs=s.tangram_epochs,
-        learning_rate=s.tangram_learning_rate,
-        device="cpu",
-        random_state=seed,
-        verbose=False,
-    )
+    # Tangram seeds only when `if random_state:` holds, so seed 0 (the workflow's baseline_seeds) would start
+    # from an unseeded map: it draws from NumPy's and torch's global generators, which are seeded here (and
+    # restored afterwards) for every seed.
+    import torch
+
+    numpy_state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            mapping = tg.map_cells_to_space(
+                sc_data,
+                sp_data,
+                mode="cells",
+                density_prior=s.tangram_density_prior,
+                num_epochs=s.tangram_epochs,
+                learning_rate=s.tangram_learning_rate,
+                device="cpu",
+                random_state=seed,
+                verbose=False,
+            )
+    finally:
+        np.random.set_state(numpy_state)
     # Each cell goes to its most probable spot (a reference cell), Tangram's own cell-to-spot assignment.
     spot = np.asarray(mapping.X).argmax(axis=1)
     return data.ref_positions[spot]

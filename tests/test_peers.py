@@ -218,9 +218,13 @@ def test_mapping_peers_place_each_cell_on_a_reference_location(
     model_space = _model_space(table, held, data, 2)
     gap = np.min(np.linalg.norm(model_space[:, None, :] - data.ref_positions[None], axis=2), axis=1)
     assert np.all(gap < 1e-9)  # mapping methods can only place cells at reference locations
-    # seeded (tangram: random_state; novosparc: deterministic): a second run gives the same placement
+    # seeded (tangram: random_state; novosparc: deterministic): a second run gives the same placement, also
+    # for seed 0, which tangram's own `if random_state:` leaves unseeded
     again = peers.run(method, tiny_processed, tmp_path / "again.parquet", seed=1, settings=FAST)
     np.testing.assert_array_equal(_pred(again), _pred(table))
+    zero = [_pred(peers.run(method, tiny_processed, tmp_path / f"zero{i}.parquet", seed=0, settings=FAST))
+            for i in range(2)]
+    np.testing.assert_array_equal(zero[0], zero[1])
 
 
 @pytest.mark.parametrize("fixture", ["tiny_processed", "tiny_processed_3d"])
