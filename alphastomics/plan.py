@@ -98,6 +98,12 @@ def expand_datasets(datasets: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def dataset_seeds(plan: dict[str, Any], dataset: str) -> list[int]:
+    """The training seeds of a data set (or fold): its own ``seeds``, else the campaign's."""
+    entry = expand_datasets(plan["datasets"]).get(dataset) or plan["datasets"][dataset]
+    return [int(s) for s in (entry.get("seeds") or plan["seeds"])]
+
+
 def dataset_block(plan: dict[str, Any], dataset: str) -> dict[str, Any]:
     """The ``dataset`` overrides of a data set (or fold) of the plan; its name is the key, whatever the
     block says (the results folder is named after it)."""

@@ -51,3 +51,16 @@ def test_folds_expand_into_one_data_set_each_naming_its_parent():
     assert entries["a_fold2"]["dataset"] == {"source": "bdtnp", "fold": 2, "num_folds": 3, "fold_of": "a"}
     assert plan.dataset_block({"datasets": {"a": {"dataset": {"source": "bdtnp"}, "folds": 3}}}, "a_fold3") == {
         "dataset": {"source": "bdtnp", "fold": 3, "num_folds": 3, "fold_of": "a", "name": "a_fold3"}}
+
+
+def test_a_data_set_s_own_seeds_replace_the_campaign_s_and_reach_its_folds():
+    p = {"seeds": [0, 1], "datasets": {"a": {"seeds": [3, 4, 5], "folds": 2}, "b": {}}}
+    assert plan.dataset_seeds(p, "a_fold2") == [3, 4, 5]
+    assert plan.dataset_seeds(p, "b") == [0, 1]
+    # the shipped default: the question's tissue (bdtnp) runs more seeds at the study's shorter budget
+    cfg = shipped()
+    assert len(plan.dataset_seeds(cfg, "bdtnp")) > len(plan.dataset_seeds(cfg, "synthetic")) == 5
+    bdtnp = load_config([REPO / cfg["model_config"]], plan.set_items(*plan.run_blocks(cfg, "bdtnp", "linear", 0)))
+    synthetic = load_config([REPO / cfg["model_config"]],
+                            plan.set_items(*plan.run_blocks(cfg, "synthetic", "linear", 0)))
+    assert bdtnp.training.max_steps < synthetic.training.max_steps

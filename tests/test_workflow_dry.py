@@ -53,14 +53,17 @@ def test_default_dry_run_lists_datasets_x_variants_x_seeds(tmp_path):
     """`make run`'s own command plans the default grid."""
     repo = make_copy(tmp_path)
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    runs = len(cfg["datasets"]) * len(cfg["variants"]) * len(cfg.get("seeds", [0, 1, 2, 3, 4]))
+    runs = len(cfg["variants"]) * sum(len(d.get("seeds") or cfg["seeds"]) for d in cfg["datasets"].values())
     from alphastomics.peers import runnable
 
     installed, _ = runnable(cfg["baselines"])  # a peer whose package is missing is skipped, with a warning
     peers = len(cfg["datasets"]) * len(installed) * len(cfg.get("baseline_seeds", [0]))
-    counts, _ = make_dry_run(repo, "run")
-    assert runs == 2 * 5 * 5  # the default grid: bdtnp + synthetic, four ablation rows + softmax, 5 seeds
+    counts, out = make_dry_run(repo, "run")
+    # the default grid: four ablation rows + softmax on bdtnp (8 seeds) and synthetic (5 seeds)
+    assert runs == 5 * (8 + 5)
     assert counts["train"] == counts["sample"] == runs
+    assert "results/bdtnp/softmax/seed7/train/final.pt" in out
+    assert "results/synthetic/softmax/seed5" not in out
     assert counts["baseline"] == peers and "knn" in installed
     assert counts["evaluate"] == runs + peers
     assert counts["fetch_data"] == counts["preprocess"] == 2

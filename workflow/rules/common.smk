@@ -59,7 +59,8 @@ SOURCES = list(config["datasets"])
 VARIANTS = list(config["variants"])
 # Logs of the report of this campaign (report_dir results/powered -> results_powered).
 REPORT_TAG = "_".join(Path(config["report_dir"]).parts)
-SEEDS = [int(s) for s in config["seeds"]]
+# Training seeds per data set (or fold): its own `seeds`, else the campaign's.
+SEEDS = {d: plan.dataset_seeds(config, d) for d in DATASETS}
 
 
 def runnable_baselines(methods):
@@ -110,7 +111,7 @@ def check_package_config():
 
     for dataset in DATASETS:
         for variant in VARIANTS:
-            blocks = plan.run_blocks(config, dataset, variant, SEEDS[0])
+            blocks = plan.run_blocks(config, dataset, variant, SEEDS[dataset][0])
             try:
                 load_config([config["model_config"]], plan.set_items(*blocks))
             except AlphaSTomicsError as err:
@@ -239,14 +240,9 @@ def evaluate_extra_args(wildcards, input):
 
 def all_runs():
     """Every model run (datasets x variants x seeds) and every peer run (datasets x peers x baseline_seeds)."""
-    grid = [(VARIANTS, SEEDS), (PEERS, BASELINE_SEEDS)]
-    return [
-        RUN.format(dataset=d, variant=v, seed=s)
-        for names, seeds in grid
-        for d in DATASETS
-        for v in names
-        for s in seeds
-    ]
+    models = [(d, v, s) for d in DATASETS for v in VARIANTS for s in SEEDS[d]]
+    peers = [(d, v, s) for d in DATASETS for v in PEERS for s in BASELINE_SEEDS]
+    return [RUN.format(dataset=d, variant=v, seed=s) for d, v, s in models + peers]
 
 
 # --- resources ----------------------------------------------------------------------------------------
@@ -336,7 +332,7 @@ def report_inputs(wildcards):
         RUN.format(dataset=d, variant=v, seed=s)
         for d in DATASETS
         for v in VARIANTS
-        for s in SEEDS
+        for s in SEEDS[d]
     ]
     return {
         "data": expand(PROC, dataset=DATASETS),
