@@ -59,10 +59,10 @@ def test_default_dry_run_lists_datasets_x_variants_x_seeds(tmp_path):
     installed, _ = runnable(cfg["baselines"])  # a peer whose package is missing is skipped, with a warning
     peers = len(cfg["datasets"]) * len(installed) * len(cfg.get("baseline_seeds", [0]))
     counts, out = make_dry_run(repo, "run")
-    # the default grid: four ablation rows + softmax on bdtnp (8 seeds) and synthetic (5 seeds)
-    assert runs == 5 * (8 + 5)
+    # the default grid: four ablation rows + softmax on bdtnp (7 seeds) and synthetic (5 seeds)
+    assert runs == 5 * (7 + 5)
     assert counts["train"] == counts["sample"] == runs
-    assert "results/bdtnp/softmax/seed7/train/final.pt" in out
+    assert "results/bdtnp/softmax/seed6/train/final.pt" in out
     assert "results/synthetic/softmax/seed5" not in out
     assert counts["baseline"] == peers and "knn" in installed
     assert counts["evaluate"] == runs + peers
