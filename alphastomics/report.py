@@ -596,10 +596,11 @@ def markdown_document(results: Path, out: Path) -> str:
     """The whole results page (docs/results.md): a title, the command that wrote it and what the tables hold,
     then ``markdown_summary``."""
     results, out = Path(results).as_posix(), Path(out).as_posix()
+    verdict = results if results.endswith(".json") else f"{results}/verdict.json"
     return (
         "# Results\n\n"
         f"Filled by `python -m alphastomics report --markdown {results} --out {out}` from the\n"
-        f"`{results}/verdict.json` of a run; rerun that command after a run instead of editing this file.\n"
+        f"`{verdict}` of a run; rerun that command after a run instead of editing this file.\n"
         "Held-out sections only, one value per seed (the cell-weighted mean over the test sections); how to read\n"
         'the tables: docs/metrics.md, "The verdict".\n\n' + markdown_summary(Path(results)) + "\n"
     )

@@ -378,7 +378,12 @@ def test_markdown_out_writes_the_same_tables_as_a_page(page, capsys, tmp_path):
     assert cli(["report", "--markdown", str(results), "--out", str(out)]) == 0
     text = out.read_text()
     assert text.startswith("# Results\n") and f"--markdown {results.as_posix()} --out {out.as_posix()}`" in text
+    assert f"`{results.as_posix()}/verdict.json` of a run" in text
     assert text.rstrip().endswith(printed.rstrip())
+    # given the verdict file itself, the page names that file
+    verdict = (results / "verdict.json").as_posix()
+    assert cli(["report", "--markdown", verdict, "--out", str(out)]) == 0
+    assert f"`{verdict}` of a run" in out.read_text() and "verdict.json/verdict.json" not in out.read_text()
 
 
 @pytest.mark.skipif(
