@@ -88,7 +88,7 @@ def test_slurm_profile_dry_run_from_repository_root(tmp_path):
     # --cores 16: a dry run caps threads at --cores, a SLURM job at the CPUs it got
     counts, out = dry_run(repo, "-p", "--profile", "slurm", "--cores", "16")
     assert re.search(r"Using profiles? slurm", out)
-    assert counts["train"] == 50 and counts["sample"] == 50
+    assert counts["train"] == counts["sample"] == 5 * (7 + 5)  # 5 variants x (bdtnp 7 + synthetic 5 seeds)
     # The GPU rules ask for the GPU partition and one GPU; CPU rules keep the CPU partition.
     train = out[out.index("rule train:") :].split("\n\n")[0]
     assert "slurm_partition=gpu" in train and "gpu=1" in train and "cpus_per_gpu=8" in train
