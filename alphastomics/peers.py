@@ -139,6 +139,11 @@ def predict_tangram(data: PeerData, seed: int, s: PeersConfig) -> np.ndarray:
     sc_data = _anndata(data.query_log_expression, data.genes, "q")
     sp_data = _anndata(data.ref_log_expression, data.genes, "r")
     tg.pp_adatas(sc_data, sp_data, genes=None)
+    # pp_adatas lists the genes in the order of a Python set, which changes with the process's hash seed, and
+    # the fit follows that order (sums over genes): sorted, a rerun gives the same map.
+    for adata in (sc_data, sp_data):
+        for key in ("training_genes", "overlap_genes"):
+            adata.uns[key] = sorted(adata.uns[key])
     # Tangram seeds only when `if random_state:` holds, so seed 0 (the workflow's baseline_seeds) would start
     # from an unseeded map: it draws from NumPy's and torch's global generators, which are seeded here (and
     # restored afterwards) for every seed.

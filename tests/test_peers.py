@@ -302,3 +302,22 @@ def test_measured_data_is_pooled_as_measured(tiny_processed: Path) -> None:
     broken = _manifest(tiny_processed) | {"parameters": {}}
     with pytest.raises(peers.PeerError, match="parameters.synthetic"):
         peers.common_frame(broken, tiny_processed / "manifest.json")
+
+
+def test_tangram_fits_on_genes_in_a_fixed_order(tiny_processed, tmp_path, monkeypatch) -> None:
+    """tangram.pp_adatas orders the genes like a Python set (by the process's hash seed); the fit sums over
+    them in that order, so two processes gave different maps. The genes reach the fit sorted."""
+    _skip_unless("tangram")
+    import tangram
+
+    seen = []
+    real = tangram.map_cells_to_space
+
+    def spy(adata_sc, adata_sp, **kwargs):
+        seen.append((list(adata_sc.uns["training_genes"]), list(adata_sp.uns["training_genes"])))
+        return real(adata_sc, adata_sp, **kwargs)
+
+    monkeypatch.setattr(tangram, "map_cells_to_space", spy)
+    peers.run("tangram", tiny_processed, tmp_path / "s.parquet", seed=0, settings=FAST)
+    (sc_genes, sp_genes), = seen
+    assert sc_genes == sp_genes == sorted(sc_genes) and len(sc_genes) > 2
