@@ -238,11 +238,25 @@ def evaluate_extra_args(wildcards, input):
     return f"--checkpoint {input.checkpoint} --train-summary {input.summary}"
 
 
+def model_runs():
+    """Every model run: data sets x variants x the data set's seeds."""
+    return [
+        RUN.format(dataset=d, variant=v, seed=s)
+        for d in DATASETS
+        for v in VARIANTS
+        for s in SEEDS[d]
+    ]
+
+
 def all_runs():
-    """Every model run (datasets x variants x seeds) and every peer run (datasets x peers x baseline_seeds)."""
-    models = [(d, v, s) for d in DATASETS for v in VARIANTS for s in SEEDS[d]]
-    peers = [(d, v, s) for d in DATASETS for v in PEERS for s in BASELINE_SEEDS]
-    return [RUN.format(dataset=d, variant=v, seed=s) for d, v, s in models + peers]
+    """Every model run and every peer run (datasets x peers x baseline_seeds)."""
+    peers = [
+        RUN.format(dataset=d, variant=v, seed=s)
+        for d in DATASETS
+        for v in PEERS
+        for s in BASELINE_SEEDS
+    ]
+    return model_runs() + peers
 
 
 # --- resources ----------------------------------------------------------------------------------------
@@ -328,18 +342,12 @@ def report_inputs(wildcards):
     processed folder (its manifest.json, which the report finds beside the runs).
     """
     runs = all_runs()
-    models = [
-        RUN.format(dataset=d, variant=v, seed=s)
-        for d in DATASETS
-        for v in VARIANTS
-        for s in SEEDS[d]
-    ]
     return {
         "data": expand(PROC, dataset=DATASETS),
         "metrics": [f"{r}/eval/metrics.json" for r in runs],
         "sections": [f"{r}/eval/sections.csv" for r in runs],
         "samples": [f"{r}/samples.parquet" for r in runs],
-        "summaries": [f"{r}/train/train_summary.json" for r in models],
+        "summaries": [f"{r}/train/train_summary.json" for r in model_runs()],
     }
 
 
