@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from alphastomics.artifacts import DataError, load_checkpoint
 from alphastomics.attention import Attention
 from alphastomics.config import Config, ModelConfig, config_from_dict, generates_expression, generates_positions
+from alphastomics.seeds import name_seed
 
 Diagnostics = dict[str, Tensor | None]
 
@@ -166,6 +167,9 @@ class Denoiser(nn.Module):
         predict_positions: bool = True,
     ) -> None:
         super().__init__()
+        # Drawn before any submodule exists (their constructors draw from the global generator, as many
+        # numbers as the variant has weights): a function of the global seed alone, the same for every variant.
+        init_key = int(torch.randint(0, 2**62, (1,)))
         c = cfg.d_model
         self.cfg, self.n_genes, self.dims = cfg, n_genes, dims
         self.expression_in = nn.Linear(n_genes, c)
@@ -179,7 +183,7 @@ class Denoiser(nn.Module):
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(c, 2 * c))
         self.expression_out = nn.Linear(c, n_genes) if predict_expression else None
         self.position_out = nn.Linear(c, dims, bias=False) if predict_positions else None  # bias: see pos_update
-        self._init_weights()
+        self._init_weights(init_key)
 
     @classmethod
     def from_config(cls, cfg: Config, n_genes: int, dims: int) -> Denoiser:
@@ -207,19 +211,33 @@ class Denoiser(nn.Module):
         model.to(device).eval()
         return model, cfg, ckpt
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, key: int) -> None:
         # Xavier everywhere, then DiT's choices: small normal time MLPs, and zeros for every adaLN
         # modulation and every output layer, so each block starts as the identity and the first
         # prediction is x0 = (gene mean, current coordinates): stable from step one at any depth.
-        for module in self.modules():
+        # Common random numbers: each weight matrix draws from a generator of its own, keyed by `key` and
+        # its name, so the variants of one seed start from the same weights wherever they have the same
+        # parameter (training draws are keyed by seed and step already, alphastomics.seeds), and a paired
+        # contrast compares two architectures, not two draws of the initial weights as well (docs/model.md).
+        def generator(name: str) -> torch.Generator:
+            return torch.Generator().manual_seed(name_seed(key, name))
+
+        for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
+                nn.init.xavier_uniform_(module.weight, generator=generator(name))
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-        for emb in (self.expression_time, self.position_time):
-            for module in emb.mlp:
+        for name, module in self.named_modules():
+            if isinstance(module, Attention) and module.gate_dim:
+                # The gate projection is fused into the query projection for speed; it is initialised as the
+                # matrix of its own that it is, and the query rows as an ungated model's query projection.
+                d = module.to_q.in_features
+                nn.init.xavier_uniform_(module.to_q.weight[:d], generator=generator(f"{name}.to_q"))
+                nn.init.xavier_uniform_(module.to_q.weight[d:], generator=generator(f"{name}.gate"))
+        for emb_name in ("expression_time", "position_time"):
+            for name, module in getattr(self, emb_name).mlp.named_children():
                 if isinstance(module, nn.Linear):
-                    nn.init.normal_(module.weight, std=0.02)
+                    nn.init.normal_(module.weight, std=0.02, generator=generator(f"{emb_name}.mlp.{name}"))
         zero = [self.final_modulation[-1], self.expression_out, self.position_out]
         for layer in self.layers:
             zero += [layer.modulation[-1], layer.attention.modulation[-1], layer.attention.pos_update]

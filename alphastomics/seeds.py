@@ -7,6 +7,8 @@ never share a generator state.
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 DROPOUT_STREAM, NOISE_STREAM, VAL_STREAM, DIAG_STREAM, SAMPLE_STREAM = 1, 2, 3, 4, 5
@@ -15,3 +17,10 @@ DROPOUT_STREAM, NOISE_STREAM, VAL_STREAM, DIAG_STREAM, SAMPLE_STREAM = 1, 2, 3, 
 def step_seed(seed: int, step: int, rank: int, stream: int) -> int:
     """A 63-bit seed that depends only on its arguments (not on what ran before: resumable)."""
     return int(np.random.SeedSequence([seed, step, rank, stream]).generate_state(2, dtype=np.uint64)[0] >> 1)
+
+
+def name_seed(seed: int, name: str) -> int:
+    """A 63-bit seed of (seed, name), e.g. a parameter's name: stable across processes (crc32, not the
+    salted ``hash``)."""
+    key = zlib.crc32(name.encode())
+    return int(np.random.SeedSequence([seed, key]).generate_state(2, dtype=np.uint64)[0] >> 1)

@@ -174,6 +174,37 @@ def test_initial_model_predicts_gene_mean_and_current_coordinates():
     torch.testing.assert_close(p, masked_centre(pos, mask))
 
 
+def _initial(variant_name: str, seed: int) -> Denoiser:
+    torch.manual_seed(seed)
+    return Denoiser(dataclasses.replace(SMALL, **NAMED_VARIANTS[variant_name].settings()), G, 3)
+
+
+def test_variants_of_one_seed_start_from_the_same_weights():
+    # Common random numbers: every parameter two variants share starts equal, the query rows of a gated
+    # model's fused query-and-gate projection included (old code: the larger fused matrix shifted every
+    # later draw, so a gated and an ungated model of one seed shared no initial weight).
+    reference = dict(_initial("softmax", 7).named_parameters())
+    for name in ("linear", "gated_headwise", "gated_elementwise", "gated_headwise_no_qknorm"):
+        params = dict(_initial(name, 7).named_parameters())
+        # Only QK-norm's gains (initialised to 1, drawn from nothing) may be missing from one of the two.
+        assert all("_norm." in key for key in set(reference) ^ set(params)), name
+        for key, p in params.items():
+            if key.endswith("to_q.weight") and p.shape != reference[key].shape:
+                d = p.shape[1]
+                torch.testing.assert_close(p[:d], reference[key], rtol=0, atol=0)
+                gate = p[d:]
+                bound = (6 / (d + gate.shape[0])) ** 0.5  # Xavier of the gate's own shape
+                assert 0.5 * bound < gate.abs().max() <= bound
+            elif key in reference:
+                torch.testing.assert_close(p, reference[key], rtol=0, atol=0)
+    # ... and another seed starts elsewhere; the same seed twice starts at the same place.
+    other = dict(_initial("softmax", 8).named_parameters())
+    again = dict(_initial("softmax", 7).named_parameters())
+    key = "layers.0.attention.attn.to_q.weight"
+    assert not torch.equal(other[key], reference[key])
+    assert torch.equal(again[key], reference[key])
+
+
 def test_diagnostics_per_layer():
     model = denoiser((True, "elementwise", True), 2)
     expr, pos, t, mask = tensors(2, 7, 2)
