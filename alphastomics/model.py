@@ -168,7 +168,8 @@ class Denoiser(nn.Module):
     ) -> None:
         super().__init__()
         # Drawn before any submodule exists (their constructors draw from the global generator, as many
-        # numbers as the variant has weights): a function of the global seed alone, the same for every variant.
+        # numbers as the variant has weights): a function of the global seed alone, the same for every
+        # variant.
         init_key = int(torch.randint(0, 2**62, (1,)))
         c = cfg.d_model
         self.cfg, self.n_genes, self.dims = cfg, n_genes, dims

@@ -14,13 +14,17 @@ import numpy as np
 DROPOUT_STREAM, NOISE_STREAM, VAL_STREAM, DIAG_STREAM, SAMPLE_STREAM = 1, 2, 3, 4, 5
 
 
+def _seed_of(entropy: list[int]) -> int:
+    """A 63-bit seed mixed from ``entropy`` (fits torch.Generator.manual_seed and NumPy alike)."""
+    return int(np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint64)[0] >> 1)
+
+
 def step_seed(seed: int, step: int, rank: int, stream: int) -> int:
     """A 63-bit seed that depends only on its arguments (not on what ran before: resumable)."""
-    return int(np.random.SeedSequence([seed, step, rank, stream]).generate_state(2, dtype=np.uint64)[0] >> 1)
+    return _seed_of([seed, step, rank, stream])
 
 
 def name_seed(seed: int, name: str) -> int:
     """A 63-bit seed of (seed, name), e.g. a parameter's name: stable across processes (crc32, not the
     salted ``hash``)."""
-    key = zlib.crc32(name.encode())
-    return int(np.random.SeedSequence([seed, key]).generate_state(2, dtype=np.uint64)[0] >> 1)
+    return _seed_of([seed, zlib.crc32(name.encode())])
