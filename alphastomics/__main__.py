@@ -15,6 +15,7 @@ from pathlib import Path
 
 from alphastomics import AlphaSTomicsError, __version__
 from alphastomics.config import Config, load_config
+from alphastomics.lifecycle import keep_freed_memory
 
 
 def _common(p: argparse.ArgumentParser, config_required: bool = False) -> None:
@@ -262,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"training.batch_size={args.batch_size}")
     if getattr(args, "max_steps", None) is not None:
         overrides.append(f"training.max_steps={args.max_steps}")
+    keep_freed_memory()  # every stage allocates and frees the same arrays over and over (lifecycle.py)
     try:
         cfg = load_config(args.config, overrides)
         return STAGES[args.stage](args, cfg) or 0

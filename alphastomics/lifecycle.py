@@ -4,11 +4,13 @@ SIGTERM / SIGUSR1 (SLURM time limit, preemption) only set a flag (``SignalFlag``
 once per step; ``Deadline`` stops the run before the job's own time limit (exit ``EXIT_TIME_LIMIT``, which
 Snakemake retries, and the retry resumes from ``checkpoints/latest.pt``). ``FAKE_CLOCK_ENV`` makes the clock
 deterministic in tests. ``TrainingError``: training cannot continue. ``thread_split`` shares a job's CPUs
-between torch threads and data-loader workers; ``limit_threads`` holds a job's numeric libraries to its CPUs.
+between torch threads and data-loader workers; ``limit_threads`` holds a job's numeric libraries to its CPUs;
+``keep_freed_memory`` stops the C allocator from handing every freed tensor back to the kernel.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import sys
@@ -171,3 +173,30 @@ def limit_threads(threads: int | None) -> None:
     if "numba" in sys.modules:
         numba = sys.modules["numba"]
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
+# glibc's mallopt parameters (malloc.h) and the largest mmap threshold it accepts on 64-bit (4 MiB x 8 bytes).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep freed blocks of up to 32 MiB in the heap for the next allocation (True if it could).
+
+    torch's CPU allocator has no cache of its own: every tensor is a malloc and every free a free. glibc
+    serves a block above its mmap threshold (128 KiB at start, raised only as far as the largest block freed
+    so far) with a fresh mmap and unmaps it when freed, and gives the heap's free top back to the kernel
+    above 128 KiB. A training step's activations are allocated and freed again at every step, so each step
+    page-faults them in anew and the kernel zeroes every page: a quarter of a CPU training job's time (2.1 M
+    page faults, 5 of 32 s in system time on bdtnp; docs/performance.md, "The C allocator"). Raising both
+    thresholds keeps the memory for the next step; the peak resident memory stays that of one step.
+    Data-loader workers fork from this process and inherit the setting. Elsewhere than glibc (macOS, musl)
+    this does nothing and returns False."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    kept = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+    return bool(kept) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))

@@ -107,6 +107,15 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
     assert err.startswith("error: ") and "unknown key 'training.batch_sise'" in err
 
 
+def test_every_stage_runs_with_freed_memory_kept(tmp_path, monkeypatch):
+    import alphastomics.__main__ as cli
+
+    calls = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(True))
+    cli.main(["params", "--config", str(write(tmp_path, "training: {batch_size: 4}\n"))])
+    assert calls == [True]
+
+
 def test_every_stage_has_help(capsys):
     from alphastomics.__main__ import STAGES, main
 
