@@ -248,7 +248,7 @@ def predict_celery(data: PeerData, seed: int, s: PeersConfig) -> np.ndarray:
                 batch_size=s.celery_batch_size,
                 num_workers=0,  # in-process loading: same numbers, no worker process per epoch
                 initial_learning_rate=s.celery_learning_rate,
-                seednum=seed,  # Fit_cord (1.2.1) seeds random, numpy, torch and its loader with it as given, 0 too
+                seednum=seed,  # Fit_cord (1.2.1) seeds random, numpy, torch and its loader with it; 0 too
             )
             unit = np.asarray(celery.Predict_cord(data_test=query, path=tmp, filename=name))
             for col, axis in enumerate((a, b)):
