@@ -16,6 +16,7 @@ machine shared with other jobs the ratio then holds although wall times move by 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import resource
@@ -33,11 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def unpack(rev: str, into: Path) -> Path:
     """The package of git revision ``rev``, unpacked under ``into``; returns the folder for PYTHONPATH."""
-    into.mkdir(parents=True)
-    archive = into / "code.tar"
-    with archive.open("wb") as out:
-        subprocess.run(["git", "archive", rev, "alphastomics"], cwd=ROOT, stdout=out, check=True)
-    with tarfile.open(archive) as tar:
+    git = ["git", "archive", rev, "alphastomics"]
+    archive = subprocess.run(git, cwd=ROOT, capture_output=True, check=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(into, filter="data")
     return into
 
