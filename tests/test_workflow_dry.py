@@ -59,11 +59,11 @@ def test_default_dry_run_lists_datasets_x_variants_x_seeds(tmp_path):
     installed, _ = runnable(cfg["baselines"])  # a peer whose package is missing is skipped, with a warning
     peers = len(cfg["datasets"]) * len(installed) * len(cfg.get("baseline_seeds", [0]))
     counts, out = make_dry_run(repo, "run")
-    # the default grid: four ablation rows + softmax on bdtnp and synthetic, 5 seeds each
-    assert runs == 5 * (5 + 5)
+    # the default grid: four ablation rows + softmax on bdtnp (6 seeds) and synthetic (5 seeds)
+    assert runs == 5 * (6 + 5)
     assert counts["train"] == counts["sample"] == runs
-    assert "results/bdtnp/softmax/seed4/train/final.pt" in out
-    assert "results/synthetic/softmax/seed5" not in out and "results/bdtnp/softmax/seed5" not in out
+    assert "results/bdtnp/softmax/seed5/train/final.pt" in out
+    assert "results/synthetic/softmax/seed5" not in out and "results/bdtnp/softmax/seed6" not in out
     assert counts["baseline"] == peers and "knn" in installed
     assert counts["evaluate"] == runs + peers
     assert counts["fetch_data"] == counts["preprocess"] == 2
@@ -88,7 +88,7 @@ def test_slurm_profile_dry_run_from_repository_root(tmp_path):
     # --cores 16: a dry run caps threads at --cores, a SLURM job at the CPUs it got
     counts, out = dry_run(repo, "-p", "--profile", "slurm", "--cores", "16")
     assert re.search(r"Using profiles? slurm", out)
-    assert counts["train"] == counts["sample"] == 5 * (5 + 5)  # 5 variants x (bdtnp 5 + synthetic 5 seeds)
+    assert counts["train"] == counts["sample"] == 5 * (6 + 5)  # 5 variants x (bdtnp 6 + synthetic 5 seeds)
     # The GPU rules ask for the GPU partition and one GPU; CPU rules keep the CPU partition.
     train = out[out.index("rule train:") :].split("\n\n")[0]
     assert "slurm_partition=gpu" in train and "gpu=1" in train and "cpus_per_gpu=8" in train
