@@ -188,8 +188,8 @@ def keep_freed_memory() -> bool:
     so far) with a fresh mmap and unmaps it when freed, and gives the heap's free top back to the kernel
     above 128 KiB. A training step's activations are allocated and freed again at every step, so each step
     page-faults them in anew and the kernel zeroes every page: 2-5 M page faults and 5-9 CPU seconds in
-    the kernel per training job of `make run` (docs/performance.md, "The C allocator"). Raising both
-    thresholds keeps the memory for the next step; the peak resident memory stays that of one step.
+    the kernel per training job on the bundled data (docs/performance.md, "The C allocator"). Raising
+    both thresholds keeps the memory for the next step; the peak resident memory stays that of one step.
     Data-loader workers fork from this process and inherit the setting. Elsewhere than glibc (macOS, musl)
     this does nothing and returns False."""
     try:
