@@ -44,10 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"alphastomics {__version__}")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
 
-    p = sub.add_parser("fetch-data", help="get raw data (bdtnp download + checksum, synthetic generation)")
+    p = sub.add_parser("fetch-data", help="get raw data (download or mirror, checksum-verified; synthetic)")
     _common(p)
     p.add_argument("--out", required=True, type=Path, help="raw data folder to write")
     p.add_argument("--local-copy", type=Path, help="bdtnp: folder with dge.txt and geometry.txt (no download)")
+    p.add_argument("--mirror", type=Path, help="folder of published data files (dataset.files, bdtnp/), "
+                   "looked in before downloading; default $ALPHASTOMICS_DATA_MIRROR")
 
     p = sub.add_parser("preprocess", help="raw data -> Parquet + manifest.json")
     _common(p)
@@ -127,10 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--primary-metrics", dest="primary_metrics", nargs="+", metavar="METRIC",
         help="declared primary metrics (workflow: config 'verdict.primary_metrics')",
     )
+    p.add_argument(
+        "--with-verdict", dest="with_verdict", nargs="+", type=Path, metavar="PATH",
+        help="other campaigns' verdict.json files: their data sets join the comparison across tissues (a "
+             "missing file is a row saying which campaign to run; workflow: config 'compare_with')",
+    )
 
     p = sub.add_parser("baseline", help="a peer method (knn, tangram, novosparc, celery) on held-out sections")
     _common(p)
-    p.add_argument("--method", required=True, choices=["knn", "tangram", "novosparc", "celery"])
+    p.add_argument("--method", required=True, choices=["knn", "tangram", "novosparc", "celery", "ceiling"])
     p.add_argument("--data_dir", "--data-dir", dest="data_dir", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="samples Parquet file to write (same format as sample)")
     p.add_argument("--split", default="test", choices=["val", "test"])

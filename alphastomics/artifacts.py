@@ -119,9 +119,11 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
 # cells.parquet of a processed data set (written by preprocess; read by data, sample and evaluate)
 
 
-def cells_schema(genes: list[str], parameters: dict[str, Any]) -> pa.Schema:
+def cells_schema(genes: list[str], parameters: dict[str, Any],
+                 annotations: list[str] | None = None) -> pa.Schema:
     """One row per cell (docs/architecture.md, "Processed data"); the gene list and the dataset config that
-    made the file travel in the schema metadata."""
+    made the file travel in the schema metadata. ``annotations`` (``dataset.annotation_keys``): extra
+    per-cell labels, each a dictionary column ``annotation_<name>`` after ``expression``."""
     return pa.schema(
         [
             ("cell_id", pa.string()),
@@ -132,6 +134,7 @@ def cells_schema(genes: list[str], parameters: dict[str, Any]) -> pa.Schema:
             ("z", pa.float32()),
             ("cell_type", pa.dictionary(pa.int32(), pa.string())),
             ("expression", pa.list_(pa.float32(), len(genes))),
+            *((f"annotation_{a}", pa.dictionary(pa.int32(), pa.string())) for a in annotations or ()),
         ],
         metadata={"alphastomics.genes": json.dumps(genes), "alphastomics.parameters": json.dumps(parameters)},
     )

@@ -23,7 +23,7 @@ from alphastomics import AlphaSTomicsError
 from alphastomics.plan import merge
 from alphastomics.variants import DESIGN_NOTE_KEYS, Gate, Kernel, from_design_note
 
-Source = Literal["bdtnp", "synthetic", "h5ad", "csv"]
+Source = Literal["bdtnp", "synthetic", "h5ad", "csv", "rdata"]
 Mode = Literal["expr_to_pos", "pos_to_expr", "joint"]
 
 
@@ -56,6 +56,28 @@ class SyntheticConfig:
 
 
 @dataclass(frozen=True)
+class RemoteFile:
+    """A published file named by address and checksum: fetch-data takes it from the mirror or downloads it,
+    and refuses any other bytes."""
+
+    name: str  # file name in the raw folder and in the mirror folder
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class RDataConfig:
+    """Which R objects hold what (``source: rdata``): R data are read by config keys, never converted by a
+    script, so the published file stays the one whose checksum is pinned."""
+
+    counts: str | None = None  # object (.RData/.rda) or list element (.rds) holding the expression matrix
+    obs: str | None = None  # object or list element holding the per-cell data frame
+    # Both are named lists with one entry per section (the list names are the section names).
+    per_section: bool = False
+    genes_by_cells: bool = False  # counts are genes x cells (R/Seurat habit): transposed when read
+
+
+@dataclass(frozen=True)
 class DatasetConfig:
     """Where raw data come from and how they become sections and splits."""
 
@@ -64,11 +86,22 @@ class DatasetConfig:
     # h5ad / csv: one file, or a directory of files (one per section); bdtnp: optional local copy of the
     # two text files (dge.txt, geometry.txt), used instead of downloading when given.
     path: str | None = None
+    # Public files by address and sha256 (any reader): taken from the mirror's mirror_folder when there,
+    # else downloaded; the mirror itself is named by the workflow (data_mirror / ALPHASTOMICS_DATA_MIRROR).
+    files: tuple[RemoteFile, ...] = ()
+    mirror_folder: str | None = None
     coordinate_key: str = "spatial"  # h5ad: obsm key
-    # h5ad: two or three obs columns holding x, y[, z] instead of obsm[coordinate_key] (empty = use obsm)
+    # Two or three columns holding x, y[, z]: h5ad obs columns instead of obsm[coordinate_key] (empty = use
+    # obsm); csv columns instead of coord_X/coord_Y[/coord_Z]; rdata columns of the obs data frame.
     coordinate_obs: tuple[str, ...] = ()
     section_key: str | None = "section"  # h5ad obs column / csv column (csv default cell_section)
     cell_type_key: str | None = "cell_type"
+    cell_id_key: str | None = None  # csv column of cell ids (default cell_id when present)
+    meta_columns: tuple[str, ...] = ()  # csv: non-gene columns left out of the expression (e.g. cell_volume)
+    # Extra per-cell labels kept as cells.parquet columns annotation_<name>: output name -> obs/csv column.
+    annotation_keys: dict[str, str] = field(default_factory=dict)
+    coordinate_units: str | None = None  # e.g. microns, pixels: recorded in the manifest next to the scale
+    rdata: RDataConfig = field(default_factory=RDataConfig)
     layer: str | None = None  # h5ad: layer holding expression (None = X)
     genes_file: str | None = None  # optional gene list (one name per line) to keep; wins over n_top_genes
     # Highly variable genes (scanpy, flavor "seurat") chosen on training sections only, when the data have
@@ -88,7 +121,14 @@ class DatasetConfig:
     fold: int = 0
     num_folds: int = 1
     fold_of: str | None = None
-    normalization: Literal["auto", "counts", "normalized"] = "auto"
+    # How a run is validated. "section": whole held-out sections (val_fraction / val_sections, or a fold's
+    # validation group). "cells": a spatially contiguous patch of val_fraction of the cells of every
+    # training section, withheld from training; with few sections (leave-one-section-out on 3-4 sections)
+    # every section but the test one trains (docs/data.md, "Few sections").
+    validation: Literal["section", "cells"] = "section"
+    # auto: integer counts -> library size + log1p; non-integer values > 30 (counts per cell volume) -> log1p;
+    # else kept (alphastomics.preprocess._detect_input)
+    normalization: Literal["auto", "counts", "scaled", "normalized"] = "auto"
     target_sum: float = 1.0e4
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -248,6 +288,11 @@ def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
             choices = ", ".join(repr(a) for a in args)
             raise ConfigError(f"{source}: '{where}' is {value!r}; use one of {choices}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{where}' must be a mapping (name: value), got {value!r}")
+        return {_coerce(k, args[0], f"{where}", source): _coerce(v, args[1], f"{where}.{k}", source)
+                for k, v in value.items()}
     if origin is tuple:
         if isinstance(value, (str, int)):
             value = [value]
@@ -286,6 +331,11 @@ def _build(cls: type, values: dict[str, Any], where: str, source: str) -> Any:
             known = ", ".join(sorted(names))
             raise ConfigError(f"{source}: unknown key '{path}'; remove it or use one of: {known}")
         kwargs[key] = _coerce(value, hints[key], path, source)
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if k not in kwargs]
+    if missing:
+        raise ConfigError(f"{source}: '{where}' lacks key(s) {', '.join(missing)}; add them")
     return cls(**kwargs)
 
 
@@ -348,6 +398,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
             return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, tuple):
             return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
         return v
 
     return plain(cfg)

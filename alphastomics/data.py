@@ -92,6 +92,10 @@ class ProcessedData:
         self.sections: list[str] = list(m.get("sections") or m["cells_per_section"])
         self.splits: dict[str, list[str]] = {k: list(m["splits"].get(k, [])) for k in ("train", "val", "test")}
         self.cell_types: list[str] = list(m["cell_types"] or [])
+        # dataset.validation "cells": training sections hold validation cells (split column 'val'), which
+        # training never sees and validation reads alone (``part``).
+        self.validation_cells: bool = (m.get("validation") or {}).get("method") == "cells"
+        self._is_val: dict[str, np.ndarray] = {}
         self._group = {s: i for i, s in enumerate(self.sections)}
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[str, Section] = OrderedDict()
@@ -124,8 +128,13 @@ class ProcessedData:
             return self._cache[name]
         if name not in self._group:
             raise DataError(f"{self.path}: no section '{name}'; use one of {self.sections[:8]}")
-        t = self._parquet().read_row_group(self._group[name], columns=["cell_id", "x", "y", "z", "cell_type", "expression"])
+        t = self._parquet().read_row_group(self._group[name],
+                                           columns=["cell_id", "split", "x", "y", "z", "cell_type", "expression"])
         n = t.num_rows
+        if self.validation_cells:
+            split = t.column("split").combine_chunks()
+            labels = np.asarray(split.dictionary.to_pylist(), dtype=object)
+            self._is_val[name] = labels[split.indices.to_numpy(zero_copy_only=False)] == "val"
         expr = t.column("expression").combine_chunks().flatten().to_numpy().reshape(n, self.n_genes)
         pos = np.stack([t.column(c).to_numpy() for c in "xyz"[: self.dims]], axis=1).astype(np.float32)
         codes = np.full(n, -1, np.int64)
@@ -141,6 +150,16 @@ class ProcessedData:
         while len(self._cache) > 1 and sum(s.expression.nbytes for s in self._cache.values()) > self.cache_bytes:
             self._cache.popitem(last=False)
         return sec
+
+
+    def part(self, name: str, split: Split) -> Section:
+        """The cells of section ``name`` that belong to ``split``: with validation cells, a training section's
+        'train' part leaves them out and its 'val' part is them alone; otherwise the whole section."""
+        sec = self.section(name)
+        if not self.validation_cells or split == "test":
+            return sec
+        is_val = self._is_val[name]
+        return sec.take(np.flatnonzero(is_val if split == "val" else ~is_val))
 
 
 def collate(sections: list[Section]) -> Batch:
@@ -206,7 +225,7 @@ def training_batch(data: ProcessedData, cfg: DataConfig, batch_size: int, seed: 
         epoch, pos = divmod(k, len(train))
         order = np.random.default_rng([seed, 1, epoch]).permutation(len(train))
         rng = np.random.default_rng([seed, 2, k])
-        sec = crop(data.section(train[order[pos]]), cfg.max_cells, cfg.crop, rng)
+        sec = crop(data.part(train[order[pos]], "train"), cfg.max_cells, cfg.crop, rng)
         examples.append(augment(sec, cfg.rotate, cfg.reflect, rng))
     return collate(examples)
 
@@ -237,7 +256,7 @@ def eval_batches(data: ProcessedData, split: Split, batch_size: int = 1) -> Iter
     """Whole sections of ``split`` in manifest order, no augmentation, ``batch_size`` sections per batch."""
     names = data.splits[split]
     for i in range(0, len(names), batch_size):
-        yield collate([data.section(s) for s in names[i : i + batch_size]])
+        yield collate([data.part(s, split) for s in names[i : i + batch_size]])
 
 
 def undo_normalization(expression: np.ndarray, manifest: dict[str, Any]) -> np.ndarray:

@@ -43,8 +43,10 @@ from alphastomics import AlphaSTomicsError
 from alphastomics.artifacts import samples_table, write_samples
 from alphastomics.config import PeersConfig
 
-Method = Literal["knn", "tangram", "novosparc", "celery"]
-METHODS: tuple[str, ...] = ("knn", "tangram", "novosparc", "celery")
+Method = Literal["knn", "tangram", "novosparc", "celery", "ceiling"]
+METHODS: tuple[str, ...] = ("knn", "tangram", "novosparc", "celery", "ceiling")
+# Not a method but a bound: it reads the held-out section's own coordinates (``predict_ceiling``).
+CEILINGS: tuple[str, ...] = ("ceiling",)
 
 # method -> (module to import, PyPI name, extra of alphastomics that installs it)
 OPTIONAL: dict[str, tuple[str, str, str]] = {
@@ -72,6 +74,9 @@ class PeerData:
     query_log_expression: np.ndarray  # (Q, G)
     genes: list[str]
     scale: float  # model units -> original units
+    # The held-out cells' own truth, read by the expression ceiling alone (never by a method).
+    query_positions: np.ndarray | None = None  # (Q, D) model space, centred per section
+    query_sections: np.ndarray | None = None  # (Q,) section of each query cell
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -93,7 +98,7 @@ def require(method: str) -> Any:
 
 def available(method: str) -> bool:
     """True when ``method`` can run here (knn always can)."""
-    return method == "knn" or importlib.util.find_spec(OPTIONAL[method][0]) is not None
+    return method in ("knn", *CEILINGS) or importlib.util.find_spec(OPTIONAL[method][0]) is not None
 
 
 def runnable(methods: list[str]) -> tuple[list[str], list[str]]:
@@ -121,6 +126,31 @@ def predict_knn(data: PeerData, seed: int, s: PeersConfig) -> np.ndarray:
     knn = KNeighborsRegressor(n_neighbors=k, weights=s.knn_weights, algorithm="auto")
     knn.fit(data.ref_expression, data.ref_positions)
     return knn.predict(data.query_expression)
+
+
+def predict_ceiling(data: PeerData, seed: int, s: PeersConfig) -> np.ndarray:
+    """What expression alone can place within a section: each held-out cell at the mean true position of its
+    ``knn_k`` nearest cells in expression **of its own section** (itself left out). It reads the held-out
+    coordinates, so it is no method but a reference: how far a placement from expression could get if
+    the section's other cells were already placed, which in a layered cortex leaves the position along a
+    layer open (docs/peers.md, "The expression ceiling")."""
+    from sklearn.neighbors import NearestNeighbors
+
+    if data.query_positions is None or data.query_sections is None:
+        raise PeerError("--method ceiling: the held-out positions were not loaded; report this as a bug")
+    out = np.empty_like(data.query_positions, dtype=np.float64)
+    for name in np.unique(data.query_sections):
+        rows = np.flatnonzero(data.query_sections == name)
+        k = min(s.knn_k, len(rows) - 1)
+        if k < 1:  # a one-cell section has no neighbour: its centre
+            out[rows] = 0.0
+            continue
+        nn = NearestNeighbors(n_neighbors=k + 1).fit(data.query_expression[rows])
+        idx = nn.kneighbors(data.query_expression[rows], return_distance=False)
+        # drop each cell itself (the first neighbour, or wherever it ties with an identical profile)
+        others = np.array([[j for j in r if j != i][:k] for i, r in enumerate(idx)])
+        out[rows] = data.query_positions[rows][others].mean(axis=1)
+    return out
 
 
 def _anndata(expression: np.ndarray, genes: list[str], prefix: str) -> Any:
@@ -264,6 +294,7 @@ PREDICT = {
     "tangram": predict_tangram,
     "novosparc": predict_novosparc,
     "celery": predict_celery,
+    "ceiling": predict_ceiling,
 }
 
 
@@ -316,7 +347,7 @@ def load(data_dir: str | Path, split: str = "test") -> tuple[PeerData, HeldOut, 
                 f"{data.path / 'manifest.json'}: splits.{name} has no sections; peers need training "
                 f"sections and held-out ones (pick another --split or preprocess with more sections)"
             )
-    ref = [data.section(s) for s in data.splits["train"]]
+    ref = [data.part(s, "train") for s in data.splits["train"]]  # validation cells (if any) left out, as in training
     query = [data.section(s) for s in data.splits[split]]
     ref_expr = np.concatenate([s.expression for s in ref]).astype(np.float64)
     query_expr = np.concatenate([s.expression for s in query]).astype(np.float64)
@@ -336,6 +367,8 @@ def load(data_dir: str | Path, split: str = "test") -> tuple[PeerData, HeldOut, 
         query_log_expression=undo_normalization(query_expr, manifest),
         genes=list(data.genes),
         scale=float(manifest["coordinates"]["scale"]),
+        query_positions=np.concatenate([s.positions for s in query]).astype(np.float64),
+        query_sections=np.array([s.name for s in query for _ in range(len(s))], dtype=object),
     )
     true = np.zeros((len(query_expr), 3))
     centers = np.zeros((len(query_expr), 3))
@@ -399,7 +432,7 @@ def run(
 ) -> pa.Table:
     """Place the ``split`` cells with ``method``; write and return the samples table."""
     settings = settings or PeersConfig()
-    if method == "knn":
+    if method == "knn" or method in CEILINGS:
         importlib.import_module("sklearn.neighbors")  # imports stay outside the timed part, as for the others
     else:
         require(method)  # fail before reading data when the optional package is missing

@@ -1,7 +1,8 @@
 """The ``preprocess`` stage: raw sections -> ``cells.parquet`` + ``manifest.json`` (docs/architecture.md).
 
 Expression: counts (all values integers >= 0) are library-size normalised to ``target_sum`` and log1p'd
-(``scanpy.pp.normalize_total`` + ``log1p``); already-normalised values are kept; genes are selected (a gene
+(``scanpy.pp.normalize_total`` + ``log1p``); per-cell scaled values (MERFISH counts per cell volume) are
+log1p'd; already-normalised values are kept (``_detect_input``); genes are selected (a gene
 list, or ``scanpy.pp.highly_variable_genes`` on training sections when there are more than
 ``n_top_genes``); then every kept gene is standardised with mean/std from **training sections only**, so
 nothing about held-out sections leaks into the model. Coordinates are centred per section and divided by
@@ -28,17 +29,20 @@ from alphastomics import __version__
 from alphastomics.artifacts import FORMAT, DataError, atomic_dir, cells_schema, gene_std_floored
 from alphastomics.config import DatasetConfig, to_dict
 from alphastomics.raw import RawData, from_anndata, open_raw
-from alphastomics.splits import split_sections
+from alphastomics.splits import split_sections, validation_cells
 
 SPLITS = ("train", "val", "test")
 
 
-def _normalise(x: np.ndarray, counts: bool, target_sum: float, keep: np.ndarray | None) -> np.ndarray:
-    """Library-size normalise + log1p when ``counts`` (``scanpy.pp.normalize_total`` + ``log1p``; cells
-    with no counts stay zero); then keep the ``keep`` columns (gene list), so library sizes count every
-    measured gene."""
-    if counts:
+def _normalise(x: np.ndarray, applied: str, target_sum: float, keep: np.ndarray | None) -> np.ndarray:
+    """``applied`` (``_detect_input``): "library_size_log1p" = ``scanpy.pp.normalize_total`` + ``log1p``
+    (cells with no counts stay zero); "log1p" = ``log1p`` alone (values already scaled per cell, such as
+    MERFISH's counts per cell volume); "none". Then keep the ``keep`` columns (gene list), so library sizes
+    count every measured gene."""
+    if applied == "library_size_log1p":
         x = _scanpy_lognorm(x, target_sum)
+    elif applied == "log1p":
+        np.log1p(x, out=x)
     return x if keep is None else np.ascontiguousarray(x[:, keep])
 
 
@@ -54,7 +58,7 @@ def _scanpy_lognorm(x: Any, target_sum: float) -> Any:
     return a.X
 
 
-def select_hvg(raw: RawData, train: list[int], counts: bool, target_sum: float, n_top: int) -> np.ndarray:
+def select_hvg(raw: RawData, train: list[int], applied: str, target_sum: float, n_top: int) -> np.ndarray:
     """Column indices (in file order) of the ``n_top`` highly variable genes of the **training** sections,
     by ``scanpy.pp.highly_variable_genes`` (flavor "seurat": dispersion of log-normalised values, z-scored
     within mean bins). Held-out sections are never read here, so the selection leaks nothing of them."""
@@ -63,7 +67,7 @@ def select_hvg(raw: RawData, train: list[int], counts: bool, target_sum: float, 
     from scipy import sparse
 
     # Sparse: training cells x all genes (e.g. 13,000) would not fit densely on a large data set.
-    blocks = [sparse.csr_matrix(_normalise(raw.sections[i].load(), counts, target_sum, None)) for i in train]
+    blocks = [sparse.csr_matrix(_normalise(raw.sections[i].load(), applied, target_sum, None)) for i in train]
     a = ad.AnnData(sparse.vstack(blocks, format="csr"))
     del blocks
     a.var_names = raw.genes
@@ -81,11 +85,21 @@ def _check_section(raw: RawData, i: int, x: np.ndarray) -> None:
         )
 
 
-def _detect_input(raw: RawData, dcfg: DatasetConfig) -> tuple[bool, bool]:
-    """Pass 1: validate every section and detect counts vs normalised values -> (input is counts, normalise
-    as counts); dataset.normalization 'counts' on negative values is an error."""
+# Non-negative, non-integer values above this are per-cell scaled counts (e.g. MERFISH counts per cell
+# volume), not log-normalised ones: log1p of counts normalised to 1e4 stays below 10, z-scores rarely pass 30.
+SCALED_MIN_MAX = 30.0
+
+
+def _detect_input(raw: RawData, dcfg: DatasetConfig) -> tuple[str, str]:
+    """Pass 1: validate every section and detect what the values are -> (input, applied normalisation).
+
+    input: "counts" (integers >= 0), "scaled" (non-negative, non-integer, some value above
+    ``SCALED_MIN_MAX``: counts already divided by a cell size such as its volume) or "normalized" (anything
+    else: log-normalised or z-scored values). ``dataset.normalization`` "auto" applies library-size
+    normalisation + log1p to counts, log1p alone to scaled values (their per-cell scaling is the data's
+    own, so it is not redone) and nothing to normalised ones; "counts" on negative values is an error."""
     secs, g = raw.sections, len(raw.genes)
-    is_counts, nonneg = True, True
+    is_counts, nonneg, top = True, True, 0.0
     for i in range(len(secs)):
         x = secs[i].load()
         if x.shape[1] != g:
@@ -93,23 +107,23 @@ def _detect_input(raw: RawData, dcfg: DatasetConfig) -> tuple[bool, bool]:
         _check_section(raw, i, x)
         nonneg &= bool((x >= 0).all())
         is_counts &= nonneg and bool((x == np.floor(x)).all())
+        top = max(top, float(x.max(initial=0.0)))
         del x
-    mode = dcfg.normalization
-    if mode == "auto":
-        mode = "counts" if is_counts else "normalized"
-    if mode == "counts" and not nonneg:
+    found = "counts" if is_counts else "scaled" if nonneg and top > SCALED_MIN_MAX else "normalized"
+    mode = found if dcfg.normalization == "auto" else dcfg.normalization
+    if mode in ("counts", "scaled") and not nonneg:
         raise DataError(f"{secs[0].file}: {raw.expression_field} has negative values but dataset.normalization is "
-                        "'counts'; set it to 'normalized' or 'auto'")
-    return is_counts, mode == "counts"
+                        f"'{mode}'; set it to 'normalized' or 'auto'")
+    return found, {"counts": "library_size_log1p", "scaled": "log1p", "normalized": "none"}[mode]
 
 
-def _training_moments(raw: RawData, train: list[int], counts: bool, target_sum: float) -> tuple[int, np.ndarray, np.ndarray]:
+def _training_moments(raw: RawData, train: list[int], applied: str, target_sum: float) -> tuple[int, np.ndarray, np.ndarray]:
     """Pass 2: (training cells, per-gene mean, std) of the normalised training sections (Chan et al. pairwise
     merge of per-section moments); a gene constant over them gets std 1."""
     secs, g = raw.sections, len(raw.kept_genes)
     n_tot, mean, m2 = 0, np.zeros(g), np.zeros(g)
     for i in train:
-        x = _normalise(secs[i].load(), counts, target_sum, raw.keep)
+        x = _normalise(secs[i].load(), applied, target_sum, raw.keep)
         n_b, mean_b = len(x), x.mean(axis=0, dtype=np.float64)
         m2_b = ((x - mean_b.astype(np.float32)) ** 2).sum(axis=0, dtype=np.float64)
         delta = mean_b - mean
@@ -121,13 +135,14 @@ def _training_moments(raw: RawData, train: list[int], counts: bool, target_sum: 
     return n_tot, mean, gene_std_floored(std)
 
 
-def _write_cells(path: Path, raw: RawData, dcfg: DatasetConfig, split: dict[str, str], counts: bool,
+def _write_cells(path: Path, raw: RawData, dcfg: DatasetConfig, split: dict[str, str], applied: str,
                  mean: np.ndarray, std: np.ndarray, centers: dict[str, np.ndarray], scale: float,
-                 cell_types: list[str], prefix_ids: bool) -> None:
+                 cell_types: list[str], prefix_ids: bool, val_rows: dict[str, np.ndarray] | None = None) -> None:
     """cells.parquet (docs/architecture.md, "Processed data"): each section normalised, standardised with the
     training statistics, centred and scaled, written as one row group."""
     secs, genes, dims = raw.sections, raw.kept_genes, raw.dims
-    schema = cells_schema(genes, to_dict(dcfg))
+    levels = annotation_levels(raw)
+    schema = cells_schema(genes, to_dict(dcfg), list(levels))
     section_dict = pa.array([s.name for s in secs], pa.string())
     split_dict = pa.array(list(SPLITS), pa.string())
     type_dict = pa.array(cell_types, pa.string())
@@ -138,10 +153,11 @@ def _write_cells(path: Path, raw: RawData, dcfg: DatasetConfig, split: dict[str,
     # Dictionary encoding only where it pays (labels): tried on millions of float values it costs ~6x
     # the write time for nothing; byte-stream-split makes float32 compress better under zstd.
     with pq.ParquetWriter(path, schema, compression="zstd",
-                          use_dictionary=["section", "split", "cell_type"],
+                          use_dictionary=["section", "split", "cell_type",
+                                          *(f"annotation_{a}" for a in levels)],
                           use_byte_stream_split=["x", "y", "z", "expression.list.element"]) as writer:
         for i, s in enumerate(secs):
-            x = _normalise(s.load(), counts, dcfg.target_sum, raw.keep)
+            x = _normalise(s.load(), applied, dcfg.target_sum, raw.keep)
             x -= mean32
             x *= inv_std32
             n = s.n_cells
@@ -157,17 +173,43 @@ def _write_cells(path: Path, raw: RawData, dcfg: DatasetConfig, split: dict[str,
                 [
                     pa.array(ids, pa.string()),
                     pa.DictionaryArray.from_arrays(pa.array(np.full(n, i, np.int32)), section_dict),
-                    pa.DictionaryArray.from_arrays(pa.array(np.full(n, SPLITS.index(split[s.name]), np.int8)), split_dict),
+                    pa.DictionaryArray.from_arrays(pa.array(_split_codes(s.name, n, split, val_rows)), split_dict),
                     pa.array(pos[:, 0]),
                     pa.array(pos[:, 1]),
                     pa.array(z),
                     ct,
                     pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), len(genes)),
+                    *(_labels_column(s.annotations[a], lv)  # type: ignore[index]
+                      for a, lv in levels.items()),
                 ],
                 schema=schema,
             )
             writer.write_table(table, row_group_size=n)
             del x, table
+
+
+def _split_codes(name: str, n: int, split: dict[str, str], val_rows: dict[str, np.ndarray] | None) -> np.ndarray:
+    """The split column of one section: its split, with its validation cells (``dataset.validation: cells``)
+    marked 'val'."""
+    codes = np.full(n, SPLITS.index(split[name]), np.int8)
+    if val_rows and name in val_rows:
+        codes[val_rows[name]] = SPLITS.index("val")
+    return codes
+
+
+def annotation_levels(raw: RawData) -> dict[str, list[str]]:
+    """Each annotation (``dataset.annotation_keys``) -> its sorted labels over all sections: one dictionary
+    per column, shared by every row group."""
+    names = list(raw.sections[0].annotations or {}) if raw.sections else []
+    return {a: sorted({v for s in raw.sections
+                       for v in s.annotations[a] if v is not None})  # type: ignore[index]
+            for a in names}
+
+
+def _labels_column(values: np.ndarray, levels: list[str]) -> pa.DictionaryArray:
+    code = {v: i for i, v in enumerate(levels)}
+    return pa.DictionaryArray.from_arrays(pa.array([code.get(v) for v in values], pa.int32()),
+                                          pa.array(levels, pa.string()))
 
 
 def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, Any]:
@@ -180,15 +222,19 @@ def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, A
     split = split_sections(raw, dcfg)
     train = [i for i, s in enumerate(secs) if split[s.name] == "train"]
     g = len(raw.genes)  # columns read; len(genes) columns written
+    # dataset.validation "cells": a contiguous patch of each training section validates (splits.validation_cells)
+    val_rows = {secs[i].name: rows for i in train
+                if len(rows := validation_cells(secs[i].coords, dcfg.val_fraction, dcfg.split_seed + i))
+                } if dcfg.validation == "cells" else {}
 
-    is_counts, counts = _detect_input(raw, dcfg)  # pass 1
+    found, applied = _detect_input(raw, dcfg)  # pass 1
 
     # Gene selection: a gene list wins; else highly variable genes of the training sections when the data
     # have more genes than dataset.n_top_genes; else every gene.
     if raw.keep is not None:
         selection = {"method": "genes_file", "genes_file": dcfg.genes_file}
     elif dcfg.n_top_genes is not None and g > dcfg.n_top_genes:
-        raw.keep = select_hvg(raw, train, counts, dcfg.target_sum, dcfg.n_top_genes)
+        raw.keep = select_hvg(raw, train, applied, dcfg.target_sum, dcfg.n_top_genes)
         selection = {"method": "highly_variable_genes", "flavor": "seurat", "n_top_genes": dcfg.n_top_genes}
     else:
         selection = {"method": "all"}
@@ -196,7 +242,7 @@ def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, A
                   "on_sections": [secs[i].name for i in train]}
     genes = raw.kept_genes
 
-    n_tot, mean, std = _training_moments(raw, train, counts, dcfg.target_sum)  # pass 2
+    n_tot, mean, std = _training_moments(raw, train, applied, dcfg.target_sum)  # pass 2
 
     # Coordinates: per-section centre; one scale = RMS radius of centred training cells.
     dims = raw.dims
@@ -219,27 +265,33 @@ def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, A
         "dims": dims,
         "n_cells": int(sum(s.n_cells for s in secs)),
         "sections": [s.name for s in secs],
-        "splits": {k: [s.name for s in secs if split[s.name] == k] for k in SPLITS},
+        "splits": {k: [s.name for s in secs if split[s.name] == k or (k == "val" and s.name in val_rows)]
+                   for k in SPLITS},
+        "validation": {"method": dcfg.validation, "fraction": dcfg.val_fraction,
+                       "cells": {k: len(v) for k, v in val_rows.items()}} if dcfg.validation == "cells" else None,
         "cells_per_section": {s.name: s.n_cells for s in secs},
         "fold": ({"dataset": dcfg.fold_of or dcfg.name, "index": dcfg.fold, "of": dcfg.num_folds}
                  if dcfg.num_folds > 1 else None),
         "cell_types": cell_types or None,
+        "annotations": list(annotation_levels(raw)),  # cells.parquet columns annotation_<name>
         "gene_selection": selection,
         "normalization": {
-            "input": "counts" if is_counts else "normalized",
-            "applied": "library_size_log1p" if counts else "none",
-            "target_sum": dcfg.target_sum if counts else None,
+            "input": found,
+            "applied": applied,
+            "target_sum": dcfg.target_sum if applied == "library_size_log1p" else None,
             "gene_mean": mean.tolist(),
             "gene_std": std.tolist(),
         },
-        "coordinates": {"scale": scale, "centers": {k: [*map(float, v), *[0.0] * (3 - dims)] for k, v in centers.items()}},
+        "coordinates": {"scale": scale, "units": dcfg.coordinate_units,
+                        "centers": {k: [*map(float, v), *[0.0] * (3 - dims)] for k, v in centers.items()}},
         "source_checksums": dict(raw.checksums),
         "source_files": dict(raw.source_files or {}),
         "notes": list(raw.notes or []),
         "parameters": to_dict(dcfg),
     }
     with atomic_dir(out) as tmp:  # pass 3
-        _write_cells(tmp / "cells.parquet", raw, dcfg, split, counts, mean, std, centers, scale, cell_types, prefix_ids)
+        _write_cells(tmp / "cells.parquet", raw, dcfg, split, applied, mean, std, centers, scale, cell_types, prefix_ids,
+                     val_rows)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 

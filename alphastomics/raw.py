@@ -6,12 +6,16 @@ Formats (``dataset.source``):
 - ``h5ad``: AnnData files (scanpy conventions: ``obsm[coordinate_key]``, ``obs[section_key]``,
   ``obs[cell_type_key]``, expression in ``X`` or ``layers[layer]``), one file or a folder of one per section;
 - ``csv``: LUNA-style tables (Yu et al. 2025): ``coord_X``, ``coord_Y``[, ``coord_Z``], ``cell_section``,
-  ``cell_class``, then one column per gene.
+  ``cell_class``, then one column per gene; or tables with other column names, named by ``coordinate_obs``,
+  ``cell_id_key``, ``meta_columns`` (MERFISH MOp tables: ``index``, ``cell_volume``, ``pos_x``, ``pos_y``);
+- ``rdata``: R data (``.RData``/``.rda``/``.rds``) read without R by the PyPI package ``rdata``; the config
+  names the objects (``dataset.rdata``): a count matrix and a data frame of cells, or two named lists of them
+  with one entry per section (STARmap as published for BASS).
 
 ``open_raw`` turns a fetched folder into ``RawData``: sections whose coordinates are in memory and whose
 expression rows are read on demand, so preprocessing holds one section of expression at a time.
 
-Longer than ~450 lines on purpose: one reader per format with the checks that name the user's file, field and
+Longer than ~700 lines on purpose: one reader per format with the checks that name the user's file, field and
 fix for each way a file can be wrong; split further, each reader would import the same checks back.
 """
 
@@ -32,7 +36,7 @@ from scipy import sparse
 from alphastomics.artifacts import DataError
 from alphastomics.config import DatasetConfig
 
-FETCH_JSON = "fetch.json"  # written by fetch-data: {source, origin, files: {name: sha256}[, paths]}
+FETCH_JSON = "fetch.json"  # by fetch-data: {source, origin, files: {name: sha256}[, paths, urls, mirror]}
 READ_CHUNK_ROWS = 65536  # rows per h5 read when a section's rows are not contiguous
 
 
@@ -62,6 +66,8 @@ class RawSection:
     cell_ids: np.ndarray  # (n,) str
     cell_types: np.ndarray | None  # (n,) object (str or None)
     load: Callable[[], np.ndarray]  # -> (n, G) float32, a fresh array the caller may modify
+    # dataset.annotation_keys: output name -> (n,) object labels (str or None), e.g. a cortical layer
+    annotations: dict[str, np.ndarray] | None = None
 
     @property
     def n_cells(self) -> int:
@@ -165,6 +171,34 @@ def _check_cell_ids(ids: np.ndarray, file: str, field: str) -> None:
         )
 
 
+def _labels(values: Any) -> np.ndarray:
+    """Per-cell labels as str, missing (NA, NaN, empty) as None."""
+    return np.array([None if pd.isna(v) or v == "" else str(v) for v in values], dtype=object)
+
+
+def _annotations(table: pd.DataFrame | None, dcfg: DatasetConfig, file: str, what: str = "obs"
+                 ) -> dict[str, np.ndarray] | None:
+    """The columns named by ``dataset.annotation_keys`` (output name -> column), as labels."""
+    if not dcfg.annotation_keys:
+        return None
+    have = [] if table is None else [str(c) for c in table.columns]
+    out = {}
+    for name, col in dcfg.annotation_keys.items():
+        if not name.replace("_", "").isalnum():
+            raise DataError(f"config: dataset.annotation_keys has name '{name}'; use letters, digits and _ "
+                            "(it becomes the column annotation_<name>)")
+        if col not in have:
+            raise DataError(f"{file}: {what} column '{col}' not found ({what} has: "
+                            f"{', '.join(have[:12]) or 'nothing'}); "
+                            f"fix dataset.annotation_keys.{name} or remove it")
+        out[name] = _labels(table[col])  # type: ignore[index]
+    return out
+
+
+def _rows(annotations: dict[str, np.ndarray] | None, rows: np.ndarray) -> dict[str, np.ndarray] | None:
+    return None if annotations is None else {k: v[rows] for k, v in annotations.items()}
+
+
 def _unique_genes(genes: list[str], file: str, field: str) -> list[str]:
     """Gene names made unique the way anndata's ``var_names_make_unique`` does ('g', 'g-1', ...), with a note."""
     if len(set(genes)) == len(genes):
@@ -200,18 +234,23 @@ def _sections_of(
     return {str(s): np.flatnonzero(inverse == i) for i, s in enumerate(names)}
 
 
-def _coords_from_obs(obs: pd.DataFrame | None, columns: tuple[str, ...], file: str) -> np.ndarray:
+def _coords_from_obs(obs: pd.DataFrame | None, columns: tuple[str, ...], file: str,
+                     what: str = "obs") -> np.ndarray:
     if len(columns) not in (2, 3):
         raise DataError(f"config: dataset.coordinate_obs names {len(columns)} column(s); name 2 (x, y) or 3 (x, y, z)")
     have = [] if obs is None else list(obs.columns)
     missing = [c for c in columns if c not in have]
     if missing:
-        raise DataError(f"{file}: obs column(s) {missing} not found (obs has: {', '.join(map(str, have[:10])) or 'nothing'});"
-                        " set dataset.coordinate_obs to the coordinate columns")
+        raise DataError(f"{file}: {what} column(s) {missing} not found ({what} has: "
+                        f"{', '.join(map(str, have[:10])) or 'nothing'}); "
+                        "set dataset.coordinate_obs to the coordinate columns")
+    field = f"{what} " + "/".join(columns)
     try:
-        return _check_coords(obs[list(columns)].to_numpy(dtype=np.float64), file, "obs " + "/".join(columns))  # type: ignore[index]
+        values = obs[list(columns)].to_numpy(dtype=np.float64)  # type: ignore[index]
+        return _check_coords(values, file, field)
     except ValueError:
-        raise DataError(f"{file}: obs columns {list(columns)} are not numeric; set dataset.coordinate_obs to numeric columns") from None
+        raise DataError(f"{file}: {what} columns {list(columns)} are not numeric; "
+                        "set dataset.coordinate_obs to numeric columns") from None
 
 
 def _annotated_sections(
@@ -236,9 +275,11 @@ def _annotated_sections(
     ct_key = dcfg.cell_type_key
     if obs is not None and ct_key and ct_key in obs.columns:
         types = np.array([None if pd.isna(v) else str(v) for v in obs[ct_key]], dtype=object)
+    annotations = _annotations(obs, dcfg, file)
     groups = _sections_of(file, n, obs, section_key, default)
     return [
-        RawSection(name, file, coords[rows], ids[rows], None if types is None else types[rows], _row_loader(matrix, rows))
+        RawSection(name, file, coords[rows], ids[rows], None if types is None else types[rows],
+                   _row_loader(matrix, rows), _rows(annotations, rows))
         for name, rows in groups.items()
     ]
 
@@ -300,6 +341,7 @@ def _read_h5ad_file(
 def _read_csv_file(
     path: Path, dcfg: DatasetConfig, one_file: bool, label: str | None = None
 ) -> tuple[list[str], list[RawSection], str]:
+    """LUNA-style columns by default; other tables name theirs (coordinate_obs, cell_id_key, meta_columns)."""
     file = label or str(path)
     try:
         df = pd.read_csv(path, keep_default_na=False, na_values=["NaN", "nan", ""], low_memory=False)
@@ -307,34 +349,215 @@ def _read_csv_file(
         raise DataError(f"{file}: the file is empty; remove it or give a LUNA-style csv with cells") from None
     except (UnicodeDecodeError, pd.errors.ParserError):
         raise DataError(f"{file}: not a readable csv table; give a LUNA-style csv or fix dataset.source") from None
-    coord_cols = [c for c in ("coord_X", "coord_Y", "coord_Z") if c in df.columns]
-    if coord_cols[:2] != ["coord_X", "coord_Y"]:
-        raise DataError(f"{file}: columns coord_X/coord_Y not found; name the coordinate columns coord_X, coord_Y[, coord_Z]")
-    extra = [c for c in df.columns if c.startswith("coord_") and c not in coord_cols]
-    if extra:
-        raise DataError(f"{file}: extra coordinate column(s) {extra}; only 2D or 3D coordinates are supported")
-    coords = _check_coords(df[coord_cols].to_numpy(dtype=np.float64), file, "/".join(coord_cols))
+    have = ", ".join(map(str, df.columns[:10]))
+    if dcfg.coordinate_obs:
+        coord_cols = list(dcfg.coordinate_obs)
+        coords = _coords_from_obs(df, dcfg.coordinate_obs, file, "csv")
+    else:
+        coord_cols = [c for c in ("coord_X", "coord_Y", "coord_Z") if c in df.columns]
+        if coord_cols[:2] != ["coord_X", "coord_Y"]:
+            raise DataError(f"{file}: columns coord_X/coord_Y not found (csv has: {have}); name the "
+                            "coordinate columns coord_X, coord_Y[, coord_Z], or set dataset.coordinate_obs")
+        extra = [c for c in df.columns if c.startswith("coord_") and c not in coord_cols]
+        if extra:
+            raise DataError(f"{file}: extra coordinate column(s) {extra}; "
+                            "only 2D or 3D coordinates are supported")
+        coords = _check_coords(df[coord_cols].to_numpy(dtype=np.float64), file, "/".join(coord_cols))
+    missing = [c for c in dcfg.meta_columns if c not in df.columns]
+    if missing:
+        raise DataError(f"{file}: column(s) {missing} of dataset.meta_columns not found (csv has: {have}); "
+                        "remove them from dataset.meta_columns")
+    id_key = dcfg.cell_id_key or ("cell_id" if "cell_id" in df.columns else None)
+    if id_key is not None and id_key not in df.columns:
+        raise DataError(f"{file}: column '{id_key}' not found (csv has: {have}); "
+                        "set dataset.cell_id_key to the column of cell ids, or null")
     section_key = "cell_section" if dcfg.section_key in (None, "section") else dcfg.section_key
     ct_key = "cell_class" if dcfg.cell_type_key in (None, "cell_type") else dcfg.cell_type_key
-    meta = set(coord_cols) | {section_key, ct_key, "cell_id", "Unnamed: 0"}
+    annotations = _annotations(df, dcfg, file, "csv")
+    meta = (set(coord_cols) | {section_key, ct_key, "cell_id", "Unnamed: 0"} | set(dcfg.meta_columns)
+            | {id_key} | set(dcfg.annotation_keys.values()))
     genes = [str(c) for c in df.columns if c not in meta]
     try:
         expr = df[genes].to_numpy(dtype=np.float32)
     except ValueError:
-        raise DataError(f"{file}: gene columns must be numeric; remove non-numeric columns other than {sorted(meta)}") from None
-    if "cell_id" in df.columns:
-        ids = df["cell_id"].astype(str).to_numpy()
-        _check_cell_ids(ids, file, "column cell_id")
+        bad = next((g for g in genes if not pd.api.types.is_numeric_dtype(df[g])), genes[0])
+        raise DataError(f"{file}: column '{bad}' is not numeric; "
+                        "list non-gene columns in dataset.meta_columns or remove them") from None
+    if id_key is not None:
+        ids = df[id_key].astype(str).to_numpy()
+        _check_cell_ids(ids, file, f"column {id_key}")
     else:
         ids = np.array([f"{path.stem}_{i}" for i in range(len(df))])
-    types = np.array([None if pd.isna(v) or v == "" else str(v) for v in df[ct_key]], dtype=object) if ct_key in df.columns else None
+    types = _labels(df[ct_key]) if ct_key in df.columns else None
     groups = _sections_of(file, len(df), df if one_file and section_key in df.columns else None, section_key, path.stem)
     sections = [
         RawSection(name, file, coords[rows], ids[rows], None if types is None else types[rows],
-                   (lambda r=rows: np.array(expr[r], dtype=np.float32)))
+                   (lambda r=rows: np.array(expr[r], dtype=np.float32)), _rows(annotations, rows))
         for name, rows in groups.items()
     ]
     return genes, sections, "gene columns"
+
+
+def _r_kind(obj: Any) -> str:
+    """What an R object converted by ``rdata`` is, in R's words, for messages."""
+    if isinstance(obj, dict):
+        return "named list"
+    if isinstance(obj, list):
+        return "list without names"
+    if isinstance(obj, pd.DataFrame):
+        return "data frame"
+    if isinstance(obj, np.ndarray) or hasattr(obj, "dims"):
+        return f"{np.ndim(obj)}-D array"
+    return f"R object ({type(obj).__name__})"
+
+
+def _load_r(path: Path, file: str) -> dict[str, Any]:
+    """The named objects of an .RData/.rda file, or the elements of the named list an .rds holds."""
+    import rdata
+
+    if path.stat().st_size == 0:
+        raise DataError(f"{file}: the file is empty; remove it or give a non-empty R data file")
+    rds = path.suffix.lower() == ".rds"
+    try:
+        obj = rdata.read_rds(path) if rds else rdata.read_rda(path)
+    except Exception as err:  # the parser raises many types on files R did not write
+        raise DataError(f"{file}: not a readable R data file ({type(err).__name__}); give a file written "
+                        "by R's save() (.RData, .rda) or saveRDS() (.rds), or fix dataset.source") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{file}: the .rds holds a {_r_kind(obj)}, not a named list; save one "
+                        "(saveRDS(list(counts = ..., obs = ...))) and name its elements in dataset.rdata")
+    return {str(k): v for k, v in obj.items()}
+
+
+def _r_matrix(obj: Any, file: str, where: str) -> tuple[Any, list[Any]]:
+    """(values, [row names or None, column names or None]) of an R matrix as ``rdata`` converts it: a
+    DataArray (a matrix with dimnames), an ndarray, a data frame, or a dgCMatrix (S4: slots i, p, x, Dim)."""
+    if hasattr(obj, "dims") and hasattr(obj, "coords"):  # xarray.DataArray
+        names = [obj.coords[d].values if d in obj.coords else None for d in obj.dims]
+        values = obj.values
+    elif isinstance(obj, pd.DataFrame):
+        index = None if isinstance(obj.index, pd.RangeIndex) else obj.index.to_numpy()
+        bad = [c for c in obj.columns if not pd.api.types.is_numeric_dtype(obj[c])]
+        if bad:
+            raise DataError(f"{file}: {where} column '{bad[0]}' is not numeric; name a data frame of counts "
+                            "(numbers only) in dataset.rdata.counts")
+        names, values = [index, obj.columns.to_numpy()], obj.to_numpy(dtype=np.float64, na_value=np.nan)
+    elif isinstance(obj, np.ndarray):
+        names, values = [None, None], obj
+    elif all(hasattr(obj, k) for k in ("i", "p", "x", "Dim")):  # Matrix::dgCMatrix, column-compressed
+        shape = tuple(int(v) for v in np.asarray(obj.Dim))
+        values = sparse.csc_matrix((np.asarray(obj.x), np.asarray(obj.i), np.asarray(obj.p)), shape=shape)
+        dimnames = getattr(obj, "Dimnames", None) or [None, None]
+        names = [None if d is None else np.asarray(d) for d in list(dimnames)[:2]]
+    else:
+        fix = ("set dataset.rdata.per_section: true if it holds one matrix per section, or name" if
+               isinstance(obj, dict) else "name")
+        raise DataError(f"{file}: {where} is a {_r_kind(obj)}, not a matrix; {fix} a count matrix (dense or "
+                        "dgCMatrix) or a data frame of counts in dataset.rdata.counts")
+    if values.ndim != 2:
+        raise DataError(f"{file}: {where} is a {values.ndim}-D array, not a matrix; name a count matrix in "
+                        "dataset.rdata.counts")
+    if values.dtype.kind not in "biuf":
+        raise DataError(f"{file}: {where} holds {values.dtype} values, not numbers; name the count matrix in "
+                        "dataset.rdata.counts")
+    return values, names
+
+
+def _rdata_part(file: str, counts: Any, obs: Any, cwhere: str, owhere: str, dcfg: DatasetConfig
+                ) -> tuple[Any, list[str], np.ndarray, pd.DataFrame]:
+    """One count matrix + its data frame of cells -> (cells x genes matrix, genes, cell ids, obs)."""
+    values, names = _r_matrix(counts, file, cwhere)
+    if not isinstance(obs, pd.DataFrame):
+        raise DataError(f"{file}: {owhere} is a {_r_kind(obs)}, not a data frame of cells; "
+                        "set dataset.rdata.obs to the data frame of cell metadata")
+    flip = dcfg.rdata.genes_by_cells
+    if flip:
+        values, names = values.T, names[::-1]
+    n, n_genes = values.shape
+    if n != len(obs):
+        hint = (f"; set dataset.rdata.genes_by_cells: {str(not flip).lower()}" if n_genes == len(obs)
+                else "; give one row of cell data per cell")
+        raise DataError(f"{file}: {cwhere} has {n} cells ({'columns' if flip else 'rows'}) but {owhere} has "
+                        f"{len(obs)} rows{hint}")
+    cells, genes = names
+    if genes is None:
+        raise DataError(f"{file}: {cwhere} has no gene names; give the matrix dimnames (genes as "
+                        f"{'row' if flip else 'column'} names) or set dataset.rdata.genes_by_cells")
+    # R's automatic row names (1..n) name no cell
+    automatic = isinstance(obs.index, pd.RangeIndex) or (
+        pd.api.types.is_integer_dtype(obs.index) and np.array_equal(obs.index, np.arange(1, len(obs) + 1)))
+    obs_ids = None if automatic else obs.index.astype(str).to_numpy()
+    if cells is not None:
+        cells = np.asarray(cells).astype(str)
+        if obs_ids is not None and not np.array_equal(cells, obs_ids):
+            first = int(np.argmax(cells != obs_ids))
+            raise DataError(f"{file}: cell {first} is '{cells[first]}' in {cwhere} but '{obs_ids[first]}' in "
+                            f"{owhere}; save the counts and the cell data in the same cell order")
+    ids = cells if cells is not None else obs_ids
+    if ids is None:
+        ids = np.array([f"cell{i}" for i in range(n)])
+    _check_cell_ids(ids, file, f"cell names of {cwhere}")
+    matrix = sparse.csr_matrix(values, dtype=np.float32) if sparse.issparse(values) else values
+    return matrix, [str(g) for g in genes], ids, obs
+
+
+def _read_rdata_file(
+    path: Path, dcfg: DatasetConfig, one_file: bool, label: str | None = None
+) -> tuple[list[str], list[RawSection], str]:
+    """R data read through config keys alone (``dataset.rdata``): the file is parsed once, into memory."""
+    file = label or str(path)
+    r = dcfg.rdata
+    objects = _load_r(path, file)
+    have = ", ".join(list(objects)[:12]) or "nothing"
+    for key, name, what in (("counts", r.counts, "count matrix"), ("obs", r.obs, "data frame of cells")):
+        if not name:
+            raise DataError(f"{file}: dataset.rdata.{key} is not set (file has: {have}); "
+                            f"set it to the object holding the {what}")
+        if name not in objects:
+            raise DataError(f"{file}: no object '{name}' (has: {have}); set dataset.rdata.{key}")
+    counts, obs = objects[r.counts], objects[r.obs]  # type: ignore[index]
+    if r.per_section:
+        for name, obj in ((r.counts, counts), (r.obs, obs)):
+            if not isinstance(obj, dict):
+                raise DataError(f"{file}: '{name}' is a {_r_kind(obj)}, not a named list of sections; set "
+                                "dataset.rdata.per_section: false, or name the lists")
+        if [str(k) for k in counts] != [str(k) for k in obs]:
+            raise DataError(f"{file}: the sections of '{r.counts}' ({', '.join(map(str, counts))}) and "
+                            f"'{r.obs}' ({', '.join(map(str, obs))}) differ; "
+                            "save both lists with the same names in the same order")
+        parts = [(str(k), counts[k], obs[k], f'{r.counts}[["{k}"]]', f'{r.obs}[["{k}"]]') for k in counts]
+    else:
+        parts = [(None, counts, obs, str(r.counts), str(r.obs))]
+    if not dcfg.coordinate_obs:
+        cols = ", ".join(map(str, getattr(parts[0][2], "columns", [])[:10])) or "nothing"
+        raise DataError(f"{file}: dataset.coordinate_obs is not set; "
+                        f"name the x, y[, z] columns of {parts[0][4]} (has: {cols})")
+    genes: list[str] | None = None
+    sections = []
+    for sec, c_obj, o_obj, cwhere, owhere in parts:
+        matrix, g, ids, table = _rdata_part(file, c_obj, o_obj, cwhere, owhere, dcfg)
+        g = _unique_genes(g, file, f"gene names of {cwhere}")
+        if genes is None:
+            genes = g
+        elif g != genes:
+            if sorted(g) != sorted(genes):
+                raise DataError(f"{file}: {cwhere} has other genes than {parts[0][3]}; "
+                                "save every section with the same genes")
+            index = {x: i for i, x in enumerate(g)}
+            matrix = matrix[:, [index[x] for x in genes]]
+        coords = _coords_from_obs(table, dcfg.coordinate_obs, file, owhere)
+        ct_key = dcfg.cell_type_key
+        types = _labels(table[ct_key]) if ct_key and ct_key in table.columns else None
+        annotations = _annotations(table, dcfg, file, owhere)
+        if sec is not None:
+            groups = {sec: np.arange(len(ids))}
+        else:
+            groups = _sections_of(file, len(ids), table if one_file else None, dcfg.section_key, path.stem)
+        for name, rows in groups.items():
+            sections.append(RawSection(name, file, coords[rows], ids[rows],
+                                       None if types is None else types[rows],
+                                       _row_loader(lambda m=matrix: m, rows), _rows(annotations, rows)))
+    return genes or [], sections, str(r.counts)
 
 
 def _read_bdtnp(raw: Path, dcfg: DatasetConfig) -> RawData:
@@ -396,7 +619,7 @@ def _flatten_constant_z(data: RawData, where: str) -> None:
 def _note_missing_cell_types(data: RawData, dcfg: DatasetConfig, where: str) -> None:
     """A lab's file without the optional cell-type column: said once (log and the manifest's notes), since
     the cell-type metrics are then missing from every run's metrics and the report."""
-    if data.source not in ("h5ad", "csv") or any(s.cell_types is not None for s in data.sections):
+    if data.source not in ("h5ad", "csv", "rdata") or any(s.cell_types is not None for s in data.sections):
         return
     key = dcfg.cell_type_key
     if data.source == "csv":
@@ -455,7 +678,7 @@ def open_raw(raw: Path, dcfg: DatasetConfig, *, verify: bool = True) -> RawData:
         if dcfg.source == "synthetic":  # the generator writes scanpy-default keys whatever the config says
             dcfg = replace(dcfg, coordinate_key="spatial", coordinate_obs=(), section_key="section",
                            cell_type_key="cell_type", layer=None)
-        reader = _read_csv_file if dcfg.source == "csv" else _read_h5ad_file
+        reader = {"csv": _read_csv_file, "rdata": _read_rdata_file}.get(dcfg.source, _read_h5ad_file)
         per_file, sections, field = [], [], "X"
         for f in files:
             label = labels.get(f.name, str(f))

@@ -74,6 +74,10 @@ def assign_splits(
 def fold_splits(names: list[str], dcfg: DatasetConfig, slab_cut: bool, where: str) -> dict[str, str]:
     """Section -> split of cross-validation fold ``dcfg.fold`` (1..K, K = ``dcfg.num_folds``).
 
+    With ``dataset.validation`` "cells" the validation cells lie inside the training sections
+    (``validation_cells``), so every section but the tested group trains; K = the number of sections is then
+    leave-one-section-out. Otherwise:
+
     Sections, in order (slabs along their axis; other data in the seeded order of ``dataset.split_seed``),
     are dealt into K groups round-robin (position p goes to group p mod K), so each group spreads over the
     tissue. Fold i tests group i mod K and validates on group (i + K // 2) mod K (K >= 3; with K = 2, on one
@@ -83,6 +87,13 @@ def fold_splits(names: list[str], dcfg: DatasetConfig, slab_cut: bool, where: st
     k, i = dcfg.num_folds, dcfg.fold
     if not 1 <= i <= k:
         raise DataError(f"config: dataset.fold is {i}; use 1..{k} (dataset.num_folds)")
+    if dcfg.validation == "cells":  # validation cells lie inside the training sections: no validation group
+        if len(names) < k:
+            raise DataError(f"{where}: {len(names)} sections cannot make {k} folds; set folds to at most "
+                            f"{len(names)} ({len(names)} = leave one section out)")
+        order = list(names) if slab_cut else [names[j] for j in np.random.default_rng(dcfg.split_seed).permutation(len(names))]
+        test = set(order[i % k::k])
+        return {s: "test" if s in test else "train" for s in names}
     if len(names) < 2 * k:
         raise DataError(
             f"{where}: {len(names)} sections cannot make {k} folds with a training section each; "
@@ -110,5 +121,19 @@ def split_sections(data: RawData, dcfg: DatasetConfig) -> dict[str, str]:
     secs = data.sections
     if dcfg.num_folds > 1:
         return fold_splits([s.name for s in secs], dcfg, data.slab_cut, secs[0].file)
-    sizes = {s.name: s.n_cells for s in secs} if data.source in ("h5ad", "csv") else None
+    sizes = {s.name: s.n_cells for s in secs} if data.source in ("h5ad", "csv", "rdata") else None
     return assign_splits([s.name for s in secs], dcfg, data.slab_cut, secs[0].file, sizes)
+
+
+def validation_cells(coords: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Rows of one training section withheld for validation (``dataset.validation: cells``): the
+    ``round(fraction * n)`` cells nearest a seeded cell, a contiguous patch like the contiguous crops the
+    model trains on, so that validation asks it to place tissue it has not seen. At least one cell stays
+    in training; an empty array when ``fraction`` is 0."""
+    n = len(coords)
+    m = min(int(round(fraction * n)), n - 1)
+    if m <= 0:
+        return np.zeros(0, np.int64)
+    centre = int(np.random.default_rng(seed).integers(n))
+    d2 = ((coords - coords[centre]) ** 2).sum(axis=1)
+    return np.sort(np.argsort(d2, kind="stable")[:m]).astype(np.int64)

@@ -56,7 +56,10 @@ def test_later_files_and_overrides_win(tmp_path):
 
 
 def test_round_trip_through_dict_and_yaml(tmp_path):
-    cfg = load_config(overrides=["dataset.test_sections=[s1, s2]", "diffusion.mode=joint"])
+    cfg = load_config(overrides=["dataset.test_sections=[s1, s2]", "diffusion.mode=joint",
+                                 "dataset.annotation_keys.layer=z", "dataset.rdata.counts=cnts",
+                                 'dataset.files=[{"name": "a.csv", "url": "u", "sha256": "00"}]'])
+    assert cfg.dataset.annotation_keys == {"layer": "z"} and cfg.dataset.files[0].name == "a.csv"
     assert config_from_dict(to_dict(cfg)) == cfg
     (tmp_path / "out.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     assert load_config(tmp_path / "out.yaml") == cfg
@@ -77,6 +80,9 @@ def test_round_trip_through_dict_and_yaml(tmp_path):
         ("training: 3\n", ["'training' must be a mapping"]),
         ("- a\n- b\n", ["top level must be a mapping"]),
         ("training: {batch_size: [\n", ["not valid YAML", "line"]),
+        ("dataset: {files: [{name: a.csv, url: u}]}\n", ["'dataset.files[0]' lacks key(s) sha256"]),
+        ("dataset: {annotation_keys: [layer]}\n", ["'dataset.annotation_keys' must be a mapping"]),
+        ("dataset: {rdata: {count: x}}\n", ["unknown key 'dataset.rdata.count'", "counts"]),
     ],
 )
 def test_bad_config_is_one_sentence_naming_file_and_key(tmp_path, text, fragments):

@@ -10,6 +10,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from scipy.spatial.distance import pdist
 
@@ -112,3 +113,30 @@ def test_h5ad_folder_is_one_section_per_file_on_shared_genes(tmp_path: Path) -> 
     assert raw.genes == ["a", "c"] and [s.name for s in raw.sections] == ["s1", "s2"]
     np.testing.assert_array_equal(raw.sections[0].load()[:, 1], [2, 5, 8])  # gene c of s1
     np.testing.assert_array_equal(raw.sections[1].load(), [[102, 100], [105, 103], [108, 106]])  # a, c of s2
+
+
+def test_h5ad_annotation_keys_keep_extra_labels_and_name_a_missing_column(tmp_path: Path) -> None:
+    adata = ad.AnnData(np.ones((6, 2), np.float32), var=pd.DataFrame(index=["g1", "g2"]))
+    adata.obs_names = [f"c{i}" for i in range(6)]
+    adata.obs["section"] = ["a"] * 3 + ["b"] * 3
+    adata.obs["layer"] = pd.Categorical(["L1", "L2", "L1", "L2", None, "L2"])
+    adata.obsm["spatial"] = np.random.default_rng(0).normal(size=(6, 2))
+    adata.write_h5ad(tmp_path / "cells.h5ad")
+    dcfg = DatasetConfig(source="h5ad", path=str(tmp_path / "cells.h5ad"), val_fraction=0.0,
+                         annotation_keys={"cortical_layer": "layer"})
+    fetch_user_files(tmp_path / "raw", dcfg)
+    raw = open_raw(tmp_path / "raw", dcfg)
+    layers = [list(s.annotations["cortical_layer"]) for s in raw.sections]
+    assert layers == [["L1", "L2", "L1"], ["L2", None, "L2"]]
+    from alphastomics.preprocess import preprocess
+
+    manifest = preprocess(tmp_path / "raw", dcfg, tmp_path / "processed")
+    assert manifest["annotations"] == ["cortical_layer"] and manifest["coordinates"]["units"] is None
+    column = pq.read_table(tmp_path / "processed" / "cells.parquet").column("annotation_cortical_layer")
+    assert column.to_pylist() == ["L1", "L2", "L1", "L2", None, "L2"]
+    bad = DatasetConfig(source="h5ad", path=str(tmp_path / "cells.h5ad"), annotation_keys={"layer": "layers"})
+    with pytest.raises(DataError) as err:
+        fetch_user_files(tmp_path / "raw2", bad)
+    message = str(err.value)
+    assert "\n" not in message and "cells.h5ad: obs column 'layers' not found" in message
+    assert "fix dataset.annotation_keys.layer" in message and not (tmp_path / "raw2").exists()

@@ -321,3 +321,22 @@ def test_tangram_fits_on_genes_in_a_fixed_order(tiny_processed, tmp_path, monkey
     peers.run("tangram", tiny_processed, tmp_path / "s.parquet", seed=0, settings=FAST)
     (sc_genes, sp_genes), = seen
     assert sc_genes == sp_genes == sorted(sc_genes) and len(sc_genes) > 2
+
+
+# ------------------------------------------------------------------------------------------- ceiling
+
+
+def test_ceiling_places_each_cell_from_its_expression_neighbours_in_its_own_section_itself_left_out():
+    # two sections of three cells; expression 1-D. Section a: cells 0, 1 alike, 2 apart; k = 1.
+    expr = np.array([[0.0], [0.1], [5.0], [0.0], [3.0], [3.1]])
+    pos = np.array([[0.0, 0.0], [1.0, 0.0], [9.0, 9.0], [-4.0, 4.0], [2.0, 2.0], [3.0, 3.0]])
+    data = peers.PeerData(ref_expression=np.zeros((1, 1)), ref_log_expression=np.zeros((1, 1)),
+                          ref_positions=np.zeros((1, 2)), query_expression=expr, query_log_expression=expr,
+                          genes=["g"], scale=1.0, query_positions=pos,
+                          query_sections=np.array(["a", "a", "a", "b", "b", "b"], dtype=object))
+    out = peers.predict("ceiling", data, settings=PeersConfig(knn_k=1))
+    # a: 0 <- 1, 1 <- 0, 2 <- its nearest in a (cell 1, expression 0.1); b: 3 <- 4 (3.0 nearer 0 than 3.1), 4 <- 5, 5 <- 4
+    expected = pos[[1, 0, 1, 4, 5, 4]]
+    np.testing.assert_allclose(out, expected)
+    k2 = peers.predict("ceiling", data, settings=PeersConfig(knn_k=5))  # k capped at the section's other cells
+    np.testing.assert_allclose(k2[0], pos[[1, 2]].mean(0))

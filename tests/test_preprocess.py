@@ -516,7 +516,7 @@ def test_scanpy_normalisation_works_in_place_and_equals_the_formula() -> None:
     x = np.random.default_rng(0).poisson(0.5, (200, 30)).astype(np.float32)
     x[7] = 0.0
     before = x.copy()
-    out = _normalise(x, True, 1e4, None)
+    out = _normalise(x, "library_size_log1p", 1e4, None)
     assert out is x  # no second copy of a section
     expected = np.log1p(before.astype(np.float64) / np.maximum(before.sum(axis=1, keepdims=True), 1) * 1e4)
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
@@ -564,3 +564,83 @@ def test_too_many_folds_is_a_one_line_error():
 
     with pytest.raises(DataError, match="set folds to at most 2"):
         fold_splits(["a", "b", "c", "d", "e"], dataclasses.replace(DatasetConfig(), fold=1, num_folds=3), False, "f.h5ad")
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_leave_one_section_out_with_validation_cells_tests_each_section_once_and_trains_on_all_others(n):
+    from alphastomics.splits import fold_splits
+
+    names = [f"s{i}" for i in range(n)]
+    cfg = replace(DatasetConfig(), num_folds=n, validation="cells")
+    tested = []
+    for i in range(1, n + 1):
+        split = fold_splits(names, replace(cfg, fold=i), False, "x")
+        assert sorted(split.values()) == ["test"] + ["train"] * (n - 1)  # no validation section
+        tested += [s for s, v in split.items() if v == "test"]
+    assert sorted(tested) == names
+    with pytest.raises(DataError, match=f"set folds to at most {n}"):
+        fold_splits(names, replace(cfg, fold=1, num_folds=n + 1), False, "x")
+
+
+def test_validation_cells_are_a_contiguous_patch_of_the_given_share():
+    from alphastomics.splits import validation_cells
+
+    xy = np.stack(np.meshgrid(np.arange(10.0), np.arange(10.0)), -1).reshape(-1, 2)
+    rows = validation_cells(xy, 0.2, seed=3)
+    assert len(rows) == 20 and len(np.unique(rows)) == 20
+    centre = xy[np.random.default_rng(3).integers(100)]
+    inside = ((xy[rows] - centre) ** 2).sum(1).max()
+    outside = np.delete(((xy - centre) ** 2).sum(1), rows).min()
+    assert inside <= outside  # nearer the seed cell than every training cell
+    assert len(validation_cells(xy, 0.0, seed=3)) == 0
+    assert len(validation_cells(xy[:2], 0.9, seed=3)) == 1  # one cell stays in training
+
+
+def test_validation_cells_are_withheld_from_training_and_alone_in_validation(tmp_path: Path) -> None:
+    from alphastomics.data import training_batch
+    from alphastomics.config import DataConfig
+    from alphastomics import peers
+
+    adata = toy_adata(n_sections=3, n=40)
+    cfg = replace(DCFG, num_folds=3, fold=1, validation="cells", val_fraction=0.25)
+    m = preprocess_anndata(adata, cfg, tmp_path / "p")
+    assert len(m["splits"]["test"]) == 1 and m["splits"]["val"] == m["splits"]["train"]
+    assert m["validation"]["cells"] == {s: 10 for s in m["splits"]["train"]}
+    data = ProcessedData(tmp_path / "p")
+    val_ids, train_ids = set(), set()
+    for s in data.splits["train"]:
+        whole = data.section(s)
+        val, train = data.part(s, "val"), data.part(s, "train")
+        assert len(val) == 10 and len(train) == 30
+        assert set(val.cell_ids) | set(train.cell_ids) == set(whole.cell_ids)
+        val_ids |= set(val.cell_ids)
+        train_ids |= set(train.cell_ids)
+    seen = set()
+    for step in range(6):
+        batch = training_batch(data, DataConfig(max_cells=64), 2, seed=0, step=step)
+        for b, name in enumerate(batch.sections):
+            rows = batch.index[b][batch.mask[b]].numpy()
+            seen |= set(data.section(name).cell_ids[rows])
+    assert seen == train_ids and not seen & val_ids
+    assert sum(len(b.index[b.mask]) for b in eval_batches(data, "val")) == 20
+    assert len(data.part(data.splits["test"][0], "test")) == 40  # a tested section stays whole
+    peer, _, _ = peers.load(tmp_path / "p")
+    assert len(peer.ref_expression) == 60  # peers see the training cells the models see
+
+
+def test_scaled_values_are_log1p_d_without_library_size_normalisation(tmp_path: Path) -> None:
+    adata = toy_adata(counts=True)
+    volume = np.random.default_rng(1).uniform(0.5, 2.0, adata.n_obs).astype(np.float32)
+    adata.X = adata.X * 7.3 / volume[:, None]  # counts per cell volume: non-integer, values above 30
+    m = preprocess_anndata(adata, DCFG, tmp_path / "p")
+    assert m["normalization"]["input"] == "scaled" and m["normalization"]["applied"] == "log1p"
+    data = ProcessedData(tmp_path / "p")
+    s = m["splits"]["train"][0]
+    sec = data.section(s)
+    rows = np.flatnonzero(adata.obs["section"].to_numpy() == s)
+    order = pd.Index(adata.obs_names[rows]).get_indexer(sec.cell_ids)
+    np.testing.assert_allclose(undo_normalization(sec.expression, m), np.log1p(adata.X[rows][order]),
+                               rtol=1e-4, atol=1e-4)
+    small = toy_adata(counts=False)
+    small.X = np.abs(small.X)  # non-integer, non-negative, below 30: already normalised, kept
+    assert preprocess_anndata(small, DCFG, tmp_path / "q")["normalization"]["applied"] == "none"

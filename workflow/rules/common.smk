@@ -126,11 +126,26 @@ check_package_config()
 # --- params -------------------------------------------------------------------------------------------
 
 
+def data_mirror():
+    """The folder of published data files: $ALPHASTOMICS_DATA_MIRROR, else config `data_mirror` (a relative
+    path is relative to the working directory, the repository root)."""
+    return os.environ.get("ALPHASTOMICS_DATA_MIRROR") or config["data_mirror"]
+
+
 def fetch_args(wildcards):
+    """The data set's keys, and --local-copy / --mirror where fetch-data reads them: a changed mirror reruns
+    the fetch of the data sets it serves, and only theirs."""
     entry = config["datasets"][wildcards.dataset]
+    block = entry.get("dataset") or {}
     local = entry.get("local_copy")
-    local_arg = f"--local-copy {shlex.quote(local)}" if local else ""
-    return f"{plan.set_args(plan.dataset_block(config, wildcards.dataset))} {local_arg}".strip()
+    args = [plan.set_args(plan.dataset_block(config, wildcards.dataset))]
+    if local:
+        args.append(f"--local-copy {shlex.quote(local)}")
+    elif block.get("files") or (
+        block.get("source") == "bdtnp" and not block.get("path")
+    ):
+        args.append(f"--mirror {shlex.quote(data_mirror())}")
+    return " ".join(args)
 
 
 def preprocess_args(wildcards):
@@ -210,14 +225,17 @@ def source_files(wildcards):
     and what follows. A missing path gives no input, so fetch-data itself says which key to fix.
     """
     block = config["datasets"][wildcards.dataset]["dataset"]
-    if block.get("source") not in ("h5ad", "csv") or not block.get("path"):
+    if block.get("source") not in ("h5ad", "csv", "rdata") or not block.get("path"):
         return []
     path = Path(block["path"])
+    suffixes = {"rdata": (".rdata", ".rda", ".rds")}.get(
+        block["source"], (f".{block['source']}",)
+    )
     if path.is_dir():
         return sorted(
             str(p)
             for p in path.iterdir()
-            if p.suffix == f".{block['source']}" and p.is_file()
+            if p.suffix.lower() in suffixes and p.is_file()
         )
     return [str(path)] if path.is_file() else []
 
