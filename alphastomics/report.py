@@ -3,8 +3,11 @@
 The page renders ``results/verdict.json`` (``alphastomics.verdict``: the declared contrasts tested over
 seeds, Holm-adjusted, with intervals) and adds what the verdict does not decide: descriptive tables, cost,
 figures and provenance, read from the run folders (``alphastomics.runs``). Its first screen is the answer:
-per data set the learning gate and the run warnings (``alphastomics.checks``), a forest plot of the
-declared contrasts on the primary metrics and a table of decisions; the sentence per test follows, collapsed.
+each data set's learning gate in one line, then one compact table per declared contrast with every data set
+(this campaign's and, with ``--with-verdict``, other campaigns') and the estimate pooled over the real
+tissues (verdict.json ``across_tissues``). Then per data set the learning gate and the run warnings
+(``alphastomics.checks``), a forest plot of the declared contrasts on the primary metrics and a table of
+decisions; the sentence per test follows, collapsed.
 A data set that failed the gate says so first and shows its contrasts as "not interpreted", without a forest
 plot. Gated attention is that of Qiu et al. 2025 (arXiv 2505.06708), the
 baseline the linear attention of LUNA (Yu et al. 2025). Inline CSS and PNG figures as data URIs: the page
@@ -12,9 +15,9 @@ opens without network.
 
 ``python -m alphastomics report --markdown RESULTS`` prints the decisions with intervals per data set from
 ``RESULTS/verdict.json`` (``--out docs/results.md`` writes them as a page, quoted by the README);
-``report --screenshot PAGE.html OUT.png`` renders a page in headless Chromium (docs/report.md). About 600
+``report --screenshot PAGE.html OUT.png`` renders a page in headless Chromium (docs/report.md). About 800
 lines: the three renderings of one verdict (page, Markdown, screenshot) with the page's tables (the gate's
-among them); the figures are in ``report_figures``.
+and those across tissues among them); the figures are in ``report_figures``.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from alphastomics import verdict as V
 from alphastomics.artifacts import atomic_write_text
 from alphastomics.checks import NOT_INTERPRETED
 from alphastomics.layout import peer_method
-from alphastomics.provenance import NOT_MEASURED, provenance
+from alphastomics.provenance import NOT_MEASURED, _manifests, provenance
 from alphastomics.runs import (  # noqa: F401  (load_run: this module's API too)
     DatasetView,
     Run,
@@ -162,6 +165,138 @@ def sentence(r: dict[str, Any]) -> str:
     if r.get("decision"):
         head += f": {r['decision']}"
     return head + "."
+
+
+# --------------------------------------------------------------------------------------------------------
+# Across tissues: the first screen (verdict.json ``across_tissues``)
+
+DATASET_LABELS = {"mop": "MOp", "starmap": "STARmap"}
+
+
+def dataset_label(name: str) -> str:
+    return DATASET_LABELS.get(name, name)
+
+
+def fmt_mde(x: float | None) -> str:
+    """A smallest detectable effect (a positive fraction) in percent: 0.041 -> '4.1 %'."""
+    return f"{V._pct(x)} %" if _ok(x) and x > 0 else "n/a"
+
+
+def short_decision(decision: str | None) -> str:
+    """The decision word of a compact table (its smallest detectable effect has a column of its own)."""
+    if not decision:
+        return "n/a"
+    if decision.startswith("no difference detected"):
+        return "none detected"
+    m = re.fullmatch(r"no test \(n = (\d+) < \d+\)", decision)
+    return f"no test ({m.group(1)} seed)" if m else decision
+
+
+def _status(text: str) -> str:
+    """A row's reason for having no record, shortened for a table cell."""
+    return "not computed: no cell-type labels" if text == V.NO_CELL_TYPES else text
+
+
+def _across_cell(r: dict[str, Any]) -> dict[str, Any]:
+    if r["status"] != "tested":
+        return {"span": _status(r["status"])}
+    if r["decision"] == NOT_INTERPRETED:
+        return {"span": "not interpreted (the models did not learn this tissue)"}
+    point, _, interval = fmt_rel_ci(r).partition(" % ")
+    return {"span": None, "effect": fmt_rel_ci(r), "point": f"{point} %", "interval": interval,
+            "mde": fmt_mde(r.get("mde_relative")), "note": "",
+            "decision": short_decision(r["decision"]), "full": r["decision"],
+            "kind": r["decision"] if r["decision"] in ("better", "worse") else "none"}
+
+
+def _pooled_cell(p: dict[str, Any]) -> dict[str, Any]:
+    if p["k"] == 0:
+        why = "; ".join(f"{dataset_label(x['dataset'])}: {_status(x['reason'])}" for x in p["left_out"])
+        return {"span": "no real tissue to pool" + (f" ({why})" if why else "")}
+    cell = _across_cell({"status": "tested", **p})
+    if p["k"] == 1:
+        cell["note"] = f"one tissue ({dataset_label(p['tissues'][0])}): its own estimate"
+    else:
+        dl = f"[{fmt_pct(p['dl_ci_low']).removesuffix(' %')}, {fmt_pct(p['dl_ci_high'])}]"
+        tau = f"{100 * math.sqrt(p['tau2']):.1f} %" if _ok(p.get("tau2")) else NOT_MEASURED
+        cell["note"] = f"DL {dl}; \u03c4 {tau}, I\u00b2 {100 * p['i2']:.0f} %"
+    if p["left_out"]:
+        cell["note"] += "; left out: " + ", ".join(dataset_label(x["dataset"]) for x in p["left_out"])
+    return cell
+
+
+def _whole(cells: list[dict[str, Any]]) -> str | None:
+    """One reason for a whole row when every cell of it is the same reason."""
+    spans = {c.get("span") for c in cells}
+    return spans.pop() if len(spans) == 1 and None not in spans else None
+
+
+def across_tables(v: dict[str, Any]) -> list[dict[str, Any]]:
+    """verdict.json's ``across_tissues`` as one table per declared contrast: rows = data sets (kind order),
+    the other campaigns' missing files, then the pooled row; a column group per primary metric measured
+    somewhere (effect [95 % interval], smallest detectable effect, decision)."""
+    at = v.get("across_tissues") or {}
+    tables: dict[tuple[str, str], dict[str, Any]] = {}
+    for e in at.get("contrasts", []):
+        t = tables.setdefault((e["variant"], e["reference"]), {
+            "name": contrast_name(e["variant"], e["reference"]), "metrics": [], "rows": {}, "pooled": []})
+        t["metrics"].append({"key": e["metric"], "better": e["better"]})
+        for r in e["rows"]:
+            mine = r["from"] == V.THIS_CAMPAIGN
+            row = t["rows"].setdefault((r["dataset"], r["from"]), {
+                "label": dataset_label(r["dataset"]), "anchor": r["dataset"] if mine else None,
+                "kind": r["kind"] or "kind not recorded", "from": r["from"], "n": set(), "cells": []})
+            row["cells"].append(_across_cell(r))
+            if r["status"] == "tested":
+                row["n"].add(r["n"])
+        t["pooled"].append(e["pooled"])
+    out = []
+    for t in tables.values():
+        rows = []
+        for row in t["rows"].values():
+            n = sorted(row.pop("n"))
+            row["seeds"] = "" if not n else f"{n[0]} seeds" if len(n) == 1 else f"{n[0]}-{n[-1]} seeds"
+            rows.append(row | {"whole": _whole(row["cells"]), "pooled": False})
+        for x in at.get("not_run", []):
+            rows.append({"label": Path(x["from"]).parent.as_posix() + "/", "anchor": None, "kind": "",
+                         "from": x["from"], "seeds": "", "cells": [], "whole": x["message"], "pooled": False})
+        pools = t.pop("pooled")
+        tissues = list(dict.fromkeys(d for p in pools for d in p["tissues"]))
+        cells = [_pooled_cell(p) for p in pools]
+        pooled = {"label": "pooled" + (f": {', '.join(map(dataset_label, tissues))}" if tissues else ""),
+                  "anchor": None, "kind": f"{at['pooled_kind']}, random effects", "from": "",
+                  "seeds": f"{len(tissues)} tissues" if len(tissues) > 1 else "", "cells": cells,
+                  "whole": _whole(cells), "pooled": True}
+        out.append(t | {"rows": rows, "pooled_row": pooled})
+    return out
+
+
+def across_notes(v: dict[str, Any]) -> dict[str, Any]:
+    """The lines around the tables: each data set's learning gate, what the pooled row pools, the kinds, and
+    the cell-type metrics not computed on the other campaigns' data sets (this campaign's: in their own
+    section)."""
+    at = v.get("across_tissues") or {}
+    sets = at.get("datasets", [])
+    return {
+        "gates": [{"label": dataset_label(d["dataset"]), "outcome": d["learning_gate"], "from": d["from"],
+                   "anchor": d["dataset"] if d["from"] == V.THIS_CAMPAIGN else None} for d in sets],
+        "kinds": [(k, text) for k, text in (at.get("kinds") or {}).items()
+                  if any(d["kind"] == k for d in sets)],
+        "pooled_kind": at.get("pooled_kind", V.POOLED_KIND),
+        "real": [dataset_label(d["dataset"]) for d in sets if d["kind"] == at.get("pooled_kind")],
+        "not_computed": [
+            f"{dataset_label(d['dataset'])} ({d['from']}): {', '.join(e['metrics'])}: {e['reason']}"
+            for d in sets if d["from"] != V.THIS_CAMPAIGN for e in d.get("not_computed") or []],
+        "notes": at.get("notes", []),
+        "untested": [f"{contrast_name(u['variant'], u['reference'])} ({u['reason']})"
+                     for u in at.get("untested", [])],
+    }
+
+
+def not_computed_lines(ds: dict[str, Any], data_notes: list[str] | None = None) -> list[str]:
+    """A data set's ``not_computed``, once: not repeated where a preprocess note already names the metrics."""
+    return [f"{', '.join(e['metrics'])}: {e['reason']}" for e in ds.get("not_computed") or []
+            if not any(all(m in n for m in e["metrics"]) for n in data_notes or [])]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -372,6 +507,7 @@ def _render(verdict: dict[str, Any], runs: list[Run], prov: dict[str, Any]) -> s
             gate_rows=grows,
             warnings=[w["message"] for w in ds.get("warnings", [])],
             data_notes=prov.get("data_notes", {}).get(ds["dataset"], []),
+            not_computed=not_computed_lines(ds, prov.get("data_notes", {}).get(ds["dataset"], [])),
             forest=fig_forest(ds, primary) if gate["outcome"] != "not learned" else None,
             decision_cols=dcols,
             decision_rows=drows,
@@ -406,6 +542,9 @@ def _render(verdict: dict[str, Any], runs: list[Run], prov: dict[str, Any]) -> s
     )
     env.filters["capitalize_first"] = lambda text: text[:1].upper() + text[1:]
     return env.get_template("report.html.j2").render(
+        across=across_tables(verdict),
+        across_notes=across_notes(verdict),
+        method=(verdict.get("across_tissues") or {}).get("method") or {},
         views=pages,
         family=verdict["family"],
         labels=LABELS,
@@ -426,17 +565,22 @@ def build_report(
     verdict_out: Path | None = None,
     config_snapshot: Path | None = None,
     cfg: Any = None,
+    compare_with: list[Path] | None = None,
 ) -> Path:
     """Read every run folder, write the verdict (``verdict_out``, default next to ``out``) and then the
-    HTML page rendered from it; both atomically, the page only after the verdict."""
+    HTML page rendered from it; both atomically, the page only after the verdict. ``compare_with``: other
+    campaigns' verdict files, whose data sets join the comparison across tissues (a missing one is a row
+    saying so; this campaign's own verdict file is skipped)."""
     if not run_dirs:
         raise ReportError(
             "report: no run folders given; pass --runs results/{dataset}/{variant}/seed{seed} ..."
         )
     runs = [load_run(Path(p)) for p in run_dirs]
-    verdict = V.build(runs, family, baseline=baseline)
+    verdict_out = Path(verdict_out) if verdict_out else Path(out).with_name("verdict.json")
+    others = V.read_others([p for p in compare_with or [] if Path(p).resolve() != verdict_out.resolve()])
+    verdict = V.build(runs, family, baseline=baseline, manifests=_manifests(runs), others=others)
     html = _render(verdict, runs, provenance(runs, cfg, config_snapshot))
-    V.write(verdict, Path(verdict_out) if verdict_out else Path(out).with_name("verdict.json"))
+    V.write(verdict, verdict_out)
     atomic_write_text(out, html)
     return Path(out)
 
@@ -466,6 +610,7 @@ def main(args: argparse.Namespace, cfg: Any) -> int:
         verdict_out=getattr(args, "verdict", None),
         config_snapshot=getattr(args, "config_snapshot", None),
         cfg=cfg,
+        compare_with=getattr(args, "with_verdict", None),
     )
     print(f"report: wrote {out}")
     return 0
@@ -527,7 +672,7 @@ def markdown_summary(results: Path) -> str:
     then the peers, all from ``results/verdict.json`` (or the verdict file itself)."""
     v = V.read(Path(results))
     primary = list(v["family"]["primary_metrics"])
-    out = []
+    out = markdown_across(v)
     for ds in v["datasets"]:
         cols, rows = decisions_table(ds, primary)
         seeds = "/".join(map(str, sorted({len(s) for s in ds["seeds"].values()})))
@@ -548,6 +693,8 @@ def markdown_summary(results: Path) -> str:
                 out.append(f"Learning gate: {gate['message']}.\n")
         for w in ds.get("warnings", []):
             out.append(f"Warning: {w['message']}.\n")
+        for n in not_computed_lines(ds):
+            out.append(f"Not computed on {ds['dataset']}: {n}.\n")
         if not rows:
             out.append("No declared contrast could be tested here (see verdict.json, 'skipped').\n")
         else:
@@ -590,6 +737,50 @@ def markdown_summary(results: Path) -> str:
                                f"{fmt_p(r['holm_p'])}: {r['decision']}")
             out.append("")
     return "\n".join(out)
+
+
+def _md_cell(c: dict[str, Any]) -> str:
+    if c.get("span"):
+        return c["span"]
+    note = f" ({c['note']})" if c.get("note") else ""
+    return f"{c['effect']}{note}, detectable {c['mde']}: {c['decision']}"
+
+
+def markdown_across(v: dict[str, Any]) -> list[str]:
+    """The first part of ``report --markdown``: each data set's learning gate in one line, then per declared
+    contrast the primary metrics on every data set and pooled over the real tissues (``across_tables``)."""
+    tables = across_tables(v)
+    if not tables:
+        return []
+    notes = across_notes(v)
+    gates = "; ".join(f"{g['label']} {g['outcome']}" + ("" if g["anchor"] else f" ({g['from']})")
+                      for g in notes["gates"])
+    out = [
+        f"Learning gate: {gates}.\n",
+        "**Every contrast on every data set** (cell: relative change of the mean paired difference [95 % "
+        "interval], the smallest detectable effect and the decision of the data set's family; pooled: "
+        f"DerSimonian-Laird random effects over the data sets of kind '{notes['pooled_kind']}', its interval "
+        "and decision from the Hartung-Knapp-Sidik-Jonkman t interval with scale floored at 1, in brackets "
+        "the DerSimonian-Laird normal interval, the between-tissue sd tau and I^2; docs/metrics.md, "
+        "\"Across tissues\")\n",
+    ]
+    for t in tables:
+        out.append(f"*{t['name']}*\n")
+        out.append("| data set | kind | seeds | " + " | ".join(m["key"] for m in t["metrics"]) + " |")
+        out.append("|---" * (len(t["metrics"]) + 3) + "|")
+        for r in t["rows"] + [t["pooled_row"]]:
+            cells = ([r["whole"]] + [""] * (len(t["metrics"]) - 1) if r["whole"]
+                     else [_md_cell(c) for c in r["cells"]])
+            where = "" if r["from"] in ("", V.THIS_CAMPAIGN) or not r["kind"] else f" ({r['from']})"
+            out.append(f"| {r['label']}{where} | {r['kind']} | {r['seeds']} | " + " | ".join(cells) + " |")
+        out.append("")
+    if notes["untested"]:
+        out.append(f"Tested on no data set: {'; '.join(notes['untested'])}.\n")
+    for n in notes["not_computed"]:
+        out.append(f"Not computed on {n}.\n")
+    for n in notes["notes"]:
+        out.append(f"{n}.\n")
+    return out
 
 
 def markdown_document(results: Path, out: Path) -> str:

@@ -13,6 +13,10 @@ seeds both ran (same seed: same data order, crops and noise), one difference per
   differences with standard deviation s detects with the given power at level alpha; power from the
   noncentral t distribution (``scipy.stats.nct``), solved with ``scipy.optimize.brentq``.
 - ``seeds_needed``: the smallest n for which that effect is at most a target (the power plan).
+- ``random_effects``: a random-effects meta-analysis of k estimates with known variances (the per-tissue
+  relative effects of the verdict's ``across_tissues``): DerSimonian-Laird tau^2
+  (``statsmodels.stats.meta_analysis.combine_effects``, ``method_re="dl"``) truncated at 0, with the
+  normal-quantile DL interval and the Hartung-Knapp-Sidik-Jonkman t interval.
 """
 
 from __future__ import annotations
@@ -188,3 +192,67 @@ def seeds_needed(sd: float, effect: float, *, alpha: float = ALPHA, target: floa
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if min_detectable_effect(sd, mid, alpha=alpha, target=target) <= effect else (mid, hi)
     return hi
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """A random-effects estimate over k >= 2 studies (here: tissues), each a mean y_i with known variance v_i.
+
+    ``mean`` = sum w_i y_i / sum w_i with w_i = 1 / (v_i + tau2); ``se`` = sqrt(1 / sum w_i) (DerSimonian-
+    Laird); ``hksj_se`` = sqrt(sum w_i (y_i - mean)^2 / ((k - 1) sum w_i)) (Hartung-Knapp-Sidik-Jonkman).
+    ``low``/``high`` and ``p_value``: the t test with k - 1 degrees of freedom on the larger of the two
+    standard errors (HKSJ with its scale floored at 1), which the verdict decides on."""
+
+    k: int
+    mean: float
+    se: float
+    ci_low: float  # DL: mean -+ z_{1 - alpha/2} se
+    ci_high: float
+    hksj_se: float
+    hksj_low: float  # HKSJ: mean -+ t_{1 - alpha/2, k-1} hksj_se
+    hksj_high: float
+    low: float  # mean -+ t_{1 - alpha/2, k-1} max(se, hksj_se)
+    high: float
+    p_value: float
+    tau2: float  # DL between-study variance, truncated at 0
+    i2: float  # max(0, (Q - (k - 1)) / Q): the share of the spread of the y_i not explained by the v_i
+    q: float  # Cochran's Q = sum v_i^-1 (y_i - fixed-effect mean)^2
+    weights: tuple[float, ...]  # w_i / sum w
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def random_effects(effects: Sequence[float], variances: Sequence[float], *, level: float = LEVEL) -> Pooled:
+    """DerSimonian-Laird random-effects pooling of ``effects`` with known within-study ``variances`` (each
+    finite and > 0, k >= 2). statsmodels' DL tau^2 = (Q - (k - 1)) / C is not truncated; a negative value
+    is taken as 0 (the usual DL rule), which makes the random-effects estimate the fixed-effect one."""
+    from statsmodels.stats.meta_analysis import combine_effects
+
+    y = np.asarray(effects, dtype=np.float64)
+    v = np.asarray(variances, dtype=np.float64)
+    finite = np.isfinite(y).all() and np.isfinite(v).all()
+    if y.size < 2 or y.shape != v.shape or not (finite and (v > 0).all()):
+        raise ValueError(f"random_effects: needs k >= 2 finite effects with variances > 0, got {y} and {v}")
+    alpha = 1 - level
+    # Q = 0 (identical effects): statsmodels' own I^2 divides by it
+    with np.errstate(divide="ignore", invalid="ignore"):
+        res = combine_effects(y, v, method_re="dl", alpha=alpha)
+        dl = res.conf_int(alpha=alpha, use_t=False)
+        hk = res.conf_int(alpha=alpha, use_t=True)
+    k = int(y.size)
+    q = float(res.q)
+    if res.tau2 > 0:
+        tau2, mean, se = float(res.tau2), float(res.mean_effect_re), float(res.sd_eff_w_re)
+        dl_ci, hk_ci, hk_se = dl[1], hk[3], float(res.sd_eff_w_re_hksj)
+        w = np.asarray(res.weights_rel_re, dtype=np.float64)
+    else:  # tau^2 truncated at 0: the random-effects estimate is the fixed-effect one
+        tau2, mean, se = 0.0, float(res.mean_effect_fe), float(res.sd_eff_w_fe)
+        dl_ci, hk_ci, hk_se = dl[0], hk[2], float(res.sd_eff_w_fe_hksj)
+        w = np.asarray(res.weights_rel_fe, dtype=np.float64)
+    used = max(se, hk_se)
+    crit = float(stats.t.ppf((1 + level) / 2, k - 1))
+    p = float(2 * stats.t.sf(abs(mean) / used, k - 1)) if used > 0 else math.nan
+    i2 = max(0.0, (q - (k - 1)) / q) if q > 0 else 0.0
+    return Pooled(k, mean, se, float(dl_ci[0]), float(dl_ci[1]), hk_se, float(hk_ci[0]), float(hk_ci[1]),
+                  mean - crit * used, mean + crit * used, p, tau2, i2, q, tuple(float(x) for x in w))

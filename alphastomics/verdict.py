@@ -16,9 +16,12 @@ Follows DESIGN section 6, "Statistics", like a methods section written before th
 - before any of that is read, the learning gate and the run warnings (``alphastomics.checks``): when no
   variant placed cells better than random, every contrast of the data set is "not interpreted".
 - the power plan: per primary record, the seeds needed for a 5 % smallest detectable effect and their cost.
+- across tissues: every declared contrast x primary metric on every data set side by side (this campaign's
+  and those of other campaigns' verdict files), each labelled by kind from its manifest, and a
+  random-effects estimate pooled over the real tissues (``stats.random_effects``).
 
 The JSON schema is documented in docs/metrics.md ("verdict.json"); the report and ``report --markdown`` only
-render this file. About 490 lines, on purpose: every number of the file is computed here, in the order a
+render this file. About 750 lines, on purpose: every number of the file is computed here, in the order a
 reader of the verdict checks them, so that one module answers "where does this number come from".
 """
 
@@ -390,11 +393,20 @@ def power_plan(view: DatasetView, family: Family, records: list[dict[str, Any]],
     return rows
 
 
-def dataset_verdict(view: DatasetView, family: Family) -> dict[str, Any]:
+def dataset_verdict(view: DatasetView, family: Family, facts: dict[str, Any] | None = None) -> dict[str, Any]:
+    facts = facts or dataset_facts([])
     records, secondary, skipped = contrast_records(view, family)
     table, random_reference = describe(view)
+    not_computed = missing_cell_type_metrics(facts, view.metric_names())
+    for s in skipped:  # a primary cell-type metric on a data set without cell types: say why
+        if not_computed and s.get("metric") in not_computed[0]["metrics"]:
+            s["reason"] = NO_CELL_TYPES
     out = {
         "dataset": view.name,
+        "kind": facts["kind"],
+        "source": facts["source"],
+        "cell_types": facts["cell_types"],
+        "not_computed": not_computed,
         "seeds": {v: sorted(r.seed for r in rs) for v, rs in view.variants.items()},
         "records": records,
         "secondary": secondary,
@@ -417,10 +429,23 @@ def learning_checks(view: DatasetView, family: Family, random_reference: dict[st
     }
 
 
-def build(runs: list[Run], family: Family | None = None, *, baseline: str = BASELINE) -> dict[str, Any]:
-    """The whole verdict (JSON-ready: NaN as null) of the runs given."""
+def build(
+    runs: list[Run],
+    family: Family | None = None,
+    *,
+    baseline: str = BASELINE,
+    manifests: dict[str, dict[str, Any]] | None = None,
+    others: Sequence[tuple[str, dict[str, Any] | None]] = (),
+) -> dict[str, Any]:
+    """The whole verdict (JSON-ready: NaN as null) of the runs given. ``manifests``: processed data set
+    name -> its manifest.json (the kind of each data set, its cell types); ``others``: (path, verdict or
+    None when the file does not exist) of other campaigns, whose data sets join ``across_tissues``."""
     family = family or Family()
-    datasets = [dataset_verdict(v, family) for v in group_runs(runs, baseline)]
+    manifests = manifests or {}
+    datasets = [
+        dataset_verdict(v, family, dataset_facts(_manifests_of(v.name, manifests)))
+        for v in group_runs(runs, baseline)
+    ]
     for ds in datasets:
         if ds["learning_gate"]["outcome"] == "not learned":
             checks.not_interpreted(ds)
@@ -450,8 +475,264 @@ def build(runs: list[Run], family: Family | None = None, *, baseline: str = BASE
             "runs": sorted(str(r.path) for r in runs),
             "learning_gate": checks.RULE,
             "datasets": datasets,
+            "across_tissues": across_tissues(datasets, family, others),
         }
     )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Across tissues: every contrast on every data set, side by side, and a pooled estimate over real tissues
+
+# Cell-type neighbourhood agreement (evaluate): computed only where the data carry cell-type labels.
+CELL_TYPE_METRICS = ("neighborhood_ari", "neighborhood_nmi")
+NO_CELL_TYPES_WHY = (
+    "the data set has no cell-type labels (manifest.json cell_types is null), which the cell-type "
+    "neighbourhood metrics need"
+)
+NO_CELL_TYPES = f"not computed: {NO_CELL_TYPES_WHY}"
+# What a data set is, from its manifest's source: kinds in the order the tables show them.
+CUT, SYNTHETIC, REAL = "real, cut sections", "synthetic", "real sections"
+KINDS = {
+    CUT: "one real specimen cut into slabs (bdtnp): its sections are neighbours in one embryo",
+    SYNTHETIC: "generated tissue (source synthetic): a check of the method, not a tissue",
+    REAL: "real tissue sections (every other source)",
+}
+POOLED_KIND = REAL
+THIS_CAMPAIGN = "this campaign"
+# The Makefile target that writes a campaign's verdict, by its report_dir: what a missing file asks for.
+CAMPAIGNS = {"results": "make run", "results/tissues": "make tissues", "results/powered": "make powered"}
+POOLED_METHOD = {
+    "pooled_over": f"the data sets of kind '{POOLED_KIND}' with a tested, interpreted record (n >= 2 seeds, "
+    "a spread of the paired differences); the others are listed under left_out with the reason",
+    "estimate": "random-effects meta-analysis of the per-tissue relative effects y_i = mean paired "
+    "difference / |reference mean|: DerSimonian-Laird tau^2 "
+    "(statsmodels.stats.meta_analysis.combine_effects, method_re='dl'), truncated at 0, weights "
+    "w_i = 1 / (v_i + tau^2)",
+    "within_variance": "v_i = (sd of the paired differences / sqrt(n seeds) / |reference mean|)^2: the "
+    "seed-level standard error of the relative effect, squared",
+    "interval": "dl_ci: mean -+ z_0.975 sqrt(1 / sum w_i); hksj_ci (Hartung-Knapp-Sidik-Jonkman): mean -+ "
+    "t_{0.975, k-1} sqrt(sum w_i (y_i - mean)^2 / ((k - 1) sum w_i)); relative_ci, p_value and decision: "
+    "the t test with k - 1 degrees of freedom on the larger of the two standard errors (HKSJ with its "
+    "scale floored at 1: with 2-3 tissues the DL normal interval is too narrow, and plain HKSJ is too "
+    "narrow when the tissues agree more closely than their within-tissue variances predict)",
+    "decision": "better / worse only when the Holm-adjusted p over the pooled estimates of 2 or more tissues "
+    "(declared contrasts x primary metrics) is < alpha; smallest detectable: the noncentral t power of that "
+    "test at level alpha / its family size, as per data set. One tissue: its own record, nothing pooled",
+    "assumptions": [
+        "the tissues are exchangeable draws from the tissues the question is about",
+        "effects are relative to the reference's mean, so tissues with different metric scales share one "
+        "scale",
+        "each within-tissue variance is treated as known (it is itself estimated from a few seeds)",
+        "with few tissues tau^2 is imprecise (with 2, its estimate rests on one difference)",
+    ],
+    "not": "not a prediction for a new tissue (that interval is wider by tau^2), not a test that the effect "
+    "is the same on every tissue (tau^2 and I^2 describe that), and neither the synthetic nor the slab-cut "
+    "data set is in it",
+}
+
+
+def _num(x: Any) -> float:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else math.nan
+
+
+def _manifests_of(name: str, manifests: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The manifests of data set ``name``: its own, or those of its cross-validation folds."""
+    return [m for key, m in manifests.items()
+            if ((m.get("fold") or {}).get("dataset") or m.get("dataset") or key) == name]
+
+
+def dataset_facts(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    """kind (``KINDS``; None without a manifest that names its source), source, and cell_types: True with
+    labels, False when the manifest says cell_types is null, None when no manifest says."""
+    source = next((m["source"] for m in manifests if m.get("source")), None)
+    kind = None
+    if source == "synthetic":
+        kind = SYNTHETIC
+    elif source == "bdtnp" or any(m.get("slab_cut") for m in manifests):
+        kind = CUT
+    elif source:
+        kind = REAL
+    said = [m["cell_types"] for m in manifests if "cell_types" in m]
+    cell_types = None if not said else any(bool(c) for c in said)
+    return {"kind": kind, "source": source, "cell_types": cell_types}
+
+
+def missing_cell_type_metrics(facts: dict[str, Any], measured: Sequence[str]) -> list[dict[str, Any]]:
+    """``not_computed`` of a data set: the cell-type metrics, once, when its manifest has no cell types."""
+    gone = [m for m in CELL_TYPE_METRICS if m not in measured]
+    if facts.get("cell_types") is False and gone:
+        return [{"metrics": gone, "reason": NO_CELL_TYPES_WHY}]
+    return []
+
+
+def read_others(paths: Sequence[str | Path]) -> list[tuple[str, dict[str, Any] | None]]:
+    """Other campaigns' verdict files: (path, verdict), verdict None where the file does not exist (that
+    campaign has not run here); an unreadable file stops, naming it."""
+    out = []
+    for p in paths:
+        p = Path(p)
+        out.append((p.as_posix(), read(p) if p.exists() else None))
+    return out
+
+
+def not_run_message(path: str) -> str:
+    """The row of a campaign's verdict file that does not exist: which Makefile target writes it."""
+    folder = Path(path).parent
+    known = [k for k in sorted(CAMPAIGNS, key=len, reverse=True)
+             if folder.parts[-len(Path(k).parts):] == Path(k).parts]
+    how = (f"run `{CAMPAIGNS[known[0]]}`" if known
+           else f"run the campaign whose report_dir is {folder.as_posix()}")
+    return f"not run here: {path} does not exist; {how}"
+
+
+def _row(ds: dict[str, Any], origin: str, variant: str, reference: str, metric: str) -> dict[str, Any]:
+    """One data set's line of a contrast x metric: its record's relative numbers, or why there is none."""
+    rec = next((r for r in ds.get("records", [])
+                if (r["variant"], r["reference"], r["metric"]) == (variant, reference, metric)), None)
+    row: dict[str, Any] = {"dataset": ds["dataset"], "kind": ds.get("kind"), "from": origin}
+    if rec is None:
+        reasons = [s["reason"] for s in ds.get("skipped", []) if (s["variant"], s["reference"]) == (
+            variant, reference) and s.get("metric") in (None, metric)]
+        if any(metric in e["metrics"] for e in ds.get("not_computed") or []):
+            reasons = [NO_CELL_TYPES]
+        return row | {"n": 0, "status": reasons[0] if reasons else "not declared there"}
+    n, ref = int(rec["n"]), _num(rec["reference_mean"])
+    sd = _num(rec["sd_difference"])
+    se = _div(sd / math.sqrt(n), ref) if n >= 2 else math.nan
+    return row | {
+        "status": "tested",
+        "n": n,
+        "relative_change": _num(rec["relative_change"]),
+        "relative_ci_low": _num(rec["relative_ci_low"]),
+        "relative_ci_high": _num(rec["relative_ci_high"]),
+        "relative_se": se,
+        "mde_relative": _num(rec.get("mde_relative")),
+        "holm_p": _num(rec.get("holm_p")),
+        "family_size": rec.get("family_size"),
+        "decision": rec.get("decision"),
+    }
+
+
+def _pool(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The random-effects estimate over the rows of kind POOLED_KIND that can enter it (no Holm yet)."""
+    real = [r for r in rows if r["kind"] == POOLED_KIND]
+    used, left_out = [], []
+    for r in real:
+        if r["status"] != "tested":
+            left_out.append({"dataset": r["dataset"], "reason": r["status"]})
+        elif r["decision"] == checks.NOT_INTERPRETED:
+            left_out.append({"dataset": r["dataset"], "reason": "not learned: its effect is not interpreted"})
+        elif r["n"] < 2:
+            left_out.append({"dataset": r["dataset"],
+                             "reason": f"one paired seed (n = {r['n']}): no variance"})
+        elif not (math.isfinite(r["relative_se"]) and r["relative_se"] > 0):
+            left_out.append({"dataset": r["dataset"], "reason": "the paired differences have no spread: "
+                             "no within-tissue variance"})
+        else:
+            used.append(r)
+    out: dict[str, Any] = {"tissues": [r["dataset"] for r in used], "k": len(used), "left_out": left_out}
+    if not used:
+        return out | {"decision": None, "note": f"no data set of kind '{POOLED_KIND}' can enter it"}
+    if len(used) == 1:
+        (r,) = used
+        keys = ("relative_change", "relative_ci_low", "relative_ci_high", "relative_se", "mde_relative",
+                "holm_p", "decision")
+        return out | {k: r[k] for k in keys} | {
+            "note": f"one real tissue ({r['dataset']}): its own estimate and decision (t over its seeds, "
+            "Holm over its data set's family), nothing pooled, no between-tissue variance"}
+    est = stats.random_effects([r["relative_change"] for r in used], [r["relative_se"] ** 2 for r in used])
+    return out | {
+        "method": "DerSimonian-Laird random effects; decision interval HKSJ with scale >= 1",
+        "relative_change": est.mean,
+        "relative_se": est.se,
+        "dl_ci_low": est.ci_low,
+        "dl_ci_high": est.ci_high,
+        "hksj_se": est.hksj_se,
+        "hksj_ci_low": est.hksj_low,
+        "hksj_ci_high": est.hksj_high,
+        "relative_ci_low": est.low,
+        "relative_ci_high": est.high,
+        "p_value": est.p_value,
+        "tau2": est.tau2,
+        "i2": est.i2,
+        "q": est.q,
+        "weights": dict(zip(out["tissues"], est.weights)),
+        "note": f"{len(used)} tissues: tau^2 is imprecise" if len(used) <= 3 else "",
+    }
+
+
+def _decide_pooled(entries: list[dict[str, Any]], family: Family) -> None:
+    """Holm over the pooled estimates of 2 or more tissues, their smallest detectable effect, their word."""
+    tested = [e for e in entries if e["pooled"]["k"] >= 2]
+    m = len(tested)
+    for e, h in zip(tested, stats.holm([e["pooled"]["p_value"] for e in tested])):
+        p = e["pooled"]
+        k, se = p["k"], max(p["relative_se"], p["hksj_se"])
+        # the t test on k estimates with standard error se: min_detectable_effect of sd = se sqrt(k), n = k
+        p["holm_p"], p["family_size"] = h, m
+        p["mde_relative"] = stats.min_detectable_effect(se * math.sqrt(k), k, alpha=family.alpha / m,
+                                                        target=family.power)
+        d = direction(e["metric"]) or 0
+        if h < family.alpha and d != 0:
+            p["decision"] = "better" if d * p["relative_change"] > 0 else "worse"
+        elif math.isfinite(p["mde_relative"]):
+            p["decision"] = f"no difference detected (smallest detectable: {_pct(p['mde_relative'])} %)"
+        else:
+            p["decision"] = "no difference detected (smallest detectable: not estimable)"
+
+
+def _kind_rank(kind: str | None) -> int:
+    return list(KINDS).index(kind) if kind in KINDS else len(KINDS)
+
+
+def across_tissues(
+    datasets: list[dict[str, Any]], family: Family, others: Sequence[tuple[str, dict[str, Any] | None]] = ()
+) -> dict[str, Any]:
+    """verdict.json's ``across_tissues``: per declared contrast x primary metric, one row per data set of
+    this campaign and of the other campaigns' verdicts (a data set in both keeps this campaign's), and the
+    random-effects estimate pooled over the real tissues (POOLED_METHOD)."""
+    sets = [(ds, THIS_CAMPAIGN) for ds in datasets]
+    mine = {ds["dataset"] for ds in datasets}
+    not_run, notes = [], []
+    for path, other in others:
+        if other is None:
+            not_run.append({"from": path, "message": not_run_message(path)})
+            continue
+        for ds in other.get("datasets", []):
+            if ds["dataset"] in mine:
+                notes.append(f"{ds['dataset']} is also in {path}: this campaign's runs are shown")
+            elif ds["dataset"] not in {d["dataset"] for d, _ in sets}:
+                sets.append((ds, path))
+    sets.sort(key=lambda x: (_kind_rank(x[0].get("kind")), x[0]["dataset"]))
+    entries, untested = [], []
+    for variant, reference in family.contrasts:
+        for metric in family.primary_metrics:
+            rows = [_row(ds, origin, variant, reference, metric) for ds, origin in sets]
+            if not any(r["status"] == "tested" for r in rows):
+                continue  # measured nowhere (e.g. masked reconstruction without masked diffusion)
+            entries.append({"variant": variant, "reference": reference, "metric": metric,
+                            "better": _word(metric), "rows": rows, "pooled": _pool(rows)})
+        if not any((e["variant"], e["reference"]) == (variant, reference) for e in entries):
+            reasons = sorted({r["status"] for r in (_row(ds, o, variant, reference, "") for ds, o in sets)})
+            untested.append({"variant": variant, "reference": reference, "reason": "; ".join(reasons)})
+    _decide_pooled(entries, family)
+    return {
+        "datasets": [
+            {"dataset": ds["dataset"], "kind": ds.get("kind"), "from": origin, "source": ds.get("source"),
+             "cell_types": ds.get("cell_types"), "not_computed": ds.get("not_computed") or [],
+             "learning_gate": (ds.get("learning_gate") or {}).get("outcome", "not assessed"),
+             "gate_message": (ds.get("learning_gate") or {}).get("message", "no learning gate recorded"),
+             "seeds": {v: len(s) for v, s in (ds.get("seeds") or {}).items()}}
+            for ds, origin in sets
+        ],
+        "kinds": KINDS,
+        "not_run": not_run,
+        "notes": notes,
+        "pooled_kind": POOLED_KIND,
+        "method": POOLED_METHOD,
+        "contrasts": entries,
+        "untested": untested,
+    }
 
 
 def write(verdict: dict[str, Any], out: Path) -> Path:

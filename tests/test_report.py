@@ -355,6 +355,11 @@ def test_markdown_prints_the_decisions_from_verdict_json(page, capsys):
     results = page[0].parent
     assert cli(["report", "--markdown", str(results)]) == 0
     text = capsys.readouterr().out
+    # first the learning gate and the contrasts across data sets, then each data set
+    assert text.startswith("Learning gate: toy learned.\n") and "*gated_headwise vs linear*" in text
+    across, text = text[:text.index("**toy**")], text[text.index("**toy**"):]
+    assert "| toy | kind not recorded | 3 seeds | +10.0 % [" in across
+    assert "| pooled | real sections, random effects |  | no real tissue to pool |" in across
     decisions, plan = text.split("Power plan (seeds for a 5 % smallest detectable effect")
     rows = {line.split(" | ")[0].strip("| "): line for line in decisions.splitlines() if line.startswith("| ")}
     assert set(rows) == {"contrast", "gated_headwise vs linear", "gated_elementwise vs linear"}
@@ -400,10 +405,12 @@ def test_renders_in_headless_chromium(page, tmp_path):
     assert img.shape == (4000, 1280)
     inked = np.flatnonzero((img < 200).mean(axis=1) > 0.002)  # rows with text or figures
     assert inked.size > 500 and inked.max() > 3000  # a long page of content, not a blank or error page
-    # The forest plot is on the first screen: its filled "better" marker (#1e7b34, gated_headwise on kNN
-    # preservation) appears in the top 1,100 px of the rendered page.
-    rgb = np.asarray(Image.open(png).convert("RGB"), dtype=int)[:1100]
-    assert (np.abs(rgb - [0x1E, 0x7B, 0x34]).sum(axis=2) < 12).sum() > 20
+    # The first screen is the table across tissues: its "better" cell (#e6f4ea, gated_headwise on kNN
+    # preservation) is in the top 400 px; the forest plot's filled "better" marker (#1e7b34) follows.
+    rgb = np.asarray(Image.open(png).convert("RGB"), dtype=int)
+    assert (np.abs(rgb[:400] - [0xE6, 0xF4, 0xEA]).sum(axis=2) < 6).sum() > 500
+    rows = np.flatnonzero((np.abs(rgb - [0x1E, 0x7B, 0x34]).sum(axis=2) < 12).sum(axis=1) > 5)
+    assert (rows > 400).sum() > 5  # in the first data set's verdict, below the tables
     # The README screenshot command: a shrunken PNG of the top of the page.
     small = tmp_path / "readme.png"
     assert cli(["report", "--screenshot", str(page[0]), str(small), "--height", "600", "--scale", "0.5"]) == 0
@@ -427,3 +434,122 @@ def test_position_figure_takes_the_first_draw_of_a_multi_draw_samples_file(tmp_p
     rows.to_parquet(run / "samples.parquet")
     got = _samples(Run(run, "toy", "linear", 0))
     assert list(got["cell_id"]) == ["a", "b"] and list(got["x_pred"]) == [1.0, 2.0]
+
+
+# ------------------------------------------------------------------------------------------------------
+# The first screen: every contrast on every data set, pooled over the real tissues
+
+
+TISSUE_MANIFESTS = {
+    "bdtnp": {"source": "bdtnp", "cell_types": None},
+    "synthetic": {"source": "synthetic", "cell_types": ["type0", "type1", "type2"]},
+    "mop": {"source": "h5ad", "cell_types": None},
+    "starmap": {"source": "h5ad", "cell_types": ["type0", "type1", "type2"]},
+}
+
+
+def _with_cell_types(run: Path, seed: int) -> None:
+    """Add the cell-type neighbourhood metrics to a fixture run (what evaluate writes on labelled data)."""
+    m = json.loads((run / "eval" / "metrics.json").read_text())
+    for i, row in enumerate(m["per_section"]):
+        row["neighborhood_ari"] = 0.3 + 0.01 * ((i + seed) % 3) + (0.02 if "headwise" in str(run) else 0)
+        row["neighborhood_nmi"] = 0.4
+    for key in ("neighborhood_ari", "neighborhood_nmi"):
+        m["overall"][key] = float(np.mean([r[key] for r in m["per_section"]]))
+    (run / "eval" / "metrics.json").write_text(json.dumps(m))
+    pd.DataFrame(m["per_section"]).to_csv(run / "eval" / "sections.csv", index=False)
+
+
+@pytest.fixture(scope="module")
+def tissue_page(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("tissues") / "results"
+    runs = []
+    for ds, manifest in TISSUE_MANIFESTS.items():
+        for v in ("linear", "gated_headwise"):
+            for seed in SEEDS:
+                run = _write_run(root, ds, v, seed, diagnostics=False)
+                if manifest["cell_types"]:
+                    _with_cell_types(run, seed)
+                runs.append(run)
+        if ds == "bdtnp":  # a third variant on one data set only
+            runs += [_write_run(root, ds, "gated_elementwise", seed, diagnostics=False) for seed in SEEDS]
+        data = root / "data" / ds / "processed"
+        data.mkdir(parents=True)
+        (data / "manifest.json").write_text(json.dumps({"dataset": ds, **manifest}))
+    out = root / "tissues" / "report.html"
+    args = ["report", "--runs", *map(str, runs), "--out", str(out), "--contrasts", "gated_headwise:linear",
+            "gated_elementwise:linear", "softmax:linear", "--primary-metrics", "knn_preservation",
+            "distance_spearman", "neighborhood_ari",
+            "--with-verdict", str(root / "verdict.json")]  # the default campaign, not run here
+    assert cli(args) == 0
+    return out, out.read_text()
+
+
+def test_the_page_opens_with_every_contrast_on_every_tissue(tissue_page):
+    html = tissue_page[1]
+    first = html[html.index('<section class="across"'):html.index("</section>")]
+    assert html.index('id="across"') < html.index('class="lead"') < html.index('id="verdict"')
+    assert html.index("<h1>") < html.index('id="across"')  # nothing else before it but the title
+    text = _text(first).replace(" ;", ";").replace(" .", ".")
+    # the learning gate lines come first, then one compact table per declared contrast with runs
+    assert text.strip().startswith(
+        "Learning gate: bdtnp learned; synthetic learned; MOp learned; STARmap learned.")
+    assert re.findall(r"<caption>([^<]+)</caption>", first) == ["gated_headwise vs linear",
+                                                                 "gated_elementwise vs linear"]
+    assert "Tested on no data set: softmax vs linear (no runs of softmax)." in text
+    table = first[:first.index("</table>")]
+    labels = re.findall(r'<tr(?: class="pooled")?><td class="name">(?:<a href="#verdict-\w+">|<b>)([^<]+)<',
+                        table)
+    assert labels == ["bdtnp", "synthetic", "MOp", "STARmap", f"{tissue_page[0].parent.parent.as_posix()}/",
+                      "pooled: MOp, STARmap"]
+    assert "not run here: " + str(tissue_page[0].parent.parent / "verdict.json") in _text(table)
+    heads = re.findall(r'<th colspan="3">(\w+) ', table)
+    assert heads == ["knn_preservation", "distance_spearman", "neighborhood_ari"]
+    # the numbers are verdict.json's; the cell-type metric says why it is missing, no blank cells
+    v = json.loads(tissue_page[0].with_name("verdict.json").read_text())
+    row = next(r for e in v["across_tissues"]["contrasts"] for r in e["rows"]
+               if (e["metric"], r["dataset"]) == ("knn_preservation", "mop"))
+    assert report.fmt_rel_ci(row) in _text(table) and row["decision"] == "better"
+    assert _text(table).count("not computed: no cell-type labels") == 2  # bdtnp and MOp
+    assert not re.search(r"<td[^>]*>\s*</td>", table)
+    pooled = next(e for e in v["across_tissues"]["contrasts"] if e["metric"] == "knn_preservation")["pooled"]
+    assert pooled["tissues"] == ["mop", "starmap"] and pooled["k"] == 2
+    ari = next(e for e in v["across_tissues"]["contrasts"] if e["metric"] == "neighborhood_ari")["pooled"]
+    assert ari["tissues"] == ["starmap"] and "one tissue (STARmap): its own estimate" in _text(table)
+    # elementwise ran on bdtnp only: one reason per other data set, not a row of blanks
+    other = first[first.index("<caption>gated_elementwise vs linear"):]
+    other = other[:other.index("</table>")]
+    assert _text(other).count("no runs of gated_elementwise") == 3 + 2  # 3 rows, and the pooled row's reasons
+    assert re.findall(r'<td class="nm" colspan="6">([^<]+)</td>', other) == [
+        "no runs of gated_elementwise"] * 3 + [
+        f"not run here: {tissue_page[0].parent.parent / 'verdict.json'} does not exist; run `make run`",
+        "no real tissue to pool (MOp: no runs of gated_elementwise; STARmap: no runs of gated_elementwise)"]
+    assert not re.search(r"<td[^>]*>\s*</td>", other)
+
+
+def test_a_data_set_without_cell_types_says_so_once_and_has_no_empty_column(tissue_page):
+    html = tissue_page[1]
+    mop = html[html.index('id="verdict-mop"'):html.index('id="verdict-starmap"')]
+    note = "Not computed on mop: neighborhood_ari, neighborhood_nmi: the data set has no cell-type labels"
+    assert _text(mop).count(note) == 1 and _text(html).count(note) == 1
+    starmap = html[html.index('id="verdict-starmap"'):html.index('id="expectations"')]
+    assert "Not computed on" not in _text(starmap)
+    metrics = html[html.index('id="metrics"'):html.index('id="cost"')]
+    tables = dict(re.findall(r"<h3>(\w+)</h3>\s*<div class=\"scroll\"><table>(.*?)</table>", metrics, re.S))
+    assert "neighborhood_ari" in tables["starmap"] and "neighborhood_ari" not in tables["mop"]
+    cols = {ds: re.findall(r"<th>(\w+)</th>", t) for ds, t in tables.items()}
+    assert cols["mop"] == [c for c in cols["starmap"] if not c.startswith("neighborhood_")]
+    v = json.loads(tissue_page[0].with_name("verdict.json").read_text())
+    kinds = {d["dataset"]: (d["kind"], d["cell_types"]) for d in v["datasets"]}
+    assert kinds == {"bdtnp": ("real, cut sections", False), "mop": ("real sections", False),
+                     "starmap": ("real sections", True), "synthetic": ("synthetic", True)}
+    # said once: not again where the reader's own note (preprocess, manifest notes) already names them
+    mop_v = next(d for d in v["datasets"] if d["dataset"] == "mop")
+    note = "no cell-type column 'cell_type': the cell-type metrics (neighborhood_ari, neighborhood_nmi) are"
+    assert report.not_computed_lines(mop_v, [note]) == [] and len(report.not_computed_lines(mop_v, [])) == 1
+    md = report.markdown_summary(tissue_page[0].with_name("verdict.json"))
+    assert md.count("Not computed on mop: neighborhood_ari, neighborhood_nmi: the data set has no cell") == 1
+    rows = [line.split(" | ")[0] for line in md[:md.index("*gated_elementwise vs linear*")].splitlines()
+            if line.startswith("| ") and "---" not in line]
+    assert rows == ["| data set", "| bdtnp", "| synthetic", "| MOp", "| STARmap",
+                    f"| {tissue_page[0].parent.parent.as_posix()}/", "| pooled: MOp, STARmap"]

@@ -14,6 +14,7 @@ from alphastomics.stats import (
     min_detectable_effect,
     paired,
     power,
+    random_effects,
     relative_change,
     sign_flip_p,
     summarize,
@@ -100,3 +101,58 @@ def test_min_detectable_effect_has_the_target_power() -> None:
     assert 0.2802 < min_detectable_effect(1.0, 100) < 0.29
     assert min_detectable_effect(2.0, 5) == pytest.approx(2 * min_detectable_effect(1.0, 5))
     assert math.isnan(min_detectable_effect(1.0, 1)) and math.isnan(min_detectable_effect(0.0, 5))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Random-effects pooling (DerSimonian-Laird, HKSJ) on hand-computed numbers
+
+
+def test_two_tissues_with_equal_variance_pool_to_their_mean() -> None:
+    # y = 0.02, 0.10, v = 1e-4 each: equal weights whatever tau^2, so the pooled mean is the plain mean 0.06.
+    # Q = 2 * 0.04^2 / 1e-4 = 32, C = 2e4 - 2e8 / 2e4 = 1e4, tau^2 = (32 - 1) / 1e4 = 0.0031.
+    p = random_effects([0.02, 0.10], [1e-4, 1e-4])
+    assert p.k == 2 and p.mean == pytest.approx(0.06) and p.weights == pytest.approx((0.5, 0.5))
+    assert p.q == pytest.approx(32.0) and p.tau2 == pytest.approx(0.0031) and p.i2 == pytest.approx(31 / 32)
+    se = math.sqrt((1e-4 + 0.0031) / 2)  # 1 / sum w_i, w_i = 1 / (v_i + tau^2)
+    z = 1.959963984540054
+    assert p.se == pytest.approx(se)
+    assert (p.ci_low, p.ci_high) == pytest.approx((0.06 - z * se, 0.06 + z * se))
+    # HKSJ: sum w_rel (y - mean)^2 / (k - 1) = 0.04^2; t_{0.975, 1} = 12.706204736174698
+    t1 = 12.706204736174698
+    assert p.hksj_se == pytest.approx(0.04)
+    assert (p.hksj_low, p.hksj_high) == pytest.approx((0.06 - t1 * 0.04, 0.06 + t1 * 0.04))
+    used = max(se, 0.04)
+    assert (p.low, p.high) == pytest.approx((0.06 - t1 * used, 0.06 + t1 * used))
+    assert p.p_value == pytest.approx(2 * (0.5 - math.atan(0.06 / used) / math.pi))  # t with 1 df: Cauchy
+
+
+def test_dersimonian_laird_tau2_of_three_tissues_by_hand() -> None:
+    y, v = [0.1, 0.2, 0.4], [0.01, 0.02, 0.01]
+    # fixed-effect weights 100, 50, 100 (sum 250): mean 60 / 250 = 0.24; Q = 100 * 0.14^2 + 50 * 0.04^2 +
+    # 100 * 0.16^2 = 4.6; C = 250 - (100^2 + 50^2 + 100^2) / 250 = 160; tau^2 = (4.6 - 2) / 160 = 0.01625
+    p = random_effects(y, v)
+    assert p.q == pytest.approx(4.6) and p.tau2 == pytest.approx(0.01625) and p.i2 == pytest.approx(2.6 / 4.6)
+    w = [1 / (0.01 + 0.01625), 1 / (0.02 + 0.01625), 1 / (0.01 + 0.01625)]
+    mean = sum(wi * yi for wi, yi in zip(w, y)) / sum(w)
+    assert p.mean == pytest.approx(mean) and p.se == pytest.approx(math.sqrt(1 / sum(w)))
+    assert p.weights == pytest.approx(tuple(wi / sum(w) for wi in w))
+    hksj = math.sqrt(sum(wi * (yi - mean) ** 2 for wi, yi in zip(w, y)) / (2 * sum(w)))
+    t2 = 4.302652729749464  # t_{0.975, 2}
+    assert p.hksj_se == pytest.approx(hksj)
+    assert (p.hksj_low, p.hksj_high) == pytest.approx((mean - t2 * hksj, mean + t2 * hksj))
+    used = max(hksj, math.sqrt(1 / sum(w)))
+    assert (p.low, p.high) == pytest.approx((mean - t2 * used, mean + t2 * used))
+
+
+def test_a_negative_dl_tau2_is_zero_and_the_estimate_is_the_fixed_effect_one() -> None:
+    # Q = 100 * (0.1 - 0.1033)^2 * 2 + 100 * (0.11 - 0.1033)^2 = 0.0067 < k - 1 = 2: tau^2 = 0
+    p = random_effects([0.1, 0.11, 0.1], [0.01, 0.01, 0.01])
+    assert p.tau2 == 0.0 and p.i2 == 0.0
+    assert p.mean == pytest.approx(0.31 / 3) and p.se == pytest.approx(math.sqrt(0.01 / 3))
+    same = random_effects([0.05, 0.05], [0.01, 0.02])  # Q = 0: no spread at all
+    assert same.mean == pytest.approx(0.05) and same.tau2 == 0.0 and same.i2 == 0.0 and same.hksj_se == 0.0
+    assert same.low < 0.05 < same.high  # the DL standard error keeps the interval open
+    with pytest.raises(ValueError, match="k >= 2"):
+        random_effects([0.1], [0.01])
+    with pytest.raises(ValueError, match="variances > 0"):
+        random_effects([0.1, 0.2], [0.01, 0.0])

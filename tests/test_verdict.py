@@ -385,3 +385,168 @@ def test_a_seed_missing_a_fold_is_an_error_naming_it(tmp_path: Path) -> None:
     runs = [_fold_run(tmp_path, "linear", 0, 1, {"s0": 0.5}, 1.0)]
     with pytest.raises(Exception, match=r"folds \[1\] of 2 \(missing \[2\]\)"):
         V.build([load_run(p) for p in runs])
+
+
+# ------------------------------------------------------------------------------------------------------
+# across tissues: every contrast on every data set, pooled over the real tissues
+
+
+MANIFESTS = {
+    "bdtnp": {"dataset": "bdtnp", "source": "bdtnp", "cell_types": None},
+    "synthetic": {"dataset": "synthetic", "source": "synthetic", "cell_types": ["a", "b"]},
+    "starmap": {"dataset": "starmap", "source": "h5ad", "cell_types": ["a", "b", "c"]},
+    # cross-validated: the folds' manifests name the data set they pool into
+    "mop_fold1": {"dataset": "mop_fold1", "source": "h5ad", "cell_types": None,
+                  "fold": {"dataset": "mop", "index": 1, "of": 2}},
+    "mop_fold2": {"dataset": "mop_fold2", "source": "h5ad", "cell_types": None,
+                  "fold": {"dataset": "mop", "index": 2, "of": 2}},
+}
+
+
+def _tissue(root: Path, dataset: str, effect: float, noise: float, seed: int,
+            types: bool = True) -> list[Path]:
+    """linear and gated_headwise on five seeds: headwise = linear x (1 + effect) + noise on kNN preservation;
+    with ``types`` also a neighbourhood ARI."""
+    rng = np.random.default_rng(seed)
+    runs = []
+    for s in SEEDS:
+        base = {"knn_preservation": 0.4 + 0.02 * rng.normal(), "distance_spearman": 0.8}
+        if types:
+            base["neighborhood_ari"] = 0.3
+        head = dict(base, knn_preservation=base["knn_preservation"] * (1 + effect) + noise * rng.normal())
+        if types:
+            head["neighborhood_ari"] = 0.3 + 0.01 * rng.normal()
+        for variant, vals in (("linear", base), ("gated_headwise", head)):
+            runs.append(_write(root, dataset, variant, s, {"s0": vals}, {"s0": 100}))
+    return runs
+
+
+TISSUE_FAMILY = V.Family(contrasts=(("gated_headwise", "linear"),),
+                         primary_metrics=("knn_preservation", "distance_spearman", "neighborhood_ari"))
+
+
+@pytest.fixture(scope="module")
+def tissues(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("tissues")
+    runs = (_tissue(root, "bdtnp", 0.10, 0.004, 1, types=False) + _tissue(root, "synthetic", 0.0, 0.004, 2)
+            + _tissue(root, "starmap", 0.05, 0.01, 3) + _tissue(root, "mop", 0.02, 0.01, 4, types=False))
+    return V.build([load_run(p) for p in runs], TISSUE_FAMILY, manifests=MANIFESTS)
+
+
+def _entry(v: dict, metric: str) -> dict:
+    return next(e for e in v["across_tissues"]["contrasts"] if e["metric"] == metric)
+
+
+def test_each_data_set_is_labelled_by_kind_and_cell_types(tissues) -> None:
+    sets = {d["dataset"]: d for d in tissues["across_tissues"]["datasets"]}
+    order = [d["dataset"] for d in tissues["across_tissues"]["datasets"]]
+    assert order == ["bdtnp", "synthetic", "mop", "starmap"]
+    assert {k: d["kind"] for k, d in sets.items()} == {
+        "bdtnp": "real, cut sections", "synthetic": "synthetic", "mop": "real sections",
+        "starmap": "real sections"}
+    assert sets["mop"]["cell_types"] is False and sets["starmap"]["cell_types"] is True
+    ds = {d["dataset"]: d for d in tissues["datasets"]}
+    # no cell types: the cell-type metrics are said once, as not computed, and why
+    assert ds["mop"]["not_computed"] == [{"metrics": ["neighborhood_ari", "neighborhood_nmi"],
+                                          "reason": V.NO_CELL_TYPES_WHY}]
+    assert ds["starmap"]["not_computed"] == [] and ds["synthetic"]["not_computed"] == []
+    skipped = [s for s in ds["mop"]["skipped"] if s.get("metric") == "neighborhood_ari"]
+    assert [s["reason"] for s in skipped] == [V.NO_CELL_TYPES]
+    rows = {r["dataset"]: r for r in _entry(tissues, "neighborhood_ari")["rows"]}
+    assert rows["mop"]["status"] == rows["bdtnp"]["status"] == V.NO_CELL_TYPES
+    assert rows["starmap"]["status"] == "tested"
+
+
+def test_rows_are_the_per_data_set_records(tissues) -> None:
+    e = _entry(tissues, "knn_preservation")
+    assert [r["dataset"] for r in e["rows"]] == ["bdtnp", "synthetic", "mop", "starmap"]
+    recs = {d["dataset"]: next(r for r in d["records"] if r["metric"] == "knn_preservation")
+            for d in tissues["datasets"]}
+    for row in e["rows"]:
+        rec = recs[row["dataset"]]
+        assert row["from"] == "this campaign" and row["n"] == 5
+        for key in ("relative_change", "relative_ci_low", "relative_ci_high", "mde_relative", "decision"):
+            assert row[key] == rec[key]
+        se = rec["sd_difference"] / math.sqrt(5) / abs(rec["reference_mean"])
+        assert row["relative_se"] == pytest.approx(se)
+    assert {r["dataset"]: r["decision"] for r in e["rows"]}["bdtnp"] == "better"  # +10 % planted
+
+
+def test_pooled_over_the_real_tissues_by_hand(tissues) -> None:
+    e = _entry(tissues, "knn_preservation")
+    p = e["pooled"]
+    assert p["tissues"] == ["mop", "starmap"] and p["k"] == 2 and p["left_out"] == []
+    real = [r for r in e["rows"] if r["kind"] == "real sections"]
+    y = np.array([r["relative_change"] for r in real])
+    v = np.array([r["relative_se"] ** 2 for r in real])
+    w = 1 / v
+    q = float((w * (y - (w * y).sum() / w.sum()) ** 2).sum())
+    tau2 = max(0.0, (q - 1) / (w.sum() - (w ** 2).sum() / w.sum()))
+    ws = 1 / (v + tau2)
+    mean = float((ws * y).sum() / ws.sum())
+    se = math.sqrt(1 / ws.sum())
+    hksj = math.sqrt(float((ws * (y - mean) ** 2).sum()) / ws.sum())
+    t1 = st.t.ppf(0.975, 1)
+    assert p["relative_change"] == pytest.approx(mean) and p["tau2"] == pytest.approx(tau2)
+    assert (p["dl_ci_low"], p["dl_ci_high"]) == pytest.approx((mean - 1.959964 * se, mean + 1.959964 * se))
+    assert (p["hksj_ci_low"], p["hksj_ci_high"]) == pytest.approx((mean - t1 * hksj, mean + t1 * hksj))
+    used = max(se, hksj)
+    assert (p["relative_ci_low"], p["relative_ci_high"]) == pytest.approx((mean - t1 * used,
+                                                                            mean + t1 * used))
+    assert p["i2"] == pytest.approx(max(0.0, (q - 1) / q)) and p["q"] == pytest.approx(q)
+    # Holm over the pooled estimates of 2+ tissues: knn_preservation only (distance_spearman: the same on
+    # both variants of every seed, no spread, nothing to pool; neighborhood_ari: one tissue)
+    assert p["family_size"] == 1 and p["holm_p"] == pytest.approx(p["p_value"])
+    assert p["decision"].startswith("no difference detected (smallest detectable: ")  # 2 tissues, t with 1 df
+    assert p["mde_relative"] == pytest.approx(stats_mde(used * math.sqrt(2), 2, alpha=0.05))
+    # the synthetic and the slab-cut data sets are never in it
+    assert set(p["weights"]) == {"mop", "starmap"}
+    spearman = _entry(tissues, "distance_spearman")["pooled"]
+    assert spearman["k"] == 0 and {x["dataset"] for x in spearman["left_out"]} == {"mop", "starmap"}
+    ari = _entry(tissues, "neighborhood_ari")["pooled"]  # only STARmap has cell types: its own record
+    assert ari["k"] == 1 and ari["tissues"] == ["starmap"] and "one real tissue (starmap)" in ari["note"]
+    assert ari["left_out"] == [{"dataset": "mop", "reason": V.NO_CELL_TYPES}]
+
+
+def stats_mde(sd: float, n: int, alpha: float) -> float:
+    from alphastomics.stats import min_detectable_effect
+
+    return min_detectable_effect(sd, n, alpha=alpha)
+
+
+def test_a_single_real_tissue_is_its_own_estimate(tmp_path: Path) -> None:
+    runs = (_tissue(tmp_path, "starmap", 0.05, 0.01, 3)
+            + _tissue(tmp_path, "bdtnp", 0.1, 0.004, 1, types=False))
+    v = V.build([load_run(p) for p in runs], TISSUE_FAMILY, manifests=MANIFESTS)
+    e = _entry(v, "knn_preservation")
+    row = next(r for r in e["rows"] if r["dataset"] == "starmap")
+    p = e["pooled"]
+    assert p["k"] == 1 and p["tissues"] == ["starmap"]
+    for key in ("relative_change", "relative_ci_low", "relative_ci_high", "mde_relative", "decision"):
+        assert p[key] == row[key]
+    assert "nothing pooled" in p["note"] and "tau2" not in p
+
+
+def test_other_campaigns_join_and_a_missing_one_is_a_row(tmp_path: Path, tissues) -> None:
+    other = tmp_path / "results" / "verdict.json"
+    V.write(tissues, other)  # a campaign that ran bdtnp, synthetic, mop and starmap
+    runs = _tissue(tmp_path / "tissues", "mop", 0.2, 0.01, 9, types=False)
+    missing = (tmp_path / "results" / "tissues" / "verdict.json").as_posix()
+    others = V.read_others([other, missing])
+    assert others[1] == (missing, None)
+    v = V.build([load_run(p) for p in runs], TISSUE_FAMILY, manifests=MANIFESTS, others=others)
+    at = v["across_tissues"]
+    assert at["not_run"] == [{"from": missing, "message": f"not run here: {missing} does not exist; "
+                              "run `make tissues`"}]
+    assert V.not_run_message("out/verdict.json") == (
+        "not run here: out/verdict.json does not exist; run the campaign whose report_dir is out")
+    assert V.not_run_message("results/verdict.json") == (
+        "not run here: results/verdict.json does not exist; run `make run`")
+    assert V.not_run_message("results/tissues/verdict.json").endswith("run `make tissues`")
+    rows = {r["dataset"]: r for r in _entry(v, "knn_preservation")["rows"]}
+    assert list(rows) == ["bdtnp", "synthetic", "mop", "starmap"]
+    assert rows["mop"]["from"] == "this campaign" and rows["starmap"]["from"] == other.as_posix()
+    # this campaign's mop (+20 %), not the other's (+2 %)
+    assert rows["mop"]["relative_change"] == pytest.approx(0.2, abs=0.05)
+    assert at["notes"] == [f"mop is also in {other.as_posix()}: this campaign's runs are shown"]
+    assert _entry(v, "knn_preservation")["pooled"]["tissues"] == ["mop", "starmap"]
