@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= 2
 
-.PHONY: run test test-slurm test-all setup clean chromium learning-curve powered
+.PHONY: run test test-slurm test-all setup clean chromium learning-curve powered tissues tissue-ablations
 
 # Locally, one thread per training/sampling/evaluate job and CORES jobs side by side (how the README's
 # timing of `make run` was measured); on a cluster, threads follow resources in config/config.yaml.
@@ -18,6 +18,17 @@ run: $(STAMP)  ## the full pipeline on the bundled data, ending in results/repor
 powered: $(STAMP)  ## the design that resolves the question's contrasts on bdtnp (docs/results.md)
 	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --set-threads train=1 sample=1 evaluate=1 \
 	  --configfile config/powered.yaml
+
+# The question on two real cortices (config/tissues.yaml; docs/results.md, "Real tissues"): MERFISH MOp and
+# STARmap mPFC, leave-one-section-out; report and verdict in results/tissues/ (beside make run's, if run).
+tissues: $(STAMP)  ## the question on real tissue sections (docs/results.md, "Real tissues")
+	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --set-threads train=1 sample=1 evaluate=1 \
+	  --configfile config/tissues.yaml
+
+# What the real-tissue design changes, one change at a time (config/tissues_ablation.yaml); after make tissues.
+tissue-ablations: $(STAMP)  ## rotation and the scored placement, ablated on the real tissues
+	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --set-threads train=1 sample=1 evaluate=1 \
+	  --configfile config/tissues_ablation.yaml
 
 learning-curve: $(STAMP)  ## quality against training steps (docs/training.md); about 20 minutes on 2 cores
 	$(BIN)/snakemake learning_curve --profile workflow/profiles/default --cores $(CORES) --set-threads study_run=1

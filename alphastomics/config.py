@@ -222,6 +222,10 @@ class EvalConfig:
     # is their mean, so the sampling noise of a model's value shrinks as 1 / draws while its training noise
     # stays (docs/metrics.md, "Variance and resolution", measured the shares).
     sampling_draws: int = 1
+    # What is scored: every draw ("draws": a section's value is their mean), or one placement, the mean of
+    # the draws after Procrustes alignment ("mean": alphastomics.sample.mean_placement), the estimate
+    # kNN regression makes too. docs/metrics.md, "Draws or their mean".
+    placement: Literal["draws", "mean"] = "draws"
     seed: int = 0
 
 
@@ -438,7 +442,7 @@ STAGE_SETTINGS: dict[str, dict[str, Any]] = {
         "training": None,
         "diffusion": ("-",) + SAMPLING_KEYS,
     },
-    "sample": {"diffusion": SAMPLING_KEYS, "evaluation": ("seed", "sampling_draws")},
+    "sample": {"diffusion": SAMPLING_KEYS, "evaluation": ("seed", "sampling_draws", "placement")},
     "evaluate": {"evaluation": None},
     "baseline": {"peers": None},
 }

@@ -3,7 +3,8 @@
 ``python -m alphastomics sample --checkpoint RUN/train/final.pt --data_dir PROC --out RUN/samples.parquet``.
 The model is rebuilt from the checkpoint alone (its config, EMA weights); each section is generated whole
 (attention over all of its cells, as LUNA reassembles a tissue), ``evaluation.sampling_draws`` times with its
-own seed each (column ``draw``), in the diffusion mode it was trained for:
+own seed each (column ``draw``; with ``evaluation.placement: mean`` the draws are aligned and averaged into
+one placement, ``mean_placement``), in the diffusion mode it was trained for:
 coordinates from expression (``expr_to_pos``), expression from coordinates (``pos_to_expr``) or both
 (``joint``). Outputs are mapped back to original units with the manifest of ``PROC`` (coordinates:
 * scale + section centre; expression: * gene_std + gene_mean) in the "Samples" format of
@@ -34,6 +35,25 @@ from alphastomics.variants import variant_name
 
 class SampleError(AlphaSTomicsError):
     """The checkpoint and the processed data do not belong together, or the split is empty."""
+
+
+def mean_placement(draws: list[np.ndarray], iterations: int = 3) -> np.ndarray:
+    """One placement from several draws of a section: each draw centred, then rotated (or reflected) onto
+    their running mean by orthogonal Procrustes (generalised Procrustes analysis), then averaged.
+
+    A draw is a sample of where the cells may sit given their expression; where expression leaves a cell's
+    position open (along a cortical layer) draws disagree, and their mean is the estimate of least squared
+    error, as kNN regression's mean of neighbours is. The alignment removes what a draw may choose freely
+    (orientation, handedness) so that only placement is averaged. Returned centred."""
+    centred = [d - d.mean(axis=0) for d in draws]
+    ref = centred[0]
+    for _ in range(iterations):
+        aligned = []
+        for d in centred:
+            u, _, vt = np.linalg.svd(d.T @ ref)
+            aligned.append(d @ (u @ vt))
+        ref = np.mean(aligned, axis=0)
+    return ref
 
 
 def _generate(model: torch.nn.Module, diffusion: Any, batch: Any, mode: str, steps: int, seed: int,
@@ -102,7 +122,7 @@ def sample(
     truth_section = truth["section"].cast(pa.string())
     makes_expression = generates_expression(mode)
 
-    draws = run_cfg.evaluation.sampling_draws
+    draws, placement = run_cfg.evaluation.sampling_draws, run_cfg.evaluation.placement
     if draws < 1:
         raise SampleError(f"config: 'evaluation.sampling_draws' is {draws}; use an integer >= 1")
     parts: list[pa.Table] = []
@@ -118,15 +138,20 @@ def sample(
         if makes_expression:
             stored = np.asarray(rows["expression"].combine_chunks().flatten(), dtype=np.float64)
             stored = undo_normalization(stored.reshape(-1, len(manifest["genes"])), manifest)
+        generated = []
         for k in range(draws):
             # Draw k of section i: its own seed (draw 0 is the single draw of sampling_draws = 1).
             seed = step_seed(run_cfg.evaluation.seed, i, k, SAMPLE_STREAM)
             expr, pos = _generate_whole(model, diffusion, batch, mode, steps, seed, device, section)
-            pos_np = pos[0][real][order].double().numpy()
+            generated.append((expr[0][real][order].double().numpy(), pos[0][real][order].double().numpy()))
+        if placement == "mean":  # one placement: the aligned mean of the draws (mean_placement)
+            expr_mean = np.mean([e for e, _ in generated], axis=0)
+            generated = [(expr_mean, mean_placement([p for _, p in generated]))]
+        for k, (expr_np, pos_np) in enumerate(generated):
             expression: dict[str, np.ndarray] = {}
             if stored is not None:
                 expression = {"expression_true": stored,
-                              "expression_pred": undo_normalization(expr[0][real][order].double().numpy(), manifest)}
+                              "expression_pred": undo_normalization(expr_np, manifest)}
             parts.append(samples_table(
                 rows["cell_id"].cast(pa.string()), pa.array([section] * rows.num_rows, pa.string()),
                 rows["cell_type"].cast(pa.string()), original_positions(stored_pos, section, manifest),
@@ -136,7 +161,7 @@ def sample(
     m = ckpt_cfg.model
     meta = {"mode": mode, "method": variant_name(m.attention, m.gate, m.qk_norm),
             "genes": json.dumps(manifest["genes"]), "split": split, "checkpoint": str(checkpoint),
-            "sampling_draws": str(draws)}
+            "sampling_draws": str(draws), "placement": placement}
     table = with_samples_meta(pa.concat_tables(parts), meta)
     write_samples(table, out)
     return table

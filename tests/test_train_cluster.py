@@ -153,7 +153,7 @@ def test_stage_settings_split_the_config():
     assert "evaluation" not in train_part and "peers" not in train_part
     assert stage_settings("sample", full) == {
         "diffusion": {"sampling_steps": 50, "sampler": "ddim", "ddim_eta": 0.0},
-        "evaluation": {"seed": 0, "sampling_draws": 1},
+        "evaluation": {"seed": 0, "sampling_draws": 1, "placement": "draws"},
     }
     assert stage_settings("evaluate", full) == {"evaluation": full["evaluation"]}
     assert stage_settings("evaluate", {"training": {"seed": 1}}) == {}  # partial blocks too
