@@ -1,7 +1,8 @@
 """What is checked before any verdict is read (docs/metrics.md, "The learning gate"; written to verdict.json).
 
 - ``learning_gate``: did the models learn this tissue at all? Each primary metric over seeds is compared with
-  the random-placement reference (evaluate's ``random_reference``) and with the best peer. When no variant
+  the random-placement reference (evaluate's ``random_reference``), with the best peer and, when it ran, with
+  the expression ceiling (``peer_ceiling``: the margin is then a share of the way to it). When no variant
   places cells better than random, a difference between two variants is noise around random placement: every
   contrast of the data set is "not interpreted" (``not_interpreted``), and the report says so first.
 - ``run_warnings``: what weakens a data set's numbers without voiding them: fewer seeds than ``MIN_SEEDS``,
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from alphastomics import stats
-from alphastomics.layout import peer_method
+from alphastomics.layout import is_ceiling, peer_method
 from alphastomics.runs import DatasetView, Run, direction, seed_values
 
 # A metric's skill is how far a value goes from random placement towards a perfect score (1 for a
@@ -57,10 +58,12 @@ def skill(metric: str, value: float, random: float) -> float:
 
 
 def _variant_row(
-    metric: str, variant: str, values: dict[Any, float], random: float, peer: dict[str, Any] | None
+    metric: str, variant: str, values: dict[Any, float], random: float, peer: dict[str, Any] | None,
+    margin: float = MIN_SKILL, attainable: float | None = None,
 ) -> dict[str, Any]:
     """One variant on one metric: mean and interval over seeds, their skill, and where they sit against random
-    placement (``above`` / ``at`` / ``below`` / ``undetermined``) and the best peer."""
+    placement (``above`` / ``at`` / ``below`` / ``undetermined``: the worse end's skill against ``margin``)
+    and the best peer; with an expression ceiling of skill ``attainable``, the share of it reached."""
     s = stats.summarize(values.values())
     d = direction(metric) or 1
     worse_end, better_end = (s.low, s.high) if d == 1 else (s.high, s.low)
@@ -72,10 +75,11 @@ def _variant_row(
         "ci_high": s.high,
         "skill": skill(metric, s.mean, random),
         "skill_worse_end": skill(metric, worse_end, random),
+        "of_ceiling": skill(metric, s.mean, random) / attainable if attainable else None,
         "vs_best_peer": None,
     }
     if s.n >= MIN_SEEDS_FOR_INTERVAL:
-        if row["skill_worse_end"] >= MIN_SKILL:
+        if row["skill_worse_end"] >= margin:
             row["vs_random"] = "above"
         elif skill(metric, better_end, random) < 0:
             row["vs_random"] = "below"
@@ -85,7 +89,7 @@ def _variant_row(
             lo, hi = sorted((d * (worse_end - peer["value"]), d * (better_end - peer["value"])))
             row["vs_best_peer"] = "better" if lo > 0 else "worse" if hi < 0 else "overlaps"
     else:  # no interval: one value short of the margin rules clearing out; one beyond it cannot show it
-        row["vs_random"] = "undetermined" if row["skill"] >= MIN_SKILL else "at"
+        row["vs_random"] = "undetermined" if row["skill"] >= margin else "at"
     return row
 
 
@@ -94,16 +98,23 @@ def _metric_gate(view: DatasetView, metric: str, random: float | None) -> dict[s
                              "peers_above": []}
     if random is None or direction(metric) is None:
         return entry | {"outcome": "no random reference"}
-    peers = []
+    peers, ceiling = [], None
     for name, runs in view.peers.items():
         values = list(seed_values(runs, metric).values())
         if values:
             value = float(np.mean(values))
-            peers.append(
-                {"peer": peer_method(name), "value": value, "skill": skill(metric, value, random)}
-            )
+            entry_ = {"peer": peer_method(name), "value": value, "skill": skill(metric, value, random)}
+            if is_ceiling(name):
+                ceiling = entry_
+            else:
+                peers.append(entry_)
     best = max(peers, key=lambda p: p["skill"], default=None)
-    rows = [_variant_row(metric, v, seed_values(rs, metric), random, best) for v, rs in view.variants.items()]
+    # What is attainable: a perfect score, or, measured, the expression ceiling's skill (a layered cortex
+    # leaves the position along a layer open: docs/peers.md). The margin is MIN_SKILL of the way to it.
+    attainable = ceiling["skill"] if ceiling and 0 < ceiling["skill"] < 1 else None
+    margin = MIN_SKILL * attainable if attainable else MIN_SKILL
+    rows = [_variant_row(metric, v, seed_values(rs, metric), random, best, margin, attainable)
+            for v, rs in view.variants.items()]
     rows = [r for r in rows if r["n"]]
     marks = {r["vs_random"] for r in rows}
     outcome = (
@@ -113,6 +124,8 @@ def _metric_gate(view: DatasetView, metric: str, random: float | None) -> dict[s
     return entry | {
         "outcome": outcome,
         "variants": rows,
+        "ceiling": ceiling,
+        "margin": margin,
         "best_peer": best,
         "peers_above": sorted(p["peer"] for p in peers if p["skill"] >= MIN_SKILL),  # one value: no interval
     }
@@ -133,11 +146,18 @@ def learning_gate(
             if names:
                 cleared[e["metric"]] = names
         outcome = "learned"
+        with_ceiling = [e for e in metrics if e.get("ceiling") and e["margin"] < MIN_SKILL]
         message = (
             "the models learned this tissue: better than random placement by at least "
-            f"{MIN_SKILL:.0%} of the way to a perfect score (worse end of the 95 % interval over seeds) on "
+            f"{MIN_SKILL:.0%} of the way to " + ("the attainable score" if with_ceiling else "a perfect score")
+            + " (worse end of the 95 % interval over seeds) on "
             + "; ".join(f"{m} ({', '.join(v)})" for m, v in cleared.items())
         )
+        if with_ceiling:
+            message += "; attainable = the expression ceiling (docs/peers.md): " + "; ".join(
+                f"{e['metric']} {e['ceiling']['value']:.3g} (random {e['random']:.3g}), the best variant at "
+                f"{max(r['of_ceiling'] for r in e['variants']):.0%} of its way from random" for e in with_ceiling
+            )
     elif "undetermined" in outcomes or "not learned" not in outcomes:
         outcome = "not assessed"
         message = "not assessed: " + (

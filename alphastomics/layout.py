@@ -13,6 +13,8 @@ from pathlib import Path
 
 RUN_LAYOUT = "{dataset}/{variant}/seed{seed}"
 PEER_PREFIX = "peer_"
+# Peers that read the held-out truth (alphastomics.peers.predict_ceiling): references, never a best peer.
+CEILINGS = ("ceiling",)
 
 
 def peer_variant(method: str) -> str:
@@ -22,6 +24,11 @@ def peer_variant(method: str) -> str:
 
 def is_peer(variant: str) -> bool:
     return variant.startswith(PEER_PREFIX)
+
+
+def is_ceiling(variant: str) -> bool:
+    """Whether a run (``peer_ceiling``) or method (``ceiling``) is a reference that reads the truth."""
+    return peer_method(variant) in CEILINGS
 
 
 def peer_method(variant: str) -> str:

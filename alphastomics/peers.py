@@ -42,11 +42,10 @@ import pyarrow as pa
 from alphastomics import AlphaSTomicsError
 from alphastomics.artifacts import samples_table, write_samples
 from alphastomics.config import PeersConfig
+from alphastomics.layout import CEILINGS  # predict_ceiling: a reference that reads the truth, no method
 
 Method = Literal["knn", "tangram", "novosparc", "celery", "ceiling"]
 METHODS: tuple[str, ...] = ("knn", "tangram", "novosparc", "celery", "ceiling")
-# Not a method but a bound: it reads the held-out section's own coordinates (``predict_ceiling``).
-CEILINGS: tuple[str, ...] = ("ceiling",)
 
 # method -> (module to import, PyPI name, extra of alphastomics that installs it)
 OPTIONAL: dict[str, tuple[str, str, str]] = {

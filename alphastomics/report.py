@@ -354,9 +354,10 @@ def gate_table(ds: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
             ci = fmt_mean_ci({"mean": r["mean"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n": r["n"]})
             where = {"above": "above random", "at": "at the random level", "below": "below random",
                      "undetermined": "one seed, no interval"}[r["vs_random"]]
+            of_ceiling = f", {r['of_ceiling']:.0%} of the ceiling's" if r.get("of_ceiling") is not None else ""
             row["cells"][e["metric"]] = {
                 "value": ci,
-                "skill": f"skill {fmt_skill(r['skill'])} (worse end {fmt_skill(r['skill_worse_end'])})",
+                "skill": f"skill {fmt_skill(r['skill'])} (worse end {fmt_skill(r['skill_worse_end'])}){of_ceiling}",
                 "mark": where, "kind": r["vs_random"]}
         p = e.get("best_peer")
         if p:
@@ -366,6 +367,11 @@ def gate_table(ds: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
             row["cells"][e["metric"]] = {"value": fmt(p["value"]), "skill": f"skill {fmt_skill(p['skill'])}",
                                          "mark": "above random" if above else "at the random level",
                                          "kind": "above" if above else "at"}
+    ceiling = {e["metric"]: e["ceiling"] for e in metrics if e.get("ceiling")}
+    if ceiling:  # what expression alone reaches within a held-out section (docs/peers.md)
+        rows["expression ceiling"] = {"name": "expression ceiling", "kind": "reference", "cells": {
+            m: {"value": fmt(c["value"]), "skill": f"skill {fmt_skill(c['skill'])}", "mark": "attainable",
+                "kind": ""} for m, c in ceiling.items()}}
     out = list(rows.values())
     out.append({"name": "random placement", "kind": "reference",
                 "cells": {e["metric"]: {"value": fmt(e["random"]), "skill": "skill 0", "mark": "", "kind": ""}

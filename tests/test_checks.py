@@ -205,3 +205,26 @@ def test_page_shows_the_notes_of_the_data_sets_manifest(tmp_path):
     html = report.build_report(runs, tmp_path / "report.html", family=FAMILY).read_text()  # found beside the runs
     section = html[html.index('id="verdict-t"'):html.index('id="expectations"')]
     assert f"Data note (preprocess, manifest.json): {note}." in unescape(re.sub(r"\s+", " ", section))
+
+
+def test_with_an_expression_ceiling_the_margin_is_a_share_of_the_way_to_it(tmp_path):
+    # kNN preservation: random 0.1, ceiling 0.19 (skill 0.1): the margin is 10 % of that, skill 0.01.
+    # linear's worse end (0.2 - t 0.01/sqrt 3 ~ 0.175, skill ~0.083) misses 10 % of the way to perfect but
+    # clears 10 % of the way to the ceiling; the ceiling is no best peer and no peer above random.
+    tissue = {
+        "linear": [_values(0.19, 0.0, 50.0), _values(0.20, 0.01, 50.0), _values(0.21, -0.01, 50.0)],
+        "peer_knn": [_values(0.15, 0.0, 50.0)],
+        "peer_ceiling": [_values(0.19, 0.3, 40.0)],
+    }
+    gate = _dataset(_build(tmp_path, {"cortex": tissue}), "cortex")["learning_gate"]
+    knn = next(e for e in gate["metrics"] if e["metric"] == "knn_preservation")
+    assert knn["ceiling"] == {"peer": "ceiling", "value": 0.19, "skill": pytest.approx(0.1)}
+    assert knn["margin"] == pytest.approx(0.01) and knn["best_peer"]["peer"] == "knn"
+    row = knn["variants"][0]
+    assert row["skill_worse_end"] < checks.MIN_SKILL and row["vs_random"] == "above"
+    assert row["of_ceiling"] == pytest.approx((0.1 / 0.9) / 0.1)  # the mean passes the ceiling: 111 %
+    assert gate["outcome"] == "learned"
+    assert "of the way to the attainable score" in gate["message"]
+    assert "knn_preservation 0.19 (random 0.1), the best variant at 111% of its way from random" in gate["message"]
+    cols, rows = report.gate_table({"learning_gate": gate})
+    assert [r["name"] for r in rows][-2:] == ["expression ceiling", "random placement"]
