@@ -1,7 +1,7 @@
 """Command line: ``python -m alphastomics <stage> --config FILE [--set section.key=value ...]``.
 
 Stages: fetch-data | preprocess | train | sample | evaluate | report | baseline | params |
-learning-curve | variance.
+learning-curve | variance | reassemble.
 ``python -m alphastomics.main`` is the same entry point (the design note's spelling).
 A user error (bad config, bad input file) prints one line and exits with status 2.
 """
@@ -88,6 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_dir", "--data-dir", dest="data_dir", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="samples Parquet file to write")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
+
+    p = sub.add_parser("reassemble", help="place dissociated cells (expression only) with a trained model")
+    _common(p)
+    p.add_argument("--checkpoint", required=True, type=Path, nargs="+",
+                   help="final.pt of an expr_to_pos run; several (seeds): the one whose train_summary.json "
+                        "has the lowest best_val_loss")
+    p.add_argument("--h5ad", required=True, type=Path, help="AnnData of the cells (no coordinates needed)")
+    p.add_argument("--out", required=True, type=Path, help=".h5ad to write (the input plus the placement)")
+    p.add_argument("--group-key", dest="group_key", metavar="OBS",
+                   help="obs column naming each cell's tissue, one generated per group (default: all cells)")
+    p.add_argument("--draws", type=int, default=8, help="draws per tissue, aligned and averaged (default 8)")
+    p.add_argument("--layer", help="layer holding the expression (default X); counts or log-normalised")
+    p.add_argument("--min-gene-share", dest="min_gene_share", type=float, default=0.8, metavar="SHARE",
+                   help="refuse when fewer of the model's genes are in the file (default 0.8)")
 
     p = sub.add_parser("evaluate", help="score samples against the truth; write metrics.json + sections.csv")
     _common(p)
@@ -213,6 +227,12 @@ def _sample(args: argparse.Namespace, cfg: Config) -> int:
     return sample.main(args, cfg)
 
 
+def _reassemble(args: argparse.Namespace, cfg: Config) -> int:
+    from alphastomics import reassemble
+
+    return reassemble.main(args, cfg)
+
+
 def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
     from alphastomics import evaluate
 
@@ -254,6 +274,7 @@ STAGES: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "preprocess": _preprocess,
     "train": _train,
     "sample": _sample,
+    "reassemble": _reassemble,
     "evaluate": _evaluate,
     "report": _report,
     "baseline": _baseline,

@@ -127,7 +127,7 @@ class DatasetConfig:
     # every section but the test one trains (docs/data.md, "Few sections").
     validation: Literal["section", "cells"] = "section"
     # auto: integer counts -> library size + log1p; non-integer values > 30 (counts per cell volume) -> log1p;
-    # else kept (alphastomics.preprocess._detect_input)
+    # else kept (alphastomics.normalization.detect_input)
     normalization: Literal["auto", "counts", "scaled", "normalized"] = "auto"
     target_sum: float = 1.0e4
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -223,7 +223,7 @@ class EvalConfig:
     # stays (docs/metrics.md, "Variance and resolution", measured the shares).
     sampling_draws: int = 1
     # What is scored: every draw ("draws": a section's value is their mean), or one placement, the mean of
-    # the draws after Procrustes alignment ("mean": alphastomics.sample.mean_placement), the estimate
+    # the draws after Procrustes alignment ("mean": alphastomics.placement.mean_placement), the estimate
     # kNN regression makes too. docs/metrics.md, "Draws or their mean".
     placement: Literal["draws", "mean"] = "draws"
     seed: int = 0

@@ -2,7 +2,7 @@
 
 Expression: counts (all values integers >= 0) are library-size normalised to ``target_sum`` and log1p'd
 (``scanpy.pp.normalize_total`` + ``log1p``); per-cell scaled values (MERFISH counts per cell volume) are
-log1p'd; already-normalised values are kept (``_detect_input``); genes are selected (a gene
+log1p'd; already-normalised values are kept (``normalization.detect_input``); genes are selected (a gene
 list, or ``scanpy.pp.highly_variable_genes`` on training sections when there are more than
 ``n_top_genes``); then every kept gene is standardised with mean/std from **training sections only**, so
 nothing about held-out sections leaks into the model. Coordinates are centred per section and divided by
@@ -17,7 +17,6 @@ memory as CSR (raw.py), a dense one on disk; the training cells for gene selecti
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,34 +27,11 @@ import pyarrow.parquet as pq
 from alphastomics import __version__
 from alphastomics.artifacts import FORMAT, DataError, atomic_dir, cells_schema, gene_std_floored
 from alphastomics.config import DatasetConfig, to_dict
+from alphastomics.normalization import detect_input, normalise
 from alphastomics.raw import RawData, from_anndata, open_raw
 from alphastomics.splits import split_sections, validation_cells
 
 SPLITS = ("train", "val", "test")
-
-
-def _normalise(x: np.ndarray, applied: str, target_sum: float, keep: np.ndarray | None) -> np.ndarray:
-    """``applied`` (``_detect_input``): "library_size_log1p" = ``scanpy.pp.normalize_total`` + ``log1p``
-    (cells with no counts stay zero); "log1p" = ``log1p`` alone (values already scaled per cell, such as
-    MERFISH's counts per cell volume); "none". Then keep the ``keep`` columns (gene list), so library sizes
-    count every measured gene."""
-    if applied == "library_size_log1p":
-        x = _scanpy_lognorm(x, target_sum)
-    elif applied == "log1p":
-        np.log1p(x, out=x)
-    return x if keep is None else np.ascontiguousarray(x[:, keep])
-
-
-def _scanpy_lognorm(x: Any, target_sum: float) -> Any:
-    import anndata as ad
-    import scanpy as sc
-
-    a = ad.AnnData(x)
-    with warnings.catch_warnings():  # cells without counts stay zero, as documented
-        warnings.filterwarnings("ignore", "Some cells have zero counts")
-        sc.pp.normalize_total(a, target_sum=target_sum)
-    sc.pp.log1p(a)
-    return a.X
 
 
 def select_hvg(raw: RawData, train: list[int], applied: str, target_sum: float, n_top: int) -> np.ndarray:
@@ -67,54 +43,12 @@ def select_hvg(raw: RawData, train: list[int], applied: str, target_sum: float, 
     from scipy import sparse
 
     # Sparse: training cells x all genes (e.g. 13,000) would not fit densely on a large data set.
-    blocks = [sparse.csr_matrix(_normalise(raw.sections[i].load(), applied, target_sum, None)) for i in train]
+    blocks = [sparse.csr_matrix(normalise(raw.sections[i].load(), applied, target_sum, None)) for i in train]
     a = ad.AnnData(sparse.vstack(blocks, format="csr"))
     del blocks
     a.var_names = raw.genes
     sc.pp.highly_variable_genes(a, n_top_genes=n_top, flavor="seurat", subset=False)
     return np.flatnonzero(a.var["highly_variable"].to_numpy())
-
-
-def _check_section(raw: RawData, i: int, x: np.ndarray) -> None:
-    sec = raw.sections[i]
-    if not np.isfinite(x).all():
-        bad = int((~np.isfinite(x)).any(axis=1).sum())
-        raise DataError(
-            f"{sec.file}: {raw.expression_field} has NaN/inf in {bad} cells of section '{sec.name}'; "
-            "remove those cells or fill the values"
-        )
-
-
-# Non-negative, non-integer values above this are per-cell scaled counts (e.g. MERFISH counts per cell
-# volume), not log-normalised ones: log1p of counts normalised to 1e4 stays below 10, z-scores rarely pass 30.
-SCALED_MIN_MAX = 30.0
-
-
-def _detect_input(raw: RawData, dcfg: DatasetConfig) -> tuple[str, str]:
-    """Pass 1: validate every section and detect what the values are -> (input, applied normalisation).
-
-    input: "counts" (integers >= 0), "scaled" (non-negative, non-integer, some value above
-    ``SCALED_MIN_MAX``: counts already divided by a cell size such as its volume) or "normalized" (anything
-    else: log-normalised or z-scored values). ``dataset.normalization`` "auto" applies library-size
-    normalisation + log1p to counts, log1p alone to scaled values (their per-cell scaling is the data's
-    own, so it is not redone) and nothing to normalised ones; "counts" on negative values is an error."""
-    secs, g = raw.sections, len(raw.genes)
-    is_counts, nonneg, top = True, True, 0.0
-    for i in range(len(secs)):
-        x = secs[i].load()
-        if x.shape[1] != g:
-            raise DataError(f"{secs[i].file}: {raw.expression_field} has {x.shape[1]} genes, expected {g}; fix the file")
-        _check_section(raw, i, x)
-        nonneg &= bool((x >= 0).all())
-        is_counts &= nonneg and bool((x == np.floor(x)).all())
-        top = max(top, float(x.max(initial=0.0)))
-        del x
-    found = "counts" if is_counts else "scaled" if nonneg and top > SCALED_MIN_MAX else "normalized"
-    mode = found if dcfg.normalization == "auto" else dcfg.normalization
-    if mode in ("counts", "scaled") and not nonneg:
-        raise DataError(f"{secs[0].file}: {raw.expression_field} has negative values but dataset.normalization is "
-                        f"'{mode}'; set it to 'normalized' or 'auto'")
-    return found, {"counts": "library_size_log1p", "scaled": "log1p", "normalized": "none"}[mode]
 
 
 def _training_moments(raw: RawData, train: list[int], applied: str, target_sum: float) -> tuple[int, np.ndarray, np.ndarray]:
@@ -123,7 +57,7 @@ def _training_moments(raw: RawData, train: list[int], applied: str, target_sum: 
     secs, g = raw.sections, len(raw.kept_genes)
     n_tot, mean, m2 = 0, np.zeros(g), np.zeros(g)
     for i in train:
-        x = _normalise(secs[i].load(), applied, target_sum, raw.keep)
+        x = normalise(secs[i].load(), applied, target_sum, raw.keep)
         n_b, mean_b = len(x), x.mean(axis=0, dtype=np.float64)
         m2_b = ((x - mean_b.astype(np.float32)) ** 2).sum(axis=0, dtype=np.float64)
         delta = mean_b - mean
@@ -157,7 +91,7 @@ def _write_cells(path: Path, raw: RawData, dcfg: DatasetConfig, split: dict[str,
                                           *(f"annotation_{a}" for a in levels)],
                           use_byte_stream_split=["x", "y", "z", "expression.list.element"]) as writer:
         for i, s in enumerate(secs):
-            x = _normalise(s.load(), applied, dcfg.target_sum, raw.keep)
+            x = normalise(s.load(), applied, dcfg.target_sum, raw.keep)
             x -= mean32
             x *= inv_std32
             n = s.n_cells
@@ -227,7 +161,7 @@ def write_processed(raw: RawData, dcfg: DatasetConfig, out: Path) -> dict[str, A
                 if len(rows := validation_cells(secs[i].coords, dcfg.val_fraction, dcfg.split_seed + i))
                 } if dcfg.validation == "cells" else {}
 
-    found, applied = _detect_input(raw, dcfg)  # pass 1
+    found, applied = detect_input(raw, dcfg)  # pass 1
 
     # Gene selection: a gene list wins; else highly variable genes of the training sections when the data
     # have more genes than dataset.n_top_genes; else every gene.

@@ -29,58 +29,13 @@ from alphastomics import AlphaSTomicsError
 from alphastomics.config import Config, generates_expression
 from alphastomics.artifacts import check_compatible, read_manifest, samples_table, with_samples_meta, write_samples
 from alphastomics.model import Denoiser
+from alphastomics.placement import generate_whole, mean_placement
 from alphastomics.seeds import SAMPLE_STREAM, step_seed
 from alphastomics.variants import variant_name
 
 
 class SampleError(AlphaSTomicsError):
     """The checkpoint and the processed data do not belong together, or the split is empty."""
-
-
-def mean_placement(draws: list[np.ndarray], iterations: int = 3) -> np.ndarray:
-    """One placement from several draws of a section: each draw centred, then rotated (or reflected) onto
-    their running mean by orthogonal Procrustes (generalised Procrustes analysis), then averaged.
-
-    A draw is a sample of where the cells may sit given their expression; where expression leaves a cell's
-    position open (along a cortical layer) draws disagree, and their mean is the estimate of least squared
-    error, as kNN regression's mean of neighbours is. The alignment removes what a draw may choose freely
-    (orientation, handedness) so that only placement is averaged. Returned centred."""
-    centred = [d - d.mean(axis=0) for d in draws]
-    ref = centred[0]
-    for _ in range(iterations):
-        aligned = []
-        for d in centred:
-            u, _, vt = np.linalg.svd(d.T @ ref)
-            aligned.append(d @ (u @ vt))
-        ref = np.mean(aligned, axis=0)
-    return ref
-
-
-def _generate(model: torch.nn.Module, diffusion: Any, batch: Any, mode: str, steps: int, seed: int,
-              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator(device=device).manual_seed(seed)
-    batch = batch.to(device) if device.type != "cpu" else batch
-    with torch.no_grad():
-        expr, pos = diffusion.sample(model, batch, mode=mode, steps=steps, generator=gen)
-    return expr.float().cpu(), pos.float().cpu()
-
-
-def _generate_whole(model: torch.nn.Module, diffusion: Any, batch: Any, mode: str, steps: int, seed: int,
-                    device: torch.device, section: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """_generate on ``device``; a section that does not fit in GPU memory is generated on the CPU instead.
-
-    Whole sections are the point (attention over every cell); rather than cropping, which would change the
-    task, this one section falls back to the CPU (slower, same procedure, same seed)."""
-    try:
-        return _generate(model, diffusion, batch, mode, steps, seed, device)
-    except torch.OutOfMemoryError:
-        n = int(batch.mask.sum())
-        print(f"sample: section {section} ({n} cells) does not fit in GPU memory; generating it on "
-              f"the CPU (slower, same procedure)", file=sys.stderr)
-        torch.cuda.empty_cache()
-        out = _generate(model.cpu(), diffusion, batch, mode, steps, seed, torch.device("cpu"))
-        model.to(device)
-        return out
 
 
 def sample(
@@ -142,7 +97,7 @@ def sample(
         for k in range(draws):
             # Draw k of section i: its own seed (draw 0 is the single draw of sampling_draws = 1).
             seed = step_seed(run_cfg.evaluation.seed, i, k, SAMPLE_STREAM)
-            expr, pos = _generate_whole(model, diffusion, batch, mode, steps, seed, device, section)
+            expr, pos = generate_whole(model, diffusion, batch, mode, steps, seed, device, section)
             generated.append((expr[0][real][order].double().numpy(), pos[0][real][order].double().numpy()))
         if placement == "mean":  # one placement: the aligned mean of the draws (mean_placement)
             expr_mean = np.mean([e for e, _ in generated], axis=0)

@@ -11,8 +11,10 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "alphastomics"
-# Every module the CLI runs: fetch-data, preprocess, train, sample, evaluate, report, baseline, learning-curve, params.
-STAGES = {"fetch", "preprocess", "train", "sample", "evaluate", "report", "peers", "study", "params", "variance"}
+# Every module the CLI runs: fetch-data, preprocess, train, sample, evaluate, report, baseline,
+# learning-curve, params, variance, reassemble.
+STAGES = {"fetch", "preprocess", "train", "sample", "evaluate", "report", "peers", "study", "params",
+          "variance", "reassemble"}
 
 
 def import_graph() -> dict[str, set[str]]:

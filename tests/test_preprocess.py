@@ -511,12 +511,12 @@ def test_no_selection_when_genes_do_not_exceed_n_top_genes(tmp_path: Path) -> No
 
 
 def test_scanpy_normalisation_works_in_place_and_equals_the_formula() -> None:
-    from alphastomics.preprocess import _normalise
+    from alphastomics.normalization import normalise
 
     x = np.random.default_rng(0).poisson(0.5, (200, 30)).astype(np.float32)
     x[7] = 0.0
     before = x.copy()
-    out = _normalise(x, "library_size_log1p", 1e4, None)
+    out = normalise(x, "library_size_log1p", 1e4, None)
     assert out is x  # no second copy of a section
     expected = np.log1p(before.astype(np.float64) / np.maximum(before.sum(axis=1, keepdims=True), 1) * 1e4)
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)

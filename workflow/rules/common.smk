@@ -351,6 +351,31 @@ CUDA_ALLOC = (
 # --- the report ---------------------------------------------------------------------------------------
 
 
+def compare_with_args(wildcards):
+    """--with-verdict of the report: other campaigns' verdict files (config compare_with). Params, not
+    inputs: another campaign writes them, and a missing one is a row of the page ("not run here"), not a
+    missing input."""
+    paths = config.get("compare_with") or []
+    return (
+        (" --with-verdict " + " ".join(shlex.quote(p) for p in paths)) if paths else ""
+    )
+
+
+def compared_verdicts(wildcards):
+    """Each compared verdict file's sha256 (or "absent"): a param, so that a new verdict of the other
+    campaign reruns this report."""
+    import hashlib
+
+    return {
+        p: (
+            hashlib.sha256(Path(p).read_bytes()).hexdigest()
+            if Path(p).is_file()
+            else "absent"
+        )
+        for p in config.get("compare_with") or []
+    }
+
+
 def report_inputs(wildcards):
     """Every file the report reads, so that Snakemake orders it after them and reruns it when they change.
 
@@ -379,3 +404,100 @@ def config_as_run(wildcards):
         json.dumps(config, default=str)
     )  # no shared objects: no YAML anchors
     return header + yaml.safe_dump(plain, sort_keys=True, default_flow_style=None)
+
+
+# --- reassembling cells (rules/reassemble.smk) --------------------------------------------------------
+
+from types import SimpleNamespace
+
+REASSEMBLE = config.get("reassemble") or {}
+
+
+def check_reassemble():
+    """The `reassemble` block names a data set, variant and seed this config trains: else stop before any job."""
+    if not REASSEMBLE:
+        return
+    dataset, variant, seed = (REASSEMBLE[k] for k in ("dataset", "variant", "seed"))
+    if dataset not in DATASETS:
+        raise WorkflowError(
+            f"config: reassemble.dataset is {dataset!r}; use one of {', '.join(DATASETS)}"
+        )
+    if variant not in VARIANTS:
+        raise WorkflowError(
+            f"config: reassemble.variant is {variant!r}; use one of {', '.join(VARIANTS)}"
+        )
+    if seed != "best" and seed not in SEEDS[dataset]:
+        raise WorkflowError(
+            f"config: reassemble.seed is {seed}, but {dataset} trains seeds {SEEDS[dataset]}; use one "
+            "of them or best"
+        )
+
+
+check_reassemble()
+
+
+def reassemble_name():
+    return REASSEMBLE.get("name") or Path(REASSEMBLE["h5ad"]).stem
+
+
+def reassemble_runs():
+    """The run folders whose checkpoints the stage gets: one seed, or every seed for `best`."""
+    dataset, seed = REASSEMBLE["dataset"], REASSEMBLE["seed"]
+    seeds = SEEDS[dataset] if seed == "best" else [seed]
+    return [
+        RUN.format(dataset=dataset, variant=REASSEMBLE["variant"], seed=s)
+        for s in seeds
+    ]
+
+
+def reassemble_inputs(wildcards):
+    if not REASSEMBLE:
+        raise WorkflowError(
+            "config: no `reassemble` section; add one (config/README.md) to reassemble cells"
+        )
+    if wildcards.name != reassemble_name():
+        raise WorkflowError(
+            f"results/reassemble/{wildcards.name}.h5ad: config `reassemble` makes "
+            f"results/reassemble/{reassemble_name()}.h5ad; ask for that file or set reassemble.name"
+        )
+    runs = reassemble_runs()
+    inputs = {
+        "h5ad": REASSEMBLE["h5ad"],
+        "checkpoints": [f"{r}/train/final.pt" for r in runs],
+    }
+    if len(runs) > 1:
+        inputs["summaries"] = [f"{r}/train/train_summary.json" for r in runs]
+    return inputs
+
+
+def _reassemble_run():
+    """The first run, as wildcards: its sample stage's settings (they do not depend on the seed)."""
+    return SimpleNamespace(
+        dataset=REASSEMBLE["dataset"],
+        variant=REASSEMBLE["variant"],
+        seed=SEEDS[REASSEMBLE["dataset"]][0],
+    )
+
+
+def reassemble_args(wildcards):
+    """--config + the sample stage's overrides of the run, then the stage's own options."""
+    args = [sample_args(_reassemble_run()), f"--draws {REASSEMBLE['draws']}"]
+    args += [f"--min-gene-share {REASSEMBLE['min_gene_share']}"]
+    for key, option in (("group_key", "--group-key"), ("layer", "--layer")):
+        if REASSEMBLE.get(key):
+            args.append(f"{option} {shlex.quote(REASSEMBLE[key])}")
+    return " ".join(args)
+
+
+def reassemble_settings(wildcards):
+    """The rerun trigger: the sampling settings as resolved and the `reassemble` block."""
+    block = json.dumps(REASSEMBLE, sort_keys=True, default=str)
+    return sample_settings(_reassemble_run()) + block
+
+
+def reassembled_target(wildcards):
+    if not REASSEMBLE:
+        raise WorkflowError(
+            "config: no `reassemble` section; add one (config/README.md) to reassemble cells"
+        )
+    return f"results/reassemble/{reassemble_name()}.h5ad"

@@ -1,22 +1,3 @@
-def compare_with_args(wildcards):
-    """--with-verdict of the report: other campaigns' verdict files (config compare_with). Params, not
-    inputs: another campaign writes them, and a missing one is a row of the page ("not run here"), not a
-    missing input."""
-    paths = config.get("compare_with") or []
-    return (" --with-verdict " + " ".join(shlex.quote(p) for p in paths)) if paths else ""
-
-
-def compared_verdicts(wildcards):
-    """Each compared verdict file's sha256 (or "absent"): a param, so that a new verdict of the other
-    campaign reruns this report."""
-    import hashlib
-
-    return {
-        p: hashlib.sha256(Path(p).read_bytes()).hexdigest() if Path(p).is_file() else "absent"
-        for p in config.get("compare_with") or []
-    }
-
-
 rule report:
     input:
         unpack(report_inputs),
