@@ -6,7 +6,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= 2
 
-.PHONY: run test test-slurm test-all setup clean chromium learning-curve powered tissues tissue-ablations
+.PHONY: run test test-slurm test-all setup clean chromium learning-curve powered tissues tissue-ablations \
+	stability
 
 # Locally, one thread per training/sampling/evaluate job and CORES jobs side by side (how the README's
 # timing of `make run` was measured); on a cluster, threads follow resources in config/config.yaml.
@@ -29,6 +30,13 @@ tissues: $(STAMP)  ## the question on real tissue sections (docs/results.md, "Re
 tissue-ablations: $(STAMP)  ## rotation and the scored placement, ablated on the real tissues
 	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --set-threads train=1 sample=1 evaluate=1 \
 	  --configfile config/tissues_ablation.yaml
+
+# The gated-attention paper's training claims on bdtnp (config/stability.yaml; docs/training.md, "Stability and
+# convergence"): 5 variants x 5 learning rates x 3 seeds, then results/stability/stability.json, .md and .png.
+# --keep-going: a run that fails (e.g. a sampler that diverged) does not stop the other runs.
+stability: $(STAMP)  ## divergence and convergence at larger learning rates; about 35 minutes on 2 cores
+	$(BIN)/snakemake stability --profile workflow/profiles/default --cores $(CORES) \
+	  --set-threads train=1 sample=1 evaluate=1 --keep-going --configfile config/stability.yaml
 
 learning-curve: $(STAMP)  ## quality against training steps (docs/training.md); about 20 minutes on 2 cores
 	$(BIN)/snakemake learning_curve --profile workflow/profiles/default --cores $(CORES) --set-threads study_run=1

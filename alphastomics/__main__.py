@@ -1,7 +1,7 @@
 """Command line: ``python -m alphastomics <stage> --config FILE [--set section.key=value ...]``.
 
 Stages: fetch-data | preprocess | train | sample | evaluate | report | baseline | params |
-learning-curve | variance | reassemble.
+learning-curve | stability | variance | reassemble.
 ``python -m alphastomics.main`` is the same entry point (the design note's spelling).
 A user error (bad config, bad input file) prints one line and exits with status 2.
 """
@@ -180,6 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", choices=["runs", "peers"], default=None,
                    help="only the training runs (scored) or only the peer, no tables: one workflow job")
 
+    p = sub.add_parser("stability", help="a learning-rate sweep's divergence, spikes and convergence "
+                       "(make stability; docs/training.md)")
+    _common(p)
+    p.add_argument("--plan", type=Path, default=Path("config/stability.yaml"),
+                   help="the sweep's workflow config (data sets, variants, learning_rates, seeds)")
+    p.add_argument("--root", type=Path, default=Path("results"),
+                   help="folder holding the runs, {dataset}/{variant}_lr{rate}/seed{seed}")
+    p.add_argument("--out", type=Path, help="folder for stability.json, .md and .png (default: the plan's "
+                   "report_dir); with --markdown: the Markdown file")
+    p.add_argument("--markdown", type=Path, metavar="JSON",
+                   help="instead: the tables of a stability.json (or its folder), printed or written to --out")
+
     p = sub.add_parser("variance", help="where the seed-to-seed spread comes from: training, sections, draws")
     _common(p)
     p.add_argument("runs", nargs="+", type=Path, metavar="RESULTS_OR_RUN",
@@ -263,6 +275,12 @@ def _variance(args: argparse.Namespace, cfg: Config) -> int:
     return variance.main(args, cfg)
 
 
+def _stability(args: argparse.Namespace, cfg: Config) -> int:
+    from alphastomics import stability
+
+    return stability.main(args, cfg)
+
+
 def _learning_curve(args: argparse.Namespace, cfg: Config) -> int:
     from alphastomics import study
 
@@ -280,6 +298,7 @@ STAGES: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "baseline": _baseline,
     "params": _params,
     "learning-curve": _learning_curve,
+    "stability": _stability,
     "variance": _variance,
 }
 

@@ -7,13 +7,18 @@ Snakemake imports it outside the package's environment too.
 
 Priority, lowest first: the data set's ``dataset`` block (its ``name`` is the key, or the fold's name) < global
 ``overrides`` < the data set's ``overrides`` < the named variant's attention settings
-(``alphastomics.variants.VARIANTS``) < the variant's own ``overrides`` < ``training.seed``. Peers take the
-first three only.
+(``alphastomics.variants.VARIANTS``) < the variant's own ``overrides`` < a sweep's learning rate <
+``training.seed``. Peers take the first three only.
 
 Cross-validation folds (``folds: K`` on a data set): the data set becomes K data sets ``{name}_fold{i}``
 (i = 1..K), each holding out another group of sections for testing (``alphastomics.splits.fold_splits``
 with ``dataset.fold`` / ``dataset.num_folds``), so every section is tested once per seed; the verdict pools
 the folds of a seed back into one observation (``dataset.fold_of`` names the data set they belong to).
+
+A learning-rate sweep (``learning_rates: [r, ...]``, config/stability.yaml): every variant V runs once per
+rate as the variant ``V_lr{tag}`` (``lr_tag``: 0.001 -> ``1e-3``) with V's attention settings and overrides
+plus ``training.learning_rate: r`` (``expand_variants``), the way folds expand a data set: the sweep is
+runs of the ordinary workflow in folders of their own, and their overrides are still this module's.
 """
 
 from __future__ import annotations
@@ -111,6 +116,38 @@ def dataset_block(plan: dict[str, Any], dataset: str) -> dict[str, Any]:
     return {"dataset": {**(entry.get("dataset") or {}), "name": dataset}}
 
 
+# --- variants and learning-rate sweeps -------------------------------------------------------------------
+
+
+def lr_tag(lr: float) -> str:
+    """A learning rate as a folder-safe name part: 0.001 -> '1e-3', 0.0025 -> '2p5e-3' (no '.', which would
+    be a regex wildcard in Snakemake's wildcard constraints)."""
+    mantissa, exponent = f"{float(lr):.6e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".").replace(".", "p")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def expand_variants(plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Config ``variants``, each crossed with ``learning_rates`` when the config has them: ``V_lr{tag}`` for
+    every rate (variant-major order), an entry with ``base: V``, ``learning_rate: r`` and V's overrides plus
+    ``training.learning_rate: r`` (the sweep's rate wins over V's own). Without rates: the variants as
+    given."""
+    variants = plan["variants"]
+    rates = [float(r) for r in plan.get("learning_rates") or []]
+    if not rates:
+        return {name: entry or {} for name, entry in variants.items()}
+    tags = [lr_tag(r) for r in rates]
+    if len(set(tags)) < len(tags):
+        raise ValueError(f"learning_rates {rates}: two rates share a name ({tags}); make them differ")
+    out: dict[str, dict[str, Any]] = {}
+    for name, entry in variants.items():
+        entry = entry or {}
+        for rate, tag in zip(rates, tags):
+            overrides = merge(entry.get("overrides") or {}, {"training": {"learning_rate": rate}})
+            out[f"{name}_lr{tag}"] = {**entry, "overrides": overrides, "base": name, "learning_rate": rate}
+    return out
+
+
 # --- the overrides of one run ---------------------------------------------------------------------------
 
 
@@ -121,9 +158,10 @@ def run_blocks(plan: dict[str, Any], dataset: str, variant: str | None, seed: in
     blocks = [dataset_block(plan, dataset), plan.get("overrides") or {}, entry.get("overrides") or {}]
     if variant is None or is_peer(variant):
         return blocks
-    named = VARIANTS.get(variant)
+    own = expand_variants(plan)[variant]
+    named = VARIANTS.get(own.get("base", variant))
     blocks.append({"TransformerLayer_setting": named.settings()} if named else {})
-    blocks.append((plan["variants"][variant] or {}).get("overrides") or {})
+    blocks.append(own.get("overrides") or {})
     if seed is not None:
         blocks.append({"training": {"seed": int(seed)}})
     return blocks

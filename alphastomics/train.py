@@ -346,6 +346,8 @@ def optimise(s: Session, step: int, micro_batches: list[Any], flag: SignalFlag, 
         return contextlib.nullcontext() if is_last or not s.d.enabled else s.net.no_sync()
 
     losses = accumulate_gradients(loss_fn, micro_batches, sync)
+    # clip_grad_norm_ returns the norm before it clips: the logged grad_norm is what the stability analysis
+    # (alphastomics.stability) needs, not the clipped value.
     grad_norm = float(nn.utils.clip_grad_norm_(s.model.parameters(), t_cfg.gradient_clip_val))
     local_bad = 0.0 if math.isfinite(losses["loss"]) and math.isfinite(grad_norm) else 1.0
     bad, signum = s.all_ranks_max([local_bad, float(flag.stop())])

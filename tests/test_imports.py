@@ -12,9 +12,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "alphastomics"
 # Every module the CLI runs: fetch-data, preprocess, train, sample, evaluate, report, baseline,
-# learning-curve, params, variance, reassemble.
+# learning-curve, params, variance, reassemble, stability.
 STAGES = {"fetch", "preprocess", "train", "sample", "evaluate", "report", "peers", "study", "params",
-          "variance", "reassemble"}
+          "variance", "reassemble", "stability"}
 
 
 def import_graph() -> dict[str, set[str]]:

@@ -65,3 +65,17 @@ def test_a_data_set_s_own_seeds_replace_the_campaign_s_and_reach_its_folds():
     synthetic = load_config([REPO / cfg["model_config"]],
                             plan.set_items(*plan.run_blocks(cfg, "synthetic", "linear", 0)))
     assert bdtnp.training.max_steps == synthetic.training.max_steps == 400
+
+
+def test_learning_rates_make_each_variant_one_variant_per_rate():
+    tags = [plan.lr_tag(r) for r in (1e-3, 3e-2, 0.1, 2.5e-3, 1.0)]
+    assert tags == ["1e-3", "3e-2", "1e-1", "2p5e-3", "1e0"]  # no '.': a regex wildcard in Snakemake
+    p = {"datasets": {"d": {"dataset": {"source": "synthetic"}}}, "learning_rates": [1e-3, 1e-1],
+         "variants": {"gated_headwise": {"overrides": {"training": {"learning_rate": 5.0, "max_steps": 9}}}}}
+    assert list(plan.expand_variants(p)) == ["gated_headwise_lr1e-3", "gated_headwise_lr1e-1"]
+    merged = plan.resolved(p, "d", "gated_headwise_lr1e-1", 2)
+    # the named variant's attention settings, its own overrides, the sweep's rate over its own, the seed
+    assert merged["TransformerLayer_setting"] == {"attention": "softmax", "gate": "headwise", "qk_norm": True}
+    assert merged["training"] == {"learning_rate": 0.1, "max_steps": 9, "seed": 2}
+    # without rates, the variants as written
+    assert list(plan.expand_variants({**p, "learning_rates": []})) == ["gated_headwise"]

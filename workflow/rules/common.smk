@@ -56,7 +56,13 @@ validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 DATASET_ENTRIES = plan.expand_datasets(config["datasets"])
 DATASETS = list(DATASET_ENTRIES)
 SOURCES = list(config["datasets"])
-VARIANTS = list(config["variants"])
+# With `learning_rates` (a sweep, config/stability.yaml) every variant V runs as V_lr{rate}, one variant per
+# rate (alphastomics.plan.expand_variants): the rules below see those names only.
+try:
+    VARIANT_ENTRIES = plan.expand_variants(config)
+except ValueError as err:
+    raise WorkflowError(f"config: {err}") from None
+VARIANTS = list(VARIANT_ENTRIES)
 # Logs of the report of this campaign (report_dir results/powered -> results_powered).
 REPORT_TAG = "_".join(Path(config["report_dir"]).parts)
 # Training seeds per data set (or fold): its own `seeds`, else the campaign's.
@@ -101,7 +107,7 @@ wildcard_constraints:
 
 
 def train_gpus(variant):
-    return config["variants"][variant].get("gpus", config["resources"]["train"]["gpus"])
+    return VARIANT_ENTRIES[variant].get("gpus", config["resources"]["train"]["gpus"])
 
 
 def check_package_config():
@@ -391,6 +397,21 @@ def report_inputs(wildcards):
         "sections": [f"{r}/eval/sections.csv" for r in runs],
         "samples": [f"{r}/samples.parquet" for r in runs],
         "summaries": [f"{r}/train/train_summary.json" for r in model_runs()],
+    }
+
+
+def stability_inputs(wildcards):
+    """What the sweep's analysis reads (rules/stability.smk): every run's scores and training log (the
+    log is complete once train_summary.json is written); a config without `learning_rates` is no sweep.
+    """
+    if not config.get("learning_rates"):
+        raise WorkflowError(
+            "config: no `learning_rates`; the sweep is `make stability` (--configfile config/stability.yaml)"
+        )
+    runs = model_runs()
+    return {
+        "metrics": [f"{r}/eval/metrics.json" for r in runs],
+        "summaries": [f"{r}/train/train_summary.json" for r in runs],
     }
 
 
