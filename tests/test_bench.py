@@ -109,3 +109,15 @@ def test_attention_flops_by_hand() -> None:
     assert g.attention_flops(2, 4, 2, 2, "softmax") == 3 * (288 + 64)
     # linear core 4 * N * C * dh = 4 * 2 * 4 * 2 = 64 as well at this size; at N = 8: 256 vs 1024
     assert g.attention_flops(8, 4, 2, 0, "linear") == 3 * (2 * 8 * 4 * 16 + 4 * 8 * 4 * 2)
+
+
+def test_method_table_lists_variants_beside_the_best_peer_the_ceiling_and_random() -> None:
+    import method_table
+
+    gate = {"metrics": [{"metric": "knn_preservation", "random": 0.005,
+                         "variants": [{"variant": "linear", "mean": 0.0148}, {"variant": "softmax", "mean": 0.01}],
+                         "best_peer": {"peer": "knn", "value": 0.012}, "ceiling": {"value": 0.017}}]}
+    text = method_table.table({"datasets": [{"dataset": "mop", "learning_gate": gate}]})
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert rows == ["| | knn_preservation |", "| linear | 0.0148 |", "| softmax | 0.0100 |",
+                    "| best peer | 0.0120 (knn) |", "| expression ceiling | 0.0170 |", "| random placement | 0.0050 |"]
