@@ -212,6 +212,20 @@ def _unique_genes(genes: list[str], file: str, field: str) -> list[str]:
     return unique
 
 
+def label_column(obs: pd.DataFrame, key: str, where: str, fix: str, what: str) -> np.ndarray:
+    """``obs[key]`` as strings, every cell labelled (a section, a group of cells); one-line errors naming
+    the setting ``fix`` that chooses the column."""
+    if key not in obs.columns:
+        have = ", ".join(map(str, obs.columns[:10])) or "no columns"
+        raise DataError(f"{where}: obs['{key}'] not found (obs has: {have}); set {fix} to the column naming each "
+                        f"cell's {what}")
+    col = obs[key]
+    if col.isna().any():
+        raise DataError(f"{where}: obs['{key}'] is missing for {int(col.isna().sum())} cells; give every cell "
+                        f"a {what} or drop those cells")
+    return col.astype(str).to_numpy()
+
+
 def _sections_of(
     file: str, n: int, obs: pd.DataFrame | None, section_key: str | None, default: str
 ) -> dict[str, np.ndarray]:
@@ -221,15 +235,7 @@ def _sections_of(
         raise DataError(f"{file}: the file has no cells; remove it or give a file with cells")
     if obs is None or not section_key:
         return {default: np.arange(n)}
-    if section_key not in obs.columns:
-        have = ", ".join(map(str, obs.columns[:10])) or "no columns"
-        raise DataError(f"{file}: obs['{section_key}'] not found (obs has: {have}); set dataset.section_key to the "
-                        "column naming each cell's section")
-    col = obs[section_key]
-    if col.isna().any():
-        raise DataError(f"{file}: obs['{section_key}'] is missing for {int(col.isna().sum())} cells; give every cell "
-                        "a section or drop those cells")
-    labels = col.astype(str).to_numpy()
+    labels = label_column(obs, section_key, file, "dataset.section_key", "section")
     names, inverse = np.unique(labels, return_inverse=True)
     return {str(s): np.flatnonzero(inverse == i) for i, s in enumerate(names)}
 

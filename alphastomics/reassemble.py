@@ -130,17 +130,12 @@ def _groups(obs: Any, key: str | None, where: str) -> dict[str, np.ndarray]:
     """Group name -> row indices (file order), in sorted name order: the order that gives each its seed."""
     import pandas as pd
 
+    from alphastomics.raw import label_column
+
     if key is None:
         return {DEFAULT_GROUP: np.arange(len(obs))}
-    if key not in obs.columns:
-        have = ", ".join(map(str, obs.columns[:10])) or "no columns"
-        raise ReassembleError(f"{where}: obs['{key}'] not found (obs has: {have}); set --group-key to the "
-                              "column naming each cell's tissue")
+    labels = label_column(obs, key, where, "--group-key", "tissue")
     col = obs[key]
-    if col.isna().any():
-        raise ReassembleError(f"{where}: obs['{key}'] is missing for {int(col.isna().sum())} cells; give "
-                              "every cell a group or drop those cells")
-    labels = col.astype(str).to_numpy()
     names = sorted(set(labels) | ({str(c) for c in col.cat.categories}
                                   if isinstance(col.dtype, pd.CategoricalDtype) else set()))
     groups = {name: np.flatnonzero(labels == name) for name in names}
