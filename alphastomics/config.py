@@ -215,6 +215,9 @@ class EvalConfig:
     # Diagnostics look at attention and gates mid-trajectory, where both the noisy modality and the condition
     # still matter (t = 1 is pure noise, t = 0 the clean input).
     diagnostic_time: float = 0.5
+    # Diffusion times (fractions of diffusion.num_timesteps, each in (0, 1]) at which the diagnostics also
+    # measure gate scores per layer (diagnostics.gate_over_t): does the gate change with the noise level?
+    gate_times: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
     # Share of expression entries hidden for the masked-reconstruction MSE; one value for every variant so
     # the figure compares across them, whatever mask_fraction each was trained with.
     masked_fraction: float = 0.15
@@ -227,6 +230,14 @@ class EvalConfig:
     # kNN regression makes too. docs/metrics.md, "Draws or their mean".
     placement: Literal["draws", "mean"] = "draws"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        times = self.gate_times
+        if not times or not all(isinstance(x, (int, float)) and 0.0 < x <= 1.0 for x in times):
+            raise ConfigError(
+                f"config: 'evaluation.gate_times' is {list(times)!r}; use a list of one or more numbers in "
+                f"(0, 1] (fractions of diffusion.num_timesteps)"
+            )
 
 
 @dataclass(frozen=True)
@@ -340,7 +351,13 @@ def _build(cls: type, values: dict[str, Any], where: str, source: str) -> Any:
     missing = [k for k in required if k not in kwargs]
     if missing:
         raise ConfigError(f"{source}: '{where}' lacks key(s) {', '.join(missing)}; add them")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:  # a section's own check (__post_init__) names the key; name the file too
+        message = str(err)
+        if message.startswith("config:"):
+            message = f"{source}:{message[len('config:'):]}"
+        raise ConfigError(message) from None
 
 
 def parse_override(text: str) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 The evaluate stage scores samples with numpy (``alphastomics.evaluate``); this module probes a trained model
 on the same held-out sections, for the report's diagnostics (DESIGN section 6, "Model diagnostics"): the
 attention-sink share per layer and head, gate score statistics (design note: healthy around mean 0.5, std
-0.2), one head's attention map for the figure, and masked-reconstruction MSE.
+0.2; the gated-attention paper: sparse, mean about 0.1) at one diffusion time and across several
+(``gate_over_t``), one head's attention map for the figure, and masked-reconstruction MSE.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ def model_diagnostics(
 
     The model sees each section whole, or a seeded random subset of ``evaluation.diagnostics_max_cells``
     cells (attention maps are N x N), with its generated modality noised to t = ``evaluation.diagnostic_time``.
+
+    A gated model also runs once more per section at each of ``evaluation.gate_times`` on the same cells
+    (``gate_over_t``: one row per time and layer). Each time has its own generator seeded with
+    ``evaluation.seed``, so every time draws the same standard-normal noise for a section (common random
+    numbers: the rows differ by the noise level, not by the draw), and the passes do not touch the draws of
+    the other diagnostics.
     """
     ecfg = cfg.evaluation
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -46,9 +53,13 @@ def model_diagnostics(
     trained_expression = model.expression_out is not None
     gen = torch.Generator(device="cpu").manual_seed(ecfg.seed)
     rng = np.random.default_rng(ecfg.seed)
+    gated = model.has_gates
+    gate_steps = [max(1, round(f * diffusion.T)) for f in ecfg.gate_times]
+    gate_gens = [torch.Generator(device="cpu").manual_seed(ecfg.seed) for _ in gate_steps]
 
     sinks: list[dict[str, Any]] = []
     gates: dict[int, list[np.ndarray]] = {}
+    gates_t: dict[tuple[int, int], list[np.ndarray]] = {}  # (index into gate_times, layer) -> scores
     masked: dict[str, float] = {}
     subsampled: dict[str, dict[str, int]] = {}
     attention_map: dict[str, np.ndarray] = {}
@@ -81,8 +92,18 @@ def model_diagnostics(
         if not attention_map:
             attention_map = _attention_map(layers, best[1], best[2], sec, pos, s, rng)
         del layers
+        if gated:
+            for k, (st, g) in enumerate(zip(gate_steps, gate_gens)):
+                _gate_pass(model, diffusion, batch, x_p, st, g, k, gates_t)
 
     gate_rows = [{"layer": li, **M.gate_stats(np.concatenate(v)[None])} for li, v in sorted(gates.items())]
+    gate_over_t = []
+    for (k, li), v in sorted(gates_t.items()):
+        st = M.gate_stats(np.concatenate(v)[None])
+        gate_over_t.append(
+            {"t": gate_steps[k] / diffusion.T, "step": gate_steps[k], "layer": li,
+             "mean": st["mean"], "std": st["std"], "share_below": st["share_below"]}
+        )
     per_layer = _sinks_per_layer(sinks)
     diag = {
         "diffusion_time": step / diffusion.T,
@@ -93,8 +114,27 @@ def model_diagnostics(
         "attention_sink": per_layer,
         "attention_sink_detail": sinks,
         "gate": gate_rows,
+        "gate_over_t": gate_over_t,
     }
     return diag, attention_map, masked
+
+
+def _gate_pass(
+    model: Denoiser, diffusion: Diffusion, batch: Any, x_p: torch.Tensor, step: int, gen: torch.Generator,
+    k: int, out: dict[tuple[int, int], list[np.ndarray]],
+) -> None:
+    """One forward pass with the generated modality noised to integer ``step``; appends each layer's gate
+    scores of real cells to ``out[(k, layer)]``. The model's only path that returns gates is the diagnostics
+    one (it also builds the N x N attention matrices, dropped here)."""
+    mask = batch.mask
+    t = torch.full((mask.shape[0],), step, dtype=torch.long, device=mask.device)
+    in_e, t_e, in_p, t_p = diffusion.noise_generated(batch.expression, x_p, mask, t, diffusion.cfg.mode, gen)
+    with torch.no_grad():
+        *_, layers = model(in_e, in_p, t_e, mask, expression_t=t_e, position_t=t_p, return_diagnostics=True)
+    m = mask.cpu().numpy()
+    for li, d in enumerate(layers):
+        if d.get("gate") is not None:
+            out.setdefault((k, li), []).append(d["gate"].float().cpu().numpy()[m])
 
 
 def _sink_rows(layers: list[dict[str, Any]], m: np.ndarray, pos: np.ndarray, cell_ids: np.ndarray, section: str,

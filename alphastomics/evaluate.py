@@ -98,32 +98,30 @@ def _finite(a: np.ndarray, path: Path, field: str, section: str) -> np.ndarray:
 # Scoring one section
 
 
-def position_scores(
-    pred: np.ndarray, true: np.ndarray, values: np.ndarray, ecfg: EvalConfig
-) -> dict[str, float]:
-    """Every position metric of one section; ``values`` (N, G) is the expression used for Moran's I."""
-    k, seed = ecfg.knn_k, ecfg.seed
+def position_scores(pred: np.ndarray, truth: M.SectionTruth) -> dict[str, float]:
+    """Every position metric of one section against its truth (``metrics.SectionTruth``: true positions,
+    and ``truth.values`` (N, G), the expression used for Moran's I)."""
+    true = truth.true
     out = {
-        "distance_mse": M.distance_mse(pred, true, seed=seed),
-        "distance_pearson": M.distance_pearson(pred, true, seed=seed),
-        "distance_spearman": M.distance_spearman(pred, true, seed=seed),
-        "knn_preservation": M.knn_preservation(pred, true, k=k),
+        **truth.distance_scores(pred),  # distance_mse, distance_pearson, distance_spearman
+        "knn_preservation": truth.knn_preservation(pred),
         "procrustes_rmsd": M.procrustes_rmsd(pred, true),
         "procrustes_rssd": M.procrustes_rssd(pred, true),
         "procrustes_rmsd_scaled": M.procrustes_rmsd(pred, true, scaled=True),
         "procrustes_rssd_scaled": M.procrustes_rssd(pred, true, scaled=True),
     }
-    mi_pred, mi_true = M.morans_i(pred, values, k=k), M.morans_i(true, values, k=k)
-    out["morans_i_corr"] = M.morans_i_correlation(pred, true, values, k=k)
+    mi_pred, mi_true = M.morans_i(pred, truth.values, k=truth.k), truth.morans
+    out["morans_i_corr"] = M.morans_i_agreement(mi_pred, mi_true)
     out["morans_i_mean_pred"] = float(np.nanmean(mi_pred)) if np.isfinite(mi_pred).any() else math.nan
     out["morans_i_mean_true"] = float(np.nanmean(mi_true)) if np.isfinite(mi_true).any() else math.nan
     return out
 
 
-def expression_scores(pred: np.ndarray, true: np.ndarray, positions: np.ndarray, k: int) -> dict[str, float]:
+def expression_scores(pred: np.ndarray, truth: M.SectionTruth) -> dict[str, float]:
     """Expression metrics of one section (standardised units) and Moran's I of predicted vs true expression
-    on the true coordinates."""
-    mi_pred, mi_true = M.morans_i(positions, pred, k=k), M.morans_i(positions, true, k=k)
+    (``truth.values``) on the true coordinates."""
+    true = truth.values
+    mi_pred, mi_true = truth.morans_i(pred), truth.morans
     ok = np.isfinite(mi_pred) & np.isfinite(mi_true)
     corr = math.nan
     if ok.sum() >= 2 and np.ptp(mi_pred[ok]) > 0 and np.ptp(mi_true[ok]) > 0:
@@ -138,32 +136,36 @@ def expression_scores(pred: np.ndarray, true: np.ndarray, positions: np.ndarray,
 
 
 def section_scores(
-    mode: str,
-    pos_pred: np.ndarray,
-    pos_true: np.ndarray,
-    expr_pred: np.ndarray | None,
-    expr_true: np.ndarray,
-    ecfg: EvalConfig,
+    mode: str, pos_pred: np.ndarray, expr_pred: np.ndarray | None, truth: M.SectionTruth
 ) -> dict[str, float]:
-    """The metrics the mode calls for: positions (expr_to_pos, joint), expression (pos_to_expr, joint)."""
+    """The metrics the mode calls for: positions (expr_to_pos), expression (pos_to_expr), or the consistency
+    of the generated tissue (joint). In joint mode nothing is given per cell (both modalities start from
+    noise), so generated cell i is not true cell i: per-cell metrics would compare arbitrary pairs, and the
+    generated expression is scored against the generated positions instead (``metrics.joint_consistency``)."""
     out: dict[str, float] = {}
+    if mode == "joint":
+        if expr_pred is not None:
+            out.update(M.joint_consistency(pos_pred, expr_pred, truth.true, truth.values,
+                                           max_pairs=truth.max_pairs, seed=truth.seed))
+        return out
     if generates_positions(mode):
-        out.update(position_scores(pos_pred, pos_true, expr_true, ecfg))
+        out.update(position_scores(pos_pred, truth))
     if generates_expression(mode) and expr_pred is not None:
-        out.update(expression_scores(expr_pred, expr_true, pos_true, ecfg.knn_k))
+        out.update(expression_scores(expr_pred, truth))
     return out
 
 
-def random_reference(
-    mode: str, pos_true: np.ndarray, expr_true: np.ndarray, ecfg: EvalConfig, index: int
-) -> dict[str, float]:
+def random_reference(mode: str, truth: M.SectionTruth, ecfg: EvalConfig, index: int) -> dict[str, float]:
     """Mean over ``num_random_references`` seeded draws of the scores of a random assignment of cells to
-    the true positions (and, for expression, of true expression profiles to cells: the same permutation)."""
+    the true positions (and, for expression, of true expression profiles to cells: the same permutation; in
+    joint mode positions and expression permuted independently, a tissue whose expression ignores space)."""
+    pos_true, expr_true = truth.true, truth.values
     rng = np.random.default_rng([ecfg.seed, index])
     draws = []
     for _ in range(ecfg.num_random_references):
         perm = rng.permutation(len(pos_true))
-        draws.append(section_scores(mode, pos_true[perm], pos_true, expr_true[perm], expr_true, ecfg))
+        expr_perm = rng.permutation(len(pos_true)) if mode == "joint" else perm
+        draws.append(section_scores(mode, pos_true[perm], expr_true[expr_perm], truth))
     return {
         key: float(np.nanmean([d[key] for d in draws])) if draws else math.nan for key in (draws or [{}])[0]
     }
@@ -239,6 +241,8 @@ def score(samples: Path, data_dir: Path, cfg: Config) -> dict[str, Any]:
         in_section = pc.equal(section_col, s)
         draws = [None] if draw_col is None else sorted(set(draw_col.filter(in_section).to_pylist()))
         scored, ref = [], None
+        known: M.SectionTruth | None = None
+        hood: _Neighborhoods | None = None
         for k in draws:
             part = table.filter(in_section if k is None else pc.and_(in_section, pc.equal(draw_col, k)))
             n = part.num_rows
@@ -246,14 +250,20 @@ def score(samples: Path, data_dir: Path, cfg: Config) -> dict[str, Any]:
                 part, s, truth[s], mode, manifest, samples, data_dir
             )
             keep = np.ones(n, dtype=bool) if labels is None else labels != ""
-            scores = section_scores(mode, pos_pred, pos_true, expr_pred, expr_true, ecfg)
+            # The truth side of every metric (true distances and their ranks, kNN, Moran's I) depends on the
+            # section only: computed once, for every draw and random reference (a draw holding other cells or
+            # another order, which no writer here produces, gets its own).
+            if known is None or not _same((known.true, known.values), (pos_true, expr_true)):
+                known = M.SectionTruth(pos_true, expr_true, k=ecfg.knn_k, seed=ecfg.seed)
+            scores = section_scores(mode, pos_pred, expr_pred, known)
             if ref is None:  # the random reference depends on the truth only: once per section
-                ref = random_reference(mode, pos_true, expr_true, ecfg, index)
+                ref = random_reference(mode, known, ecfg, index)
             if labels is not None and keep.sum() >= 2 and generates_positions(mode):
                 # Cell-type neighbourhoods among labelled cells only (unlabelled: neither counted nor scored).
-                got, rand = _neighborhood(pos_pred[keep], pos_true[keep], labels[keep], ecfg, index)
-                scores.update(got)
-                ref.update(rand)
+                if hood is None or not _same((hood.true, hood.labels), (pos_true[keep], labels[keep])):
+                    hood = _Neighborhoods(pos_true[keep], labels[keep], ecfg, index)
+                scores.update(hood.scores(pos_pred[keep]))
+                ref.update(hood.reference)
             scored.append(scores)
             per_draw.append({"section": s, "draw": 0 if k is None else int(k), **scores})
         # A section's value: the mean over its draws (one draw: that draw's value).
@@ -307,33 +317,45 @@ def _labels(part: pa.Table, truth: dict[str, Any], order: np.ndarray) -> np.ndar
     return np.array(["" if v is None else v for v in labels])
 
 
-def _neighborhood(
-    pred: np.ndarray, true: np.ndarray, labels: np.ndarray, ecfg: EvalConfig, index: int
-) -> tuple[dict[str, float], dict[str, float]]:
-    """(scores, random reference) of cell-type neighbourhood agreement; the clustering in true coordinates is
-    computed once and shared (it is what ``metrics.neighborhood_ari``/``_nmi`` compute inside)."""
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+def _same(built_from: tuple[np.ndarray, ...], arrays: tuple[np.ndarray, ...]) -> bool:
+    """Whether a draw's truth arrays are the ones a section's cached truth was built from."""
+    return all(np.array_equal(a, b) for a, b in zip(built_from, arrays))
 
-    if len(np.unique(labels)) < 2:
-        nan = {"neighborhood_ari": math.nan, "neighborhood_nmi": math.nan}
-        return nan, dict(nan)
-    kn, seed = ecfg.neighborhood_k, ecfg.seed
-    ref_clusters = M.neighborhood_clusters(true, labels, k=kn, seed=seed)
 
-    def agree(p: np.ndarray) -> tuple[float, float]:
-        c = M.neighborhood_clusters(p, labels, k=kn, seed=seed)
-        return adjusted_rand_score(ref_clusters, c), normalized_mutual_info_score(ref_clusters, c)
+class _Neighborhoods:
+    """Cell-type neighbourhood agreement with one section's labelled cells. The clustering in true
+    coordinates (what ``metrics.neighborhood_ari``/``_nmi`` compute inside) and the random reference
+    (``num_random_references`` permutations of the true positions) depend on the truth only: computed here
+    once, shared by every draw of the section."""
 
-    ari, nmi = agree(pred)
-    rng = np.random.default_rng([ecfg.seed, index, 1])
-    draws = [agree(true[rng.permutation(len(true))]) for _ in range(ecfg.num_random_references)]
-    ref = {"neighborhood_ari": math.nan, "neighborhood_nmi": math.nan}
-    if draws:
-        ref = {
-            "neighborhood_ari": float(np.mean([d[0] for d in draws])),
-            "neighborhood_nmi": float(np.mean([d[1] for d in draws])),
-        }
-    return {"neighborhood_ari": float(ari), "neighborhood_nmi": float(nmi)}, ref
+    def __init__(self, true: np.ndarray, labels: np.ndarray, ecfg: EvalConfig, index: int) -> None:
+        self.true, self.labels = true, labels
+        self.k, self.seed = ecfg.neighborhood_k, ecfg.seed
+        self.clusters: np.ndarray | None = None  # None: fewer than 2 cell types, nothing to compare (NaN)
+        self.reference = {"neighborhood_ari": math.nan, "neighborhood_nmi": math.nan}
+        if len(np.unique(labels)) < 2:
+            return
+        self.clusters = M.neighborhood_clusters(true, labels, k=self.k, seed=self.seed)
+        rng = np.random.default_rng([ecfg.seed, index, 1])
+        draws = [self._agree(true[rng.permutation(len(true))]) for _ in range(ecfg.num_random_references)]
+        if draws:
+            self.reference = {
+                "neighborhood_ari": float(np.mean([d[0] for d in draws])),
+                "neighborhood_nmi": float(np.mean([d[1] for d in draws])),
+            }
+
+    def _agree(self, p: np.ndarray) -> tuple[float, float]:
+        from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+        c = M.neighborhood_clusters(p, self.labels, k=self.k, seed=self.seed)
+        return adjusted_rand_score(self.clusters, c), normalized_mutual_info_score(self.clusters, c)
+
+    def scores(self, pred: np.ndarray) -> dict[str, float]:
+        """neighborhood_ari and neighborhood_nmi of one placement of the section's labelled cells."""
+        if self.clusters is None:
+            return {"neighborhood_ari": math.nan, "neighborhood_nmi": math.nan}
+        ari, nmi = self._agree(pred)
+        return {"neighborhood_ari": float(ari), "neighborhood_nmi": float(nmi)}
 
 
 # ------------------------------------------------------------------------------------------------------

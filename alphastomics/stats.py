@@ -17,6 +17,9 @@ seeds both ran (same seed: same data order, crops and noise), one difference per
   relative effects of the verdict's ``across_tissues``): DerSimonian-Laird tau^2
   (``statsmodels.stats.meta_analysis.combine_effects``, ``method_re="dl"``) truncated at 0, with the
   normal-quantile DL interval and the Hartung-Knapp-Sidik-Jonkman t interval.
+- ``time_effect``: does a per-seed quantity (a layer's gate mean) vary across diffusion time more than
+  across seeds? Repeated-measures one-way ANOVA, seeds the subjects, time the within factor
+  (``scipy.stats.f``).
 """
 
 from __future__ import annotations
@@ -256,3 +259,77 @@ def random_effects(effects: Sequence[float], variances: Sequence[float], *, leve
     i2 = max(0.0, (q - (k - 1)) / q) if q > 0 else 0.0
     return Pooled(k, mean, se, float(dl_ci[0]), float(dl_ci[1]), hk_se, float(hk_ci[0]), float(hk_ci[1]),
                   mean - crit * used, mean + crit * used, p, tau2, i2, q, tuple(float(x) for x in w))
+
+
+@dataclass(frozen=True)
+class TimeEffect:
+    """Repeated-measures one-way ANOVA of an (S seeds x T times) matrix, and the two spreads it compares.
+
+    ``f`` = MS_time / MS_residual with ``df_time`` = T - 1 and ``df_resid`` = (S - 1)(T - 1); ``p_value``
+    its upper tail in the F distribution; ``p_lower_bound`` the same F on (1, S - 1) degrees of freedom
+    (the Greenhouse-Geisser lower-bound correction, valid whatever the sphericity). ``time_means`` the
+    mean over seeds at each time, ``range_t`` their max - min; ``seed_sd`` the seed-to-seed standard
+    deviation at a fixed time, pooled over times: sqrt(mean over t of the ddof-1 variance over seeds).
+    ``n_seeds`` / ``n_times`` count the rows and columns used (after dropping non-finite ones)."""
+
+    f: float
+    p_value: float
+    p_lower_bound: float
+    df_time: int
+    df_resid: int
+    n_seeds: int
+    n_times: int
+    time_means: tuple[float, ...]
+    range_t: float
+    seed_sd: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def time_effect(values: Sequence[Sequence[float]] | np.ndarray) -> TimeEffect:
+    """Whether a quantity varies across diffusion time more than across seeds: ``values`` is (S seeds x T
+    time bins), e.g. the per-seed gate mean of one variant and layer at each of ``evaluation.gate_times``.
+
+    Repeated-measures one-way ANOVA with seeds as subjects (blocks) and time as the within factor; with one
+    value per (seed, time) it equals the two-way ANOVA without replication (the seed x time interaction is
+    the error term). With grand mean m, seed means r_s and time means c_t:
+    SS_time = S sum_t (c_t - m)^2, SS_resid = sum_st (x_st - r_s - c_t + m)^2,
+    F = [SS_time / (T - 1)] / [SS_resid / ((S - 1)(T - 1))], p = P(F_{T-1, (S-1)(T-1)} >= F).
+
+    Assumptions: a complete, balanced design (every seed measured at every time; a time with no finite
+    value is dropped, then every seed with a non-finite value); the additive model x_st = mu + seed_s +
+    time_t + e_st, the seed a random block; residuals independent, normal, of one variance; sphericity
+    (equal variance of the difference between any two times) for ``p_value`` when T > 2: time bins of one
+    model are correlated (nearby noise levels alike), which can make it too small, and ``p_lower_bound``
+    does not need that assumption. Each x_st is itself an estimate (a mean over cells and sections): its
+    sampling noise goes into the residual with the seed-to-seed scatter.
+
+    ``f``, ``p_value`` and ``p_lower_bound`` are NaN (no exception) with fewer than 2 seeds or 2 times, or
+    a residual variance of zero (a purely additive or constant matrix: no error to test against).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"time_effect: needs a (seeds x times) matrix, got shape {x.shape}")
+    x = x[:, np.isfinite(x).any(axis=0)] if x.size else x
+    x = x[np.isfinite(x).all(axis=1)]
+    n_s, n_t = x.shape
+    nan = math.nan
+    col = x.mean(axis=0) if n_s else np.full(n_t, nan)
+    time_means = tuple(float(v) for v in col)
+    range_t = float(col.max() - col.min()) if n_s and n_t else nan
+    seed_sd = float(np.sqrt(x.var(axis=0, ddof=1).mean())) if n_s >= 2 and n_t else nan
+    df_t, df_r = n_t - 1, (n_s - 1) * (n_t - 1)
+    f = p = p_lb = nan
+    if n_s >= 2 and n_t >= 2:
+        m = x.mean()
+        row = x.mean(axis=1, keepdims=True)
+        ss_t = n_s * float(((col - m) ** 2).sum())
+        ss_r = float(((x - row - col[None, :] + m) ** 2).sum())
+        ss_total = float(((x - m) ** 2).sum())
+        if ss_r > 1e-12 * ss_total:  # zero residual (up to rounding): no error to test against
+            f = (ss_t / df_t) / (ss_r / df_r)
+            p = float(stats.f.sf(f, df_t, df_r))
+            p_lb = float(stats.f.sf(f, 1, n_s - 1))
+    return TimeEffect(float(f), float(p), float(p_lb), int(max(df_t, 0)), int(max(df_r, 0)), int(n_s),
+                      int(n_t), time_means, range_t, seed_sd)

@@ -96,6 +96,18 @@ def test_bad_config_is_one_sentence_naming_file_and_key(tmp_path, text, fragment
         assert fragment in message
 
 
+@pytest.mark.parametrize("times", ["[]", "[0]", "[0.5, 1.5]", "[-0.1]"])
+def test_gate_times_are_fractions_of_the_diffusion_time(tmp_path, times):
+    assert load_config().evaluation.gate_times == (0.1, 0.3, 0.5, 0.7, 0.9)
+    assert load_config(overrides=["evaluation.gate_times=[0.25, 1]"]).evaluation.gate_times == (0.25, 1.0)
+    path = write(tmp_path, f"evaluation: {{gate_times: {times}}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message
+    assert "'evaluation.gate_times'" in message and "(0, 1]" in message
+
+
 def test_missing_file_and_malformed_override(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")

@@ -175,8 +175,15 @@ def test_expression_modes(proc: Path, tmp_path: Path) -> None:
     joint = write_samples(
         proc, tmp_path / "j.parquet", positions=rigid, expression=lambda e, rng: e, mode="joint"
     )
-    both = evaluate(joint, proc, tmp_path / "eval2", cfg)["overall"]
-    assert both["knn_preservation"] == 1.0 and both["expression_mse"] == pytest.approx(0.0, abs=1e-8)
+    result = evaluate(joint, proc, tmp_path / "eval2", cfg)
+    both, r = result["overall"], result["random_reference"]
+    # joint: a generated tissue, not these cells: its consistency, no per-cell metric
+    assert "knn_preservation" not in both and "expression_mse" not in both
+    assert both["joint_coupling"] == pytest.approx(both["joint_coupling_true"]) and both["joint_coupling"] > 0.05
+    assert both["joint_consistency_error"] == pytest.approx(0.0, abs=1e-12)
+    # random: positions and expression permuted independently, so no coupling is left
+    assert abs(r["joint_coupling"]) < 0.05
+    assert r["joint_consistency_error"] == pytest.approx(both["joint_coupling_true"], abs=0.05)
 
 
 def test_train_summary_is_copied(proc: Path, tmp_path: Path) -> None:
@@ -308,6 +315,42 @@ def test_linear_checkpoint_has_sinks_but_no_gates(proc: Path, tmp_path: Path) ->
     assert len(d["attention_sink_detail"]) == 2 * 2 * 2
 
 
+def test_gate_over_t_one_row_per_time_and_layer(proc: Path, tmp_path: Path) -> None:
+    from alphastomics.diagnostics import model_diagnostics
+
+    ckpt = tiny_checkpoint(proc, tmp_path / "final.pt")  # headwise gate, 2 layers, T = 1000
+    sections = json.loads((proc / "manifest.json").read_text())["splits"]["test"]
+    times = [0.2, 0.6, 1.0]
+    ev = {"diagnostics_max_cells": 40, "gate_times": times}
+    cfg = load_config(overrides={**SYNTH, "evaluation": ev})
+    diag, _, _ = model_diagnostics(ckpt, proc, sections, cfg)
+    rows = diag["gate_over_t"]
+    assert [(r["t"], r["step"], r["layer"]) for r in rows] == [
+        (pytest.approx(t), round(t * 1000), li) for t in times for li in (0, 1)
+    ]
+    for r in rows:
+        assert set(r) == {"t", "step", "layer", "mean", "std", "share_below"}
+        assert 0.0 <= r["mean"] <= 1.0 and 0.0 <= r["std"] <= 0.5 and 0.0 <= r["share_below"] <= 1.0
+    # the noise level reaches the gate: layer 0's mean is not the same at every time
+    assert len({r["mean"] for r in rows if r["layer"] == 0}) > 1
+    # seeded: the same rows again; other times leave the rows at diagnostic_time and the sinks as they were
+    again, _, _ = model_diagnostics(ckpt, proc, sections, cfg)
+    assert again["gate_over_t"] == rows
+    other = load_config(overrides={**SYNTH, "evaluation": {**ev, "gate_times": [0.5]}})
+    one, _, _ = model_diagnostics(ckpt, proc, sections, other)
+    assert one["gate"] == diag["gate"] and one["attention_sink_detail"] == diag["attention_sink_detail"]
+    assert [(r["step"], r["layer"]) for r in one["gate_over_t"]] == [(500, 0), (500, 1)]
+
+
+def test_linear_checkpoint_has_no_gate_over_t(proc: Path, tmp_path: Path) -> None:
+    from alphastomics.diagnostics import model_diagnostics
+
+    ckpt = tiny_checkpoint(proc, tmp_path / "final.pt", attention="linear", gate="none", qk_norm=False)
+    sections = json.loads((proc / "manifest.json").read_text())["splits"]["test"]
+    diag, _, _ = model_diagnostics(ckpt, proc, sections, load_config(overrides=SYNTH))
+    assert diag["gate"] == [] and diag["gate_over_t"] == []
+
+
 def test_neighbourhood_scores_equal_the_metric_functions_and_runs_repeat_bit_for_bit(
     proc: Path, tmp_path: Path
 ) -> None:
@@ -328,6 +371,91 @@ def test_neighbourhood_scores_equal_the_metric_functions_and_runs_repeat_bit_for
         assert row["neighborhood_ari"] == pytest.approx(M.neighborhood_ari(pred, true, labels, k=15))
         assert row["neighborhood_nmi"] == pytest.approx(M.neighborhood_nmi(pred, true, labels, k=15))
         assert row["knn_preservation"] == pytest.approx(M.knn_preservation(pred, true, k=10))
+
+
+def test_every_position_score_and_random_reference_equals_the_metric_functions(
+    proc: Path, tmp_path: Path
+) -> None:
+    # evaluate computes each section's truth once (true distances and ranks, kNN, Moran's I, neighbourhood
+    # clusters and their random reference) and shares it between draws and random placements: every
+    # number it writes must still be that of the public metric functions on that draw or permutation.
+    from alphastomics import metrics as M
+
+    cfg = load_config(overrides=SYNTH)
+    ecfg = cfg.evaluation
+    def noisy(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return x + rng.normal(0, 0.3, x.shape)
+
+    # two draws of the same cells: a noisy placement and a shuffled one
+    parts = [pq.read_table(write_samples(proc, tmp_path / f"d{i}.parquet", positions=f))
+             for i, f in enumerate((noisy, shuffle))]
+    table = pa.concat_tables([t.append_column("draw", pa.array([i] * len(t))) for i, t in enumerate(parts)])
+    samples = tmp_path / "s.parquet"
+    pq.write_table(table.replace_schema_metadata(parts[0].schema.metadata), samples)
+    result = evaluate(samples, proc, tmp_path / "eval", cfg)
+
+    manifest = json.loads((proc / "manifest.json").read_text())
+    axes, g = "xyz"[: manifest["dims"]], manifest["n_genes"]
+    cells = pq.read_table(proc / "cells.parquet")
+    k, kn, seed = ecfg.knn_k, ecfg.neighborhood_k, ecfg.seed
+
+    def scores(pred: np.ndarray, true: np.ndarray, expr: np.ndarray) -> dict[str, float]:
+        mi_pred, mi_true = M.morans_i(pred, expr, k=k), M.morans_i(true, expr, k=k)
+        return {
+            "distance_mse": M.distance_mse(pred, true, seed=seed),
+            "distance_pearson": M.distance_pearson(pred, true, seed=seed),
+            "distance_spearman": M.distance_spearman(pred, true, seed=seed),
+            "knn_preservation": M.knn_preservation(pred, true, k=k),
+            "procrustes_rmsd": M.procrustes_rmsd(pred, true),
+            "procrustes_rssd": M.procrustes_rssd(pred, true),
+            "procrustes_rmsd_scaled": M.procrustes_rmsd(pred, true, scaled=True),
+            "procrustes_rssd_scaled": M.procrustes_rssd(pred, true, scaled=True),
+            "morans_i_corr": M.morans_i_correlation(pred, true, expr, k=k),
+            "morans_i_mean_pred": float(np.nanmean(mi_pred)),
+            "morans_i_mean_true": float(np.nanmean(mi_true)),
+        }
+
+    expected, reference, weights = [], [], []
+    sections = list(dict.fromkeys(table["section"].to_pylist()))
+    for index, s in enumerate(sections):
+        draws = []
+        for t in parts:
+            part = t.filter(pc.equal(t["section"], s))
+            pred = np.c_[tuple(part[f"{a}_pred"].to_numpy() for a in axes)]
+            true = np.c_[tuple(part[f"{a}_true"].to_numpy() for a in axes)]
+            rows = cells.filter(pc.equal(cells["section"].cast(pa.string()), s))
+            assert rows["cell_id"].cast(pa.string()).to_pylist() == part["cell_id"].to_pylist()
+            expr = np.asarray(rows["expression"].combine_chunks().flatten(), dtype=np.float64).reshape(-1, g)
+            assert part["cell_type"].null_count == 0  # all labelled: no cell left out of neighbourhoods
+            labels = part["cell_type"].to_numpy(zero_copy_only=False).astype(str)
+            d = scores(pred, true, expr)
+            d["neighborhood_ari"] = M.neighborhood_ari(pred, true, labels, k=kn, seed=seed)
+            d["neighborhood_nmi"] = M.neighborhood_nmi(pred, true, labels, k=kn, seed=seed)
+            draws.append(d)
+        expected.append({key: float(np.mean([d[key] for d in draws])) for key in draws[0]})
+        rng = np.random.default_rng([seed, index])
+        perms = [rng.permutation(len(true)) for _ in range(ecfg.num_random_references)]
+        rand = [scores(true[p], true, expr) for p in perms]
+        ref = {key: float(np.nanmean([d[key] for d in rand])) for key in rand[0]}
+        rng = np.random.default_rng([seed, index, 1])
+        perms = [rng.permutation(len(true)) for _ in range(ecfg.num_random_references)]
+        for key, fn in (("neighborhood_ari", M.neighborhood_ari), ("neighborhood_nmi", M.neighborhood_nmi)):
+            ref[key] = float(np.mean([fn(true[p], true, labels, k=kn, seed=seed) for p in perms]))
+        reference.append(ref)
+        weights.append(len(true))
+
+    def close(want: float) -> object:
+        return pytest.approx(want, rel=1e-12, abs=1e-15, nan_ok=True)
+
+    assert [r["section"] for r in result["per_section"]] == sections and len(result["per_draw"]) == 4
+    for row, want, ref in zip(result["per_section"], expected, reference):
+        assert row["draws"] == 2
+        for key in want:
+            assert row[key] == close(want[key]), key
+            assert row[f"random_{key}"] == close(ref[key]), key
+    for key in expected[0]:
+        assert result["overall"][key] == close(M.weighted_mean([e[key] for e in expected], weights)), key
+        assert result["random_reference"][key] == close(M.weighted_mean([r[key] for r in reference], weights))
 
 
 def test_unknown_cell_id_names_file_field_and_section(proc: Path, tmp_path: Path) -> None:

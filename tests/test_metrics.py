@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -197,6 +199,79 @@ def test_morans_i_constant_gene_is_nan_and_correlation_ignores_it() -> None:
     assert M.morans_i_correlation(pos, pos, vals, k=5) == pytest.approx(1.0)
 
 
+# ---------------------------------------------------------------------------------------------- section truth
+
+
+def same(a: float, b: float) -> bool:
+    """Bit for bit, NaN equal to NaN."""
+    return (np.isnan(a) and np.isnan(b)) or a == b
+
+
+def gridded(n: int, seed: int) -> np.ndarray:
+    """Integer points on a 6 x 6 grid: duplicate cells and many tied pair distances."""
+    return np.random.default_rng(seed).integers(0, 6, size=(n, 2)).astype(np.float64)
+
+
+TRUTH_CASES = {  # (pred, true, max_pairs)
+    "all pairs": (cloud(n=40, seed=1), cloud(n=40, seed=2), M.MAX_PAIRS),
+    "pair subset": (cloud(n=60, seed=1) * 3 + 1, cloud(n=60, seed=2), 300),  # 1,770 pairs > 300
+    "ties, all pairs": (gridded(50, 3), gridded(50, 4), M.MAX_PAIRS),
+    "ties, pair subset": (gridded(70, 3), gridded(70, 4), 500),
+    "pred all equal": (np.full((30, 2), 0.1), cloud(n=30, d=2, seed=5), M.MAX_PAIRS),
+    "true all equal": (cloud(n=30, d=2, seed=5), np.full((30, 2), 0.1), 100),
+}
+
+
+@pytest.mark.parametrize("case", list(TRUTH_CASES))
+def test_section_truth_scores_equal_the_metric_functions(case: str) -> None:
+    from scipy.spatial.distance import pdist
+
+    pred, true, max_pairs = TRUTH_CASES[case]
+    values = cloud(n=len(true), d=4, seed=7)
+    truth = M.SectionTruth(true, values, k=5, seed=3, max_pairs=max_pairs)
+    assert (truth.pairs is None) == (max_pairs == M.MAX_PAIRS)
+    got = truth.distance_scores(pred)
+    assert list(got) == ["distance_mse", "distance_pearson", "distance_spearman"]
+    for name, value in got.items():  # the public functions: the same bits
+        assert same(value, getattr(M, name)(pred, true, max_pairs=max_pairs, seed=3)), name
+    # ... and the numbers of the definitions the functions had before the true side was cached
+    dp, dt = M.pair_distances(pred, true, max_pairs=max_pairs, seed=3)
+    assert np.array_equal(dt, truth.distances)
+    if max_pairs == M.MAX_PAIRS:
+        assert np.array_equal(dp, pdist(pred)) and np.array_equal(dt, pdist(true))
+    sp, st = M.pair_distances(M.unit_rms(pred), M.unit_rms(true), max_pairs=max_pairs, seed=3)
+    assert got["distance_mse"] == pytest.approx(np.mean((sp - st) ** 2), rel=1e-12, abs=1e-28)
+    degenerate = np.ptp(dp) == 0 or np.ptp(dt) == 0
+    assert degenerate == case.endswith("all equal")
+    if degenerate:
+        assert np.isnan(got["distance_pearson"]) and np.isnan(got["distance_spearman"])
+    else:
+        assert got["distance_pearson"] == stats.pearsonr(dp, dt)[0]
+        assert got["distance_spearman"] == stats.spearmanr(dp, dt)[0]
+    assert truth.knn_preservation(pred) == M.knn_preservation(pred, true, k=5)
+    mi = M.morans_i(pred, values, k=5)
+    assert np.array_equal(truth.morans, M.morans_i(true, values, k=5), equal_nan=True)
+    assert np.array_equal(truth.morans_i(pred[:, :1]), M.morans_i(true, pred[:, :1], k=5), equal_nan=True)
+    assert same(M.morans_i_agreement(mi, truth.morans), M.morans_i_correlation(pred, true, values, k=5))
+
+
+def test_section_truth_is_frozen_and_reused() -> None:
+    truth = M.SectionTruth(cloud(n=30), k=4)
+    with pytest.raises(AttributeError):
+        truth.k = 5  # a cached kNN or distance would no longer match
+    assert truth.ranks is truth.ranks and truth.knn is truth.knn  # computed once
+    with pytest.raises(AlphaSTomicsError, match="no 'values'"):
+        _ = truth.morans
+    with pytest.raises(AlphaSTomicsError, match="same shape"):
+        truth.distance_scores(cloud(n=31))
+
+
+def test_average_ranks_are_scipys_bit_for_bit() -> None:
+    rng = np.random.default_rng(0)
+    for x in (rng.normal(size=1000), rng.integers(0, 7, size=1000).astype(float), np.zeros(5), np.ones(1)):
+        assert np.array_equal(M._average_ranks(x), stats.rankdata(x))
+
+
 # ---------------------------------------------------------------------------------------------- cell types
 
 
@@ -290,6 +365,19 @@ def test_gate_stats_fixed_bins() -> None:
     assert out["std"] == pytest.approx(np.std([0.05, 0.15, 0.15, 0.95]))
 
 
+def test_gate_stats_share_below_the_sparse_threshold() -> None:
+    # two heads x 4 cells, the last cell padding: real scores 0.0, 0.05, 0.0999, 0.1 (not below: strict),
+    # 0.5, 0.95 -> 3 of 6 below 0.1; the padding cell's 0.01 / 0.02 must not count.
+    gate = np.array([[[0.0, 0.05], [0.0999, 0.1], [0.5, 0.95], [0.01, 0.02]]])
+    mask = np.array([[True, True, True, False]])
+    assert M.SPARSE_GATE == 0.1
+    out = M.gate_stats(gate, mask)
+    assert out["share_below"] == pytest.approx(3 / 6)
+    assert {"mean", "std", "bins", "counts"} <= set(out)  # the keys before share_below stay
+    assert M.gate_stats(np.full((1, 3, 2), 0.5))["share_below"] == 0.0
+    assert np.isnan(M.gate_stats(gate, np.zeros((1, 4), dtype=bool))["share_below"])  # no real cell
+
+
 def test_weighted_mean_skips_nan() -> None:
     assert M.weighted_mean([1.0, 3.0, np.nan], [1, 3, 10]) == pytest.approx(2.5)
     assert np.isnan(M.weighted_mean([np.nan], [1]))
@@ -305,3 +393,30 @@ def test_bad_input_errors() -> None:
         M.distance_mse(np.full((3, 2), np.nan), np.zeros((3, 2)))
     with pytest.raises(AlphaSTomicsError, match="at least 2"):
         M.procrustes_rmsd(np.zeros((1, 2)), np.zeros((1, 2)))
+
+
+def test_expression_position_coupling_by_hand() -> None:
+    # three cells: pair distances in space (0-1, 0-2, 1-2) = 1, 3, 2, in expression 5, 6, 1;
+    # ranks 1 3 2 vs 2 3 1, d = -1 0 1: rho = 1 - 6 * 2 / (3 * 8) = 0.5
+    x = np.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
+    e = np.array([[0.0], [5.0], [6.0]])
+    assert M.expression_position_coupling(x, e) == pytest.approx(0.5)
+    # frame-free: rotated, reflected, moved and scaled positions give the same coupling
+    rot = np.array([[0.0, -1.0], [-1.0, 0.0]])
+    assert M.expression_position_coupling(3 * x @ rot + 7, e) == pytest.approx(0.5)
+    # the consistency of a generated tissue (x, e) with a real one whose expression follows space exactly
+    out = M.joint_consistency(x, e, x, x[:, :1])
+    assert out == pytest.approx({"joint_coupling": 0.5, "joint_coupling_true": 1.0, "joint_consistency_error": 0.5})
+    # constant expression: no coupling to speak of
+    assert math.isnan(M.expression_position_coupling(x, np.ones((3, 2))))
+    with pytest.raises(M.MetricInputError, match="'positions' and 'expression' have 3 and 2 cells"):
+        M.expression_position_coupling(x, e[:2])
+
+
+def test_expression_position_coupling_on_a_pair_subset_equals_the_chunked_one() -> None:
+    rng = np.random.default_rng(3)
+    x, e = rng.normal(size=(60, 2)), rng.normal(size=(60, 30))
+    pairs = M._pair_index(60, 500, 0)
+    expected = stats.spearmanr(M._distances(x, pairs), M._distances(e, pairs))[0]
+    assert M.expression_position_coupling(x, e, max_pairs=500) == pytest.approx(expected, abs=1e-12)
+    assert np.array_equal(M._distances_chunked(e, pairs, chunk=7), M._distances(e, pairs))

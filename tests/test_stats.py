@@ -1,5 +1,5 @@
 """Statistics on hand-computed numbers: t interval, relative change, paired t-test, sign-flip permutation p,
-Holm, minimum detectable effect."""
+Holm, minimum detectable effect, repeated-measures ANOVA over diffusion time."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from alphastomics.stats import (
     holm,
@@ -18,6 +19,7 @@ from alphastomics.stats import (
     relative_change,
     sign_flip_p,
     summarize,
+    time_effect,
 )
 
 
@@ -156,3 +158,69 @@ def test_a_negative_dl_tau2_is_zero_and_the_estimate_is_the_fixed_effect_one() -
         random_effects([0.1], [0.01])
     with pytest.raises(ValueError, match="variances > 0"):
         random_effects([0.1, 0.2], [0.01, 0.0])
+
+
+# -------------------------------------------------------------------------- variation over diffusion time
+
+
+def test_time_effect_rm_anova_by_hand() -> None:
+    # 3 seeds x 4 times. Grand mean m = 32/12 = 8/3; time means 1, 7/3, 3, 13/3; seed means 5/2, 13/4, 9/4.
+    x = np.array([[1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 4.0, 5.0], [0.0, 3.0, 2.0, 4.0]])
+    ss_time = 3 * ((5 / 3) ** 2 + (1 / 3) ** 2 + (1 / 3) ** 2 + (5 / 3) ** 2)  # = 52/3
+    ss_seed = 4 * ((1 / 6) ** 2 + (7 / 12) ** 2 + (5 / 12) ** 2)  # = 13/6
+    ss_total = (1 + 4 + 9 + 16) + (4 + 4 + 16 + 25) + (0 + 9 + 4 + 16) - 12 * (8 / 3) ** 2  # = 68/3
+    ss_resid = ss_total - ss_time - ss_seed  # = 19/6
+    assert (ss_time, ss_seed, ss_total, ss_resid) == pytest.approx((52 / 3, 13 / 6, 68 / 3, 19 / 6))
+    f = (ss_time / 3) / (ss_resid / 6)  # df (T - 1, (S - 1)(T - 1)) = (3, 6): F = 208/19
+    out = time_effect(x)
+    assert out.f == pytest.approx(f) and out.f == pytest.approx(208 / 19)
+    assert (out.df_time, out.df_resid, out.n_seeds, out.n_times) == (3, 6, 3, 4)
+    assert out.p_value == pytest.approx(stats.f.sf(208 / 19, 3, 6))
+    assert out.p_lower_bound == pytest.approx(stats.f.sf(208 / 19, 1, 2))  # Greenhouse-Geisser lower bound
+    assert out.time_means == pytest.approx((1.0, 7 / 3, 3.0, 13 / 3)) and out.range_t == pytest.approx(10 / 3)
+    # seed-to-seed SD at a fixed time, pooled: variances over seeds 1, 1/3, 1, 1/3 -> sqrt(2/3)
+    assert out.seed_sd == pytest.approx(math.sqrt(2 / 3))
+
+
+def test_time_effect_equals_statsmodels_anova_rm() -> None:
+    pd = pytest.importorskip("pandas")
+    from statsmodels.stats.anova import AnovaRM
+
+    x = np.random.default_rng(3).normal(size=(4, 5)) + np.linspace(0, 1, 5)
+    long = pd.DataFrame([(s, t, x[s, t]) for s in range(4) for t in range(5)], columns=["seed", "t", "y"])
+    table = AnovaRM(long, "y", "seed", within=["t"]).fit().anova_table
+    out = time_effect(x)
+    assert out.f == pytest.approx(table["F Value"].iloc[0])
+    assert out.p_value == pytest.approx(table["Pr > F"].iloc[0])
+
+
+def test_time_effect_no_time_effect() -> None:
+    # seeds far apart, every time mean the same (5): SS_time = 0, F = 0, p = 1; range 0, large seed SD
+    x = np.array([[10.0, 11.0, 9.0, 10.0], [0.0, -1.0, 1.0, 0.0], [5.0, 5.0, 5.0, 5.0]])
+    out = time_effect(x)
+    assert out.f == pytest.approx(0.0) and out.p_value == pytest.approx(1.0)
+    assert out.range_t == pytest.approx(0.0) and out.seed_sd > 4
+    # pure noise around seed offsets, no time trend: F small, p large
+    noise = np.array([[0.1, -0.2, 0.05, 0.0], [-0.1, 0.1, 0.0, 0.05], [0.0, 0.1, -0.05, -0.05]])
+    out = time_effect(noise + np.array([[0.0], [3.0], [-2.0]]))
+    assert out.f < 1 and out.p_value > 0.5
+
+
+def test_time_effect_degenerate_cases_give_nan_p() -> None:
+    one_seed = time_effect([[0.1, 0.2, 0.3]])
+    assert math.isnan(one_seed.p_value) and math.isnan(one_seed.f) and math.isnan(one_seed.seed_sd)
+    assert one_seed.range_t == pytest.approx(0.2)
+    one_time = time_effect([[0.1], [0.2], [0.4]])
+    assert math.isnan(one_time.p_value) and one_time.range_t == 0.0
+    # additive (seed + time, no interaction): zero residual, nothing to test against
+    additive = time_effect(np.array([[0.0], [1.0], [5.0]]) + np.array([0.1, 0.3, 0.2]))
+    assert math.isnan(additive.p_value) and math.isnan(additive.p_lower_bound)
+    assert math.isnan(time_effect(np.full((3, 4), 0.5)).p_value)
+    assert math.isnan(time_effect(np.zeros((0, 4))).p_value)
+    # a seed with a missing value is dropped (the design must be complete); an all-missing time too
+    x = np.array([[1.0, 2.0, 3.0, 4.0, np.nan], [2.0, 2.0, 4.0, 5.0, np.nan], [0.0, 3.0, 2.0, 4.0, np.nan],
+                  [1.0, np.nan, 2.0, 2.0, np.nan]])
+    out = time_effect(x)
+    assert (out.n_seeds, out.n_times) == (3, 4) and out.f == pytest.approx(208 / 19)
+    with pytest.raises(ValueError, match="seeds x times"):
+        time_effect([0.1, 0.2])
