@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 CORES  ?= 2
 
 .PHONY: run test test-slurm test-all setup clean chromium learning-curve powered tissues tissue-ablations \
-	stability
+	stability claims
 
 # Locally, one thread per training/sampling/evaluate job and CORES jobs side by side (how the README's
 # timing of `make run` was measured); on a cluster, threads follow resources in config/config.yaml.
@@ -37,6 +37,13 @@ tissue-ablations: $(STAMP)  ## rotation and the scored placement, ablated on the
 stability: $(STAMP)  ## divergence and convergence at larger learning rates; about 35 minutes on 2 cores
 	$(BIN)/snakemake stability --profile workflow/profiles/default --cores $(CORES) \
 	  --set-threads train=1 sample=1 evaluate=1 --keep-going --configfile config/stability.yaml
+
+# Every claim of the design note in one table (config/claims.yaml; docs/results.md, "The design note's
+# claims"): the three tasks on bdtnp and expression on STARmap, 5 seeds, read with make stability's sweep
+# (run first); report, verdict and claims table in results/claims/.
+claims: stability  ## every claim of the design note, measured; about 75 minutes on 2 cores with make stability
+	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --set-threads train=1 sample=1 evaluate=1 \
+	  --configfile config/claims.yaml
 
 learning-curve: $(STAMP)  ## quality against training steps (docs/training.md); about 20 minutes on 2 cores
 	$(BIN)/snakemake learning_curve --profile workflow/profiles/default --cores $(CORES) --set-threads study_run=1

@@ -148,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="other campaigns' verdict.json files: their data sets join the comparison across tissues (a "
              "missing file is a row saying which campaign to run; workflow: config 'compare_with')",
     )
+    p.add_argument(
+        "--stability", type=Path, metavar="JSON",
+        help="the learning-rate sweep's stability.json (make stability) for the claims table's stability and "
+             "convergence rows (a missing file: those rows say how to measure them; workflow: config "
+             "'claims.stability')",
+    )
 
     p = sub.add_parser("baseline", help="a peer method (knn, tangram, novosparc, celery) on held-out sections")
     _common(p)

@@ -15,6 +15,7 @@ Shape legend:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from alphastomics.artifacts import DataError, load_checkpoint
 from alphastomics.attention import Attention
 from alphastomics.config import Config, ModelConfig, config_from_dict, generates_expression, generates_positions
 from alphastomics.seeds import name_seed
+from alphastomics.variants import VARIANTS
 
 Diagnostics = dict[str, Tensor | None]
 
@@ -299,3 +301,38 @@ def count_parameters(module: nn.Module, within: type[nn.Module] | None = None) -
     if within is None:
         return sum(p.numel() for p in module.parameters())
     return sum(p.numel() for m in module.modules() if isinstance(m, within) for p in m.parameters())
+
+
+# The design note's claims per attention layer at d_model 256, 8 heads (relative to linear).
+_CLAIMED_OVERHEAD = {
+    "gated_headwise": "+4 %",
+    "gated_elementwise": "+50 %",
+    "gated_headwise_no_qknorm": "+4 %",
+}
+
+
+def variant_config(cfg: ModelConfig, name: str) -> ModelConfig:
+    """``cfg`` with the attention settings of the named variant (``alphastomics.variants.VARIANTS``)."""
+    return dataclasses.replace(cfg, **VARIANTS[name].settings())
+
+
+def parameter_table(cfg: ModelConfig, n_genes: int, dims: int) -> list[dict[str, Any]]:
+    """Per variant: attention parameters per layer, parameters per layer, total, overheads vs linear."""
+    rows = []
+    for name in VARIANTS:
+        model = Denoiser(variant_config(cfg, name), n_genes, dims)
+        layer = model.layers[0]
+        rows.append(
+            {
+                "variant": name,
+                "attention_per_layer": count_parameters(layer.attention.attn),
+                "layer": count_parameters(layer),
+                "total": count_parameters(model),
+            }
+        )
+    base = rows[0]
+    for row in rows:
+        for key in ("attention_per_layer", "total"):
+            row[f"{key}_vs_linear"] = row[key] / base[key] - 1.0
+        row["claimed"] = _CLAIMED_OVERHEAD.get(row["variant"], "")
+    return rows

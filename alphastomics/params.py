@@ -6,51 +6,14 @@ and the overhead against linear attention next to the design note's claim).
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 from alphastomics.artifacts import DataError, read_manifest
-from alphastomics.config import Config, ModelConfig
-from alphastomics.model import Denoiser, count_parameters
-from alphastomics.variants import VARIANTS
+from alphastomics.config import Config
+from alphastomics.model import parameter_table
 
 BDTNP_GENES, BDTNP_DIMS = 84, 3  # the bundled atlas (DESIGN section 3): 84 genes, 3D coordinates
-
-# The design note's claims per attention layer at d_model 256, 8 heads (relative to linear).
-_CLAIMED_OVERHEAD = {
-    "gated_headwise": "+4 %",
-    "gated_elementwise": "+50 %",
-    "gated_headwise_no_qknorm": "+4 %",
-}
-
-
-def variant_config(cfg: ModelConfig, name: str) -> ModelConfig:
-    """``cfg`` with the attention settings of the named variant (``alphastomics.variants.VARIANTS``)."""
-    return dataclasses.replace(cfg, **VARIANTS[name].settings())
-
-
-def parameter_table(cfg: ModelConfig, n_genes: int, dims: int) -> list[dict[str, Any]]:
-    """Per variant: attention parameters per layer, parameters per layer, total, overheads vs linear."""
-    rows = []
-    for name in VARIANTS:
-        model = Denoiser(variant_config(cfg, name), n_genes, dims)
-        layer = model.layers[0]
-        rows.append(
-            {
-                "variant": name,
-                "attention_per_layer": count_parameters(layer.attention.attn),
-                "layer": count_parameters(layer),
-                "total": count_parameters(model),
-            }
-        )
-    base = rows[0]
-    for row in rows:
-        for key in ("attention_per_layer", "total"):
-            row[f"{key}_vs_linear"] = row[key] / base[key] - 1.0
-        row["claimed"] = _CLAIMED_OVERHEAD.get(row["variant"], "")
-    return rows
-
 
 def _genes_and_dims(cfg: Config, data_dir: Path | None) -> tuple[int, int]:
     """G and D of the data set: from a processed folder's manifest, else what the config generates or bundles.

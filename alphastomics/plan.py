@@ -109,6 +109,25 @@ def dataset_seeds(plan: dict[str, Any], dataset: str) -> list[int]:
     return [int(s) for s in (entry.get("seeds") or plan["seeds"])]
 
 
+def dataset_variants(plan: dict[str, Any], dataset: str) -> list[str]:
+    """The variants a data set (or fold) trains: the campaign's variants (after a sweep's expansion) that its
+    own ``variants`` list names (a swept variant V names every ``V_lr{tag}``), else all of them. One campaign
+    can then run several tasks (``diffusion.mode`` per data set) without every variant on every task.
+    Unknown names raise ValueError naming the data set and the key."""
+    expanded = expand_variants(plan)
+    entry = expand_datasets(plan["datasets"]).get(dataset) or plan["datasets"][dataset]
+    wanted = entry.get("variants")
+    if not wanted:
+        return list(expanded)
+    unknown = [v for v in wanted if v not in plan["variants"]]
+    if unknown:
+        raise ValueError(
+            f"datasets.{(entry.get('dataset') or {}).get('fold_of', dataset)}.variants names {unknown[0]!r}, which "
+            f"is not a key of variants; use some of {', '.join(plan['variants'])}"
+        )
+    return [name for name, e in expanded.items() if e.get("base", name) in wanted]
+
+
 def dataset_block(plan: dict[str, Any], dataset: str) -> dict[str, Any]:
     """The ``dataset`` overrides of a data set (or fold) of the plan; its name is the key, whatever the
     block says (the results folder is named after it)."""

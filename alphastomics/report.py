@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from alphastomics import AlphaSTomicsError
+from alphastomics import claims
 from alphastomics import verdict as V
 from alphastomics.artifacts import atomic_write_text
 from alphastomics.checks import NOT_INTERPRETED
@@ -45,6 +46,7 @@ from alphastomics.runs import (  # noqa: F401  (load_run: this module's API too)
     DatasetView,
     Run,
     _is_num,
+    _read_json,
     group_runs,
     load_run,
 )
@@ -54,7 +56,7 @@ class ReportError(AlphaSTomicsError, ValueError):
     """A report input is unusable; the message names the file, the field and the fix."""
 
 
-SINK_THRESHOLD = V.SINK_THRESHOLD
+SINK_THRESHOLD = claims.SINK_THRESHOLD
 
 # Plain-language names (the metric key follows in brackets).
 LABELS = {
@@ -400,22 +402,59 @@ def metrics_table(ds: dict[str, Any], runs: dict[str, list[Run]]) -> tuple[list[
     return names, rows
 
 
-def expectations_rows(ds: dict[str, Any]) -> list[dict[str, str]]:
-    out = []
-    for e in ds["expectations"]:
-        if e["metric"] == "attention_sink_share":
-            measured = NOT_MEASURED
-            if _ok(e.get("largest_share")):
-                measured = f"largest per-layer sink share {e['largest_share']:.1%}"
-                if _ok(e.get("control_largest_share")):
-                    measured += f" (ungated softmax control: {e['control_largest_share']:.1%})"
-        elif e["mark"] == NOT_INTERPRETED:
-            measured = "not shown (relative to a value at the random level)"
-        else:
-            measured = NOT_MEASURED if e["mark"] == NOT_MEASURED else f"{fmt_rel_ci(e)} over {e['n']} seeds"
-        out.append(dict(variant=e["variant"], label=e["label"], expected=e["expected"], measured=measured,
-                        mark=e["mark"]))
-    return out
+def _share(x: float) -> str:
+    """0.031 -> '3.1 %' (a share or a size, no sign)."""
+    return f"{100 * x:.1f} %"
+
+
+def _ci_pct(r: dict[str, Any]) -> str:
+    lo, hi = fmt_pct(r.get("ci_low")), fmt_pct(r.get("ci_high"))
+    return f"{fmt_pct(r.get('measured'))} [{lo.removesuffix(' %')}, {hi}]" if _ok(r.get("ci_low")) else \
+        fmt_pct(r.get("measured"))
+
+
+def claim_cells(r: dict[str, Any]) -> dict[str, str]:
+    """One row of verdict.json ``claims`` as the strings the page and docs/results.md show."""
+    where = "" if not r.get("dataset") else r["dataset"] + (f" ({r['task']})" if r.get("task") else "")
+    who = r.get("variant") or ""
+    if r.get("reference") and r.get("unit") in ("relative", "steps", "learning rate"):
+        who += f" vs {r['reference']}"
+    if r.get("layer") is not None and r.get("unit") in ("gate range over t", "gate mean"):
+        who += f", layer {r['layer']}"
+    unit, measured, detectable = r.get("unit"), "", ""
+    if r["mark"] == NOT_MEASURED and r.get("measured") is None:
+        measured = r.get("why") or NOT_MEASURED
+    elif unit == "relative":
+        measured = _ci_pct(r) + (f" over {r['n']} seeds" if r.get("n") else "")
+        detectable = _share(abs(r["mde_relative"])) if _ok(r.get("mde_relative")) else ""
+    elif unit == "share":
+        measured = (f"worst head (layer {r['layer']}, head {r['head']}) {_share(r['measured'])} "
+                    f"(seeds {_share(r['ci_low'])}-{_share(r['ci_high'])})")
+        if _ok(r.get("control")):
+            measured += f"; softmax control's worst head (layer {r['control_layer']}, head {r['control_head']}) " \
+                        f"{_share(r['control'])}"
+    elif unit == "learning rate":
+        measured = f"{fmt(r.get('measured'))} vs {fmt(r.get('control'))}"
+    elif unit == "steps":
+        lo, hi = fmt(r.get("ci_low")), fmt(r.get("ci_high"))
+        measured = f"{fmt(r.get('measured'))} steps [{lo}, {hi}] over {r.get('n')} seeds"
+        detectable = f"{fmt(r.get('mde'))} steps" if _ok(r.get("mde")) else ""
+    elif unit == "gate range over t":
+        means = ", ".join(f"{m:.2f}" for m in r.get("time_means") or [])
+        measured = (f"gate mean at t = {', '.join(f'{t:g}' for t in r.get('times') or [])}: {means} (range "
+                    f"{fmt(r.get('measured'))}; seed-to-seed sd {fmt(r.get('seed_sd'))}); F {fmt(r.get('f'))}, "
+                    f"p_Holm {fmt_p(r.get('holm_p'))}")
+    elif unit == "gate mean":
+        measured = (f"mean {fmt(r.get('measured'))} [{fmt(r.get('ci_low'))}, {fmt(r.get('ci_high'))}], std "
+                    f"{fmt(r.get('std'))}")
+        if _ok(r.get("share_below")):
+            measured += f", {_share(r['share_below'])} of scores below 0.1"
+    else:
+        measured = fmt(r.get("measured"))
+    if r.get("why") and r["mark"] != NOT_MEASURED:
+        measured += f" ({r['why']})"
+    return {"claim": r["claim"], "where": where, "who": who, "expected": r.get("expected") or "",
+            "measured": measured, "detectable": detectable, "mark": r["mark"]}
 
 
 def _wall_time(run: Run) -> float:
@@ -523,7 +562,6 @@ def _render(verdict: dict[str, Any], runs: list[Run], prov: dict[str, Any]) -> s
             peers=ds["peers"],
             peer_sentences=[sentence(r) for r in ds["peers"]],
             skipped=ds["skipped"],
-            expectations=expectations_rows(ds),
             metric_cols=cols,
             metric_rows=rows,
             cost=cost_table(view),
@@ -549,6 +587,7 @@ def _render(verdict: dict[str, Any], runs: list[Run], prov: dict[str, Any]) -> s
     env.filters["capitalize_first"] = lambda text: text[:1].upper() + text[1:]
     return env.get_template("report.html.j2").render(
         across=across_tables(verdict),
+        claims=[claim_cells(r) for r in verdict.get("claims") or []],
         across_notes=across_notes(verdict),
         method=(verdict.get("across_tissues") or {}).get("method") or {},
         views=pages,
@@ -562,6 +601,27 @@ def _render(verdict: dict[str, Any], runs: list[Run], prov: dict[str, Any]) -> s
     )
 
 
+def read_stability(path: Path | None) -> dict[str, Any] | None:
+    """The learning-rate sweep's stability.json (``make stability``), or None when not given or not written
+    yet (its claims rows then say how to measure them)."""
+    if path is None or not Path(path).is_file():
+        return None
+    data = _read_json(Path(path))
+    if not isinstance(data, dict) or "claims" not in data:
+        raise ReportError(f"{path}: field 'claims' missing; rerun make stability to rewrite it")
+    return data
+
+
+def note_parameters() -> list[dict[str, Any]]:
+    """The parameter table at the design note's size (the package's default model: d_model 256, 8 heads,
+    6 layers), which the parameter claims are about; counted on the CPU, no training."""
+    from alphastomics.config import ModelConfig
+    from alphastomics.model import parameter_table
+
+    # the heads' sizes (genes, dims) do not change the attention counts the claims are about
+    return parameter_table(ModelConfig(), 84, 3)
+
+
 def build_report(
     run_dirs: list[Path],
     out: Path,
@@ -572,6 +632,7 @@ def build_report(
     config_snapshot: Path | None = None,
     cfg: Any = None,
     compare_with: list[Path] | None = None,
+    stability: Path | None = None,
 ) -> Path:
     """Read every run folder, write the verdict (``verdict_out``, default next to ``out``) and then the
     HTML page rendered from it; both atomically, the page only after the verdict. ``compare_with``: other
@@ -585,6 +646,8 @@ def build_report(
     verdict_out = Path(verdict_out) if verdict_out else Path(out).with_name("verdict.json")
     others = V.read_others([p for p in compare_with or [] if Path(p).resolve() != verdict_out.resolve()])
     verdict = V.build(runs, family, baseline=baseline, manifests=_manifests(runs), others=others)
+    verdict["claims"] = V._clean(claims.table(verdict["datasets"], runs, verdict["family"],
+                                              read_stability(stability), note_parameters(), baseline))
     html = _render(verdict, runs, provenance(runs, cfg, config_snapshot))
     V.write(verdict, verdict_out)
     atomic_write_text(out, html)
@@ -617,6 +680,7 @@ def main(args: argparse.Namespace, cfg: Any) -> int:
         config_snapshot=getattr(args, "config_snapshot", None),
         cfg=cfg,
         compare_with=getattr(args, "with_verdict", None),
+        stability=getattr(args, "stability", None),
     )
     print(f"report: wrote {out}")
     return 0
@@ -678,7 +742,7 @@ def markdown_summary(results: Path) -> str:
     then the peers, all from ``results/verdict.json`` (or the verdict file itself)."""
     v = V.read(Path(results))
     primary = list(v["family"]["primary_metrics"])
-    out = markdown_across(v)
+    out = markdown_across(v) + markdown_claims(v)
     for ds in v["datasets"]:
         cols, rows = decisions_table(ds, primary)
         seeds = "/".join(map(str, sorted({len(s) for s in ds["seeds"].values()})))
@@ -743,6 +807,22 @@ def markdown_summary(results: Path) -> str:
                                f"{fmt_p(r['holm_p'])}: {r['decision']}")
             out.append("")
     return "\n".join(out)
+
+
+def markdown_claims(v: dict[str, Any]) -> list[str]:
+    """The claims table (verdict.json ``claims``; the report's section 2) as Markdown."""
+    rows = [claim_cells(r) for r in v.get("claims") or []]
+    if not rows:
+        return []
+    out = ["**The design note's claims** (one row per claim, data set and variant; relative changes against "
+           "linear with their 95 % interval over seeds and the smallest effect the seeds detect; "
+           "docs/metrics.md, \"The claims table\")\n",
+           "| claim | data set (task) | variant | expected | measured [95 % interval] | detectable | result |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append("| " + " | ".join(r[k].replace("|", "/") for k in (
+            "claim", "where", "who", "expected", "measured", "detectable", "mark")) + " |")
+    return out + [""]
 
 
 def _md_cell(c: dict[str, Any]) -> str:

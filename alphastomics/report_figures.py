@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from alphastomics.runs import DatasetView, Run, _is_num, direction
-from alphastomics.verdict import SINK_THRESHOLD
-from alphastomics.verdict import sink_share as _sink_share
+from alphastomics.claims import SINK_THRESHOLD
+from alphastomics.claims import sink_share as _sink_share
 
 NOT_MEASURED = "not measured"
 

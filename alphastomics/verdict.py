@@ -12,7 +12,6 @@ Follows DESIGN section 6, "Statistics", like a methods section written before th
   Holm-adjusted p < 0.05; every other metric is a secondary record (the same numbers, no Holm p, no word);
 - peers: per held-out section, the model's seed-averaged value against the peer's value; a test only with at
   least ``MIN_PEER_SECTIONS`` sections;
-- the design note's expected changes against linear attention, each compared with the interval;
 - before any of that is read, the learning gate and the run warnings (``alphastomics.checks``): when no
   variant placed cells better than random, every contrast of the data set is "not interpreted".
 - the power plan: per primary record, the seeds needed for a 5 % smallest detectable effect and their cost.
@@ -67,19 +66,6 @@ MIN_PEER_SECTIONS = 5
 # The power plan's target: seeds needed for a smallest detectable effect of this relative size (the design
 # note's expected effects are 5-15 %).
 PLAN_TARGET = 0.05
-
-# The design note's expected change against linear attention: (label, metric, lo %, hi %); None = "up".
-EXPECTATIONS: list[tuple[str, str, float | None, float | None]] = [
-    ("expression MSE", "expression_mse", -10.0, -5.0),
-    ("position distance MSE", "distance_mse", -15.0, -10.0),
-    ("masked reconstruction MSE", "masked_reconstruction_mse", -20.0, -15.0),
-    ("kNN preservation", "knn_preservation", 5.0, 10.0),
-    ("Moran's I agreement", "morans_i_corr", None, None),
-]
-# An attention sink: one cell receives more than this share of all attention (uniform is 1/N). Qiu et al.
-# report ~47 % on the first token without gating and ~5 % with it; 10 % separates those regimes.
-SINK_THRESHOLD = 0.10
-
 
 class VerdictError(AlphaSTomicsError, ValueError):
     """A family declaration or verdict file is unusable; the message names the field and the fix."""
@@ -199,52 +185,6 @@ def decide(records: list[dict[str, Any]], family: Family, *, min_n: int = 2) -> 
             )
 
 
-def _expectation(
-    label: str, metric: str, lo: float | None, hi: float | None, rec: dict[str, Any] | None
-) -> dict[str, Any]:
-    """met: the relative interval excludes 0 and reaches the expected range (or beyond it, in the expected
-    direction); inconclusive: it overlaps both 0 and that range; not met: it misses the range."""
-    if lo is None or hi is None:
-        region = (0.0, math.inf)  # "up"
-        expected = "up"
-    else:
-        lo, hi = min(lo, hi), max(lo, hi)
-        region = (-math.inf, hi) if hi < 0 else (lo, math.inf)
-        expected = f"{lo:+.0f} .. {hi:+.0f} %"
-    out: dict[str, Any] = {"label": label, "metric": metric, "expected": expected, "variant": None}
-    low = None if rec is None else rec.get("relative_ci_low")
-    if rec is None or rec["n"] < 2 or low is None or not math.isfinite(low):
-        return out | {"mark": "not measured"}
-    a, b = 100 * rec["relative_ci_low"], 100 * rec["relative_ci_high"]
-    hits_region = b > region[0] and a < region[1]
-    hits_zero = a <= 0 <= b
-    mark = "not met" if not hits_region else "inconclusive" if hits_zero else "met"
-    return out | {
-        "variant": rec["variant"],
-        "relative_change": rec["relative_change"],
-        "relative_ci_low": rec["relative_ci_low"],
-        "relative_ci_high": rec["relative_ci_high"],
-        "n": rec["n"],
-        "mark": mark,
-    }
-
-
-def sink_share(run: Run) -> list[float]:
-    """Per layer: attention-sink share (mean over heads and sections) from eval diagnostics."""
-    entries = ((run.metrics or {}).get("diagnostics") or {}).get("attention_sink") or []
-    out = []
-    for e in entries:
-        v = e.get("share", e.get("share_mean")) if isinstance(e, dict) else e
-        v = np.asarray(v, dtype=float) if v is not None else np.array([np.nan])
-        out.append(float(np.nanmean(v)) if v.size and np.isfinite(v).any() else float("nan"))
-    return out
-
-
-def _largest_sink(runs: list[Run]) -> float:
-    shares = [max(sh) for sh in (sink_share(r) for r in runs) if sh and np.isfinite(sh).any()]
-    return float(np.nanmean(shares)) if shares else math.nan
-
-
 def contrast_records(
     view: DatasetView, family: Family
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, str]]]:
@@ -331,39 +271,6 @@ def describe(view: DatasetView) -> tuple[dict[str, Any], dict[str, float]]:
     return table, random_reference
 
 
-def expectation_rows(
-    view: DatasetView, family: Family, records: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """The design note's expectations for each declared contrast against the baseline, and its sink check
-    with the ungated softmax control beside it."""
-    by_key = {(r["variant"], r["reference"], r["metric"]): r for r in records}
-    control = view.variants.get("softmax")
-    rows: list[dict[str, Any]] = []
-    for variant, reference in family.contrasts:
-        if reference != view.baseline or variant not in view.variants or reference not in view.variants:
-            continue
-        for label, metric, lo, hi in EXPECTATIONS:
-            row = _expectation(label, metric, lo, hi, by_key.get((variant, reference, metric)))
-            rows.append(row | {"variant": variant})
-        share = _largest_sink(view.variants[variant])
-        ctrl = _largest_sink(control) if control and variant != "softmax" else math.nan
-        mark = "not measured" if not math.isfinite(share) else "met" if share < SINK_THRESHOLD else "not met"
-        if mark == "met" and math.isfinite(ctrl) and ctrl < SINK_THRESHOLD:
-            mark = "met, but so does the ungated control"
-        rows.append(
-            {
-                "label": "no attention sink",
-                "metric": "attention_sink_share",
-                "variant": variant,
-                "expected": f"< {SINK_THRESHOLD:.0%} to one cell",
-                "largest_share": share,
-                "control_largest_share": ctrl,
-                "mark": mark,
-            }
-        )
-    return rows
-
-
 def _train_minutes(runs: list[Run]) -> float:
     """Mean training wall time of a seed's model in minutes (train_summary.json; folds summed)."""
     walls = [float(r.summary["wall_time_s"]) for r in runs if r.summary and r.summary.get("wall_time_s")]
@@ -411,7 +318,6 @@ def dataset_verdict(view: DatasetView, family: Family, facts: dict[str, Any] | N
         "records": records,
         "secondary": secondary,
         "peers": peer_records(view, family),
-        "expectations": expectation_rows(view, family, records + secondary),
         "skipped": skipped,
         "table": table,
         "random_reference": random_reference,

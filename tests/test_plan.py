@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from alphastomics import plan
@@ -79,3 +80,15 @@ def test_learning_rates_make_each_variant_one_variant_per_rate():
     assert merged["training"] == {"learning_rate": 0.1, "max_steps": 9, "seed": 2}
     # without rates, the variants as written
     assert list(plan.expand_variants({**p, "learning_rates": []})) == ["gated_headwise"]
+
+
+def test_a_data_set_trains_the_variants_it_names_and_its_folds_inherit_them():
+    p = {"seeds": [0], "variants": {"linear": {}, "softmax": {}, "gated_headwise": {}},
+         "datasets": {"a": {"variants": ["linear", "gated_headwise"], "folds": 2}, "b": {}}}
+    assert plan.dataset_variants(p, "a_fold2") == ["linear", "gated_headwise"]  # campaign order, not the list's
+    assert plan.dataset_variants(p, "b") == ["linear", "softmax", "gated_headwise"]
+    # a sweep: the data set's variant brings every rate of it
+    sweep = {**p, "learning_rates": [1e-3, 1e-2], "datasets": {"a": {"variants": ["softmax"]}}}
+    assert plan.dataset_variants(sweep, "a") == ["softmax_lr1e-3", "softmax_lr1e-2"]
+    with pytest.raises(ValueError, match=r"datasets\.a\.variants names 'gated'.*use some of linear, softmax"):
+        plan.dataset_variants({**p, "datasets": {"a": {"variants": ["gated"], "folds": 2}}}, "a_fold1")

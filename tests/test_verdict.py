@@ -1,7 +1,7 @@
 """The verdict (alphastomics/verdict.py) on fixture run folders: decisions for a planted effect and for none,
 every number of verdict.json recomputed by hand from the per-seed metrics.json files (its documented schema),
 seeds as the unit (two sections of one seed are never two pairs), peers per section with too few sections,
-the expectations' marks, and the declared family of config/config.yaml."""
+the claims' marks, and the declared family of config/config.yaml."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 import yaml
 from scipy import stats as st
 
+from alphastomics import claims
 from alphastomics import verdict as V
 from alphastomics.runs import load_run
 
@@ -274,17 +275,13 @@ def test_a_peer_with_six_sections_is_tested_per_section(tmp_path: Path) -> None:
         (None, None, (0.01, 0.03), "met"),  # "up"
         (None, None, (-0.01, 0.03), "inconclusive"),
         (5.0, 10.0, (0.0, 0.0), "not met"),  # no change on any seed (a zero bound is a bound, not missing)
+        (None, -0.0, (-0.03, -0.01), "met"),  # "down" (joint_consistency_error)
+        (None, -0.0, (-0.03, 0.01), "inconclusive"),
+        (None, -0.0, (0.01, 0.03), "not met"),
     ],
 )
 def test_expectation_marks(lo, hi, interval, mark) -> None:
-    rec = {
-        "variant": "g",
-        "n": 5,
-        "relative_change": sum(interval) / 2,
-        "relative_ci_low": interval[0],
-        "relative_ci_high": interval[1],
-    }
-    assert V._expectation("x", "m", lo, hi, rec)["mark"] == mark
+    assert claims.expectation_mark(interval[0], interval[1], lo, hi) == mark
 
 
 def test_config_runs_the_package_default_family() -> None:

@@ -67,6 +67,11 @@ VARIANTS = list(VARIANT_ENTRIES)
 REPORT_TAG = "_".join(Path(config["report_dir"]).parts)
 # Training seeds per data set (or fold): its own `seeds`, else the campaign's.
 SEEDS = {d: plan.dataset_seeds(config, d) for d in DATASETS}
+# Variants per data set (or fold): its own `variants`, else all (alphastomics.plan.dataset_variants).
+try:
+    DATASET_VARIANTS = {d: plan.dataset_variants(config, d) for d in DATASETS}
+except ValueError as err:
+    raise WorkflowError(f"config: {err}") from None
 
 
 def runnable_baselines(methods):
@@ -116,7 +121,7 @@ def check_package_config():
     from alphastomics.config import load_config
 
     for dataset in DATASETS:
-        for variant in VARIANTS:
+        for variant in DATASET_VARIANTS[dataset]:
             blocks = plan.run_blocks(config, dataset, variant, SEEDS[dataset][0])
             try:
                 load_config([config["model_config"]], plan.set_items(*blocks))
@@ -263,11 +268,11 @@ def evaluate_extra_args(wildcards, input):
 
 
 def model_runs():
-    """Every model run: data sets x variants x the data set's seeds."""
+    """Every model run: data sets x their variants x their seeds."""
     return [
         RUN.format(dataset=d, variant=v, seed=s)
         for d in DATASETS
-        for v in VARIANTS
+        for v in DATASET_VARIANTS[d]
         for s in SEEDS[d]
     ]
 
@@ -382,6 +387,28 @@ def compared_verdicts(wildcards):
     }
 
 
+def stability_args(wildcards):
+    """--stability of the report: the learning-rate sweep's stability.json (config claims.stability). A
+    param, not an input: make stability writes it (another campaign), and a missing file gives claims rows
+    that say how to measure them."""
+    path = (config.get("claims") or {}).get("stability")
+    return f" --stability {shlex.quote(path)}" if path else ""
+
+
+def stability_sha(wildcards):
+    """The sweep file's sha256 (or "absent"): a param, so that a new sweep reruns the report."""
+    import hashlib
+
+    path = (config.get("claims") or {}).get("stability")
+    if not path:
+        return ""
+    return (
+        hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        if Path(path).is_file()
+        else "absent"
+    )
+
+
 def report_inputs(wildcards):
     """Every file the report reads, so that Snakemake orders it after them and reruns it when they change.
 
@@ -443,9 +470,10 @@ def check_reassemble():
         raise WorkflowError(
             f"config: reassemble.dataset is {dataset!r}; use one of {', '.join(DATASETS)}"
         )
-    if variant not in VARIANTS:
+    if variant not in DATASET_VARIANTS[dataset]:
         raise WorkflowError(
-            f"config: reassemble.variant is {variant!r}; use one of {', '.join(VARIANTS)}"
+            f"config: reassemble.variant is {variant!r}; use one of {dataset}'s: "
+            f"{', '.join(DATASET_VARIANTS[dataset])}"
         )
     if seed != "best" and seed not in SEEDS[dataset]:
         raise WorkflowError(

@@ -27,8 +27,10 @@ rule report:
         verdict=verdict_args(),
         compare_with=compare_with_args,
         compared=compared_verdicts,
+        stability=stability_args,
+        stability_sha=stability_sha,
     shell:
         "printf '%s' {params.snapshot:q} > {output.snapshot} &&"
         " python -m alphastomics report --config {params.model_config} --runs {params.runs}"
         " --config-snapshot {output.snapshot} --out {output.html}"
-        " --verdict {output.verdict}{params.verdict}{params.compare_with} > {log} 2>&1"
+        " --verdict {output.verdict}{params.verdict}{params.compare_with}{params.stability} > {log} 2>&1"
