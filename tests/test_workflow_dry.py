@@ -83,6 +83,24 @@ def test_make_powered_and_learning_curve_plan_their_designs(tmp_path):
     assert counts["study_run"] == 2 * 3 * 2
 
 
+def test_make_claims_plans_each_task_with_its_variants(tmp_path):
+    """`make claims` runs make stability's sweep, then config/claims.yaml: every variant on the position
+    task, three on each expression and joint task (datasets.NAME.variants), each with its diffusion.mode,
+    and a report that reads the sweep's file (a param: not written yet here)."""
+    repo = make_copy(tmp_path)
+    shutil.copy(REPO / "Makefile", repo)
+    printed = subprocess.run(["make", "-n", "-o", ".venv/.installed", f"BIN={BIN}", "claims"], cwd=repo,
+                             capture_output=True, text=True, check=True).stdout.replace("\\\n", " ")
+    commands = [line for line in printed.splitlines() if "snakemake" in line]
+    assert [("stability.yaml" in c, "claims.yaml" in c) for c in commands] == [(True, False), (False, True)]
+    counts, out = dry_run(repo, "--configfile", "config/claims.yaml")
+    assert counts["train"] == counts["evaluate"] == 5 * 5 + 3 * 3 * 5
+    assert "results/bdtnp_position/gated_elementwise/seed4/train/final.pt" in out
+    assert "results/bdtnp_joint/gated_elementwise" not in out and "results/starmap_expression/softmax/seed4" in out
+    assert "diffusion.mode=pos_to_expr" in out and "diffusion.mode=joint" in out
+    assert "--stability results/stability/stability.json" in out
+
+
 def test_slurm_profile_dry_run_from_repository_root(tmp_path):
     repo = make_copy(tmp_path)
     # --cores 16: a dry run caps threads at --cores, a SLURM job at the CPUs it got
