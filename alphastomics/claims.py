@@ -341,6 +341,32 @@ def time_rows(views: dict[str, DatasetView]) -> list[dict]:
     return rows or [_not_measured(claim, expected, how, "no training summaries with wall times")]
 
 
+def spike_row(stability: dict[str, Any], dataset: str, variant: str, reference: str) -> dict[str, Any]:
+    """Loss spikes (the sweep's rule: a step above 2x the median of the 20 before it) of the gated variant
+    against the reference, paired over seeds at the smallest rate where the reference spikes: where every
+    run still trains, fewer spikes is what "more stable" can mean."""
+    runs = [r for r in stability.get("runs", []) if r.get("dataset") == dataset]
+    spikes = {(r["variant"], r["learning_rate"], r["seed"]): r.get("spikes") for r in runs}
+    rates = sorted({r["learning_rate"] for r in runs})
+    at = next((lr for lr in rates if np.mean([v for (n, rr, _), v in spikes.items()
+                                              if n == reference and rr == lr and _finite(v)] or [0]) > 0), None)
+    row = {"claim": "stable at larger learning rates (loss spikes)", "expected": f"fewer spikes than {reference}",
+           "how": "loss spikes per run (a step above 2x the median of the 20 before it), paired over seeds at the "
+                  "smallest rate where the reference spikes", "dataset": dataset, "task": "expr_to_pos",
+           "variant": variant, "reference": reference, "unit": "spikes", "learning_rate": at}
+    if at is None:
+        return row | {"measured": None, "mark": NOT_MEASURED, "why": f"{reference} has no spike at any rate"}
+    seeds = sorted(s for (n, lr, s) in spikes if n == reference and lr == at and (variant, lr, s) in spikes)
+    a = [float(spikes[(variant, at, s)]) for s in seeds]
+    b = [float(spikes[(reference, at, s)]) for s in seeds]
+    p = stats.paired(a, b)
+    mark = NOT_MEASURED if not _finite(p.ci_high) else MET if p.ci_high < 0 else NOT_MET if p.ci_low > 0 \
+        else INCONCLUSIVE
+    return row | {"measured": p.mean_difference, "ci_low": p.ci_low, "ci_high": p.ci_high, "n": p.n,
+                  "variant_mean": float(np.mean(a)), "reference_mean": float(np.mean(b)),
+                  "mde": stats.min_detectable_effect(p.sd_difference, p.n), "mark": mark}
+
+
 def stability_rows(stability: dict[str, Any] | None) -> list[dict]:
     """The learning-rate sweep's two claims (``alphastomics.stability.claims``), marked."""
     how_lr = ("largest learning rate at which every seed trains without diverging (alphastomics.stability; "
@@ -366,6 +392,7 @@ def stability_rows(stability: dict[str, Any] | None) -> list[dict]:
             rows.append({"claim": "stable at larger learning rates", "expected": "larger stable rate than "
                          f"{c['reference']}", "how": how_lr, **base, "measured": a, "control": b,
                          "unit": "learning rate", "n": None, "mark": mark})
+            rows.append(spike_row(stability, c["dataset"], c["variant"], c["reference"]))
         else:
             full = conv.get((c["dataset"], c["variant"], c["reference"], c["learning_rate"], c["metric"]), c)
             low, high = c.get("ci_low"), c.get("ci_high")

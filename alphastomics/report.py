@@ -417,7 +417,7 @@ def claim_cells(r: dict[str, Any]) -> dict[str, str]:
     """One row of verdict.json ``claims`` as the strings the page and docs/results.md show."""
     where = "" if not r.get("dataset") else r["dataset"] + (f" ({r['task']})" if r.get("task") else "")
     who = r.get("variant") or ""
-    if r.get("reference") and r.get("unit") in ("relative", "steps", "learning rate"):
+    if r.get("reference") and r.get("unit") in ("relative", "steps", "learning rate", "spikes"):
         who += f" vs {r['reference']}"
     if r.get("layer") is not None and r.get("unit") in ("gate range over t", "gate mean"):
         who += f", layer {r['layer']}"
@@ -439,6 +439,11 @@ def claim_cells(r: dict[str, Any]) -> dict[str, str]:
         lo, hi = fmt(r.get("ci_low")), fmt(r.get("ci_high"))
         measured = f"{fmt(r.get('measured'))} steps [{lo}, {hi}] over {r.get('n')} seeds"
         detectable = f"{fmt(r.get('mde'))} steps" if _ok(r.get("mde")) else ""
+    elif unit == "spikes":
+        measured = (f"{fmt(r.get('measured'))} spikes per run [{fmt(r.get('ci_low'))}, {fmt(r.get('ci_high'))}] "
+                    f"at lr {fmt(r.get('learning_rate'))} ({fmt(r.get('variant_mean'))} vs "
+                    f"{fmt(r.get('reference_mean'))}) over {r.get('n')} seeds")
+        detectable = f"{fmt(r.get('mde'))} spikes" if _ok(r.get("mde")) else ""
     elif unit == "gate range over t":
         means = ", ".join(f"{m:.2f}" for m in r.get("time_means") or [])
         measured = (f"gate mean at t = {', '.join(f'{t:g}' for t in r.get('times') or [])}: {means} (range "

@@ -95,7 +95,7 @@ def test_the_sweeps_claims_marked() -> None:
         "convergence": [{"dataset": "bdtnp", "variant": "gated_headwise", "reference": "linear",
                          "learning_rate": 0.001, "metric": "steps_to_common", "sd_difference": 12.0}],
     }
-    rows = claims.stability_rows(sweep)
+    rows = [r for r in claims.stability_rows(sweep) if "spikes" not in r["claim"]]  # spikes: the next test
     assert [r["mark"] for r in rows] == ["met", "inconclusive (both train at every rate of the sweep)", "met"]
     assert rows[2]["mde"] > 0 and math.isfinite(rows[2]["mde"])
     absent = claims.stability_rows(None)
@@ -118,3 +118,18 @@ def test_effects_come_from_the_data_set_whose_task_measures_them() -> None:
     ds["learning_gate"] = {"outcome": "not learned"}
     rows = {r["claim"]: r for r in claims.effect_rows([ds], _views(runs), family)}
     assert rows["joint-mode expression-position consistency"]["mark"] == "not interpreted"
+
+
+def test_loss_spikes_compared_at_the_first_rate_where_the_reference_spikes() -> None:
+    runs = [{"dataset": "b", "variant": v, "learning_rate": lr, "seed": s, "spikes": n}
+            for v, lr, per_seed in [("linear", 0.01, [0, 0, 0]), ("gated_headwise", 0.01, [0, 0, 0]),
+                                    ("linear", 0.03, [10, 12, 11]), ("gated_headwise", 0.03, [1, 2, 3]),
+                                    ("linear", 0.1, [30, 30, 30]), ("gated_headwise", 0.1, [40, 40, 40])]
+            for s, n in enumerate(per_seed)]
+    row = claims.spike_row({"runs": runs}, "b", "gated_headwise", "linear")
+    # at 0.03 (linear's first spikes): differences -9, -10, -8, mean -9, t interval -9 -+ 4.303 * 1 / sqrt(3)
+    assert row["learning_rate"] == 0.03 and row["measured"] == pytest.approx(-9.0)
+    assert row["ci_high"] == pytest.approx(-9 + 4.302653 / math.sqrt(3), abs=1e-5)
+    assert row["mark"] == "met" and (row["variant_mean"], row["reference_mean"]) == (2.0, 11.0)
+    calm = [r | {"spikes": 0} for r in runs]
+    assert claims.spike_row({"runs": calm}, "b", "gated_headwise", "linear")["mark"] == "not measured"
