@@ -461,8 +461,10 @@ def plot(curves: list[RunCurves], path: Path) -> None:
         runs = sum(c.learning_rate == lr for c in curves)
         ax.set_title(f"lr {plan_module.lr_tag(lr)} ({diverged} of {runs} runs diverged)", fontsize=9)
         ax.set_yscale("log")
-        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-            axis(matplotlib.ticker.FormatStrFormatter("%.3g"))  # 1.9, not 1.9 x 10^0
+        # a few labelled ticks (0.2, 0.5, 1, 2, 5, ...), none on the minor ticks, which would overlap
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))  # 0.2, not 2 x 10^-1
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0][0].set_ylabel(f"training loss (median of {SPIKE_WINDOW} steps)", fontsize=8)
