@@ -459,7 +459,16 @@ def claim_cells(r: dict[str, Any]) -> dict[str, str]:
     if r.get("why") and r["mark"] != NOT_MEASURED:
         measured += f" ({r['why']})"
     return {"claim": r["claim"], "where": where, "who": who, "expected": r.get("expected") or "",
-            "measured": measured, "detectable": detectable, "mark": r["mark"]}
+            "measured": measured, "detectable": detectable, "mark": r["mark"], "style": _mark_style(r["mark"])}
+
+
+def _mark_style(mark: str) -> str:
+    """The CSS class of a mark: its first words ('not met: sparse, ...' is styled as 'not met')."""
+    for word in ("met, but so does the ungated control", "not met", "not measured", "not interpreted",
+                 "not detected", "inconclusive", "met"):
+        if mark.startswith(word):
+            return "mark-" + word.replace(",", "").replace(" ", "-")
+    return ""
 
 
 def _wall_time(run: Run) -> float:
