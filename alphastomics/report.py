@@ -590,7 +590,9 @@ def _render(verdict: dict[str, Any], runs: list[Run], prov: dict[str, Any]) -> s
                 ("Gate score histograms per layer (healthy: mean about 0.5, std about 0.2)", fig_gates(view)),
                 ("Attention-sink share per layer: attention mass received by the most-attended cell",
                  fig_sinks(view)),
-                ("Attention map of one head on one held-out section", fig_attention(view, shown)),
+                ("Attention map of the worst head (the one whose most-attended cell receives the largest "
+                 "share) on one held-out section: gated vs the ungated softmax control, seed 0",
+                 fig_attention(view, shown)),
             ],
         ))
     env = jinja2.Environment(

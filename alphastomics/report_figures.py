@@ -277,12 +277,17 @@ def _attention_map(run: Run) -> tuple[np.ndarray, str] | None:
 
 
 def fig_attention(view: DatasetView, primary: str) -> str | None:
-    picks = []
-    if view.baseline in view.variants:
-        picks.append(view.baseline)
-    best = _best(view, primary, {k: v for k, v in view.variants.items() if k != view.baseline})
-    if best:
-        picks.append(best[0])
+    """Each run's strongest-sink head (the worst head on the first held-out section: evaluate's
+    attention_map.npz) of a gated variant beside the ungated softmax control, the gate the only difference
+    (the claims table's sink row); without the control, the baseline beside the best variant."""
+    gated = [v for v in ("gated_headwise", "gated_elementwise", "gated_headwise_no_qknorm") if v in view.variants]
+    if "softmax" in view.variants and gated:
+        picks = ["softmax", gated[0]]
+    else:
+        picks = [view.baseline] if view.baseline in view.variants else []
+        best = _best(view, primary, {k: v for k, v in view.variants.items() if k != view.baseline})
+        if best:
+            picks.append(best[0])
     maps = [(n, _attention_map(view.variants[n][0])) for n in picks]
     maps = [(n, a) for n, a in maps if a is not None]
     if not maps:

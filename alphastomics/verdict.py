@@ -406,7 +406,8 @@ KINDS = {
 POOLED_KIND = REAL
 THIS_CAMPAIGN = "this campaign"
 # The Makefile target that writes a campaign's verdict, by its report_dir: what a missing file asks for.
-CAMPAIGNS = {"results": "make run", "results/tissues": "make tissues", "results/powered": "make powered"}
+CAMPAIGNS = {"results": "make run", "results/tissues": "make tissues", "results/powered": "make powered",
+             "results/claims": "make claims"}
 POOLED_METHOD = {
     "pooled_over": f"the data sets of kind '{POOLED_KIND}' with a tested, interpreted record (n >= 2 seeds, "
     "a spread of the paired differences); the others are listed under left_out with the reason",
