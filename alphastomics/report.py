@@ -35,8 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from alphastomics import AlphaSTomicsError
-from alphastomics import claims
+from alphastomics import AlphaSTomicsError, claims
 from alphastomics import verdict as V
 from alphastomics.artifacts import atomic_write_text
 from alphastomics.checks import NOT_INTERPRETED
@@ -50,6 +49,7 @@ from alphastomics.runs import (  # noqa: F401  (load_run: this module's API too)
     group_runs,
     load_run,
 )
+from alphastomics.variants import VARIANTS
 
 
 class ReportError(AlphaSTomicsError, ValueError):
@@ -629,13 +629,14 @@ def read_stability(path: Path | None) -> dict[str, Any] | None:
 
 
 def note_parameters() -> list[dict[str, Any]]:
-    """The parameter table at the design note's size (the package's default model: d_model 256, 8 heads,
-    6 layers), which the parameter claims are about; counted on the CPU, no training."""
+    """Attention parameters per layer of every variant at the design note's size (the package's default
+    model: d_model 256, 8 heads), which the parameter claims are about, against linear."""
     from alphastomics.config import ModelConfig
-    from alphastomics.model import parameter_table
 
-    # the heads' sizes (genes, dims) do not change the attention counts the claims are about
-    return parameter_table(ModelConfig(), 84, 3)
+    m = ModelConfig()
+    counts = {name: v.attention_parameters(m.d_model, m.num_heads) for name, v in VARIANTS.items()}
+    return [{"variant": name, "attention_per_layer": n, "attention_per_layer_vs_linear": n / counts["linear"] - 1}
+            for name, n in counts.items()]
 
 
 def build_report(

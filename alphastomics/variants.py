@@ -36,6 +36,14 @@ class Variant:
         """The ``TransformerLayer_setting`` keys of this variant."""
         return asdict(self)
 
+    def attention_parameters(self, d_model: int, num_heads: int) -> int:
+        """Parameters of one attention layer of this variant, counted without building it (the report has
+        no torch): q, k, v and output projections (4 d^2, no bias), the gate fused into the query projection
+        (d x heads headwise, d x d elementwise) and QK-norm's two RMSNorm scales over the head dimension.
+        tests/test_model.py holds it equal to ``model.count_parameters`` of the module itself."""
+        gate = {"none": 0, "headwise": num_heads, "elementwise": d_model}[self.gate]
+        return 4 * d_model * d_model + d_model * gate + (2 * d_model // num_heads if self.qk_norm else 0)
+
 
 VARIANTS: dict[str, Variant] = {
     "linear": Variant("linear", "none", False),

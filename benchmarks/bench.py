@@ -286,7 +286,7 @@ def naive_estimate_gb(n: int, heads: int = 8, batch: int = 1) -> float:
 
 def _variant(name: str) -> Any:
     from alphastomics.config import ModelConfig
-    from alphastomics.params import variant_config
+    from alphastomics.model import variant_config
 
     return variant_config(ModelConfig(), name)
 

@@ -13,7 +13,7 @@ from alphastomics.__main__ import main as cli
 from alphastomics.config import ModelConfig, load_config
 from alphastomics.diffusion import Diffusion
 from alphastomics.model import Denoiser, GatedSelfAttentionModel, TransformerLayer, masked_centre
-from alphastomics.params import parameter_table
+from alphastomics.model import parameter_table
 from alphastomics.variants import VARIANTS as NAMED_VARIANTS
 
 SMALL = ModelConfig(d_model=32, num_heads=4, num_layers=2, dropout=0.0, time_embed_dim=16)
@@ -243,6 +243,14 @@ def test_parameter_table_matches_hand_counts():
     assert overhead["gated_elementwise"] == pytest.approx(0.25 + 64 / linear)
     extra = rows["gated_elementwise"]["total"] - rows["linear"]["total"]
     assert extra == cfg.num_layers * (d * d + 2 * (d // h))
+
+
+@pytest.mark.parametrize("d_model,heads", [(256, 8), (64, 4), (96, 3)])
+def test_counted_attention_parameters_match_the_module(d_model, heads):
+    """The report counts attention parameters without torch (Variant.attention_parameters): the module's."""
+    cfg = dataclasses.replace(ModelConfig(), d_model=d_model, num_heads=heads)
+    for row in parameter_table(cfg, 84, 3):
+        assert NAMED_VARIANTS[row["variant"]].attention_parameters(d_model, heads) == row["attention_per_layer"]
 
 
 def test_params_cli_prints_every_variant(capsys):
