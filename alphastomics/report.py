@@ -23,6 +23,7 @@ and those across tissues among them); the figures are in ``report_figures``.
 from __future__ import annotations
 
 import argparse
+import base64
 import math
 import os
 import re
@@ -529,7 +530,7 @@ def plan_rows(ds: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def _render(verdict: dict[str, Any], runs: list[Run], prov: dict[str, Any]) -> str:
+def _render(verdict: dict[str, Any], runs: list[Run], prov: dict[str, Any], sweep_png: str | None = None) -> str:
     import jinja2
 
     from alphastomics.report_figures import (
@@ -604,6 +605,7 @@ def _render(verdict: dict[str, Any], runs: list[Run], prov: dict[str, Any]) -> s
     return env.get_template("report.html.j2").render(
         across=across_tables(verdict),
         claims=[claim_cells(r) for r in verdict.get("claims") or []],
+        sweep_png=sweep_png,
         across_notes=across_notes(verdict),
         method=(verdict.get("across_tissues") or {}).get("method") or {},
         views=pages,
@@ -626,6 +628,14 @@ def read_stability(path: Path | None) -> dict[str, Any] | None:
     if not isinstance(data, dict) or "claims" not in data:
         raise ReportError(f"{path}: field 'claims' missing; rerun make stability to rewrite it")
     return data
+
+
+def sweep_figure(stability: Path | None) -> str | None:
+    """The sweep's loss curves per learning rate (stability.png beside stability.json), as a data URI."""
+    png = Path(stability).with_name("stability.png") if stability else None
+    if png is None or not png.is_file():
+        return None
+    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
 
 
 def note_parameters() -> list[dict[str, Any]]:
@@ -665,7 +675,7 @@ def build_report(
     verdict = V.build(runs, family, baseline=baseline, manifests=_manifests(runs), others=others)
     verdict["claims"] = V._clean(claims.table(verdict["datasets"], runs, verdict["family"],
                                               read_stability(stability), note_parameters(), baseline))
-    html = _render(verdict, runs, provenance(runs, cfg, config_snapshot))
+    html = _render(verdict, runs, provenance(runs, cfg, config_snapshot), sweep_figure(stability))
     V.write(verdict, verdict_out)
     atomic_write_text(out, html)
     return Path(out)

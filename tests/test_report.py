@@ -565,3 +565,34 @@ def test_a_data_set_without_cell_types_says_so_once_and_has_no_empty_column(tiss
             if line.startswith("| ") and "---" not in line]
     assert rows == ["| data set", "| bdtnp", "| synthetic", "| MOp", "| STARmap",
                     f"| {tissue_page[0].parent.parent.as_posix()}/", "| pooled: MOp, STARmap"]
+
+
+def test_claims_read_the_sweep_and_show_its_figure(runs, tmp_path):
+    """--stability: the sweep's claims join the table, its loss-curve figure sits under it."""
+    sweep = tmp_path / "stability" / "stability.json"
+    sweep.parent.mkdir()
+    sweep.write_text(json.dumps({"claims": [
+        {"claim": "supports larger learning rates", "dataset": "toy", "variant": "gated_headwise",
+         "reference": "linear", "variant_max_stable_lr": 0.03, "reference_max_stable_lr": 0.01,
+         "variant_beyond_sweep": False, "reference_beyond_sweep": False}], "runs": [], "convergence": []}))
+    fig = plt_png(sweep.with_name("stability.png"))
+    out = tmp_path / "page" / "report.html"
+    report.build_report(runs, out, baseline="linear", stability=sweep)
+    rows = json.loads(out.with_name("verdict.json").read_text())["claims"]
+    lr = next(r for r in rows if r["claim"] == "stable at larger learning rates")
+    assert (lr["measured"], lr["control"], lr["mark"]) == (0.03, 0.01, "met")
+    assert fig in out.read_text() and 'alt="training loss per learning rate"' in out.read_text()
+    # a sweep file without its claims is refused in one line naming the fix
+    sweep.write_text("{}")
+    with pytest.raises(report.ReportError, match=r"stability.json: field 'claims' missing; rerun make stability"):
+        report.build_report(runs, out, baseline="linear", stability=sweep)
+
+
+def plt_png(path):
+    """A tiny PNG at path; its base64 as the page embeds it."""
+    import base64
+
+    from PIL import Image
+
+    Image.new("RGB", (4, 3), (200, 10, 10)).save(path)
+    return base64.b64encode(path.read_bytes()).decode("ascii")
