@@ -459,7 +459,8 @@ def claim_cells(r: dict[str, Any]) -> dict[str, str]:
         measured = fmt(r.get("measured"))
     if r.get("why") and r["mark"] != NOT_MEASURED:
         measured += f" ({r['why']})"
-    return {"claim": r["claim"], "where": where, "who": who, "expected": r.get("expected") or "",
+    return {"claim": r["claim"], "how": r.get("how") or "", "where": where, "who": who,
+            "expected": r.get("expected") or "",
             "measured": measured, "detectable": detectable, "mark": r["mark"], "style": _mark_style(r["mark"])}
 
 
@@ -843,7 +844,8 @@ def markdown_claims(v: dict[str, Any]) -> list[str]:
         return []
     out = ["**The design note's claims** (one row per claim, data set and variant; relative changes against "
            "linear with their 95 % interval over seeds and the smallest effect the seeds detect; "
-           "docs/metrics.md, \"The claims table\")\n",
+           "docs/metrics.md, \"The claims table\"; every row on the model that was trained, the parameter counts "
+           "at the note's size)\n",
            "| claim | data set (task) | variant | expected | measured [95 % interval] | detectable | result |",
            "|---|---|---|---|---|---|---|"]
     for r in rows:
