@@ -34,9 +34,9 @@ import numpy as np
 from alphastomics import stats
 from alphastomics.checks import NOT_INTERPRETED
 from alphastomics.runs import DatasetView, Run, group_runs
+from alphastomics.runs import finite as _finite
 from alphastomics.variants import VARIANTS
 
-SCHEMA_NOTE = "one row per claim x data set x variant; docs/metrics.md, 'The claims table'"
 MET, INCONCLUSIVE, NOT_MET, NOT_MEASURED = "met", "inconclusive", "not met", "not measured"
 BASELINE = "linear"
 CONTROL = "softmax"  # the ungated softmax control: what the gate adds, with the kernel held fixed
@@ -64,14 +64,6 @@ EFFECTS: list[tuple[str, str, float | None, float | None, str]] = [
 ]
 TARGET = {"pos_to_expr": "make claims (config/claims.yaml: bdtnp_expression, starmap_expression)",
           "expr_to_pos": "make run", "joint": "make claims (config/claims.yaml: bdtnp_joint)"}
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:+.1f} %"
 
 
 def _mode(view: DatasetView) -> str | None:

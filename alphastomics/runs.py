@@ -61,6 +61,11 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def finite(v: Any) -> bool:
+    """A real, finite number (not a bool, not NaN or inf)."""
+    return _is_num(v) and math.isfinite(v)
+
+
 def _num(v: Any) -> float:
     return float(v) if _is_num(v) else float("nan")
 

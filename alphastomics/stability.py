@@ -53,6 +53,7 @@ from alphastomics import AlphaSTomicsError
 from alphastomics import plan as plan_module
 from alphastomics.artifacts import atomic_write_text
 from alphastomics.layout import run_folder
+from alphastomics.runs import finite as _finite
 from alphastomics.runs import load_run
 from alphastomics.variants import VARIANTS
 from alphastomics.verdict import compare
@@ -70,10 +71,6 @@ CONVERGENCE = ("steps_to_plateau", "steps_to_common")
 
 class StabilityError(AlphaSTomicsError):
     pass
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _json(x: Any) -> Any:

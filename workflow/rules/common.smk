@@ -372,19 +372,21 @@ def compare_with_args(wildcards):
     )
 
 
-def compared_verdicts(wildcards):
-    """Each compared verdict file's sha256 (or "absent"): a param, so that a new verdict of the other
-    campaign reruns this report."""
+def file_sha(path):
+    """A file's sha256, or "absent": a param of the report for another campaign's file, so that a new
+    version reruns the report and a missing one is not a missing input."""
     import hashlib
 
-    return {
-        p: (
-            hashlib.sha256(Path(p).read_bytes()).hexdigest()
-            if Path(p).is_file()
-            else "absent"
-        )
-        for p in config.get("compare_with") or []
-    }
+    return (
+        hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        if Path(path).is_file()
+        else "absent"
+    )
+
+
+def compared_verdicts(wildcards):
+    """Each compared verdict file's sha256 (or "absent"), config compare_with."""
+    return {p: file_sha(p) for p in config.get("compare_with") or []}
 
 
 def stability_args(wildcards):
@@ -396,17 +398,9 @@ def stability_args(wildcards):
 
 
 def stability_sha(wildcards):
-    """The sweep file's sha256 (or "absent"): a param, so that a new sweep reruns the report."""
-    import hashlib
-
+    """The sweep file's sha256 (or "absent"), config claims.stability."""
     path = (config.get("claims") or {}).get("stability")
-    if not path:
-        return ""
-    return (
-        hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        if Path(path).is_file()
-        else "absent"
-    )
+    return file_sha(path) if path else ""
 
 
 def report_inputs(wildcards):
