@@ -88,40 +88,63 @@ def _chunk_sse(
     return (err * err * pair_mask).sum((1, 2))
 
 
+def _chunk_weights(d: Tensor, sq: Tensor, t: Tensor, m_rows: Tensor, m: Tensor) -> Tensor:
+    """(B, c, N) w = m_i m_j (d - t) / d of one row chunk, 0 for pairs closer than 1e-6 (see _DistanceSSE)."""
+    w = (d - t) / d * (m_rows[:, :, None] * m[:, None, :])
+    return w.masked_fill(sq < 1e-12, 0.0)
+
+
 class _DistanceSSE(torch.autograd.Function):
     """Per example (B,): sum over pairs of (|p_i - p_j| - |x_i - x_j|)^2 m_i m_j, with a closed-form gradient
     for ``pred``.
 
     d/dp_k = 4 sum_j w_kj (p_k - p_j), w_kj = m_k m_j (d_kj - t_kj) / d_kj (w is symmetric, every ordered
     pair counts), = 4 (p_k sum_j w_kj - (w p)_k): one (chunk, N) block at a time, a matrix product instead
-    of autograd through the element-wise chain (recomputed under checkpointing before). Pairs closer than
-    1e-6 get w = 0, as the clamp in _row_distances gives them zero gradient. Only inputs (O(N D)) are kept.
+    of autograd through the element-wise chain. Pairs closer than 1e-6 get w = 0, as the clamp in
+    _row_distances gives them zero gradient. When all of w fits ``WEIGHTS_KEPT_BYTES`` (a section of up to
+    ~5,000 cells in float32), the forward pass keeps it and the backward pass is the matrix products alone;
+    beyond that only the inputs (O(N D)) are kept and the backward pass recomputes w chunk by chunk, the same
+    numbers either way.
     """
+
+    WEIGHTS_KEPT_BYTES = 256 * 2**20
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx, pred: Tensor, true: Tensor, m: Tensor, chunk_size: int
     ) -> Tensor:
-        ctx.save_for_backward(pred, true, m)
         ctx.chunk_size = chunk_size
+        keep = pred.shape[0] * pred.shape[1] ** 2 * pred.element_size() <= _DistanceSSE.WEIGHTS_KEPT_BYTES
+        chunks = []
         total = pred.new_zeros(pred.shape[0])
         for start in range(0, pred.shape[1], chunk_size):
             rows = slice(start, start + chunk_size)
-            total = total + _chunk_sse(pred[:, rows], pred, true[:, rows], true, m[:, rows], m)
+            sq = _row_sq_distances(pred[:, rows], pred)
+            d = torch.sqrt(sq.clamp_min(1e-12))
+            t = _row_distances(true[:, rows], true)
+            err = d - t
+            total = total + (err * err * (m[:, rows, None] * m[:, None, :])).sum((1, 2))
+            if keep:
+                chunks.append(_chunk_weights(d, sq, t, m[:, rows], m))
+        ctx.weights = chunks if keep else None
+        ctx.save_for_backward(pred, true, m)
         return total
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None, None]:  # type: ignore[override]
         pred, true, m = ctx.saved_tensors
         out = torch.empty_like(pred)
-        for start in range(0, pred.shape[1], ctx.chunk_size):
+        for i, start in enumerate(range(0, pred.shape[1], ctx.chunk_size)):
             rows = slice(start, start + ctx.chunk_size)
             p_rows = pred[:, rows]
-            sq = _row_sq_distances(p_rows, pred)
-            d = torch.sqrt(sq.clamp_min(1e-12))
-            w = (d - _row_distances(true[:, rows], true)) / d * (m[:, rows, None] * m[:, None, :])
-            w = w.masked_fill(sq < 1e-12, 0.0)
+            if ctx.weights is not None:
+                w = ctx.weights[i]
+            else:
+                sq = _row_sq_distances(p_rows, pred)
+                d = torch.sqrt(sq.clamp_min(1e-12))
+                w = _chunk_weights(d, sq, _row_distances(true[:, rows], true), m[:, rows], m)
             out[:, rows] = 4.0 * (p_rows * w.sum(-1, keepdim=True) - w @ pred)
+        ctx.weights = None
         return out * grad[:, None, None], None, None, None
 
 
@@ -138,8 +161,9 @@ def pairwise_distance_mse(pred: Tensor, true: Tensor, mask: Tensor, chunk_size: 
     """Mean over sections of the mean over their real pairs i != j of (|p_i - p_j| - |x_i - x_j|)^2;
     pred, true (B, N, D), mask (B, N).
 
-    Rows are processed ``chunk_size`` at a time, so no N x N tensor is ever held, in the forward or the
-    backward pass: the gradient for ``pred`` is computed in closed form chunk by chunk (_DistanceSSE); when
+    Rows are processed ``chunk_size`` at a time, so no N x N tensor is built at once; the gradient for
+    ``pred`` is computed in closed form chunk by chunk (_DistanceSSE, which keeps the pair weights between the
+    passes only while they fit its memory cap); when
     ``true`` needs a gradient too, autograd runs through checkpointed chunks instead.
     """
     m = mask.to(pred.dtype)

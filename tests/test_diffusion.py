@@ -19,6 +19,7 @@ from alphastomics.diffusion import (
     cosine_alpha_bar,
     kabsch_align,
     masked_reconstruction,
+    _DistanceSSE,
     pairwise_distance_mse,
 )
 from alphastomics.model import Denoiser, masked_centre
@@ -150,9 +151,12 @@ def test_distance_loss_chunked_equals_unchunked_with_gradients():
         torch.testing.assert_close(grad, results[0][1])
 
 
-def test_distance_loss_closed_form_gradient_equals_autograd_of_the_naive_loss():
+@pytest.mark.parametrize("weights_kept", [True, False])
+def test_distance_loss_closed_form_gradient_equals_autograd_of_the_naive_loss(weights_kept, monkeypatch):
     # Training takes the closed-form backward (pred needs a gradient, the truth does not); the reference is
     # autograd through the whole N x N formula, in float64, with padding and two coincident real cells.
+    # Both ways to the pair weights: kept from the forward pass (under the memory cap) or recomputed.
+    monkeypatch.setattr(_DistanceSSE, "WEIGHTS_KEPT_BYTES", 2**40 if weights_kept else 0)
     b = batch(2, 11, 3, pad=4, seed=21)
     pred0 = (b.positions + 0.4 * batch(2, 11, 3, seed=22).positions).double()
     pred0[0, 1] = pred0[0, 0]
@@ -177,7 +181,19 @@ def test_distance_loss_closed_form_gradient_equals_autograd_of_the_naive_loss():
     assert ref.grad.abs().sum() > 0
 
 
-def test_distance_loss_backward_keeps_no_n_by_n_tensor():
+def test_distance_loss_kept_weights_give_the_same_gradient_bit_for_bit(monkeypatch):
+    b = batch(2, 300, 2, pad=20, seed=5)
+    grads = []
+    for cap in (2**40, 0):
+        monkeypatch.setattr(_DistanceSSE, "WEIGHTS_KEPT_BYTES", cap)
+        pred = (b.positions * 1.3 + 0.2).requires_grad_(True)
+        pairwise_distance_mse(pred, b.positions, b.mask, chunk_size=64).backward()
+        grads.append(pred.grad)
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_distance_loss_backward_above_the_cap_keeps_no_n_by_n_tensor(monkeypatch):
+    monkeypatch.setattr(_DistanceSSE, "WEIGHTS_KEPT_BYTES", 0)
     n, chunk = 256, 64
     b = batch(1, n, 2, seed=17)
     pred = (b.positions + 0.1).requires_grad_(True)
