@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--contrasts", nargs="+", metavar="VARIANT:REFERENCE",
-        help="declared contrasts (workflow: config 'verdict.contrasts'; default: alphastomics.verdict.DEFAULT_CONTRASTS)",
+        help="declared contrasts (workflow: config 'verdict.contrasts'; default: alphastomics.analysis.verdict.DEFAULT_CONTRASTS)",
     )
     p.add_argument(
         "--primary-metrics", dest="primary_metrics", nargs="+", metavar="METRIC",
@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("learning-curve", help="quality against training steps; picks the default budget")
     _common(p)
-    from alphastomics import study
+    from alphastomics.analysis import study
 
     p.add_argument("--plan", type=Path, default=Path("config/config.yaml"),
                    help="workflow config (data sets, variants)")
@@ -222,73 +222,73 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fetch_data(args: argparse.Namespace, cfg: Config) -> int:
-    from alphastomics import fetch
+    from alphastomics.data import fetch
 
     return fetch.main(args, cfg)
 
 
 def _preprocess(args: argparse.Namespace, cfg: Config) -> int:
-    from alphastomics import preprocess
+    from alphastomics.data import preprocess
 
     return preprocess.main(args, cfg)
 
 
 def _train(args: argparse.Namespace, cfg: Config) -> int:
-    from alphastomics import train
+    from alphastomics.training import train
 
     return train.main(args, cfg)
 
 
 def _sample(args: argparse.Namespace, cfg: Config) -> int:
-    from alphastomics import sample
+    from alphastomics.model import sample
 
     return sample.main(args, cfg)
 
 
 def _reassemble(args: argparse.Namespace, cfg: Config) -> int:
-    from alphastomics import reassemble
+    from alphastomics.model import reassemble
 
     return reassemble.main(args, cfg)
 
 
 def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
-    from alphastomics import evaluate
+    from alphastomics.evaluation import evaluate
 
     return evaluate.main(args, cfg)
 
 
 def _report(args: argparse.Namespace, cfg: Config) -> int:
-    from alphastomics import report
+    from alphastomics.analysis import report
 
     return report.main(args, cfg)
 
 
 def _baseline(args: argparse.Namespace, cfg: Config) -> int:
-    from alphastomics import peers
+    from alphastomics.evaluation import peers
 
     return peers.main(args, cfg)
 
 
 def _params(args: argparse.Namespace, cfg: Config) -> int:
-    from alphastomics import params
+    from alphastomics.model import params
 
     return params.main(args, cfg)
 
 
 def _variance(args: argparse.Namespace, cfg: Config) -> int:
-    from alphastomics import variance
+    from alphastomics.analysis import variance
 
     return variance.main(args, cfg)
 
 
 def _stability(args: argparse.Namespace, cfg: Config) -> int:
-    from alphastomics import stability
+    from alphastomics.analysis import stability
 
     return stability.main(args, cfg)
 
 
 def _learning_curve(args: argparse.Namespace, cfg: Config) -> int:
-    from alphastomics import study
+    from alphastomics.analysis import study
 
     return study.main(args, cfg)
 

@@ -4,6 +4,8 @@ Every default lives here and nowhere else. ``load_config`` rejects unknown keys 
 sentence that names the file, the key and the fix. Section names follow the design note
 ("Gated Attention for AlphaSTomics"): ``TransformerLayer_setting`` and ``training`` keep its key names so its
 ablation YAML works as written.
+
+Long because every setting of every stage is declared here once, with its default and its check.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ class DatasetConfig:
     test_fraction: float = 0.25
     split_seed: int = 0
     # Cross-validation fold (the workflow's `folds: K` sets these): fold i of num_folds tests the i-th group
-    # of sections (alphastomics.splits.fold_splits); fold_of names the data set the folds pool into.
+    # of sections (alphastomics.data.splits.fold_splits); fold_of names the data set the folds pool into.
     fold: int = 0
     num_folds: int = 1
     fold_of: str | None = None
@@ -127,7 +129,7 @@ class DatasetConfig:
     # every section but the test one trains (docs/data.md, "Few sections").
     validation: Literal["section", "cells"] = "section"
     # auto: integer counts -> library size + log1p; non-integer values > 30 (counts per cell volume) -> log1p;
-    # else kept (alphastomics.normalization.detect_input)
+    # else kept (alphastomics.data.normalization.detect_input)
     normalization: Literal["auto", "counts", "scaled", "normalized"] = "auto"
     target_sum: float = 1.0e4
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -226,7 +228,7 @@ class EvalConfig:
     # stays (docs/metrics.md, "Variance and resolution", measured the shares).
     sampling_draws: int = 1
     # What is scored: every draw ("draws": a section's value is their mean), or one placement, the mean of
-    # the draws after Procrustes alignment ("mean": alphastomics.placement.mean_placement), the estimate
+    # the draws after Procrustes alignment ("mean": alphastomics.model.placement.mean_placement), the estimate
     # kNN regression makes too. docs/metrics.md, "Draws or their mean".
     placement: Literal["draws", "mean"] = "draws"
     seed: int = 0
@@ -445,7 +447,7 @@ def _design_note_keys(data: dict[str, Any], source: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------------
 # Which settings each workflow stage reads. The workflow reruns a stage only when one of these changes
 # (workflow/rules/common.smk), and training resumes a checkpoint whose training settings match even when a
-# sampling or evaluation setting changed since (alphastomics/train.py).
+# sampling or evaluation setting changed since (alphastomics/training/train.py).
 
 # diffusion keys used only when generating: sample reads them from its own --config, not the checkpoint.
 SAMPLING_KEYS = ("sampling_steps", "sampler", "ddim_eta")

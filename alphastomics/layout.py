@@ -13,7 +13,7 @@ from pathlib import Path
 
 RUN_LAYOUT = "{dataset}/{variant}/seed{seed}"
 PEER_PREFIX = "peer_"
-# Peers that read the held-out truth (alphastomics.peers.predict_ceiling): references, never a best peer.
+# Peers that read the held-out truth (alphastomics.evaluation.peers.predict_ceiling): references, never a best peer.
 CEILINGS = ("ceiling",)
 
 

@@ -1,7 +1,7 @@
 """The plan of a campaign (``config/config.yaml``): which runs exist and the package overrides of each.
 
 One owner for "the overrides of a (data set, variant, seed) run": the workflow (``workflow/rules/common.smk``)
-and the learning-curve study (``alphastomics.study``) both call ``run_blocks`` and ``set_items``, so a study run
+and the learning-curve study (``alphastomics.analysis.study``) both call ``run_blocks`` and ``set_items``, so a study run
 of ``gated_headwise`` trains what the workflow's ``gated_headwise`` trains. Plain Python (json, shlex, yaml):
 Snakemake imports it outside the package's environment too.
 
@@ -11,7 +11,7 @@ Priority, lowest first: the data set's ``dataset`` block (its ``name`` is the ke
 ``training.seed``. Peers take the first three only.
 
 Cross-validation folds (``folds: K`` on a data set): the data set becomes K data sets ``{name}_fold{i}``
-(i = 1..K), each holding out another group of sections for testing (``alphastomics.splits.fold_splits``
+(i = 1..K), each holding out another group of sections for testing (``alphastomics.data.splits.fold_splits``
 with ``dataset.fold`` / ``dataset.num_folds``), so every section is tested once per seed; the verdict pools
 the folds of a seed back into one observation (``dataset.fold_of`` names the data set they belong to).
 

@@ -61,18 +61,18 @@ print(json.dumps(out))
 """
 
 # the modules the preprocess child imports, so "imports alone" is its fixed cost
-_IMPORTS = "import alphastomics.__main__, alphastomics.preprocess, anndata.io, h5py, pyarrow.parquet\nout = {}"
+_IMPORTS = "import alphastomics.__main__, alphastomics.data.preprocess, anndata.io, h5py, pyarrow.parquet\nout = {}"
 
 # heavy imports happen before the clock starts: the figure is the stage's work, not Python start-up
 _CLI = (
-    "from alphastomics.__main__ import main\nimport alphastomics.preprocess, anndata.io, h5py\n"
+    "from alphastomics.__main__ import main\nimport alphastomics.data.preprocess, anndata.io, h5py\n"
     "t0 = time.perf_counter()\nassert main({argv!r}) == 0\nout = {{}}"
 )
 
 _LOAD = """
 import numpy as np
 from alphastomics.config import DataConfig
-from alphastomics.data import ProcessedData, eval_batches, training_batch
+from alphastomics.data.batches import ProcessedData, eval_batches, training_batch
 data = ProcessedData({proc!r}, cache_bytes=0)  # no cache: every section is read from disk
 t0 = time.perf_counter()
 cells = sum(b.num_cells for split in ("train", "val", "test") for b in eval_batches(data, split))
@@ -93,7 +93,7 @@ def _child(body: str) -> dict[str, Any]:
 
 
 def bench_preprocess(quick: bool) -> list[tuple[str, str]]:
-    from alphastomics.synthetic import generate_synthetic
+    from alphastomics.data.synthetic import generate_synthetic
 
     n_cells, n_genes, n_sections = (20_000 if quick else 200_000), 500, 20
     per = n_cells // n_sections
@@ -286,7 +286,7 @@ def naive_estimate_gb(n: int, heads: int = 8, batch: int = 1) -> float:
 
 def _variant(name: str) -> Any:
     from alphastomics.config import ModelConfig
-    from alphastomics.model import variant_config
+    from alphastomics.model.denoiser import variant_config
 
     return variant_config(ModelConfig(), name)
 
@@ -304,7 +304,7 @@ def _autocast(spec: dict[str, Any]) -> Any:
 def _batch(n: int, b: int, g: int, dims: int, device: str, seed: int = 0) -> Any:
     import torch
 
-    from alphastomics.data import Batch
+    from alphastomics.data.batches import Batch
 
     gen = torch.Generator().manual_seed(seed)
     expr, pos = torch.randn(b, n, g, generator=gen), torch.randn(b, n, dims, generator=gen)
@@ -317,7 +317,7 @@ def build_attention(spec: dict[str, Any]) -> Callable[[], Any]:
     """One attention module, forward + backward (input gradient too, as inside the network)."""
     import torch
 
-    from alphastomics.attention import Attention
+    from alphastomics.model.attention import Attention
 
     cfg, device = _variant("linear"), spec["device"]
     module = naive_attention_module(cfg.d_model, cfg.num_heads) if spec["variant"] == NAIVE else Attention(
@@ -341,8 +341,8 @@ def build_train_step(spec: dict[str, Any]) -> Callable[[], Any]:
     import torch
 
     from alphastomics.config import DiffusionConfig, TrainConfig
-    from alphastomics.diffusion import Diffusion
-    from alphastomics.model import Denoiser
+    from alphastomics.model.denoiser import Denoiser
+    from alphastomics.model.diffusion import Diffusion
 
     device, t_cfg = spec["device"], TrainConfig()
     model = Denoiser(_variant(spec["variant"]), 84, 3).to(device).train()
@@ -367,7 +367,7 @@ def build_distance_loss(spec: dict[str, Any]) -> Callable[[], Any]:
     """The position loss alone (forward + backward), chunked as configured or in one chunk of N rows."""
     import torch
 
-    from alphastomics.diffusion import pairwise_distance_mse
+    from alphastomics.model.diffusion import pairwise_distance_mse
 
     gen = torch.Generator().manual_seed(0)
     pred = torch.randn(1, spec["n"], 3, generator=gen).to(spec["device"]).requires_grad_(True)
@@ -381,8 +381,8 @@ def build_sampling(spec: dict[str, Any]) -> Callable[[], Any]:
     import torch
 
     from alphastomics.config import DiffusionConfig
-    from alphastomics.diffusion import Diffusion
-    from alphastomics.model import Denoiser
+    from alphastomics.model.denoiser import Denoiser
+    from alphastomics.model.diffusion import Diffusion
 
     device = spec["device"]
     model = Denoiser(_variant(spec["variant"]), 84, 3).to(device).eval()
@@ -588,7 +588,7 @@ def bench_compile(quick: bool) -> str:
 _LOADER = """
 import json, sys, time, torch
 from alphastomics.config import Config
-from alphastomics.data import ProcessedData, TrainingBatches
+from alphastomics.data.batches import ProcessedData, TrainingBatches
 torch.set_num_threads({threads})
 cfg = Config()
 data = ProcessedData({proc!r})

@@ -35,7 +35,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from alphastomics.config import DatasetConfig, SyntheticConfig, load_config
-from alphastomics.evaluate import score
+from alphastomics.evaluation.evaluate import score
 from alphastomics.lifecycle import limit_threads
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,9 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def build(root: Path, n: int, genes: int, types: int) -> tuple[Path, Path]:
     """(processed folder, samples file of the kNN peer on its test section) of a 3-section tissue."""
-    from alphastomics import peers
-    from alphastomics.fetch import fetch_synthetic
-    from alphastomics.preprocess import preprocess
+    from alphastomics.data.fetch import fetch_synthetic
+    from alphastomics.data.preprocess import preprocess
+    from alphastomics.evaluation import peers
 
     synthetic = SyntheticConfig(num_sections=3, min_cells=n, max_cells=n, num_genes=genes, num_cell_types=types)
     dataset = DatasetConfig(name=f"bench{n}", source="synthetic", synthetic=synthetic)
@@ -60,7 +60,7 @@ def build(root: Path, n: int, genes: int, types: int) -> tuple[Path, Path]:
 
 def checkpoint(root: Path, proc: Path, model_yaml: str) -> Path:
     """A one-step checkpoint of the model in ``model_yaml`` (the probe costs the same whatever the weights)."""
-    from alphastomics.train import train
+    from alphastomics.training.train import train
 
     cfg = load_config([str(REPO / model_yaml)], ["training.max_steps=1", "training.val_every=1"])
     out = root / Path(model_yaml).stem
@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--score-only", action="store_true", help="time score alone: no checkpoints, no probe")
     ap.add_argument("--repeat", type=int, default=1, help="fastest of this many runs of score")
     args = ap.parse_args()
-    from alphastomics.diagnostics import model_diagnostics
+    from alphastomics.evaluation.diagnostics import model_diagnostics
 
     cfg = load_config([], [])
     print(f"genes {args.genes}, cell types {args.types}, random references "

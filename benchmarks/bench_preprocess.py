@@ -21,7 +21,7 @@ CHILD = """
 import json, sys, time
 t = time.perf_counter()
 from alphastomics.__main__ import main
-import alphastomics.preprocess, scanpy  # noqa: F401  (what the stage imports; seconds include imports)
+import alphastomics.data.preprocess, scanpy  # noqa: F401  (what the stage imports; seconds include imports)
 argv = json.loads(sys.argv[1])
 rc = main(argv) if argv else 0
 # VmHWM: this process's own high-water mark (ru_maxrss survives fork + exec on Linux and would report the parent's)

@@ -38,9 +38,9 @@ def rel_err(a: Any, b: Any) -> float:
 def check_bf16(variants: list[str], n: int, device: str = "cuda") -> list[list[str]]:
     """Output and input gradient of each variant under bf16 autocast against fp32 (TF32 off), with padding."""
     import torch
-
-    from alphastomics.attention import Attention
     from bench import _variant
+
+    from alphastomics.model.attention import Attention
 
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -71,7 +71,7 @@ def sdpa_backends(n: int, device: str = "cuda") -> list[list[str]]:
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from alphastomics.attention import softmax_attention
+    from alphastomics.model.attention import softmax_attention
 
     q, k, v = (torch.randn(1, 8, n, 32, device=device, dtype=torch.bfloat16) for _ in range(3))
     full = torch.ones(1, n, dtype=torch.bool, device=device)
@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from bench import machine, run_case, table
+
     from alphastomics.variants import VARIANTS as ABLATION_VARIANTS
 
     t0 = time.perf_counter()

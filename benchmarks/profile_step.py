@@ -7,7 +7,7 @@ diagnostics; cells per CPU-second of the whole step.
 Times are CPU times of this process (``time.process_time``; one intra-op thread by default), medians over
 ``--steps`` steps after 3 warm-up steps: on a machine shared with other jobs, wall-clock times measure the
 neighbours as much as the code, the CPU time of a single-threaded process much less so. The step is built
-from the training loop's own pieces (alphastomics.data.training_batch, Diffusion.training_losses, clip +
+from the training loop's own pieces (alphastomics.data.batches.training_batch, Diffusion.training_losses, clip +
 AdamW, update_ema, gate_statistics) with config/model.yaml plus the variant's overrides from
 config/config.yaml. The data set must be preprocessed (``make run`` or ``snakemake
 results/data/bdtnp/processed``).
@@ -24,11 +24,11 @@ import torch
 from torch import nn
 
 from alphastomics.config import load_config
-from alphastomics.data import ProcessedData, training_batch
-from alphastomics.diffusion import Diffusion
-from alphastomics.diagnostics import gate_statistics
-from alphastomics.model import Denoiser
-from alphastomics.train import ema_decay_at, update_ema
+from alphastomics.data.batches import ProcessedData, training_batch
+from alphastomics.model.denoiser import Denoiser
+from alphastomics.model.diffusion import Diffusion
+from alphastomics.model.gates import gate_statistics
+from alphastomics.training.train import ema_decay_at, update_ema
 from alphastomics.variants import VARIANTS
 
 

@@ -1,7 +1,7 @@
 """docs/reassemble.png: a held-out section, true and reassembled from its expression alone, side by side.
 
 The section's cells are handed to the reassemble stage as a lab would hand over dissociated cells (their
-log-normalised expression, no coordinates: ``alphastomics.reassemble.withheld_section``); the placement it
+log-normalised expression, no coordinates: ``alphastomics.model.reassemble.withheld_section``); the placement it
 writes is then rotated/reflected onto the truth (orthogonal Procrustes, no scaling: expression fixes a
 tissue only up to those) and both are drawn in the data's units, coloured by cell type or an annotation.
 The panel titles give the project's own scores of the placement (kNN preservation, distance Spearman).
@@ -48,8 +48,8 @@ def draw(true: np.ndarray, placed: np.ndarray, labels: np.ndarray, title: str, u
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from alphastomics import metrics as M
     from alphastomics.artifacts import atomic_file
+    from alphastomics.evaluation import metrics as M
 
     aligned, _ = M.procrustes_align(placed, true)
     aligned = aligned + true.mean(axis=0)
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from alphastomics import AlphaSTomicsError
     from alphastomics.artifacts import read_manifest
     from alphastomics.config import load_config
-    from alphastomics.reassemble import UNS_KEY, reassemble, withheld_section
+    from alphastomics.model.reassemble import UNS_KEY, reassemble, withheld_section
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, type=Path)

@@ -81,8 +81,8 @@ def tiny_config() -> Config:
 
 
 def _fetch_and_preprocess(root: Path, cfg: Config) -> tuple[Path, Path]:
-    from alphastomics.fetch import fetch_synthetic
-    from alphastomics.preprocess import preprocess
+    from alphastomics.data.fetch import fetch_synthetic
+    from alphastomics.data.preprocess import preprocess
 
     raw, proc = root / "raw", root / "processed"
     fetch_synthetic(raw, cfg.dataset.synthetic)
@@ -112,8 +112,8 @@ def tiny_processed_3d(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def bdtnp_processed(tmp_path_factory: pytest.TempPathFactory, bdtnp_dir: Path) -> Path:
-    from alphastomics.fetch import fetch_bdtnp
-    from alphastomics.preprocess import preprocess
+    from alphastomics.data.fetch import fetch_bdtnp
+    from alphastomics.data.preprocess import preprocess
 
     root = tmp_path_factory.mktemp("bdtnp")
     fetch_bdtnp(root / "raw", bdtnp_dir)

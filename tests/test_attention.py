@@ -7,15 +7,15 @@ import dataclasses
 import pytest
 import torch
 
-from alphastomics import attention as attention_module
-from alphastomics.attention import (
+from alphastomics.config import ConfigError, ModelConfig, load_config
+from alphastomics.model import attention as attention_module
+from alphastomics.model.attention import (
     Attention,
     linear_attention,
     linear_attention_matrix,
     softmax_attention,
     softmax_attention_matrix,
 )
-from alphastomics.config import ConfigError, ModelConfig, load_config
 
 SMALL = ModelConfig(d_model=32, num_heads=4, num_layers=1, dropout=0.0)
 

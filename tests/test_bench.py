@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from alphastomics.attention import Attention
 from alphastomics.config import ModelConfig
+from alphastomics.model.attention import Attention
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 GPU_CHECK = BENCHMARKS / "gpu_check.py"

@@ -1,4 +1,4 @@
-"""The checks before any verdict (alphastomics/checks.py): the learning gate against random placement and the
+"""The checks before any verdict (alphastomics/analysis/checks.py): the learning gate against random placement and the
 best peer, hand-computed; a data set that fails it gets no decision word anywhere (verdict.json, the page,
 report --markdown); the warnings for too few seeds and an early best validation loss."""
 
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from alphastomics import checks, report
-from alphastomics import verdict as V
-from alphastomics.runs import load_run
+from alphastomics.analysis import checks, markdown, report, tables
+from alphastomics.analysis import verdict as V
+from alphastomics.analysis.runs import load_run
 
 PRIMARY = ("knn_preservation", "distance_spearman", "procrustes_rmsd_scaled")
 RANDOM = {"knn_preservation": 0.1, "distance_spearman": 0.0, "procrustes_rmsd_scaled": 50.0}
@@ -119,7 +119,7 @@ def test_a_tissue_at_the_random_level_is_not_interpreted_anywhere(tmp_path):
     # the learned tissue keeps its decisions
     assert all(r["decision"] != checks.NOT_INTERPRETED for r in _dataset(verdict, "learned")["records"])
 
-    md = report.markdown_summary(tmp_path / "verdict.json")
+    md = markdown.markdown_summary(tmp_path / "verdict.json")
     part = md[md.index("**at_random"):]
     part = part[: part.index("**learned")] if "**learned" in part else part
     assert part.startswith(f"**at_random: {checks.NOT_LEARNED}.**")
@@ -226,5 +226,5 @@ def test_with_an_expression_ceiling_the_margin_is_a_share_of_the_way_to_it(tmp_p
     assert gate["outcome"] == "learned"
     assert "of the way to the attainable score" in gate["message"]
     assert "knn_preservation 0.19 (random 0.1), the best variant at 111% of its way from random" in gate["message"]
-    cols, rows = report.gate_table({"learning_gate": gate})
+    cols, rows = tables.gate_table({"learning_gate": gate})
     assert [r["name"] for r in rows][-2:] == ["expression ceiling", "random placement"]

@@ -1,4 +1,4 @@
-"""The claims table (alphastomics.claims) on hand-made runs: the worst head, the gate over diffusion time,
+"""The claims table (alphastomics.analysis.claims) on hand-made runs: the worst head, the gate over diffusion time,
 the healthy gate range, the sweep's claims, and the rows a campaign cannot measure."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alphastomics import claims
-from alphastomics.runs import Run, group_runs
+from alphastomics.analysis import claims
+from alphastomics.analysis.runs import Run, group_runs
 
 
 def _run(variant: str, seed: int, diagnostics: dict, mode: str = "expr_to_pos", dataset: str = "d") -> Run:

@@ -20,7 +20,6 @@ from alphastomics.config import (
 )
 
 
-
 def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)

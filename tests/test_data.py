@@ -12,7 +12,7 @@ from scipy.spatial.distance import pdist
 
 from alphastomics.artifacts import DataError
 from alphastomics.config import DataConfig
-from alphastomics.data import (
+from alphastomics.data.batches import (
     ProcessedData,
     Section,
     TrainingBatches,
@@ -150,8 +150,8 @@ def _shipped_config(dataset: str, tmp_path: Path):
     """config/model.yaml + the data set block and overrides of config/config.yaml (the workflow's order)."""
     import yaml
 
+    from alphastomics.analysis.study import run_overrides
     from alphastomics.config import load_config
-    from alphastomics.study import run_overrides
 
     repo = Path(__file__).resolve().parents[1]
     plan = yaml.safe_load((repo / "config" / "config.yaml").read_text())
@@ -177,8 +177,8 @@ def test_shipped_config_trains_bdtnp_at_the_test_size(bdtnp_processed: Path, tmp
 
 
 def test_shipped_config_trains_synthetic_at_the_test_size(tmp_path: Path) -> None:
-    from alphastomics.fetch import fetch_synthetic
-    from alphastomics.preprocess import preprocess
+    from alphastomics.data.fetch import fetch_synthetic
+    from alphastomics.data.preprocess import preprocess
 
     cfg = _shipped_config("synthetic", tmp_path)
     fetch_synthetic(tmp_path / "raw", cfg.dataset.synthetic)

@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.spatial.distance import pdist
 
-from alphastomics.config import DatasetConfig, SyntheticConfig
 from alphastomics.artifacts import DataError
-from alphastomics.fetch import BDTNP_FILES, fetch_bdtnp, fetch_user_files
-from alphastomics.raw import open_raw
-from alphastomics.synthetic import generate_synthetic
+from alphastomics.config import DatasetConfig, SyntheticConfig
+from alphastomics.data.fetch import BDTNP_FILES, fetch_bdtnp, fetch_user_files
+from alphastomics.data.raw import open_raw
+from alphastomics.data.synthetic import generate_synthetic
 
 
 def test_bdtnp_fetch_from_local_copy_records_verified_checksums(bdtnp_dir: Path, tmp_path: Path) -> None:
@@ -128,7 +128,7 @@ def test_h5ad_annotation_keys_keep_extra_labels_and_name_a_missing_column(tmp_pa
     raw = open_raw(tmp_path / "raw", dcfg)
     layers = [list(s.annotations["cortical_layer"]) for s in raw.sections]
     assert layers == [["L1", "L2", "L1"], ["L2", None, "L2"]]
-    from alphastomics.preprocess import preprocess
+    from alphastomics.data.preprocess import preprocess
 
     manifest = preprocess(tmp_path / "raw", dcfg, tmp_path / "processed")
     assert manifest["annotations"] == ["cortical_layer"] and manifest["coordinates"]["units"] is None

@@ -12,17 +12,17 @@ import torch
 from scipy.linalg import orthogonal_procrustes
 from torch import nn
 
-from alphastomics import diffusion as diffusion_module
 from alphastomics.config import ConfigError, DiffusionConfig, ModelConfig
-from alphastomics.diffusion import (
+from alphastomics.model import diffusion as diffusion_module
+from alphastomics.model.denoiser import Denoiser, masked_centre
+from alphastomics.model.diffusion import (
     Diffusion,
+    _DistanceSSE,
     cosine_alpha_bar,
     kabsch_align,
     masked_reconstruction,
-    _DistanceSSE,
     pairwise_distance_mse,
 )
-from alphastomics.model import Denoiser, masked_centre
 
 G = 5
 

@@ -14,10 +14,10 @@ import pytest
 
 from alphastomics.__main__ import main as cli
 from alphastomics.config import load_config
-from alphastomics.evaluate import EvaluationError, evaluate
-from alphastomics.fetch import fetch_synthetic
-from alphastomics.model import Denoiser
-from alphastomics.preprocess import preprocess
+from alphastomics.data.fetch import fetch_synthetic
+from alphastomics.data.preprocess import preprocess
+from alphastomics.evaluation.evaluate import EvaluationError, evaluate
+from alphastomics.model.denoiser import Denoiser
 
 SYNTH = {
     "dataset": {
@@ -316,7 +316,7 @@ def test_linear_checkpoint_has_sinks_but_no_gates(proc: Path, tmp_path: Path) ->
 
 
 def test_gate_over_t_one_row_per_time_and_layer(proc: Path, tmp_path: Path) -> None:
-    from alphastomics.diagnostics import model_diagnostics
+    from alphastomics.evaluation.diagnostics import model_diagnostics
 
     ckpt = tiny_checkpoint(proc, tmp_path / "final.pt")  # headwise gate, 2 layers, T = 1000
     sections = json.loads((proc / "manifest.json").read_text())["splits"]["test"]
@@ -343,7 +343,7 @@ def test_gate_over_t_one_row_per_time_and_layer(proc: Path, tmp_path: Path) -> N
 
 
 def test_linear_checkpoint_has_no_gate_over_t(proc: Path, tmp_path: Path) -> None:
-    from alphastomics.diagnostics import model_diagnostics
+    from alphastomics.evaluation.diagnostics import model_diagnostics
 
     ckpt = tiny_checkpoint(proc, tmp_path / "final.pt", attention="linear", gate="none", qk_norm=False)
     sections = json.loads((proc / "manifest.json").read_text())["splits"]["test"]
@@ -354,7 +354,7 @@ def test_linear_checkpoint_has_no_gate_over_t(proc: Path, tmp_path: Path) -> Non
 def test_neighbourhood_scores_equal_the_metric_functions_and_runs_repeat_bit_for_bit(
     proc: Path, tmp_path: Path
 ) -> None:
-    from alphastomics import metrics as M
+    from alphastomics.evaluation import metrics as M
 
     cfg = load_config(overrides=SYNTH)
     samples = write_samples(
@@ -379,7 +379,7 @@ def test_every_position_score_and_random_reference_equals_the_metric_functions(
     # evaluate computes each section's truth once (true distances and ranks, kNN, Moran's I, neighbourhood
     # clusters and their random reference) and shares it between draws and random placements: every
     # number it writes must still be that of the public metric functions on that draw or permutation.
-    from alphastomics import metrics as M
+    from alphastomics.evaluation import metrics as M
 
     cfg = load_config(overrides=SYNTH)
     ecfg = cfg.evaluation

@@ -23,10 +23,10 @@ import yaml
 from alphastomics.__main__ import main as cli
 from alphastomics.artifacts import DataError
 from alphastomics.config import DatasetConfig, RDataConfig, RemoteFile, load_config
-from alphastomics.data import ProcessedData
-from alphastomics.fetch import MIRROR_ENV, fetch_bdtnp, fetch_public
-from alphastomics.preprocess import preprocess
-from alphastomics.raw import _r_matrix, open_raw
+from alphastomics.data.batches import ProcessedData
+from alphastomics.data.fetch import MIRROR_ENV, fetch_bdtnp, fetch_public
+from alphastomics.data.preprocess import preprocess
+from alphastomics.data.raw import _r_matrix, open_raw
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -179,7 +179,7 @@ def test_rds_named_list_with_a_section_column(tmp_path: Path) -> None:
     dcfg = DatasetConfig(source="rdata", path=str(src / "cells.rds"), rdata=RDataConfig(counts="cnt", obs="meta"),
                          coordinate_obs=("px", "py"), section_key="slice", cell_type_key=None,
                          annotation_keys={"region": "region"}, val_fraction=0.0)
-    from alphastomics.fetch import fetch_user_files
+    from alphastomics.data.fetch import fetch_user_files
 
     fetch_user_files(tmp_path / "raw", dcfg)
     raw = open_raw(tmp_path / "raw", dcfg)

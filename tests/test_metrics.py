@@ -12,7 +12,7 @@ from scipy.stats import special_ortho_group
 from sklearn.metrics import adjusted_rand_score
 
 from alphastomics import AlphaSTomicsError
-from alphastomics import metrics as M
+from alphastomics.evaluation import metrics as M
 
 
 def cloud(n: int = 60, d: int = 3, seed: int = 0) -> np.ndarray:

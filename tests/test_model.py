@@ -11,9 +11,14 @@ import torch
 
 from alphastomics.__main__ import main as cli
 from alphastomics.config import ModelConfig, load_config
-from alphastomics.diffusion import Diffusion
-from alphastomics.model import Denoiser, GatedSelfAttentionModel, TransformerLayer, masked_centre
-from alphastomics.model import parameter_table
+from alphastomics.model.denoiser import (
+    Denoiser,
+    GatedSelfAttentionModel,
+    TransformerLayer,
+    masked_centre,
+    parameter_table,
+)
+from alphastomics.model.diffusion import Diffusion
 from alphastomics.variants import VARIANTS as NAMED_VARIANTS
 
 SMALL = ModelConfig(d_model=32, num_heads=4, num_layers=2, dropout=0.0, time_embed_dim=16)

@@ -1,4 +1,4 @@
-"""Peer baselines (alphastomics/peers.py): one finite position per held-out cell, the samples format of the
+"""Peer baselines (alphastomics/evaluation/peers.py): one finite position per held-out cell, the samples format of the
 sample stage, hand-computed kNN cases, mapping methods landing on reference locations, the missing-dependency
 message, and nothing half-written on failure."""
 
@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from alphastomics import AlphaSTomicsError
-from alphastomics import peers
-from alphastomics.config import PeersConfig
 from alphastomics.__main__ import main as cli
+from alphastomics.config import PeersConfig
+from alphastomics.evaluation import peers
 
 SAMPLE_COLUMNS = [
     "cell_id",
@@ -274,7 +274,7 @@ def test_synthetic_training_sections_share_one_frame(synthetic_raw: Path, tiny_p
     pooled training section is a scaled copy of its tissue frame (x and y scaled alike, no rotation left)."""
     import anndata as ad
 
-    from alphastomics.data import ProcessedData
+    from alphastomics.data.batches import ProcessedData
 
     data, _, manifest = peers.load(tiny_processed)
     raw = ad.read_h5ad(next(synthetic_raw.glob("*.h5ad")))

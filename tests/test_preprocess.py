@@ -15,10 +15,10 @@ import pytest
 from alphastomics.__main__ import main as cli
 from alphastomics.artifacts import DataError
 from alphastomics.config import DatasetConfig
-from alphastomics.data import ProcessedData, eval_batches, original_positions, undo_normalization
-from alphastomics.fetch import fetch_user_files
-from alphastomics.preprocess import preprocess, preprocess_anndata
-from alphastomics.splits import assign_splits
+from alphastomics.data.batches import ProcessedData, eval_batches, original_positions, undo_normalization
+from alphastomics.data.fetch import fetch_user_files
+from alphastomics.data.preprocess import preprocess, preprocess_anndata
+from alphastomics.data.splits import assign_splits
 
 DCFG = DatasetConfig(name="toy", source="h5ad", val_fraction=0.2, test_fraction=0.2)
 
@@ -362,7 +362,7 @@ def test_rows_of_a_section_are_gathered_by_index_from_a_sparse_file(tmp_path: Pa
     a.X = sparse.csr_matrix(a.X)
     dcfg, _ = _bad_h5ad(tmp_path, {"d": a})
     fetch_user_files(tmp_path / "raw", dcfg)
-    from alphastomics.raw import open_raw
+    from alphastomics.data.raw import open_raw
 
     raw = open_raw(tmp_path / "raw", dcfg)
     for s in raw.sections:
@@ -511,7 +511,7 @@ def test_no_selection_when_genes_do_not_exceed_n_top_genes(tmp_path: Path) -> No
 
 
 def test_scanpy_normalisation_works_in_place_and_equals_the_formula() -> None:
-    from alphastomics.normalization import normalise
+    from alphastomics.data.normalization import normalise
 
     x = np.random.default_rng(0).poisson(0.5, (200, 30)).astype(np.float32)
     x[7] = 0.0
@@ -532,7 +532,7 @@ def test_every_section_is_tested_exactly_once_over_the_folds(k, n, slab):
     import dataclasses
 
     from alphastomics.config import DatasetConfig
-    from alphastomics.splits import fold_splits
+    from alphastomics.data.splits import fold_splits
 
     names = [f"s{i:02d}" for i in range(n)]
     tested = []
@@ -547,8 +547,7 @@ def test_bdtnp_fold_one_is_the_single_split():
     import dataclasses
 
     from alphastomics.config import DatasetConfig
-    from alphastomics.splits import assign_splits
-    from alphastomics.splits import fold_splits
+    from alphastomics.data.splits import assign_splits, fold_splits
 
     names = [f"slab{i:02d}" for i in range(8)]
     single = assign_splits(names, DatasetConfig(), True, "x")
@@ -560,7 +559,7 @@ def test_too_many_folds_is_a_one_line_error():
 
     from alphastomics.artifacts import DataError
     from alphastomics.config import DatasetConfig
-    from alphastomics.splits import fold_splits
+    from alphastomics.data.splits import fold_splits
 
     with pytest.raises(DataError, match="set folds to at most 2"):
         fold_splits(["a", "b", "c", "d", "e"], dataclasses.replace(DatasetConfig(), fold=1, num_folds=3), False, "f.h5ad")
@@ -568,7 +567,7 @@ def test_too_many_folds_is_a_one_line_error():
 
 @pytest.mark.parametrize("n", [3, 4])
 def test_leave_one_section_out_with_validation_cells_tests_each_section_once_and_trains_on_all_others(n):
-    from alphastomics.splits import fold_splits
+    from alphastomics.data.splits import fold_splits
 
     names = [f"s{i}" for i in range(n)]
     cfg = replace(DatasetConfig(), num_folds=n, validation="cells")
@@ -583,7 +582,7 @@ def test_leave_one_section_out_with_validation_cells_tests_each_section_once_and
 
 
 def test_validation_cells_are_a_contiguous_patch_of_the_given_share():
-    from alphastomics.splits import validation_cells
+    from alphastomics.data.splits import validation_cells
 
     xy = np.stack(np.meshgrid(np.arange(10.0), np.arange(10.0)), -1).reshape(-1, 2)
     rows = validation_cells(xy, 0.2, seed=3)
@@ -597,9 +596,9 @@ def test_validation_cells_are_a_contiguous_patch_of_the_given_share():
 
 
 def test_validation_cells_are_withheld_from_training_and_alone_in_validation(tmp_path: Path) -> None:
-    from alphastomics.data import training_batch
     from alphastomics.config import DataConfig
-    from alphastomics import peers
+    from alphastomics.data.batches import training_batch
+    from alphastomics.evaluation import peers
 
     adata = toy_adata(n_sections=3, n=40)
     cfg = replace(DCFG, num_folds=3, fold=1, validation="cells", val_fraction=0.25)

@@ -13,12 +13,12 @@ import pytest
 import torch
 from scipy import sparse
 
-from alphastomics import metrics as M
 from alphastomics.__main__ import main as cli
 from alphastomics.config import load_config
-from alphastomics.reassemble import UNS_KEY, reassemble, withheld_section
-from alphastomics.sample import sample
-from alphastomics.train import train
+from alphastomics.evaluation import metrics as M
+from alphastomics.model.reassemble import UNS_KEY, reassemble, withheld_section
+from alphastomics.model.sample import sample
+from alphastomics.training.train import train
 
 TINY = [
     "TransformerLayer_setting.d_model=16", "TransformerLayer_setting.num_layers=1",

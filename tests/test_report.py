@@ -4,20 +4,20 @@ verdict, missing pieces, no external URLs, atomic writes, and a rendering check 
 from __future__ import annotations
 
 import json
-from html import escape as html_escape
-from html import unescape
 import re
 import shutil
+from html import escape as html_escape
+from html import unescape
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from alphastomics import report
-from alphastomics.layout import parse_run_path
-from alphastomics.runs import RunError, direction
 from alphastomics.__main__ import main as cli
+from alphastomics.analysis import markdown, report, screenshot, tables
+from alphastomics.analysis.runs import RunError, direction
+from alphastomics.layout import parse_run_path
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 SECTIONS = ["s0", "s1", "s2", "s3"]
@@ -223,7 +223,7 @@ def test_first_screen_is_the_forest_plot_then_the_decisions(page):
                if (r["variant"], r["metric"]) == ("gated_headwise", "knn_preservation"))
     ci = f"[{100 * rec['relative_ci_low']:+.1f}, {100 * rec['relative_ci_high']:+.1f} %]"
     assert f"+10.0 % {ci}" in verdict_part
-    assert "Holm p " + html_escape(report.fmt_p(rec["holm_p"])) in verdict_part
+    assert "Holm p " + html_escape(tables.fmt_p(rec["holm_p"])) in verdict_part
 
 
 def test_prose_secondary_and_peers_in_details(page):
@@ -378,11 +378,11 @@ def test_markdown_prints_the_decisions_from_verdict_json(page, capsys):
     # the power plan: one row per primary record, metric first
     plan_rows = [line for line in plan.split("\n\n")[1].splitlines() if line.startswith("| ")][1:]
     assert len(plan_rows) == len(_verdict(page)["datasets"][0]["records"])
-    assert all(line.split(" | ")[0].strip("| ") in report.LABELS or "_" in line for line in plan_rows)
+    assert all(line.split(" | ")[0].strip("| ") in tables.LABELS or "_" in line for line in plan_rows)
     rec = next(r for r in _verdict(page)["datasets"][0]["records"]
                if (r["variant"], r["metric"]) == ("gated_headwise", "knn_preservation"))
     ci = f"[{100 * rec['relative_ci_low']:+.1f}, {100 * rec['relative_ci_high']:+.1f} %]"
-    assert f"+10.0 % {ci}, p_Holm {report.fmt_p(rec['holm_p'])}: better" in rows["gated_headwise vs linear"]
+    assert f"+10.0 % {ci}, p_Holm {tables.fmt_p(rec['holm_p'])}: better" in rows["gated_headwise vs linear"]
     assert "**toy** (3 seeds per variant" in text and "too few sections to test (4 < 5)" in text
     assert cli(["report", "--markdown", str(results / "nothing-here")]) == 2
 
@@ -411,8 +411,8 @@ def test_renders_in_headless_chromium(page, tmp_path):
 
     ARTIFACTS.mkdir(exist_ok=True)
     png = ARTIFACTS / "report.png"
-    log = report.screenshot(page[0], png, width=1280, height=4000)
-    assert report.console_errors(log) == []
+    log = screenshot.screenshot(page[0], png, width=1280, height=4000)
+    assert screenshot.console_errors(log) == []
     img = np.asarray(Image.open(png).convert("L"), dtype=float)
     assert img.shape == (4000, 1280)
     inked = np.flatnonzero((img < 200).mean(axis=1) > 0.002)  # rows with text or figures
@@ -430,14 +430,14 @@ def test_renders_in_headless_chromium(page, tmp_path):
     # The checker itself: a page whose script throws is reported.
     bad = tmp_path / "bad.html"
     bad.write_text("<html><body><p>x</p><script>throw new Error('boom')</script></body></html>")
-    assert report.console_errors(report.screenshot(bad, tmp_path / "bad.png", width=400, height=300))
+    assert screenshot.console_errors(screenshot.screenshot(bad, tmp_path / "bad.png", width=400, height=300))
 
 
 def test_position_figure_takes_the_first_draw_of_a_multi_draw_samples_file(tmp_path):
     import pandas as pd
 
-    from alphastomics.report_figures import _samples
-    from alphastomics.runs import Run
+    from alphastomics.analysis.report_figures import _samples
+    from alphastomics.analysis.runs import Run
 
     run = tmp_path / "toy" / "linear" / "seed0"
     run.mkdir(parents=True)
@@ -521,7 +521,7 @@ def test_the_page_opens_with_every_contrast_on_every_tissue(tissue_page):
     v = json.loads(tissue_page[0].with_name("verdict.json").read_text())
     row = next(r for e in v["across_tissues"]["contrasts"] for r in e["rows"]
                if (e["metric"], r["dataset"]) == ("knn_preservation", "mop"))
-    assert report.fmt_rel_ci(row) in _text(table) and row["decision"] == "better"
+    assert tables.fmt_rel_ci(row) in _text(table) and row["decision"] == "better"
     assert _text(table).count("not computed: no cell-type labels") == 2  # bdtnp and MOp
     assert not re.search(r"<td[^>]*>\s*</td>", table)
     pooled = next(e for e in v["across_tissues"]["contrasts"] if e["metric"] == "knn_preservation")["pooled"]
@@ -547,9 +547,9 @@ def test_a_data_set_without_cell_types_says_so_once_and_has_no_empty_column(tiss
     starmap = html[html.index('id="verdict-starmap"'):html.index('id="expectations"')]
     assert "Not computed on" not in _text(starmap)
     metrics = html[html.index('id="metrics"'):html.index('id="cost"')]
-    tables = dict(re.findall(r"<h3>(\w+)</h3>\s*<div class=\"scroll\"><table>(.*?)</table>", metrics, re.S))
-    assert "neighborhood_ari" in tables["starmap"] and "neighborhood_ari" not in tables["mop"]
-    cols = {ds: re.findall(r"<th>(\w+)</th>", t) for ds, t in tables.items()}
+    metric_tables = dict(re.findall(r"<h3>(\w+)</h3>\s*<div class=\"scroll\"><table>(.*?)</table>", metrics, re.S))
+    assert "neighborhood_ari" in metric_tables["starmap"] and "neighborhood_ari" not in metric_tables["mop"]
+    cols = {ds: re.findall(r"<th>(\w+)</th>", t) for ds, t in metric_tables.items()}
     assert cols["mop"] == [c for c in cols["starmap"] if not c.startswith("neighborhood_")]
     v = json.loads(tissue_page[0].with_name("verdict.json").read_text())
     kinds = {d["dataset"]: (d["kind"], d["cell_types"]) for d in v["datasets"]}
@@ -558,8 +558,8 @@ def test_a_data_set_without_cell_types_says_so_once_and_has_no_empty_column(tiss
     # said once: not again where the reader's own note (preprocess, manifest notes) already names them
     mop_v = next(d for d in v["datasets"] if d["dataset"] == "mop")
     note = "no cell-type column 'cell_type': the cell-type metrics (neighborhood_ari, neighborhood_nmi) are"
-    assert report.not_computed_lines(mop_v, [note]) == [] and len(report.not_computed_lines(mop_v, [])) == 1
-    md = report.markdown_summary(tissue_page[0].with_name("verdict.json"))
+    assert tables.not_computed_lines(mop_v, [note]) == [] and len(tables.not_computed_lines(mop_v, [])) == 1
+    md = markdown.markdown_summary(tissue_page[0].with_name("verdict.json"))
     assert md.count("Not computed on mop: neighborhood_ari, neighborhood_nmi: the data set has no cell") == 1
     rows = [line.split(" | ")[0] for line in md[:md.index("*gated_elementwise vs linear*")].splitlines()
             if line.startswith("| ") and "---" not in line]

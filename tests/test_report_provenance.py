@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from alphastomics.analysis.report_provenance import provenance
+from alphastomics.analysis.runs import Run
 from alphastomics.config import DatasetConfig
-from alphastomics.fetch import fetch_user_files
+from alphastomics.data.fetch import fetch_user_files
+from alphastomics.data.preprocess import preprocess
 from alphastomics.layout import run_folder
-from alphastomics.preprocess import preprocess
-from alphastomics.provenance import provenance
-from alphastomics.runs import Run
 
 
 def test_provenance_shows_the_data_set_configuration_and_the_source_file_checksum(tmp_path: Path) -> None:
@@ -49,8 +49,8 @@ def test_provenance_shows_the_data_set_configuration_and_the_source_file_checksu
 def test_training_devices_and_torch_come_from_the_training_jobs(tmp_path: Path) -> None:
     """On a cluster the report runs on the login node: the devices and torch it shows are those each training
     job recorded in train_summary.json ("machine"), not the report environment's."""
+    from alphastomics.analysis.runs import Run
     from alphastomics.provenance import machine
-    from alphastomics.runs import Run
 
     gpu_job = {"host": "gpu017", "cpu": "Xeon", "gpus": ["NVIDIA A100-SXM4-80GB"], "torch": "2.5.1",
                "cuda": "12.4", "python": "3.11.9"}

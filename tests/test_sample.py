@@ -15,9 +15,9 @@ import pytest
 from alphastomics.__main__ import main as cli
 from alphastomics.artifacts import DataError
 from alphastomics.config import load_config
-from alphastomics.raw import open_raw
-from alphastomics.sample import sample
-from alphastomics.train import train
+from alphastomics.data.raw import open_raw
+from alphastomics.model.sample import sample
+from alphastomics.training.train import train
 
 TINY = [
     "TransformerLayer_setting.d_model=16", "TransformerLayer_setting.num_layers=1",
@@ -141,7 +141,7 @@ def test_draws_have_their_own_seeds_and_draw_zero_is_the_single_draw(checkpoints
 
 
 def test_a_sections_value_is_the_mean_over_its_draws(checkpoints, tiny_processed, tmp_path):
-    from alphastomics.evaluate import score
+    from alphastomics.evaluation.evaluate import score
 
     cfg = load_config(overrides=["evaluation.sampling_draws=2", "diffusion.sampling_steps=3",
                                  "evaluation.num_random_references=1"])
@@ -154,8 +154,8 @@ def test_a_sections_value_is_the_mean_over_its_draws(checkpoints, tiny_processed
 
 
 def test_mean_placement_recovers_a_configuration_from_rotated_reflected_noisy_draws():
-    from alphastomics.sample import mean_placement
-    from alphastomics.synthetic import random_orthogonal
+    from alphastomics.data.synthetic import random_orthogonal
+    from alphastomics.model.sample import mean_placement
 
     rng = np.random.default_rng(0)
     truth = rng.normal(size=(50, 2))
@@ -177,7 +177,7 @@ def test_mean_placement_recovers_a_configuration_from_rotated_reflected_noisy_dr
 
 
 def test_placement_mean_writes_one_placement_per_cell(checkpoints, tiny_processed, tmp_path):
-    from alphastomics.sample import mean_placement
+    from alphastomics.model.sample import mean_placement
 
     cfg = load_config(overrides=["evaluation.sampling_draws=3", "diffusion.sampling_steps=3"])
     three = sample(checkpoints["expr_to_pos"], tiny_processed, tmp_path / "three.parquet", cfg=cfg)

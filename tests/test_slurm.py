@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from workflow_helpers import BIN, make_copy, same_weights, snakemake, write_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]

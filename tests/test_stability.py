@@ -1,4 +1,4 @@
-"""The learning-rate sweep (alphastomics.stability, config/stability.yaml): the divergence and spike rules and
+"""The learning-rate sweep (alphastomics.analysis.stability, config/stability.yaml): the divergence and spike rules and
 steps to a plateau on hand-made series, the per-variant and paired summaries on hand-made runs, that the
 sweep's logging changes no weight, and a sweep of two learning rates through the workflow to its table."""
 
@@ -11,13 +11,13 @@ import sys
 
 import pytest
 import yaml
-
-from alphastomics import stability as S
-from alphastomics.__main__ import main as cli
-from alphastomics.config import load_config
-from alphastomics.train import train
-from alphastomics.variants import VARIANTS
 from workflow_helpers import REPO, make_copy, same_weights, snakemake, write_config
+
+from alphastomics.__main__ import main as cli
+from alphastomics.analysis import stability as S
+from alphastomics.config import load_config
+from alphastomics.training.train import train
+from alphastomics.variants import VARIANTS
 
 NAN = math.nan
 
@@ -143,7 +143,7 @@ def test_largest_stable_rate_paired_placement_and_convergence():
 
 
 def test_the_analysis_imports_no_torch():
-    code = "import sys, alphastomics.stability; assert 'torch' not in sys.modules"
+    code = "import sys, alphastomics.analysis.stability; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 

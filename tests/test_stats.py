@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from alphastomics.stats import (
+from alphastomics.analysis.stats import (
     holm,
     min_detectable_effect,
     paired,

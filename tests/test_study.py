@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from alphastomics.__main__ import main as cli
+from alphastomics.analysis import study as STUDY
+from alphastomics.analysis.study import choose_budget, run_overrides
 from alphastomics.config import load_config
-from alphastomics import study as STUDY
-from alphastomics.study import choose_budget, run_overrides
 from alphastomics.variants import VARIANTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,7 +147,7 @@ def test_snakemake_learning_curve_target_dry_run(tmp_path):
 def test_stop_after_ends_a_stage_once_its_checkpoint_exists(tmp_path):
     # --stop-after: the stage is sent SIGTERM once the file appears; train answers by checkpointing and
     # exiting 143, which counts as done. Here a stand-in process writes the file, then waits to be stopped.
-    from alphastomics.study import StudyError, _run
+    from alphastomics.analysis.study import StudyError, _run
 
     flag = tmp_path / "step000002.pt"
     body = ("import pathlib, signal, sys, time; "

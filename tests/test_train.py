@@ -21,12 +21,12 @@ from torch import nn
 from alphastomics.__main__ import main as cli
 from alphastomics.artifacts import load_checkpoint
 from alphastomics.config import Config, TrainConfig, load_config
-from alphastomics.data import ProcessedData, collate, training_batch
-from alphastomics.diffusion import Diffusion
-from alphastomics.distributed import Dist
+from alphastomics.data.batches import ProcessedData, collate, training_batch
 from alphastomics.lifecycle import TrainingError
-from alphastomics.model import Denoiser
-from alphastomics.train import (
+from alphastomics.model.denoiser import Denoiser
+from alphastomics.model.diffusion import Diffusion
+from alphastomics.training.distributed import Dist
+from alphastomics.training.train import (
     TIMING_FIELDS,
     accumulate_gradients,
     ema_decay_at,
@@ -320,7 +320,7 @@ def test_resumed_run_has_same_metrics_as_uninterrupted(runs):
 
 
 def test_ungated_variant_runs_no_diagnostics_pass(tiny_processed, tmp_path, monkeypatch):
-    import alphastomics.train as train_module
+    import alphastomics.training.train as train_module
 
     calls = []
     monkeypatch.setattr(train_module, "gate_statistics", lambda *a, **k: calls.append(1) or {"gate_mean": [0.5]})

@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from workflow_helpers import same_weights
 
 from alphastomics.__main__ import main as cli
 from alphastomics.artifacts import load_checkpoint
 from alphastomics.config import STAGE_SETTINGS, load_config, stage_settings, to_dict
 from alphastomics.lifecycle import EXIT_TIME_LIMIT, FAKE_CLOCK_ENV, Deadline, limit_threads, thread_split
-from alphastomics.train import TIMING_FIELDS, train
-from workflow_helpers import same_weights
+from alphastomics.training.train import TIMING_FIELDS, train
 
 TINY = {
     "TransformerLayer_setting": {"d_model": 16, "num_layers": 1, "num_heads": 2, "time_embed_dim": 16,
@@ -263,7 +263,7 @@ def test_sampler_is_a_sampling_setting(straight, tmp_path):
     values, not the checkpoint's, or the rerun would write the same samples."""
     import pyarrow.parquet as pq
 
-    from alphastomics.sample import sample
+    from alphastomics.model.sample import sample
 
     tables = {}
     for name, sets in {"ddim": [], "ancestral": ["diffusion.sampler=ancestral"],

@@ -1,4 +1,4 @@
-"""The variance decomposition (alphastomics.variance): components by hand and recovered by simulation."""
+"""The variance decomposition (alphastomics.analysis.variance): components by hand and recovered by simulation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from alphastomics.variance import decompose, shares
+from alphastomics.analysis.variance import decompose, shares
 
 
 def test_only_training_varies():

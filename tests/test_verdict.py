@@ -1,4 +1,4 @@
-"""The verdict (alphastomics/verdict.py) on fixture run folders: decisions for a planted effect and for none,
+"""The verdict (alphastomics/analysis/verdict.py) on fixture run folders: decisions for a planted effect and for none,
 every number of verdict.json recomputed by hand from the per-seed metrics.json files (its documented schema),
 seeds as the unit (two sections of one seed are never two pairs), peers per section with too few sections,
 the claims' marks, and the declared family of config/config.yaml."""
@@ -15,9 +15,9 @@ import pytest
 import yaml
 from scipy import stats as st
 
-from alphastomics import claims
-from alphastomics import verdict as V
-from alphastomics.runs import load_run
+from alphastomics.analysis import claims
+from alphastomics.analysis import verdict as V
+from alphastomics.analysis.runs import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PRIMARY = ("knn_preservation", "distance_spearman", "procrustes_rmsd_scaled")
@@ -371,7 +371,7 @@ def test_folds_pool_into_one_observation_per_seed_weighted_by_cells(tmp_path: Pa
     n = plan["seeds_needed"]
     effect = 0.05 * abs(r["reference_mean"])
     alpha = fam.alpha / r["family_size"]
-    from alphastomics.stats import min_detectable_effect
+    from alphastomics.analysis.stats import min_detectable_effect
 
     assert min_detectable_effect(r["sd_difference"], n, alpha=alpha) <= effect
     assert n == 2 or min_detectable_effect(r["sd_difference"], n - 1, alpha=alpha) > effect
@@ -506,7 +506,7 @@ def test_pooled_over_the_real_tissues_by_hand(tissues) -> None:
 
 
 def stats_mde(sd: float, n: int, alpha: float) -> float:
-    from alphastomics.stats import min_detectable_effect
+    from alphastomics.analysis.stats import min_detectable_effect
 
     return min_detectable_effect(sd, n, alpha=alpha)
 

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from workflow_helpers import REPO, dry_run, make_copy, same_weights, snakemake, write_config
 
 pytestmark = pytest.mark.workflow

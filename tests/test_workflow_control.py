@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from workflow_helpers import make_copy, snakemake, write_config
 
 pytestmark = pytest.mark.workflow
@@ -48,8 +47,8 @@ def write_no_signal_h5ad(path: Path) -> None:
 
 
 def test_negative_control_is_not_interpreted_and_bdtnp_is(tmp_path, bdtnp_dir):
-    from alphastomics import checks
-    from alphastomics.report import markdown_summary
+    from alphastomics.analysis import checks
+    from alphastomics.analysis.report import markdown_summary
 
     repo = make_copy(tmp_path)
     write_no_signal_h5ad(repo / "no_signal.h5ad")

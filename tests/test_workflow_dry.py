@@ -15,12 +15,10 @@ import re
 import shlex
 import shutil
 import subprocess
-
 from pathlib import Path
 
 import pytest
 import yaml
-
 from workflow_helpers import BIN, REPO, SHARED, dry_run, job_counts, make_copy, snakemake, write_config
 
 pytestmark = pytest.mark.workflow
@@ -54,7 +52,7 @@ def test_default_dry_run_lists_datasets_x_variants_x_seeds(tmp_path):
     repo = make_copy(tmp_path)
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     runs = len(cfg["variants"]) * sum(len(d.get("seeds") or cfg["seeds"]) for d in cfg["datasets"].values())
-    from alphastomics.peers import runnable
+    from alphastomics.evaluation.peers import runnable
 
     installed, _ = runnable(cfg["baselines"])  # a peer whose package is missing is skipped, with a warning
     peers = len(cfg["datasets"]) * len(installed) * len(cfg.get("baseline_seeds", [0]))

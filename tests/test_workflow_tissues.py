@@ -9,7 +9,6 @@ import json
 
 import pytest
 import yaml
-
 from workflow_helpers import REPO, SHARED, make_copy, snakemake
 
 pytestmark = [pytest.mark.workflow,

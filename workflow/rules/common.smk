@@ -75,10 +75,10 @@ except ValueError as err:
 
 
 def runnable_baselines(methods):
-    """Installed peers only (conda envs provide them all): see alphastomics.peers.runnable."""
+    """Installed peers only (conda envs provide them all): see alphastomics.evaluation.peers.runnable."""
     from snakemake.settings.types import DeploymentMethod
 
-    from alphastomics.peers import runnable
+    from alphastomics.evaluation.peers import runnable
 
     if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
         return list(methods)

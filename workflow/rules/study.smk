@@ -7,7 +7,7 @@
 # figure are declared outputs. Each job writes its --plan (the configuration as run, config_as_run in
 # common.smk, a param: a changed config reruns the study's jobs) beside its log.
 
-from alphastomics import study as STUDY
+from alphastomics.analysis import study as STUDY
 
 STUDY_VARIANTS = [v for v in STUDY.DEFAULT_VARIANTS if v in VARIANTS]
 STUDY_SEEDS = list(STUDY.DEFAULT_SEEDS)

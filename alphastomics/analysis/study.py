@@ -140,6 +140,13 @@ def peer_run(plan: dict[str, Any], model_config: str, data: Path, out: Path, dat
 # Tables, the chosen budget, the figure
 
 
+def _records(metrics_jsonl: Path) -> list[dict[str, Any]]:
+    """The records of a training run's metrics.jsonl, in order; none for a missing file."""
+    if not metrics_jsonl.is_file():
+        return []
+    return [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
+
+
 def _last_at(metrics_jsonl: Path, step: int, field: str) -> float:
     """``field`` of the last metrics.jsonl record at or before ``step`` that has it (val_loss: the last
     validation; elapsed_s: training time by then)."""
@@ -163,12 +170,12 @@ def collect(out: Path, datasets: list[str], variants: list[str], seeds: list[int
                     summary = json.loads(summ.read_text())
                     stopped = summary["steps"] if summary["stopped_early"] else ""
                 elif (run / "train" / "checkpoints" / "latest.pt").exists():  # cut (--stop-after)
-                    import torch
-
-                    ckpt = torch.load(run / "train" / "checkpoints" / "latest.pt", map_location="cpu",
-                                      weights_only=False)
-                    summary = {"best_val_step": ckpt["state"].get("best_val_step", "")}
-                    stopped = f"cut {ckpt['step']}"
+                    # read from the metric lines, not the checkpoint: the analysis loads no torch
+                    records = _records(run / "train" / "metrics.jsonl")
+                    validated = [r for r in records if "val_loss" in r]
+                    best = min(validated, key=lambda r: r["val_loss"])["step"] if validated else ""
+                    summary = {"best_val_step": best}
+                    stopped = f"cut {records[-1]['step']}" if records else "cut"
                 else:
                     continue
                 for b in budgets:

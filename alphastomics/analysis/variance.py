@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from alphastomics import AlphaSTomicsError
-from alphastomics.runs import DatasetView, Run, group_runs, load_run
+from alphastomics.analysis.runs import DatasetView, Run, group_runs, load_run
 
 DEFAULT_METRICS = ("knn_preservation", "distance_spearman", "procrustes_rmsd_scaled")
 TERMS = ("training", "sections", "draw")

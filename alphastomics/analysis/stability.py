@@ -33,6 +33,9 @@ The sweep's runs are the workflow's own: variant V at rate r is the variant ``V_
 Per variant: the largest rate at which every seed trains without diverging. At each rate: paired
 differences over seeds (gated variants vs linear and vs softmax) of placement and of steps to converge,
 each a ``verdict.compare`` record (95 % t interval over seeds; descriptive, no Holm: not a declared family).
+
+Long because the sweep's whole analysis is one stage: the divergence and spike rules, the largest stable
+rate, convergence, the paired tests per rate, and its tables and figure.
 """
 
 from __future__ import annotations
@@ -51,14 +54,14 @@ import yaml
 
 from alphastomics import AlphaSTomicsError
 from alphastomics import plan as plan_module
+from alphastomics.analysis.runs import finite as _finite
+from alphastomics.analysis.runs import load_run
+from alphastomics.analysis.verdict import compare
 from alphastomics.artifacts import atomic_write_text
 from alphastomics.layout import run_folder
-from alphastomics.runs import finite as _finite
-from alphastomics.runs import load_run
 from alphastomics.variants import VARIANTS
-from alphastomics.verdict import compare
 
-SCHEMA = "alphastomics.stability/1"
+SCHEMA = "alphastomics.analysis.stability/1"
 SPIKE_FACTOR = 2.0
 SPIKE_WINDOW = 20  # steps; also the window of the divergence rule's medians
 MIN_HISTORY = 5  # earlier finite losses a step needs before it is tested for a spike

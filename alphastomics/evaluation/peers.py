@@ -20,6 +20,9 @@ undoes it on the training sections, so the pooled reference is one tissue frame 
 theirs: every metric is invariant to rotation). Measured data is pooled as measured.
 Tangram and novoSpaRc are mapping methods: they put each cell at one reference location (the most probable
 one), so their predictions can only be training-cell positions.
+
+Long because each peer method (kNN, the ceiling, Tangram, novoSpaRc, CeLEry) is a short adapter to its
+library, and they share loading and the samples format.
 """
 
 from __future__ import annotations
@@ -336,7 +339,7 @@ class HeldOut:
 
 def load(data_dir: str | Path, split: str = "test") -> tuple[PeerData, HeldOut, dict[str, Any]]:
     """Training sections as reference, ``split`` sections as query (docs/architecture.md, Processed data)."""
-    from alphastomics.data import ProcessedData, original_positions, undo_normalization
+    from alphastomics.data.batches import ProcessedData, original_positions, undo_normalization
 
     data = ProcessedData(data_dir)
     manifest = data.manifest
@@ -395,7 +398,7 @@ def common_frame(manifest: dict[str, Any], where: Path) -> dict[str, np.ndarray]
     if manifest.get("source") != "synthetic":
         return None
     from alphastomics.config import SyntheticConfig
-    from alphastomics.synthetic import synthetic_rotations
+    from alphastomics.data.synthetic import synthetic_rotations
 
     params = (manifest.get("parameters") or {}).get("synthetic")
     if not isinstance(params, dict):

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from alphastomics import stats
+from alphastomics.analysis import stats
+from alphastomics.analysis.runs import DatasetView, Run, direction, seed_values
 from alphastomics.layout import is_ceiling, peer_method
-from alphastomics.runs import DatasetView, Run, direction, seed_values
 
 # A metric's skill is how far a value goes from random placement towards a perfect score (1 for a
 # higher-is-better metric, 0 for a lower-is-better one). A variant clears the gate on a metric when the worse

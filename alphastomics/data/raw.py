@@ -17,6 +17,9 @@ expression rows are read on demand, so preprocessing holds one section of expres
 
 Longer than ~700 lines on purpose: one reader per format with the checks that name the user's file, field and
 fix for each way a file can be wrong; split further, each reader would import the same checks back.
+
+Long because every reader (bdtnp, synthetic, h5ad, csv, R data) is here with its one-line errors; they
+share ``RawData`` and its checks.
 """
 
 from __future__ import annotations

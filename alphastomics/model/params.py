@@ -11,7 +11,7 @@ from typing import Any
 
 from alphastomics.artifacts import DataError, read_manifest
 from alphastomics.config import Config
-from alphastomics.model import parameter_table
+from alphastomics.model.denoiser import parameter_table
 
 BDTNP_GENES, BDTNP_DIMS = 84, 3  # the bundled atlas (DESIGN section 3): 84 genes, 3D coordinates
 

@@ -1,12 +1,12 @@
 """The ``fetch-data`` stage: get a data set's raw files into one folder, each checksum-verified, with
-``fetch.json`` naming them (read back by ``alphastomics.raw.open_raw``).
+``fetch.json`` naming them (read back by ``alphastomics.data.raw.open_raw``).
 
 Sources (``dataset.source``):
 - ``bdtnp``: the BDTNP Drosophila embryo atlas (Fowlkes et al., Cell 2008; 3,039 cells x 84 genes, 3D) as
   published in the PyPI source archive ``novosparc==0.4.4`` (Nitzan et al., Nature 2019), checksum-verified;
-- ``synthetic``: a seeded multi-section layered tissue with known cell types (``alphastomics.synthetic``),
+- ``synthetic``: a seeded multi-section layered tissue with known cell types (``alphastomics.data.synthetic``),
   written as an ``.h5ad``;
-- ``h5ad`` / ``csv``: the user's own files (formats in ``alphastomics.raw``), linked and validated now so that
+- ``h5ad`` / ``csv``: the user's own files (formats in ``alphastomics.data.raw``), linked and validated now so that
   a wrong file fails here with the user's path;
 - ``dataset.files`` (any reader: csv, h5ad, rdata): published files named by address and sha256, taken from
   the mirror (``--mirror``, else ``$ALPHASTOMICS_DATA_MIRROR``) when it holds them, else downloaded with
@@ -26,9 +26,9 @@ from typing import Any
 
 from alphastomics.artifacts import DataError, atomic_dir
 from alphastomics.config import DatasetConfig, SyntheticConfig
-from alphastomics.raw import FETCH_JSON, open_raw, sha256_file, verify_sha256
-from alphastomics.splits import split_sections
-from alphastomics.synthetic import generate_synthetic
+from alphastomics.data.raw import FETCH_JSON, open_raw, sha256_file, verify_sha256
+from alphastomics.data.splits import split_sections
+from alphastomics.data.synthetic import generate_synthetic
 
 NOVOSPARC_URLS = ("https://pypi.org/pypi/novosparc/0.4.4/json", "https://pypi.org/pypi/novosparc/json")
 NOVOSPARC_ARCHIVE = "novosparc-0.4.4.tar.gz"
@@ -240,7 +240,7 @@ def fetch_synthetic(out: Path, scfg: SyntheticConfig) -> dict[str, Any]:
         generate_synthetic(scfg).write_h5ad(tmp / SYNTHETIC_FILE)
         info = {
             "source": "synthetic",
-            "origin": f"alphastomics.synthetic seed={scfg.seed}",
+            "origin": f"alphastomics.data.synthetic seed={scfg.seed}",
             "files": {SYNTHETIC_FILE: sha256_file(tmp / SYNTHETIC_FILE)},
         }
         _write_json(tmp / FETCH_JSON, info)

@@ -22,8 +22,8 @@ from torch import nn
 
 from alphastomics.artifacts import atomic_write_text, load_checkpoint
 from alphastomics.config import Config, ConfigError, config_from_dict, stage_settings, to_dict
-from alphastomics.distributed import Dist
 from alphastomics.lifecycle import TrainingError
+from alphastomics.training.distributed import Dist
 
 
 @dataclass

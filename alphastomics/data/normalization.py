@@ -15,7 +15,7 @@ import numpy as np
 
 from alphastomics.artifacts import DataError
 from alphastomics.config import DatasetConfig
-from alphastomics.raw import RawData
+from alphastomics.data.raw import RawData
 
 
 def normalise(x: np.ndarray, applied: str, target_sum: float, keep: np.ndarray | None) -> np.ndarray:

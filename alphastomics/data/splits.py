@@ -8,7 +8,7 @@ import numpy as np
 
 from alphastomics.artifacts import DataError
 from alphastomics.config import DatasetConfig
-from alphastomics.raw import RawData
+from alphastomics.data.raw import RawData
 
 
 def assign_splits(

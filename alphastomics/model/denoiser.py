@@ -1,6 +1,6 @@
 """The denoiser: a diffusion transformer over the set of cells of one section, predicting x0.
 
-Cells are tokens; attention runs across cells (``alphastomics.attention``), there is no positional index
+Cells are tokens; attention runs across cells (``alphastomics.model.attention``), there is no positional index
 over cells, so the model is permutation-equivariant. Positions enter every block as "direction + distance"
 features of the coordinates centred over real cells (LUNA, Yu et al. 2025; the design note), and each block
 refines the coordinates (iterative refinement). Diffusion time enters every block through adaptive
@@ -25,8 +25,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alphastomics.artifacts import DataError, load_checkpoint
-from alphastomics.attention import Attention
-from alphastomics.config import Config, ModelConfig, config_from_dict, generates_expression, generates_positions
+from alphastomics.config import (
+    Config,
+    ModelConfig,
+    config_from_dict,
+    generates_expression,
+    generates_positions,
+)
+from alphastomics.model.attention import Attention
 from alphastomics.seeds import name_seed
 from alphastomics.variants import VARIANTS
 

@@ -26,10 +26,16 @@ import pyarrow.parquet as pq
 import torch
 
 from alphastomics import AlphaSTomicsError
+from alphastomics.artifacts import (
+    check_compatible,
+    read_manifest,
+    samples_table,
+    with_samples_meta,
+    write_samples,
+)
 from alphastomics.config import Config, generates_expression
-from alphastomics.artifacts import check_compatible, read_manifest, samples_table, with_samples_meta, write_samples
-from alphastomics.model import Denoiser
-from alphastomics.placement import generate_whole, mean_placement
+from alphastomics.model.denoiser import Denoiser
+from alphastomics.model.placement import generate_whole, mean_placement
 from alphastomics.seeds import SAMPLE_STREAM, step_seed
 from alphastomics.variants import variant_name
 
@@ -51,8 +57,8 @@ def sample(
     ``cfg`` (the stage's --config) supplies the sampling knobs (``diffusion.sampling_steps``,
     ``evaluation.seed``); the architecture and the diffusion mode always come from the checkpoint.
     """
-    from alphastomics.data import ProcessedData, collate, original_positions, undo_normalization
-    from alphastomics.diffusion import Diffusion
+    from alphastomics.data.batches import ProcessedData, collate, original_positions, undo_normalization
+    from alphastomics.model.diffusion import Diffusion
 
     checkpoint, data_dir, out = Path(checkpoint), Path(data_dir), Path(out)
     manifest = read_manifest(data_dir)

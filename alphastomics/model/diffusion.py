@@ -30,11 +30,11 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from alphastomics.config import ConfigError, DiffusionConfig, Mode, generates_expression, generates_positions
-from alphastomics.model import masked_centre
+from alphastomics.model.denoiser import masked_centre
 
 
 class BatchLike(Protocol):
-    """What diffusion needs from ``alphastomics.data.Batch``."""
+    """What diffusion needs from ``alphastomics.data.batches.Batch``."""
 
     expression: Tensor  # (B, N, G)
     positions: Tensor  # (B, N, D)
@@ -199,7 +199,7 @@ def kabsch_align(x: Tensor, target: Tensor, mask: Tensor) -> Tensor:
 
 
 class Diffusion:
-    """Schedule, training losses and sampler for the denoiser (``alphastomics.model.Denoiser``)."""
+    """Schedule, training losses and sampler for the denoiser (``alphastomics.model.denoiser.Denoiser``)."""
 
     def __init__(self, cfg: DiffusionConfig) -> None:
         checks = [

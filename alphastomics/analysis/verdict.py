@@ -12,7 +12,7 @@ Follows DESIGN section 6, "Statistics", like a methods section written before th
   Holm-adjusted p < 0.05; every other metric is a secondary record (the same numbers, no Holm p, no word);
 - peers: per held-out section, the model's seed-averaged value against the peer's value; a test only with at
   least ``MIN_PEER_SECTIONS`` sections;
-- before any of that is read, the learning gate and the run warnings (``alphastomics.checks``): when no
+- before any of that is read, the learning gate and the run warnings (``alphastomics.analysis.checks``): when no
   variant placed cells better than random, every contrast of the data set is "not interpreted".
 - the power plan: per primary record, the seeds needed for a 5 % smallest detectable effect and their cost.
 - across tissues: every declared contrast x primary metric on every data set side by side (this campaign's
@@ -22,6 +22,9 @@ Follows DESIGN section 6, "Statistics", like a methods section written before th
 The JSON schema is documented in docs/metrics.md ("verdict.json"); the report and ``report --markdown`` only
 render this file. About 750 lines, on purpose: every number of the file is computed here, in the order a
 reader of the verdict checks them, so that one module answers "where does this number come from".
+
+Long because verdict.json is built in one place: the declared family and its tests, the learning gate's
+consequences, the peers and the estimate across tissues.
 """
 
 from __future__ import annotations
@@ -37,11 +40,12 @@ from typing import Any
 
 import numpy as np
 
-from alphastomics import AlphaSTomicsError, checks, stats
+from alphastomics import AlphaSTomicsError
+from alphastomics.analysis import checks, stats
+from alphastomics.analysis.runs import DatasetView, Run, direction, group_runs, section_values, seed_values
 from alphastomics.layout import peer_method
-from alphastomics.runs import DatasetView, Run, direction, group_runs, section_values, seed_values
 
-SCHEMA = "alphastomics.verdict/1"
+SCHEMA = "alphastomics.analysis.verdict/1"
 BASELINE = "linear"
 # The design note's rows (each gated variant vs linear), the gate's own effect (vs the ungated softmax
 # control), QK-norm (headwise with vs without) and the kernel (softmax vs linear).
@@ -328,7 +332,7 @@ def dataset_verdict(view: DatasetView, family: Family, facts: dict[str, Any] | N
 
 
 def learning_checks(view: DatasetView, family: Family, random_reference: dict[str, float]) -> dict[str, Any]:
-    """The keys ``learning_gate`` and ``warnings`` of a data set (``alphastomics.checks``)."""
+    """The keys ``learning_gate`` and ``warnings`` of a data set (``alphastomics.analysis.checks``)."""
     return {
         "learning_gate": checks.learning_gate(view, family.primary_metrics, random_reference),
         "warnings": checks.run_warnings(view),

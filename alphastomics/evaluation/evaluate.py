@@ -8,6 +8,9 @@ also gets a random-placement reference (``metrics.random_placement``: a seeded p
 positions, averaged over ``evaluation.num_random_references`` draws) so numbers have a scale. Metric
 definitions: docs/metrics.md. A little over 450 lines: the checks that name the user's file, field and fix
 for every column a scorer reads sit beside the scoring they guard.
+
+Long because scoring is one pass per section over every draw and its random references, with the
+checks of a samples file and the model probes in one place.
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from alphastomics import AlphaSTomicsError
-from alphastomics import metrics as M
 from alphastomics.artifacts import atomic_dir, gene_std_floored, read_manifest, read_samples
 from alphastomics.config import Config, EvalConfig, generates_expression, generates_positions
+from alphastomics.evaluation import metrics as M
 from alphastomics.lifecycle import limit_threads
 
 MODES = ("expr_to_pos", "pos_to_expr", "joint")
@@ -432,7 +435,9 @@ def evaluate(
     attention_map = None
     if checkpoint is not None:
         sections = [r["section"] for r in result["per_section"]]
-        from alphastomics.diagnostics import model_diagnostics  # torch, only when a model is probed
+        from alphastomics.evaluation.diagnostics import (
+            model_diagnostics,  # torch, only when a model is probed
+        )
 
         diag, attention_map, masked = model_diagnostics(checkpoint, data_dir, sections, cfg)
         result["diagnostics"] = diag

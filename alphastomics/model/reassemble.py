@@ -130,7 +130,7 @@ def _groups(obs: Any, key: str | None, where: str) -> dict[str, np.ndarray]:
     """Group name -> row indices (file order), in sorted name order: the order that gives each its seed."""
     import pandas as pd
 
-    from alphastomics.raw import label_column
+    from alphastomics.data.raw import label_column
 
     if key is None:
         return {DEFAULT_GROUP: np.arange(len(obs))}
@@ -185,7 +185,7 @@ def _model_input(x: np.ndarray, cols: np.ndarray, present: np.ndarray, n_genes: 
                  norm: dict[str, Any], library: str) -> np.ndarray:
     """(cells, file genes) values -> (cells, panel) standardised as preprocess writes cells.parquet; a
     missing gene stays 0, the training mean."""
-    from alphastomics.normalization import normalise
+    from alphastomics.data.normalization import normalise
 
     applied, undo_log = steps
     if library == "panel":
@@ -234,8 +234,8 @@ def read_cells(h5ad: Path, layer: str | None, group_key: str | None, manifest: d
     normalisation); every refusal happens here, before the first draw."""
     from scipy import sparse
 
-    from alphastomics.normalization import detect_input
-    from alphastomics.raw import RawData, RawSection, _cached_csr, _row_loader, _unique_genes
+    from alphastomics.data.normalization import detect_input
+    from alphastomics.data.raw import RawData, RawSection, _cached_csr, _row_loader, _unique_genes
 
     panel, norm = list(manifest["genes"]), manifest["normalization"]
     adata, matrix, field = _read_cells(h5ad, layer)
@@ -294,10 +294,10 @@ def reassemble(
     checkpoint. Everything is checked before the first draw; ``out`` is written whole or not at all."""
     import torch
 
-    from alphastomics.data import Section, collate
-    from alphastomics.diffusion import Diffusion
-    from alphastomics.model import Denoiser
-    from alphastomics.placement import generate_whole, mean_placement
+    from alphastomics.data.batches import Section, collate
+    from alphastomics.model.denoiser import Denoiser
+    from alphastomics.model.diffusion import Diffusion
+    from alphastomics.model.placement import generate_whole, mean_placement
     from alphastomics.seeds import SAMPLE_STREAM, step_seed
 
     candidates = [Path(c) for c in (checkpoint if isinstance(checkpoint, (list, tuple)) else [checkpoint])]
@@ -363,7 +363,7 @@ def _provenance(candidates: list[Path], picked: Path, picked_by: str, ckpt: dict
                 run_cfg: Config, cells: Cells, draws: int, group_key: str | None) -> dict[str, Any]:
     """uns["alphastomics_reassemble"]: what placed these cells, enough to make the same placement again.
     Strings and numbers only (h5ad stores no None)."""
-    from alphastomics.raw import sha256_file
+    from alphastomics.data.raw import sha256_file
     from alphastomics.variants import variant_name
 
     m, coords = ckpt_cfg.model, ckpt["manifest"]["coordinates"]
@@ -393,7 +393,7 @@ def withheld_section(data_dir: str | Path, section: str) -> tuple[Any, np.ndarra
     import anndata as ad
     import pandas as pd
 
-    from alphastomics.data import ProcessedData, original_positions, undo_normalization
+    from alphastomics.data.batches import ProcessedData, original_positions, undo_normalization
 
     data = ProcessedData(data_dir)
     sec = data.section(section)

@@ -27,9 +27,9 @@ import pyarrow.parquet as pq
 from alphastomics import __version__
 from alphastomics.artifacts import FORMAT, DataError, atomic_dir, cells_schema, gene_std_floored
 from alphastomics.config import DatasetConfig, to_dict
-from alphastomics.normalization import detect_input, normalise
-from alphastomics.raw import RawData, from_anndata, open_raw
-from alphastomics.splits import split_sections, validation_cells
+from alphastomics.data.normalization import detect_input, normalise
+from alphastomics.data.raw import RawData, from_anndata, open_raw
+from alphastomics.data.splits import split_sections, validation_cells
 
 SPLITS = ("train", "val", "test")
 

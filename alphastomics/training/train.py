@@ -8,11 +8,14 @@ step s depends only on (seed, s, rank, world_size) and every random draw of a st
 same tuple, so a resumed run on the CPU ends with the same metrics and weights as an uninterrupted one.
 Files written are described in ``docs/architecture.md`` ("Training outputs") and ``docs/training.md``.
 
-The run folder (paths, what must not be resumed, resume) is ``alphastomics.runfolder``; stop requests, the
-time limit and the CPU split are ``alphastomics.lifecycle``; DDP set-up is ``alphastomics.distributed``.
+The run folder (paths, what must not be resumed, resume) is ``alphastomics.training.runfolder``; stop requests, the
+time limit and the CPU split are ``alphastomics.lifecycle``; DDP set-up is ``alphastomics.training.distributed``.
 About 500 lines, on purpose: the loop with the pieces it is made of (schedule, EMA, gradient accumulation,
 step loader, validation, the session, one function per step), each short and tested on its own; moved
 elsewhere they would only be imported back here.
+
+Long because the loop's phases (set-up, optimise, validate, checkpoint, finish) read in order in one
+file, as in DiT's ``train.py``.
 """
 
 from __future__ import annotations
@@ -37,15 +40,22 @@ import torch.distributed as dist
 from torch import nn
 
 from alphastomics.artifacts import atomic_write_text, save_checkpoint
-from alphastomics.attention import Attention
 from alphastomics.config import Config, TrainConfig, to_dict
-from alphastomics.diagnostics import gate_statistics
-from alphastomics.distributed import Dist, setup_distributed
-from alphastomics.lifecycle import Deadline, Interrupted, SignalFlag, TrainingError, ignore_stop_signals, thread_split
-from alphastomics.model import Denoiser, count_parameters
+from alphastomics.lifecycle import (
+    Deadline,
+    Interrupted,
+    SignalFlag,
+    TrainingError,
+    ignore_stop_signals,
+    thread_split,
+)
+from alphastomics.model.attention import Attention
+from alphastomics.model.denoiser import Denoiser, count_parameters
+from alphastomics.model.gates import gate_statistics
 from alphastomics.provenance import machine
-from alphastomics.runfolder import Paths, RunState, prepare_run_folder, resume, rng_state
 from alphastomics.seeds import DIAG_STREAM, DROPOUT_STREAM, NOISE_STREAM, VAL_STREAM, step_seed
+from alphastomics.training.distributed import Dist, setup_distributed
+from alphastomics.training.runfolder import Paths, RunState, prepare_run_folder, resume, rng_state
 from alphastomics.variants import variant_name
 
 # Fields of metrics.jsonl that measure the machine, not the model: they differ between two runs of the same
@@ -141,7 +151,7 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Data: thin adapters over alphastomics.data, so the loop reads as prose.
+# Data: thin adapters over alphastomics.data.batches, so the loop reads as prose.
 
 
 def step_loader(data: Any, cfg: Config, start: int, d: Dist, device: torch.device,
@@ -149,9 +159,9 @@ def step_loader(data: Any, cfg: Config, start: int, d: Dist, device: torch.devic
     """Yields the accumulate_grad_batches micro-batches of each optimiser step from ``start`` on.
 
     Micro-batch k of step s is data step s * accumulate + k, so 2 micro-batches of b hold the same examples
-    as one batch of 2b (alphastomics.data numbers examples globally) and workers keep the step order.
+    as one batch of 2b (alphastomics.data.batches numbers examples globally) and workers keep the step order.
     """
-    from alphastomics.data import TrainingBatches
+    from alphastomics.data.batches import TrainingBatches
 
     t = cfg.training
     micro = t.accumulate_grad_batches
@@ -230,12 +240,12 @@ class Session:
     d: Dist
     device: torch.device
     use_bf16: bool
-    data: Any  # alphastomics.data.ProcessedData
+    data: Any  # alphastomics.data.batches.ProcessedData
     val_batches: list[Any]
     model: nn.Module
     ema: nn.Module
     net: nn.Module  # the model as the loss sees it: compiled and/or DDP-wrapped
-    diffusion: Any  # alphastomics.diffusion.Diffusion
+    diffusion: Any  # alphastomics.model.diffusion.Diffusion
     optimizer: torch.optim.Optimizer
     state: RunState
     start_step: int
@@ -292,8 +302,8 @@ class StepResult:
 
 def set_up(cfg: Config, data_dir: str | Path, paths: Paths) -> Session:
     """Processes and device, seeds, data, model + EMA, optimiser, then resume from latest.pt if there is one."""
-    from alphastomics.data import ProcessedData, eval_batches
-    from alphastomics.diffusion import Diffusion
+    from alphastomics.data.batches import ProcessedData, eval_batches
+    from alphastomics.model.diffusion import Diffusion
 
     t_cfg = cfg.training
     d, device = setup_distributed(t_cfg.device)
@@ -347,7 +357,7 @@ def optimise(s: Session, step: int, micro_batches: list[Any], flag: SignalFlag, 
 
     losses = accumulate_gradients(loss_fn, micro_batches, sync)
     # clip_grad_norm_ returns the norm before it clips: the logged grad_norm is what the stability analysis
-    # (alphastomics.stability) needs, not the clipped value.
+    # (alphastomics.analysis.stability) needs, not the clipped value.
     grad_norm = float(nn.utils.clip_grad_norm_(s.model.parameters(), t_cfg.gradient_clip_val))
     local_bad = 0.0 if math.isfinite(losses["loss"]) and math.isfinite(grad_norm) else 1.0
     bad, signum = s.all_ranks_max([local_bad, float(flag.stop())])
@@ -378,7 +388,7 @@ def optimise(s: Session, step: int, micro_batches: list[Any], flag: SignalFlag, 
 
 def example_seeds(t_cfg: TrainConfig, data_step: int, d: Dist) -> list[int]:
     """The noise seed of each example of this rank's micro-batch at ``data_step`` (optimiser step x
-    accumulate + k), keyed by the example's global number as in ``alphastomics.data.training_batch``: the
+    accumulate + k), keyed by the example's global number as in ``alphastomics.data.batches.training_batch``: the
     same example draws the same noise whether it sits in one batch, a micro-batch or another rank's batch."""
     global_size = t_cfg.batch_size * d.world_size
     first = data_step * global_size + d.rank * t_cfg.batch_size

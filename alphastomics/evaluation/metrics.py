@@ -12,6 +12,8 @@ expression); every function validates its input and raises ``MetricInputError`` 
 ``SectionTruth`` holds the true-coordinate side of the distance, kNN and Moran's I metrics of one section,
 computed once and shared by every prediction scored against it (each sampling draw, each random
 placement); its scores are the same numbers as the functions here (tests/test_metrics.py).
+
+Long because every metric is defined here once, with its direction.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import torch
 
 from alphastomics.artifacts import DataError, read_manifest
 from alphastomics.config import DataConfig
-from alphastomics.synthetic import random_orthogonal
+from alphastomics.data.synthetic import random_orthogonal
 
 Split = Literal["train", "val", "test"]
 

@@ -1,6 +1,6 @@
 """Model diagnostics (torch): attention sinks, gate scores, attention maps and masked reconstruction.
 
-The evaluate stage scores samples with numpy (``alphastomics.evaluate``); this module probes a trained model
+The evaluate stage scores samples with numpy (``alphastomics.evaluation.evaluate``); this module probes a trained model
 on the same held-out sections, for the report's diagnostics (DESIGN section 6, "Model diagnostics"): the
 attention-sink share per layer and head, gate score statistics (design note: healthy around mean 0.5, std
 0.2; the gated-attention paper: sparse, mean about 0.1) at one diffusion time and across several
@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from alphastomics import metrics as M
 from alphastomics.artifacts import check_compatible
-from alphastomics.config import Config, EvalConfig
-from alphastomics.data import ProcessedData, collate
-from alphastomics.diffusion import Diffusion, masked_reconstruction
-from alphastomics.model import Denoiser, masked_centre
+from alphastomics.config import Config
+from alphastomics.data.batches import ProcessedData, collate
+from alphastomics.evaluation import metrics as M
+from alphastomics.model.denoiser import Denoiser, masked_centre
+from alphastomics.model.diffusion import Diffusion, masked_reconstruction
 
 ATTENTION_MAP_CELLS = 256
 
@@ -215,34 +215,3 @@ def _attention_map(
         "layer": np.array(layer),
         "head": np.array(head),
     }
-
-
-@torch.no_grad()
-def gate_statistics(
-    model: torch.nn.Module, diffusion: Diffusion, batch: Any, seed: int, ecfg: EvalConfig
-) -> dict[str, list[float]]:
-    """Gate score mean/std per layer over real cells (design note: healthy ~0.5 / ~0.2); {} without gates.
-
-    One pass of the diagnostics path on the first example of a (training) batch, its first
-    ``evaluation.diagnostics_max_cells`` cells (the path holds an N x N matrix per layer), the generated
-    modality noised to ``evaluation.diagnostic_time`` as in ``model_diagnostics``.
-    """
-    n = ecfg.diagnostics_max_cells
-    expr, pos, mask = (x[:1, :n] for x in (batch.expression, batch.positions, batch.mask))
-    device = mask.device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    t = torch.full((1,), max(1, round(ecfg.diagnostic_time * diffusion.T)), dtype=torch.long, device=device)
-    in_e, t_e, in_p, t_p = diffusion.noise_generated(expr, masked_centre(pos, mask), mask, t, diffusion.cfg.mode, gen)
-    was_training = model.training
-    model.eval()
-    *_, layers = model(in_e, in_p, t_e, mask, expression_t=t_e, position_t=t_p, return_diagnostics=True)
-    model.train(was_training)
-    means, stds = [], []
-    for layer in layers:
-        gate = layer.get("gate") if layer else None
-        if gate is None:
-            continue
-        real = gate[mask].float()  # (cells, H or C)
-        means.append(round(float(real.mean()), 6))
-        stds.append(round(float(real.std()), 6))
-    return {"gate_mean": means, "gate_std": stds} if means else {}

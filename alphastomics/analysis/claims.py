@@ -11,7 +11,7 @@ config/claims.yaml); every other row says why it is not measured and which targe
   direction); inconclusive = it overlaps both 0 and that range; not met = it misses the range.
 - No attention sink: per variant, layer and head the largest share of attention one cell receives (mean over
   sections and seeds); judged on the worst head, beside the ungated softmax control's worst head.
-- Larger learning rates, faster convergence: the learning-rate sweep (``alphastomics.stability``).
+- Larger learning rates, faster convergence: the learning-rate sweep (``alphastomics.analysis.stability``).
 - Gate over diffusion time: per gated variant and layer, the gate mean at each of ``evaluation.gate_times``
   per seed, ``stats.time_effect`` (variation across t against variation across seeds), Holm over the layers
   and variants tested.
@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from alphastomics import stats
-from alphastomics.checks import NOT_INTERPRETED
-from alphastomics.runs import DatasetView, Run, group_runs
-from alphastomics.runs import finite as _finite
+from alphastomics.analysis import stats
+from alphastomics.analysis.checks import NOT_INTERPRETED
+from alphastomics.analysis.runs import DatasetView, Run, group_runs
+from alphastomics.analysis.runs import finite as _finite
 from alphastomics.variants import VARIANTS
 
 MET, INCONCLUSIVE, NOT_MET, NOT_MEASURED = "met", "inconclusive", "not met", "not measured"
@@ -277,7 +277,7 @@ def gate_range_rows(views: dict[str, DatasetView]) -> list[dict]:
 def parameter_rows(views: dict[str, DatasetView], parameter_table: Any = None) -> list[dict]:
     """Attention parameters per layer against linear: at the note's size (``parameter_table``, the params
     stage's rows, when given) and at the trained size (train_summary.json ``params_attention``)."""
-    claim, how = "parameter overhead per attention layer", "parameters counted (alphastomics.params)"
+    claim, how = "parameter overhead per attention layer", "parameters counted (alphastomics.model.params)"
     claimed = {"gated_headwise": 0.04, "gated_elementwise": 0.50, "gated_headwise_no_qknorm": 0.04}
     rows = []
     for row in parameter_table or []:
@@ -360,8 +360,8 @@ def spike_row(stability: dict[str, Any], dataset: str, variant: str, reference: 
 
 
 def stability_rows(stability: dict[str, Any] | None) -> list[dict]:
-    """The learning-rate sweep's two claims (``alphastomics.stability.claims``), marked."""
-    how_lr = ("largest learning rate at which every seed trains without diverging (alphastomics.stability; "
+    """The learning-rate sweep's two claims (``alphastomics.analysis.stability.claims``), marked."""
+    how_lr = ("largest learning rate at which every seed trains without diverging (alphastomics.analysis.stability; "
               "docs/training.md, 'Stability and convergence')")
     how_conv = "steps to reach the common target validation loss, paired over seeds at the sweep's lowest rate"
     if not stability:

@@ -1,4 +1,4 @@
-"""Figures of the comparison report (``alphastomics.report``): matplotlib -> PNG data URIs, so the page
+"""Figures of the comparison report (``alphastomics.analysis.report``): matplotlib -> PNG data URIs, so the page
 needs no network. ``fig_forest`` draws one data set's verdict (``verdict.json``); every other ``fig_*`` takes
 one data set's runs and returns a data URI, or None when nothing was measured for it."""
 
@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from alphastomics.runs import DatasetView, Run, _is_num, direction
-from alphastomics.claims import SINK_THRESHOLD
-from alphastomics.claims import sink_share as _sink_share
+from alphastomics.analysis.claims import SINK_THRESHOLD
+from alphastomics.analysis.claims import sink_share as _sink_share
+from alphastomics.analysis.runs import DatasetView, Run, _is_num, direction
 
 NOT_MEASURED = "not measured"
 
@@ -148,7 +148,7 @@ def _samples(run: Run) -> pd.DataFrame | None:
 def fig_positions(view: DatasetView, primary: str) -> tuple[str | None, str]:
     """True vs predicted coordinates of one held-out section (baseline, best variant, best peer), Procrustes
     aligned to the truth; 3D data projected on the two main axes of the true section."""
-    from alphastomics.metrics import procrustes_align
+    from alphastomics.evaluation.metrics import procrustes_align
 
     panels: list[tuple[str, Run]] = []
     base = view.variants.get(view.baseline)
