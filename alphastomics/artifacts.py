@@ -8,7 +8,9 @@
   only, read back with ``torch.load(weights_only=True)``, so opening a checkpoint someone shared cannot run
   code; ``check_compatible`` says whether a checkpoint fits a processed data set;
 - atomic writes (``atomic_file``, ``atomic_write_text``, ``atomic_dir``): a stage that fails never leaves a
-  half-written output behind.
+  half-written output behind;
+- JSON files: ``json_safe`` (what strict JSON can hold: NaN -> null) and ``read_json`` (a file that is not
+  JSON is a one-line error naming it and the fix).
 
 A stage imports this module and libraries, never another stage.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -87,6 +90,35 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
 
 
 # --------------------------------------------------------------------------------------------------------
+# JSON files
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as strict JSON can hold it: NaN/inf -> None (null), numpy scalars -> Python numbers,
+    tuples -> lists, recursively through dicts and lists."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_json(path: str | Path, fix: str, error: type[Exception] = DataError) -> Any:
+    """The content of the JSON file ``path``; one line (``error``: the caller's error class) when it is not
+    JSON: the file, the line and ``fix``, what to do about it. A missing file is the caller's to report."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        where = f" (line {err.lineno})" if isinstance(err, json.JSONDecodeError) else ""
+        raise error(f"{path}: not valid JSON{where}; {fix}") from None
+
+
+# --------------------------------------------------------------------------------------------------------
 # manifest.json of a processed data set
 
 
@@ -103,10 +135,7 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
     if not path.is_file() or not (data_dir / "cells.parquet").is_file():
         raise DataError(f"{data_dir}: manifest.json or cells.parquet missing; run "
                         "`python -m alphastomics preprocess` first")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise DataError(f"{path}: not valid JSON; rerun preprocess") from None
+    manifest = read_json(path, "rerun preprocess")
     missing = [k for k in MANIFEST_KEYS if k not in manifest]
     if missing:
         raise DataError(f"{path}: missing field(s) {missing}; rerun preprocess with this version")
@@ -176,9 +205,22 @@ def with_samples_meta(table: pa.Table, meta: dict[str, str]) -> pa.Table:
 
 
 def write_samples(table: pa.Table, out: str | Path) -> None:
-    """Write a samples table (docs/architecture.md "Samples") atomically."""
+    """Write a samples table (docs/architecture.md "Samples") atomically, with the code that wrote it
+    (``alphastomics.code``: ``provenance.code()``) in its metadata."""
+    from alphastomics.provenance import code
+
+    meta = dict(table.schema.metadata or {})
+    meta[b"alphastomics.code"] = json.dumps(code()).encode()
+    table = table.replace_schema_metadata(meta)
     with atomic_file(out) as tmp:
         pq.write_table(table, tmp, compression="zstd")
+
+
+def samples_code(path: str | Path) -> dict[str, Any] | None:
+    """The ``provenance.code()`` record of the job that wrote a samples file (None: written without one)."""
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(b"alphastomics.code")
+    return json.loads(raw) if raw else None
 
 
 def read_samples(path: str | Path) -> tuple[pa.Table, dict[str, str]]:

@@ -301,6 +301,38 @@ def test_checkpoint_diagnostics_and_attention_map(proc: Path, tmp_path: Path) ->
         assert r["share"] == pytest.approx(np.mean(rows)) and r["share_max"] == pytest.approx(max(rows))
 
 
+def test_every_metric_evaluate_writes_has_a_declared_direction(proc: Path, tmp_path: Path) -> None:
+    # Every key of metrics.json (overall, random reference, per section, per draw) in each mode, with cell
+    # types and a checkpoint's masked reconstruction, is declared in metrics.DIRECTIONS: the verdict, the
+    # learning gate and the report read which way it is better there, and an undeclared one stops them.
+    from alphastomics.analysis.runs import direction
+    from alphastomics.evaluation import metrics as M
+
+    ckpt = tiny_checkpoint(proc, tmp_path / "final.pt", diffusion={"mask_fraction": 0.15})
+    cfg = load_config(
+        overrides={**SYNTH, "evaluation": {"num_random_references": 1, "diagnostics_max_cells": 50}}
+    )
+    keys: set[str] = set()
+    for mode, kw in (
+        ("expr_to_pos", {"positions": rigid}),
+        ("pos_to_expr", {"expression": lambda e, rng: e + rng.normal(0, 0.5, e.shape)}),
+        ("joint", {"positions": shuffle, "expression": lambda e, rng: e}),
+    ):
+        samples = write_samples(proc, tmp_path / f"{mode}.parquet", mode=mode, **kw)
+        evaluate(samples, proc, tmp_path / mode, cfg, checkpoint=ckpt if mode == "expr_to_pos" else None)
+        m = json.loads((tmp_path / mode / "metrics.json").read_text())
+        keys |= set(m["overall"]) | set(m["random_reference"])
+        for row in m["per_section"]:
+            keys |= {k.removeprefix("random_") for k in row} - {"section", "n_cells", "draws"}
+        for row in m["per_draw"]:
+            keys |= set(row) - {"section", "draw"}
+    # every family of metrics was written, so none escaped the check
+    assert {"knn_preservation", "procrustes_rssd_scaled", "morans_i_mean_pred", "neighborhood_nmi",
+            "expression_mse", "expr_morans_i_corr", "joint_coupling", "masked_reconstruction_mse"} <= keys
+    assert sorted(k for k in keys if k not in M.DIRECTIONS) == []
+    assert all(direction(k) in (1, -1, None) for k in keys)
+
+
 def test_linear_checkpoint_has_sinks_but_no_gates(proc: Path, tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(
         proc, tmp_path / "final.pt", attention="linear", gate="none", qk_norm=False

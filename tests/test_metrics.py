@@ -418,3 +418,54 @@ def test_expression_position_coupling_on_a_pair_subset_equals_the_chunked_one() 
     expected = stats.spearmanr(M._distances(x, pairs), M._distances(e, pairs))[0]
     assert M.expression_position_coupling(x, e, max_pairs=500) == pytest.approx(expected, abs=1e-12)
     assert np.array_equal(M._distances_chunked(e, pairs, chunk=7), M._distances(e, pairs))
+
+
+def test_procrustes_scores_are_the_four_functions_bit_for_bit() -> None:
+    true = cloud(40, 2, seed=4)
+    noise = np.random.default_rng(6).normal(size=true.shape)
+    pred = similarity(true, seed=5, reflect=True, scale=0.7) + noise
+    assert M.procrustes_scores(pred, true) == {
+        "procrustes_rmsd": M.procrustes_rmsd(pred, true),
+        "procrustes_rssd": M.procrustes_rssd(pred, true),
+        "procrustes_rmsd_scaled": M.procrustes_rmsd(pred, true, scaled=True),
+        "procrustes_rssd_scaled": M.procrustes_rssd(pred, true, scaled=True),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------
+# Directions (metrics.DIRECTIONS): declared, never guessed from a name
+
+
+def test_directions_checked_by_hand() -> None:
+    from alphastomics.analysis.runs import direction
+
+    for name, want in (("knn_preservation", 1), ("distance_mse", -1), ("procrustes_rmsd_scaled", -1),
+                       ("morans_i_corr", 1), ("neighborhood_ari", 1), ("joint_consistency_error", -1),
+                       ("masked_reconstruction_mse", -1), ("expression_pearson", 1),
+                       # descriptions of a placement or a section: neither side is better
+                       ("morans_i_mean_pred", None), ("morans_i_mean_true", None), ("joint_coupling", None)):
+        assert M.direction(name) == want and direction(name) == want, name
+    assert set(M.DIRECTIONS.values()) == {M.HIGHER, M.LOWER, None}
+
+
+@pytest.mark.parametrize("name", ["mse_corrected", "knn_preservation_error", "Distance_MSE", ""])
+def test_an_undeclared_metric_is_a_one_line_error_naming_it_and_where_to_declare_it(name: str) -> None:
+    from alphastomics.analysis import verdict
+    from alphastomics.analysis.runs import direction
+
+    for call in (M.direction, direction, verdict._word):
+        with pytest.raises(M.UndeclaredMetricError) as err:
+            call(name)
+        text = str(err.value)
+        assert "\n" not in text and f"metric '{name}' has no declared direction" in text
+        assert "alphastomics/evaluation/metrics.py" in text
+        assert isinstance(err.value, AlphaSTomicsError)  # the CLI prints it as one 'error:' line, exit 2
+
+
+def test_the_claims_expect_the_declared_direction() -> None:
+    # the design note's expected changes (claims.EFFECTS: "up", "down" or a % range) are improvements
+    from alphastomics.analysis.claims import EFFECTS
+
+    for _, metric, lo, hi, _ in EFFECTS:
+        up = lo is None and hi is None or (lo is not None and min(lo, hi) > 0)
+        assert M.direction(metric) == (M.HIGHER if up else M.LOWER), metric

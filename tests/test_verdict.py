@@ -319,7 +319,7 @@ def test_workflow_passes_the_declared_family_and_rejects_unknown_variants(tmp_pa
     )
     proc = snakemake(repo, "-n", "-p", "--cores", "1", "--configfile", good)
     assert (
-        "--verdict results/verdict.json --contrasts gated_headwise:linear --primary-metrics knn_preservation"
+        "--out results/verdict.json --contrasts gated_headwise:linear --primary-metrics knn_preservation"
         in (proc.stdout)
     )
     bad = write_config(
@@ -547,3 +547,50 @@ def test_other_campaigns_join_and_a_missing_one_is_a_row(tmp_path: Path, tissues
     assert rows["mop"]["relative_change"] == pytest.approx(0.2, abs=0.05)
     assert at["notes"] == [f"mop is also in {other.as_posix()}: this campaign's runs are shown"]
     assert _entry(v, "knn_preservation")["pooled"]["tissues"] == ["mop", "starmap"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One JSON reader and one JSON cleaner (alphastomics/artifacts.py) behind every file the stages hand on
+
+
+def test_every_json_reader_is_one_line_naming_the_file_the_line_and_the_fix(tmp_path: Path) -> None:
+    from alphastomics.analysis.runs import RunError
+    from alphastomics.artifacts import DataError, read_manifest
+    from alphastomics.evaluation.evaluate import EvaluationError, read_train_summary
+
+    bad = '{"a": 1,\n oops}\n'  # broken on line 2
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "manifest.json").write_text(bad)
+    (proc / "cells.parquet").write_bytes(b"")
+    run = tmp_path / "results" / "toy" / "linear" / "seed0"
+    (run / "eval").mkdir(parents=True)
+    (run / "eval" / "metrics.json").write_text(bad)
+    (tmp_path / "train_summary.json").write_text(bad)
+    (tmp_path / "verdict.json").write_text(bad)
+    for call, error, path, fix in (
+        (lambda: read_manifest(proc), DataError, proc / "manifest.json", "rerun preprocess"),
+        (lambda: read_train_summary(tmp_path / "train_summary.json"), EvaluationError,
+         tmp_path / "train_summary.json", "rerun train or drop --train-summary"),
+        (lambda: load_run(run), RunError, run / "eval" / "metrics.json", "rerun the stage that wrote it"),
+        (lambda: V.read(tmp_path / "verdict.json"), V.VerdictError, tmp_path / "verdict.json",
+         "rerun the report stage"),
+    ):
+        with pytest.raises(error) as err:
+            call()
+        assert str(err.value) == f"{path}: not valid JSON (line 2); {fix}"
+
+
+def test_verdict_file_is_strict_json_written_atomically(tmp_path: Path) -> None:
+    from alphastomics.artifacts import json_safe
+
+    value = {"a": np.float32(1.5), "b": float("nan"), "c": (np.int64(2), -np.inf), "d": np.bool_(True),
+             "e": np.array(3.0)}
+    assert json_safe(value) == {"a": 1.5, "b": None, "c": [2, None], "d": True, "e": 3.0}
+    out = V.write(json_safe(value), tmp_path / "sub" / "verdict.json")
+    assert json.loads(out.read_text()) == json_safe(value) and out.read_text().endswith("\n")
+    assert [p.name for p in out.parent.iterdir()] == ["verdict.json"]  # no temporary file left
+    with pytest.raises(ValueError):  # NaN is not JSON: refused, and the old file stays whole
+        V.write({"x": math.nan}, out)
+    assert json.loads(out.read_text()) == json_safe(value) and [p.name for p in out.parent.iterdir()] == [
+        "verdict.json"]

@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 
 from alphastomics import AlphaSTomicsError
+from alphastomics.artifacts import read_json
+from alphastomics.evaluation import metrics as M
 from alphastomics.layout import is_peer, parse_run_path
 
 
@@ -31,30 +33,11 @@ class RunError(AlphaSTomicsError, ValueError):
     """A run folder is unusable; the message names the file, the field and the fix."""
 
 
-_HIGHER = (
-    "pearson",
-    "spearman",
-    "corr",
-    "knn",
-    "ari",
-    "nmi",
-    "moran",
-    "r2",
-    "accuracy",
-    "overlap",
-    "preserv",
-)
-_LOWER = ("mse", "rmsd", "rssd", "error", "loss", "mae")
-
-
 def direction(metric: str) -> Literal[1, -1] | None:
-    """+1 if higher is better, -1 if lower is better, None if the name does not say."""
-    name = metric.lower()
-    if any(t in name for t in _HIGHER):
-        return 1
-    if any(t in name for t in _LOWER):
-        return -1
-    return None
+    """+1 if higher is better, -1 if lower is better, None for a description that no side is better on: as
+    declared in ``metrics.DIRECTIONS``, never guessed from the name; an undeclared metric raises
+    ``metrics.UndeclaredMetricError`` (one line: declare it in alphastomics/evaluation/metrics.py)."""
+    return M.direction(metric)
 
 
 def _is_num(v: Any) -> bool:
@@ -71,10 +54,8 @@ def _num(v: Any) -> float:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise RunError(f"{path}: not valid JSON (line {err.lineno}); rerun the stage that wrote it") from None
+    """A result file's JSON (``artifacts.read_json``); not JSON: a one-line ``RunError``."""
+    return read_json(path, "rerun the stage that wrote it", RunError)
 
 
 @dataclass

@@ -57,11 +57,11 @@ from alphastomics import plan as plan_module
 from alphastomics.analysis.runs import finite as _finite
 from alphastomics.analysis.runs import load_run
 from alphastomics.analysis.verdict import compare
-from alphastomics.artifacts import atomic_write_text
+from alphastomics.artifacts import atomic_write_text, json_safe, read_json
 from alphastomics.layout import run_folder
 from alphastomics.variants import VARIANTS
 
-SCHEMA = "alphastomics.analysis.stability/1"
+SCHEMA = "alphastomics.stability/1"
 SPIKE_FACTOR = 2.0
 SPIKE_WINDOW = 20  # steps; also the window of the divergence rule's medians
 MIN_HISTORY = 5  # earlier finite losses a step needs before it is tested for a spike
@@ -74,19 +74,6 @@ CONVERGENCE = ("steps_to_plateau", "steps_to_common")
 
 class StabilityError(AlphaSTomicsError):
     pass
-
-
-def _json(x: Any) -> Any:
-    """NaN/inf -> None (JSON null), numpy scalars -> Python numbers, tuples -> lists."""
-    if isinstance(x, dict):
-        return {k: _json(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json(v) for v in x]
-    if hasattr(x, "item") and not isinstance(x, (str, bytes)):  # numpy scalar
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def _median(values: Sequence[float]) -> float:
@@ -355,7 +342,7 @@ def analyse(curves: list[RunCurves], seeds: dict[str, int], missing: Sequence[st
     rates = sorted({r["learning_rate"] for r in records})
     stable = max_stable_lr(records, seeds)
     convergence = paired(records, CONVERGENCE)
-    return _json({
+    return json_safe({
         "schema": SCHEMA,
         "rules": {"spike_factor": SPIKE_FACTOR, "spike_window": SPIKE_WINDOW, "min_history": MIN_HISTORY,
                   "plateau_share": PLATEAU_SHARE, "plateau_points": PLATEAU_POINTS,
@@ -481,7 +468,7 @@ def main(args: Any, cfg: Any) -> int:
         src = args.markdown / "stability.json" if args.markdown.is_dir() else args.markdown
         if not src.is_file():
             raise StabilityError(f"{src}: no stability.json; run `make stability` first")
-        text = markdown(json.loads(src.read_text()))
+        text = markdown(read_json(src, "rerun `make stability` to rewrite it", StabilityError))
         if args.out:
             atomic_write_text(args.out, text)
         else:

@@ -28,10 +28,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from alphastomics import AlphaSTomicsError
-from alphastomics.artifacts import atomic_dir, gene_std_floored, read_manifest, read_samples
+from alphastomics.artifacts import (
+    atomic_dir,
+    gene_std_floored,
+    json_safe,
+    read_json,
+    read_manifest,
+    read_samples,
+    samples_code,
+)
 from alphastomics.config import Config, EvalConfig, generates_expression, generates_positions
 from alphastomics.evaluation import metrics as M
 from alphastomics.lifecycle import limit_threads
+from alphastomics.provenance import code
 
 MODES = ("expr_to_pos", "pos_to_expr", "joint")
 
@@ -103,38 +112,26 @@ def _finite(a: np.ndarray, path: Path, field: str, section: str) -> np.ndarray:
 
 def position_scores(pred: np.ndarray, truth: M.SectionTruth) -> dict[str, float]:
     """Every position metric of one section against its truth (``metrics.SectionTruth``: true positions,
-    and ``truth.values`` (N, G), the expression used for Moran's I)."""
-    true = truth.true
-    out = {
+    and ``truth.values`` (N, G), the expression used for Moran's I). The placement's kNN sets are found once,
+    for its kNN preservation and its Moran's I."""
+    neighbours = truth.neighbours(pred)
+    return {
         **truth.distance_scores(pred),  # distance_mse, distance_pearson, distance_spearman
-        "knn_preservation": truth.knn_preservation(pred),
-        "procrustes_rmsd": M.procrustes_rmsd(pred, true),
-        "procrustes_rssd": M.procrustes_rssd(pred, true),
-        "procrustes_rmsd_scaled": M.procrustes_rmsd(pred, true, scaled=True),
-        "procrustes_rssd_scaled": M.procrustes_rssd(pred, true, scaled=True),
+        "knn_preservation": truth.knn_preservation(pred, neighbours=neighbours),
+        **M.procrustes_scores(pred, truth.true),  # procrustes_rmsd, _rssd, _rmsd_scaled, _rssd_scaled
+        # morans_i_corr, morans_i_mean_pred, morans_i_mean_true
+        **M.morans_i_scores(M.morans_i_knn(neighbours, truth.values), truth.morans),
     }
-    mi_pred, mi_true = M.morans_i(pred, truth.values, k=truth.k), truth.morans
-    out["morans_i_corr"] = M.morans_i_agreement(mi_pred, mi_true)
-    out["morans_i_mean_pred"] = float(np.nanmean(mi_pred)) if np.isfinite(mi_pred).any() else math.nan
-    out["morans_i_mean_true"] = float(np.nanmean(mi_true)) if np.isfinite(mi_true).any() else math.nan
-    return out
 
 
 def expression_scores(pred: np.ndarray, truth: M.SectionTruth) -> dict[str, float]:
     """Expression metrics of one section (standardised units) and Moran's I of predicted vs true expression
     (``truth.values``) on the true coordinates."""
-    true = truth.values
-    mi_pred, mi_true = truth.morans_i(pred), truth.morans
-    ok = np.isfinite(mi_pred) & np.isfinite(mi_true)
-    corr = math.nan
-    if ok.sum() >= 2 and np.ptp(mi_pred[ok]) > 0 and np.ptp(mi_true[ok]) > 0:
-        corr = float(np.corrcoef(mi_pred[ok], mi_true[ok])[0, 1])
     return {
-        "expression_mse": M.expression_mse(pred, true),
-        "expression_pearson": M.expression_pearson(pred, true),
-        "expr_morans_i_corr": corr,
-        "expr_morans_i_mean_pred": float(np.nanmean(mi_pred)) if np.isfinite(mi_pred).any() else math.nan,
-        "expr_morans_i_mean_true": float(np.nanmean(mi_true)) if np.isfinite(mi_true).any() else math.nan,
+        "expression_mse": M.expression_mse(pred, truth.values),
+        "expression_pearson": M.expression_pearson(pred, truth.values),
+        # expr_morans_i_corr, expr_morans_i_mean_pred, expr_morans_i_mean_true
+        **M.morans_i_scores(truth.morans_i(pred), truth.morans, prefix="expr_"),
     }
 
 
@@ -172,6 +169,19 @@ def random_reference(mode: str, truth: M.SectionTruth, ecfg: EvalConfig, index: 
     return {
         key: float(np.nanmean([d[key] for d in draws])) if draws else math.nan for key in (draws or [{}])[0]
     }
+
+
+def neighborhood_reference(hood: M.NeighborhoodTruth, ecfg: EvalConfig, index: int) -> dict[str, float]:
+    """neighborhood_ari and neighborhood_nmi of a random placement of a section's labelled cells: the mean
+    over ``num_random_references`` seeded permutations of their true positions, scored against the section's
+    clustering in true coordinates (``hood``, fitted once); NaN with fewer than 2 cell types."""
+    nan = {"neighborhood_ari": math.nan, "neighborhood_nmi": math.nan}
+    if hood.clusters is None:
+        return nan
+    rng = np.random.default_rng([ecfg.seed, index, 1])
+    n = len(hood.true)
+    draws = [hood.scores(hood.true[rng.permutation(n)]) for _ in range(ecfg.num_random_references)]
+    return {key: float(np.mean([d[key] for d in draws])) for key in nan} if draws else nan
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -245,7 +255,8 @@ def score(samples: Path, data_dir: Path, cfg: Config) -> dict[str, Any]:
         draws = [None] if draw_col is None else sorted(set(draw_col.filter(in_section).to_pylist()))
         scored, ref = [], None
         known: M.SectionTruth | None = None
-        hood: _Neighborhoods | None = None
+        hood: M.NeighborhoodTruth | None = None
+        hood_ref: dict[str, float] = {}
         for k in draws:
             part = table.filter(in_section if k is None else pc.and_(in_section, pc.equal(draw_col, k)))
             n = part.num_rows
@@ -264,9 +275,11 @@ def score(samples: Path, data_dir: Path, cfg: Config) -> dict[str, Any]:
             if labels is not None and keep.sum() >= 2 and generates_positions(mode):
                 # Cell-type neighbourhoods among labelled cells only (unlabelled: neither counted nor scored).
                 if hood is None or not _same((hood.true, hood.labels), (pos_true[keep], labels[keep])):
-                    hood = _Neighborhoods(pos_true[keep], labels[keep], ecfg, index)
+                    hood = M.NeighborhoodTruth(pos_true[keep], labels[keep], k=ecfg.neighborhood_k,
+                                               seed=ecfg.seed)
+                    hood_ref = neighborhood_reference(hood, ecfg, index)  # once per section, like ``ref``
                 scores.update(hood.scores(pos_pred[keep]))
-                ref.update(hood.reference)
+                ref.update(hood_ref)
             scored.append(scores)
             per_draw.append({"section": s, "draw": 0 if k is None else int(k), **scores})
         # A section's value: the mean over its draws (one draw: that draw's value).
@@ -325,42 +338,6 @@ def _same(built_from: tuple[np.ndarray, ...], arrays: tuple[np.ndarray, ...]) ->
     return all(np.array_equal(a, b) for a, b in zip(built_from, arrays))
 
 
-class _Neighborhoods:
-    """Cell-type neighbourhood agreement with one section's labelled cells. The clustering in true
-    coordinates (what ``metrics.neighborhood_ari``/``_nmi`` compute inside) and the random reference
-    (``num_random_references`` permutations of the true positions) depend on the truth only: computed here
-    once, shared by every draw of the section."""
-
-    def __init__(self, true: np.ndarray, labels: np.ndarray, ecfg: EvalConfig, index: int) -> None:
-        self.true, self.labels = true, labels
-        self.k, self.seed = ecfg.neighborhood_k, ecfg.seed
-        self.clusters: np.ndarray | None = None  # None: fewer than 2 cell types, nothing to compare (NaN)
-        self.reference = {"neighborhood_ari": math.nan, "neighborhood_nmi": math.nan}
-        if len(np.unique(labels)) < 2:
-            return
-        self.clusters = M.neighborhood_clusters(true, labels, k=self.k, seed=self.seed)
-        rng = np.random.default_rng([ecfg.seed, index, 1])
-        draws = [self._agree(true[rng.permutation(len(true))]) for _ in range(ecfg.num_random_references)]
-        if draws:
-            self.reference = {
-                "neighborhood_ari": float(np.mean([d[0] for d in draws])),
-                "neighborhood_nmi": float(np.mean([d[1] for d in draws])),
-            }
-
-    def _agree(self, p: np.ndarray) -> tuple[float, float]:
-        from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-        c = M.neighborhood_clusters(p, self.labels, k=self.k, seed=self.seed)
-        return adjusted_rand_score(self.clusters, c), normalized_mutual_info_score(self.clusters, c)
-
-    def scores(self, pred: np.ndarray) -> dict[str, float]:
-        """neighborhood_ari and neighborhood_nmi of one placement of the section's labelled cells."""
-        if self.clusters is None:
-            return {"neighborhood_ari": math.nan, "neighborhood_nmi": math.nan}
-        ari, nmi = self._agree(pred)
-        return {"neighborhood_ari": float(ari), "neighborhood_nmi": float(nmi)}
-
-
 # ------------------------------------------------------------------------------------------------------
 # Model diagnostics (needs the checkpoint)
 
@@ -369,23 +346,10 @@ class _Neighborhoods:
 # Outputs
 
 
-def _clean(value: Any) -> Any:
-    """JSON without NaN (not valid JSON): NaN/inf -> null; numpy scalars -> Python."""
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def write_outputs(out: Path, result: dict[str, Any], attention_map: dict[str, np.ndarray] | None) -> None:
     """metrics.json, sections.csv (+ attention_map.npz), all appearing at once (folder renamed into place)."""
     with atomic_dir(out) as tmp:
-        (tmp / "metrics.json").write_text(json.dumps(_clean(result), indent=1) + "\n")
+        (tmp / "metrics.json").write_text(json.dumps(json_safe(result), indent=1) + "\n")
         rows = result["per_section"]
         fields = list(dict.fromkeys(k for r in rows for k in r))
         with open(tmp / "sections.csv", "w", newline="") as f:
@@ -405,10 +369,7 @@ def read_train_summary(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise EvaluationError(
             f"{path}: train summary not found; pass the file train wrote as --train-summary"
         )
-    try:
-        s = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise EvaluationError(f"{path}: not valid JSON; rerun train or drop --train-summary") from None
+    s = read_json(path, "rerun train or drop --train-summary", EvaluationError)
     params = {k: s[k] for k in ("params_total", "params_attention") if k in s}
     cost_keys = ("wall_time_s", "cells_per_s", "peak_mem_mb", "steps", "device", "best_val_loss")
     return params, {k: s[k] for k in cost_keys if k in s}
@@ -430,6 +391,8 @@ def evaluate(
     if run_id is not None:
         dataset, variant, seed = run_id
         result = {"dataset": str(dataset), "variant": str(variant), "seed": int(seed), **result}
+    # the code of this job and of the job that wrote the samples (the verdict warns when runs differ)
+    result["code"] = {"evaluate": code(), "sample": samples_code(samples)}
     result["diagnostics"] = {}
     result["params"], result["cost"] = {}, {}
     attention_map = None

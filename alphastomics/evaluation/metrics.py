@@ -12,6 +12,11 @@ expression); every function validates its input and raises ``MetricInputError`` 
 ``SectionTruth`` holds the true-coordinate side of the distance, kNN and Moran's I metrics of one section,
 computed once and shared by every prediction scored against it (each sampling draw, each random
 placement); its scores are the same numbers as the functions here (tests/test_metrics.py).
+``NeighborhoodTruth`` does the same for the cell-type neighbourhood clustering.
+
+``DIRECTIONS`` declares which way every metric is better (higher, lower, or neither for a description);
+``direction`` is what the verdict, the learning gate and the report read, and an undeclared metric is an
+error there, never a guess from its name.
 
 Long because every metric is defined here once, with its direction.
 """
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import KW_ONLY, dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from scipy import sparse
@@ -67,6 +72,66 @@ def _pair(pred: Any, true: Any, min_rows: int = 2) -> tuple[np.ndarray, np.ndarr
             f"metric inputs 'pred' {p.shape} and 'true' {t.shape} must have the same shape"
         )
     return p, t
+
+
+# ------------------------------------------------------------------------------------------------------
+# Directions: which way every metric is better, declared once
+
+HIGHER, LOWER = 1, -1
+# Every key evaluate writes to metrics.json ("overall", per section, per draw) and every other number the
+# verdict compares (stability's convergence), with its direction: HIGHER (higher is better), LOWER (lower is
+# better), or None: a description of a placement or of the section, not a score (neither side is better; the
+# verdict gives it no word and the learning gate no skill). The verdict, the learning gate, the claims and the
+# report read only this table (``direction``); a metric missing here is an error, never a guess from its name.
+DIRECTIONS: dict[str, Literal[1, -1] | None] = {
+    # positions (expr_to_pos): pair distances, neighbours, alignment
+    "distance_mse": LOWER,
+    "distance_pearson": HIGHER,
+    "distance_spearman": HIGHER,
+    "knn_preservation": HIGHER,
+    "procrustes_rmsd": LOWER,
+    "procrustes_rssd": LOWER,
+    "procrustes_rmsd_scaled": LOWER,
+    "procrustes_rssd_scaled": LOWER,
+    # Moran's I of the true expression on the predicted vs the true positions
+    "morans_i_corr": HIGHER,
+    "morans_i_mean_pred": None,
+    "morans_i_mean_true": None,
+    # cell-type neighbourhoods (data sets with cell types)
+    "neighborhood_ari": HIGHER,
+    "neighborhood_nmi": HIGHER,
+    # expression (pos_to_expr), standardised units; Moran's I of predicted vs true expression
+    "expression_mse": LOWER,
+    "expression_pearson": HIGHER,
+    "expr_morans_i_corr": HIGHER,
+    "expr_morans_i_mean_pred": None,
+    "expr_morans_i_mean_true": None,
+    # joint mode: coupling of generated positions and expression against the real section's
+    "joint_coupling": None,
+    "joint_coupling_true": None,
+    "joint_consistency_error": LOWER,
+    # the model's masked-expression reconstruction (evaluate with --checkpoint: diagnostics)
+    "masked_reconstruction_mse": LOWER,
+    # training convergence, paired by the learning-rate sweep (analysis/stability.py)
+    "steps_to_plateau": LOWER,
+    "steps_to_common": LOWER,
+}
+
+
+class UndeclaredMetricError(AlphaSTomicsError, ValueError):
+    """A metric without a declared direction (``DIRECTIONS``)."""
+
+
+def direction(metric: str) -> Literal[1, -1] | None:
+    """+1 if higher is better, -1 if lower is better, None for a description (``DIRECTIONS``); a metric not
+    declared there raises ``UndeclaredMetricError`` (one line)."""
+    try:
+        return DIRECTIONS[metric]
+    except KeyError:
+        raise UndeclaredMetricError(
+            f"metric '{metric}' has no declared direction; declare it (HIGHER, LOWER or None) in DIRECTIONS "
+            "of alphastomics/evaluation/metrics.py"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -212,32 +277,56 @@ def _knn_overlap(a: np.ndarray, b: np.ndarray) -> float:
 # Procrustes
 
 
-def procrustes_align(
-    pred: np.ndarray, true: np.ndarray, *, scaled: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """(aligned pred, centred true): pred centred, rotated/reflected (and, if scaled, scaled by s) to
-    minimise |s P R - T|_F; R = U V^T from the SVD P^T T = U S V^T, s = trace(S) / |P|_F^2."""
+def _procrustes(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(pred centred and rotated/reflected, centred true, the scale s of the scaled fit): one SVD serves the
+    alignment with and without scale."""
     p, t = _pair(pred, true)
     p = p - p.mean(axis=0)
     t = t - t.mean(axis=0)
     u, s, vt = np.linalg.svd(p.T @ t)
     aligned = p @ (u @ vt)  # orthogonal: rotation, or rotation + reflection, whichever fits better
-    if scaled:
-        norm = (p**2).sum()
-        aligned = aligned * (s.sum() / norm if norm > 0 else 0.0)
-    return aligned, t
+    norm = (p**2).sum()
+    return aligned, t, (s.sum() / norm if norm > 0 else 0.0)
+
+
+def procrustes_align(
+    pred: np.ndarray, true: np.ndarray, *, scaled: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """(aligned pred, centred true): pred centred, rotated/reflected (and, if scaled, scaled by s) to
+    minimise |s P R - T|_F; R = U V^T from the SVD P^T T = U S V^T, s = trace(S) / |P|_F^2."""
+    aligned, t, scale = _procrustes(pred, true)
+    return (aligned * scale if scaled else aligned), t
+
+
+def _rssd(a: np.ndarray, t: np.ndarray) -> float:
+    return float(np.sqrt(((a - t) ** 2).sum()))
+
+
+def _rmsd(a: np.ndarray, t: np.ndarray) -> float:
+    return float(np.sqrt(((a - t) ** 2).sum(axis=1).mean()))
 
 
 def procrustes_rssd(pred: np.ndarray, true: np.ndarray, *, scaled: bool = False) -> float:
     """sqrt(sum_i |a_i - t_i|^2), a = pred after optimal Procrustes alignment (see procrustes_align)."""
-    a, t = procrustes_align(pred, true, scaled=scaled)
-    return float(np.sqrt(((a - t) ** 2).sum()))
+    return _rssd(*procrustes_align(pred, true, scaled=scaled))
 
 
 def procrustes_rmsd(pred: np.ndarray, true: np.ndarray, *, scaled: bool = False) -> float:
     """sqrt(mean_i |a_i - t_i|^2) = RSSD / sqrt(N), in the units of ``true``."""
-    a, t = procrustes_align(pred, true, scaled=scaled)
-    return float(np.sqrt(((a - t) ** 2).sum(axis=1).mean()))
+    return _rmsd(*procrustes_align(pred, true, scaled=scaled))
+
+
+def procrustes_scores(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """procrustes_rmsd, procrustes_rssd and both ``_scaled``: the numbers of the functions above, from one
+    alignment (one SVD)."""
+    aligned, t, scale = _procrustes(pred, true)
+    a_scaled = aligned * scale
+    return {
+        "procrustes_rmsd": _rmsd(aligned, t),
+        "procrustes_rssd": _rssd(aligned, t),
+        "procrustes_rmsd_scaled": _rmsd(a_scaled, t),
+        "procrustes_rssd_scaled": _rssd(a_scaled, t),
+    }
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -284,34 +373,62 @@ def neighborhood_clusters(
         return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(comp)
 
 
-def _neighborhood_clusterings(
-    pred: np.ndarray, true: np.ndarray, labels: np.ndarray, k: int, seed: int
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """(clusters in true coords, clusters in pred coords), or None with fewer than 2 cell types."""
-    p, t = _pair(pred, true)
-    if len(np.unique(labels)) < 2:
-        return None
-    return neighborhood_clusters(t, labels, k=k, seed=seed), neighborhood_clusters(p, labels, k=k, seed=seed)
+def neighborhood_agreement(true_clusters: np.ndarray, pred_clusters: np.ndarray) -> dict[str, float]:
+    """neighborhood_ari and neighborhood_nmi of two clusterings of the same cells (``neighborhood_clusters``
+    in true and in predicted coordinates): the one place both are computed."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    return {
+        "neighborhood_ari": float(adjusted_rand_score(true_clusters, pred_clusters)),
+        "neighborhood_nmi": float(normalized_mutual_info_score(true_clusters, pred_clusters)),
+    }
+
+
+@dataclass(frozen=True, eq=False)
+class NeighborhoodTruth:
+    """The true-coordinate side of neighborhood_ari/nmi of one section's labelled cells: their clustering in
+    true coordinates, fitted once (on first use) and shared by every placement scored against it (each
+    sampling draw, each random placement). ``scores`` are the numbers of ``neighborhood_ari``/``_nmi``; NaN
+    with fewer than 2 cell types. Frozen; the arrays are shared, not copied: treat them as read-only."""
+
+    true: np.ndarray
+    labels: np.ndarray
+    _: KW_ONLY
+    k: int = 15
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "true", _points(self.true, "true"))
+        object.__setattr__(self, "labels", np.asarray(self.labels))
+
+    @cached_property
+    def clusters(self) -> np.ndarray | None:
+        """Clusters in true coordinates; None with fewer than 2 cell types (nothing to compare)."""
+        if len(np.unique(self.labels)) < 2:
+            return None
+        return neighborhood_clusters(self.true, self.labels, k=self.k, seed=self.seed)
+
+    def scores(self, pred: np.ndarray) -> dict[str, float]:
+        """neighborhood_ari and neighborhood_nmi of one placement of the section's labelled cells."""
+        p = _pair(pred, self.true)[0]
+        if self.clusters is None:
+            return {"neighborhood_ari": float("nan"), "neighborhood_nmi": float("nan")}
+        pred_clusters = neighborhood_clusters(p, self.labels, k=self.k, seed=self.seed)
+        return neighborhood_agreement(self.clusters, pred_clusters)
 
 
 def neighborhood_ari(
     pred: np.ndarray, true: np.ndarray, labels: np.ndarray, *, k: int = 15, seed: int = 0
 ) -> float:
     """ARI(clusters of kNN cell-type composition in pred coords, same in true coords); NaN if < 2 types."""
-    from sklearn.metrics import adjusted_rand_score
-
-    pair = _neighborhood_clusterings(pred, true, labels, k, seed)
-    return float("nan") if pair is None else float(adjusted_rand_score(*pair))
+    return NeighborhoodTruth(true, labels, k=k, seed=seed).scores(pred)["neighborhood_ari"]
 
 
 def neighborhood_nmi(
     pred: np.ndarray, true: np.ndarray, labels: np.ndarray, *, k: int = 15, seed: int = 0
 ) -> float:
     """NMI (arithmetic mean normalisation) of the same two clusterings as ``neighborhood_ari``."""
-    from sklearn.metrics import normalized_mutual_info_score
-
-    pair = _neighborhood_clusterings(pred, true, labels, k, seed)
-    return float("nan") if pair is None else float(normalized_mutual_info_score(*pair))
+    return NeighborhoodTruth(true, labels, k=k, seed=seed).scores(pred)["neighborhood_nmi"]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -337,11 +454,12 @@ def morans_i(positions: np.ndarray, values: np.ndarray, *, k: int = 10) -> np.nd
     itself. NaN for constant columns.
     """
     x = _points(positions, "positions")
-    return _morans_i(knn_indices(x, k), values)
+    return morans_i_knn(knn_indices(x, k), values)
 
 
-def _morans_i(idx: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """``morans_i`` on the kNN indices ``idx`` (N, k) of the positions."""
+def morans_i_knn(idx: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``morans_i`` on the kNN indices ``idx`` (N, k) of the positions (``knn_indices``), for a caller that
+    has them already (kNN preservation needs the same sets)."""
     v = np.asarray(values, dtype=np.float64)
     if v.ndim == 1:
         v = v[:, None]
@@ -373,6 +491,21 @@ def morans_i_agreement(a: np.ndarray, b: np.ndarray) -> float:
     from scipy import stats
 
     return float(stats.pearsonr(a[ok], b[ok])[0])
+
+
+def morans_i_mean(a: np.ndarray) -> float:
+    """The mean over genes of a Moran's I vector, over its finite entries; NaN when none is finite."""
+    return float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")
+
+
+def morans_i_scores(pred: np.ndarray, true: np.ndarray, prefix: str = "") -> dict[str, float]:
+    """``{prefix}morans_i_corr`` (``morans_i_agreement``), ``{prefix}morans_i_mean_pred`` and
+    ``{prefix}morans_i_mean_true`` (``morans_i_mean``) of two Moran's I vectors already computed."""
+    return {
+        f"{prefix}morans_i_corr": morans_i_agreement(pred, true),
+        f"{prefix}morans_i_mean_pred": morans_i_mean(pred),
+        f"{prefix}morans_i_mean_true": morans_i_mean(true),
+    }
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -430,6 +563,11 @@ class SectionTruth:
     def knn(self) -> np.ndarray:
         return knn_indices(self.true, self.k)
 
+    def neighbours(self, pred: np.ndarray) -> np.ndarray:
+        """``knn_indices(pred, k)``: a placement's kNN sets, which its kNN preservation and its Moran's I
+        (``morans_i_knn``) share."""
+        return knn_indices(self._pred(pred), self.k)
+
     @cached_property
     def morans(self) -> np.ndarray:
         if self.values is None:
@@ -450,12 +588,13 @@ class SectionTruth:
             "distance_spearman": _distance_spearman(dp, None if flat else self.ranks, flat),
         }
 
-    def knn_preservation(self, pred: np.ndarray) -> float:
-        return _knn_overlap(knn_indices(self._pred(pred), self.k), self.knn)
+    def knn_preservation(self, pred: np.ndarray, *, neighbours: np.ndarray | None = None) -> float:
+        """``knn_preservation(pred, true, k=k)``; ``neighbours``: ``self.neighbours(pred)`` if at hand."""
+        return _knn_overlap(self.neighbours(pred) if neighbours is None else neighbours, self.knn)
 
     def morans_i(self, values: np.ndarray) -> np.ndarray:
         """``morans_i(true, values, k=k)``: Moran's I of any (N, G) values on the true coordinates."""
-        return _morans_i(self.knn, values)
+        return morans_i_knn(self.knn, values)
 
 
 # ------------------------------------------------------------------------------------------------------
