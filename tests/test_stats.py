@@ -94,6 +94,36 @@ def test_holm_by_hand() -> None:
     assert holm([0.02]) == pytest.approx([0.02])
 
 
+def test_holm_and_t_interval_equal_their_formulas() -> None:
+    """holm (statsmodels' multipletests) and summarize (scipy's t interval) give the hand formulas' numbers:
+    Holm's p~_(i) = max_{j<=i} min(1, (m - j + 1) p_(j)) with NaN as 1, ties included; mean -+ t s / sqrt(n)."""
+    rng = np.random.default_rng(7)
+    for m in range(1, 31):
+        p = np.round(rng.uniform(0, 0.1, m), 2)  # ties
+        p[rng.uniform(size=m) < 0.2] = np.nan
+        q = np.where(np.isnan(p), 1.0, p)
+        order = np.argsort(q, kind="stable")
+        expected = np.empty(m)
+        expected[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * q[order]))
+        assert holm(list(p)) == pytest.approx(list(expected), rel=1e-12, abs=0)
+        x = rng.normal(0.3, 1.0, m + 1)
+        half = stats.t.ppf(0.975, m) * x.std(ddof=1) / math.sqrt(m + 1)
+        s = summarize(x)
+        assert (s.low, s.high) == pytest.approx((x.mean() - half, x.mean() + half), rel=1e-9)
+    assert holm([]) == []
+
+
+def test_power_is_finite_where_the_far_tail_is_not() -> None:
+    """The noncentral t's far tail is NaN in scipy at some large nc (statsmodels' TTestPower passes it on);
+    power counts it as 0, so the power and the smallest detectable effect stay defined for every n."""
+    for n in range(2, 31):
+        for effect in (0.5, 2.0, 4.0, 8.0, 16.0, 64.0):
+            assert 0 < power(effect, 1.0, n, 0.01) <= 1
+        assert math.isfinite(min_detectable_effect(1.0, n, alpha=0.01, target=0.9))
+    assert power(4.0, 1.0, 4, 0.01) == pytest.approx(0.8514798720874623, rel=1e-9)
+    assert min_detectable_effect(1.0, 2, alpha=0.01, target=0.9) == pytest.approx(74.04747294443331, rel=1e-9)
+
+
 def test_min_detectable_effect_has_the_target_power() -> None:
     for n, sd, alpha in ((3, 0.01, 0.05), (5, 2.0, 0.05 / 8), (10, 1.0, 0.05)):
         mde = min_detectable_effect(sd, n, alpha=alpha)

@@ -3,15 +3,16 @@
 The unit of replication is one trained model (data set, variant, seed); two variants are compared on the
 seeds both ran (same seed: same data order, crops and noise), one difference per seed.
 
-- ``summarize``: mean and a 95 % Student-t interval.
+- ``summarize``: mean and a 95 % Student-t interval (``scipy.stats.ttest_1samp(...).confidence_interval``).
 - ``relative_change``: (variant - baseline) / |baseline|.
 - ``paired``: mean paired difference, its 95 % t interval, the paired t-test p (``scipy.stats.ttest_1samp``
   on the differences) and the exact sign-flip permutation p (``scipy.stats.permutation_test``, all 2^n sign
   patterns for n <= ``EXACT_MAX_N``).
-- ``holm``: Holm (1979) step-down adjusted p-values (scipy has Benjamini-Hochberg, not Holm).
+- ``holm``: Holm (1979) step-down adjusted p-values (``statsmodels.stats.multitest.multipletests``).
 - ``min_detectable_effect``: the smallest true mean difference that a two-sided one-sample t-test on n
   differences with standard deviation s detects with the given power at level alpha; power from the
-  noncentral t distribution (``scipy.stats.nct``), solved with ``scipy.optimize.brentq``.
+  noncentral t distribution (``scipy.stats.nct``), solved with ``scipy.optimize.brentq``. Not statsmodels'
+  ``TTestPower``: see ``power``.
 - ``seeds_needed``: the smallest n for which that effect is at most a target (the power plan).
 - ``random_effects``: a random-effects meta-analysis of k estimates with known variances (the per-tissue
   relative effects of the verdict's ``across_tissues``): DerSimonian-Laird tau^2
@@ -25,6 +26,7 @@ seeds both ran (same seed: same data order, crops and noise), one difference per
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -68,9 +70,10 @@ def summarize(values: Iterable[float], *, level: float = LEVEL) -> Summary:
     mean = float(a.mean())
     if n < 2:
         return Summary(mean, math.nan, math.nan, math.nan, 1, level)
-    sd = float(a.std(ddof=1))
-    half = float(stats.t.ppf((1 + level) / 2, n - 1)) * sd / math.sqrt(n)
-    return Summary(mean, mean - half, mean + half, sd, n, level)
+    with warnings.catch_warnings():  # scipy warns of precision loss on (nearly) equal values: zero width
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ci = stats.ttest_1samp(a, 0.0).confidence_interval(confidence_level=level)
+    return Summary(mean, float(ci.low), float(ci.high), float(a.std(ddof=1)), n, level)
 
 
 def relative_change(variant: float, baseline: float) -> float:
@@ -143,19 +146,24 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm step-down adjusted p: sort p ascending, p~_(i) = max_{j<=i} min(1, (m - j + 1) p_(j)).
 
     A NaN p (no test possible) counts as 1: it stays in the family size m, so untestable contrasts never
-    make the others look less multiple."""
+    make the others look less multiple (statsmodels' ``multipletests`` has no NaN rule of its own)."""
+    from statsmodels.stats.multitest import multipletests
+
     p = np.array([1.0 if not math.isfinite(x) else float(x) for x in pvalues])
-    m = p.size
-    order = np.argsort(p, kind="stable")
-    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    out = np.empty(m)
-    out[order] = adjusted
-    return [float(x) for x in out]
+    if p.size == 0:
+        return []
+    return [float(x) for x in multipletests(p, method="holm")[1]]
 
 
 def power(effect: float, sd: float, n: int, alpha: float = ALPHA) -> float:
     """Power of the two-sided one-sample t-test on n differences: P(|T| > t_{1-alpha/2, n-1}) with
-    T ~ noncentral t(df = n - 1, nc = effect * sqrt(n) / sd)."""
+    T ~ noncentral t(df = n - 1, nc = effect * sqrt(n) / sd).
+
+    The same formula as ``statsmodels.stats.power.TTestPower().power(effect / sd, n, alpha)``, which is not
+    used: it adds the far tail as it comes from scipy, NaN at some large nc, so its power is NaN where the
+    power is well defined (n = 4, effect = 4 sd, alpha = 0.01: 0.85; n = 2, effect = 8 sd, alpha = 0.05:
+    0.63), and its ``solve_power`` (the smallest detectable effect, the seeds needed) then stops at a bound
+    (n = 2, alpha = 0.01, power 0.9: 10 sd instead of 74 sd) and elsewhere solves to 1e-5, not 1e-12."""
     df = n - 1
     crit = float(stats.t.ppf(1 - alpha / 2, df))
     nc = effect * math.sqrt(n) / sd
