@@ -2,11 +2,11 @@
 slurmdbd with MariaDB, munge, on 127.0.0.1), driven by snakemake-executor-plugin-slurm through the shipped
 profile (`--profile slurm`), as on a GPU cluster.
 
-The cluster's partitions are the profile's `cpu` and `gpu`; its account `alphastomics_test` is given on the
-command line (CLUSTER_ARGS), the way a user sets theirs. Its node declares 2 stand-in GPUs (start.sh): SLURM
-schedules `--gpus` requests as on a GPU node and the jobs train on the CPU. Marked `slurm`: the module
-starts the cluster if it is not up (root only) and skips with start.sh's reason when it cannot;
-ALPHASTOMICS_REQUIRE_SLURM=1 (set by .ci/run) turns that skip into a failure.
+The cluster's partitions are `cpu` and `gpu` and its account `alphastomics_test`; they reach the profile
+through the environment (CLUSTER_ENV), the way a user sets theirs. Its node declares 2 stand-in GPUs
+(start.sh): SLURM schedules `--gpus` requests as on a GPU node and the jobs train on the CPU. Marked
+`slurm`: the module starts the cluster if it is not up (root only) and skips with start.sh's reason when it
+cannot; ALPHASTOMICS_REQUIRE_SLURM=1 (set by .ci/run) turns that skip into a failure.
 
 Not in `make test` (the addopts deselect the marker): `make test-slurm` runs this file.
 """
@@ -30,11 +30,11 @@ pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 
 SLURM_SCRIPTS = Path(__file__).resolve().parent / "slurm"
 ACCOUNT = "alphastomics_test"
-# What a user sets in workflow/profiles/slurm/config.yaml, given here on the command line instead (the
-# command-line --default-resources replaces the profile's list, so the CPU partition is repeated). Status
-# polling after 1 s instead of the plugin's 40 s.
-CLUSTER_ARGS = ["--default-resources", f"slurm_account={ACCOUNT}", "slurm_partition=cpu",
-                "--slurm-init-seconds-before-status-checks", "1"]
+# What a user exports for workflow/profiles/slurm/config.yaml (it names no cluster of its own).
+CLUSTER_ENV = {"ALPHASTOMICS_SLURM_ACCOUNT": ACCOUNT, "ALPHASTOMICS_CPU_PARTITION": "cpu",
+               "ALPHASTOMICS_GPU_PARTITION": "gpu"}
+# Status polling after 1 s instead of the plugin's 40 s.
+CLUSTER_ARGS = ["--slurm-init-seconds-before-status-checks", "1"]
 FAKE_CLOCK = "ALPHASTOMICS_FAKE_SECONDS_PER_STEP"  # alphastomics.lifecycle.FAKE_CLOCK_ENV
 
 
@@ -132,7 +132,7 @@ def slurm_run(cluster, tmp_path_factory):
     config = write_config(repo, "slurm.yaml", edit)
     start = time.monotonic()
     proc = snakemake(repo, "--profile", "slurm", "--configfile", config, *CLUSTER_ARGS, "--verbose",
-                     env={FAKE_CLOCK: "100"})
+                     env={FAKE_CLOCK: "100", **CLUSTER_ENV})
     output = proc.stdout + proc.stderr
     (repo / "snakemake_output.txt").write_text(output)
     print(f"tiny workflow through SLURM: {time.monotonic() - start:.0f} s")
@@ -218,7 +218,7 @@ def test_train_stopped_by_its_time_limit_resumes_to_the_uninterrupted_weights(sl
     shutil.copy(run_dir / "final.pt", resumed)
 
     proc = snakemake(repo, "--profile", "slurm", "--configfile", config, *CLUSTER_ARGS, "--forcerun", "train",
-                     "--", "results/synthetic/linear/seed0/train/final.pt")
+                     "--", "results/synthetic/linear/seed0/train/final.pt", env=CLUSTER_ENV)
     forced = submitted_ids(proc.stdout + proc.stderr)
     assert len(forced) == 1
     log = (repo / "results/logs/train/synthetic/linear/seed0.log").read_text()
@@ -238,7 +238,7 @@ def test_scontrol_requeue_of_a_running_train_job_resumes_it(slurm_run):
     config = write_config(repo, "long.yaml", lambda c: c["overrides"]["training"].update(
         max_steps=600, checkpoint_every=20, log_every=10, val_every=300))
     run_dir = repo / "results/synthetic/linear/seed0/train"
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **CLUSTER_ENV}
     env.pop(FAKE_CLOCK, None)
     cmd = [str(BIN / "snakemake"), "--profile", "slurm", "--configfile", config, *CLUSTER_ARGS,
            "--", "results/synthetic/linear/seed0/train/final.pt"]

@@ -65,7 +65,7 @@ def test_default_dry_run_lists_datasets_x_variants_x_seeds(tmp_path):
     assert counts["baseline"] == peers and "knn" in installed
     assert counts["evaluate"] == runs + peers
     assert counts["fetch_data"] == counts["preprocess"] == 2
-    assert counts["report"] == 1
+    assert counts["verdict"] == counts["report"] == 1
 
 
 def test_make_powered_and_learning_curve_plan_their_designs(tmp_path):
@@ -99,18 +99,34 @@ def test_make_claims_plans_each_task_with_its_variants(tmp_path):
     assert "--stability results/stability/stability.json" in out
 
 
+# The site settings of the slurm profile: environment variables read by workflow/profiles/slurm/config.yaml
+# (a YTE template). SBATCH_ACCOUNT is its fallback for the account. "" reads as unset.
+SITE_VARIABLES = ("ALPHASTOMICS_SLURM_ACCOUNT", "SBATCH_ACCOUNT", "ALPHASTOMICS_CPU_PARTITION",
+                  "ALPHASTOMICS_GPU_PARTITION")
+NO_SITE = dict.fromkeys(SITE_VARIABLES, "")
+A_SITE = {**NO_SITE, "ALPHASTOMICS_SLURM_ACCOUNT": "lab42", "ALPHASTOMICS_CPU_PARTITION": "short",
+          "ALPHASTOMICS_GPU_PARTITION": "a100"}
+
+
+def site_dry_run(repo: Path, site: dict[str, str], *args: str) -> tuple[dict[str, int], str]:
+    proc = snakemake(repo, "-n", "-p", "--profile", "slurm", *args, env=site)
+    return job_counts(proc.stdout + proc.stderr), proc.stdout + proc.stderr
+
+
 def test_slurm_profile_dry_run_from_repository_root(tmp_path):
     repo = make_copy(tmp_path)
     # --cores 16: a dry run caps threads at --cores, a SLURM job at the CPUs it got
-    counts, out = dry_run(repo, "-p", "--profile", "slurm", "--cores", "16")
+    counts, out = site_dry_run(repo, A_SITE, "--cores", "16")
     assert re.search(r"Using profiles? slurm", out)
     assert counts["train"] == counts["sample"] == 5 * (6 + 5)  # 5 variants x (bdtnp 6 + synthetic 5 seeds)
-    # The GPU rules ask for the GPU partition and one GPU; CPU rules keep the CPU partition.
+    # The GPU rules ask for the GPU partition of the environment and one GPU; CPU rules for the CPU one.
     train = out[out.index("rule train:") :].split("\n\n")[0]
-    assert "slurm_partition=gpu" in train and "gpu=1" in train and "cpus_per_gpu=8" in train
+    assert "slurm_partition=a100" in train and "gpu=1" in train and "cpus_per_gpu=8" in train
+    assert "slurm_account=lab42" in train
     assert "threads: 8" in train and "nodes=1" in train  # the CPUs SLURM gives it are the ones it uses
     preprocess = out[out.index("rule preprocess:") :].split("\n\n")[0]
-    assert "slurm_partition=cpu" in preprocess and "gpu=" not in preprocess
+    assert "slurm_partition=short" in preprocess and "gpu=" not in preprocess
+    assert "slurm_account=lab42" in preprocess
     # Evaluate is sized on its own (resources.evaluate) and holds its numeric libraries to those CPUs.
     wanted = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["resources"]["evaluate"]
     evaluate = out[out.index("rule evaluate:") :].split("\n\n")[0]
@@ -119,6 +135,42 @@ def test_slurm_profile_dry_run_from_repository_root(tmp_path):
 
 
     # (that fetch_data and report are localrules, never submitted, shows in tests/test_slurm.py)
+
+
+def test_slurm_profile_names_no_site_and_takes_it_from_the_environment(tmp_path, monkeypatch):
+    """A clean checkout's slurm profile holds no account or partition (nothing a lab must edit in a tracked
+    file): without the variables a dry run asks for none (SLURM's defaults: the plugin's guess or the
+    user's default account, the default partition); with the GPU partition alone only the GPU rules get one
+    (CPU rules stay on the cluster's default); every rule asking for a GPU is in the profile's GPU list."""
+    text = (REPO / "workflow/profiles/slurm/config.yaml").read_text()
+    assert not re.search(r"your_account|PLACEHOLDER|slurm_(account|partition): *['\"]?\w", text)
+    repo = make_copy(tmp_path)
+    _, out = site_dry_run(repo, NO_SITE, "--cores", "16", "--configfile", "config/test.yaml")
+    assert "rule train:" in out and "rule preprocess:" in out
+    assert "slurm_account" not in out and "slurm_partition" not in out
+    _, out = site_dry_run(repo, {**NO_SITE, "ALPHASTOMICS_GPU_PARTITION": "a100"}, "--cores", "16",
+                          "--configfile", "config/test.yaml")
+    blocks = re.findall(r"^rule (\w+):\n(.*?)(?:\n\n|\Z)", out, re.DOTALL | re.MULTILINE)
+    assert {rule for rule, block in blocks if re.search(r"\bgpu=\d", block)} == {"train", "sample"}
+    for rule, block in blocks:
+        assert ("slurm_partition=a100" in block) == bool(re.search(r"\bgpu=\d", block)), (rule, block)
+        assert "slurm_account" not in block
+    # The profile as Snakemake reads it (its YTE template filled in): GPU rules = the rules asking for a GPU
+    from snakemake.profiles import ProfileConfigFileParser
+
+    for name, value in {**A_SITE, "SBATCH_ACCOUNT": "other"}.items():
+        monkeypatch.setenv(name, value)
+    with open(REPO / "workflow/profiles/slurm/config.yaml") as fh:
+        parsed = ProfileConfigFileParser().parse(fh)
+    assert parsed["default-resources"] == ["slurm_account='lab42'", "slurm_partition='short'"]
+    on_gpu = {entry.split(":")[0] for entry in parsed["set-resources"] if entry.endswith("='a100'")}
+    rules = "".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk"))
+    gpu_rule = re.compile(r"^rule (\w+):\n(?:    .*\n|\n)*?        gpu=", re.MULTILINE)
+    asking = {m.group(1) for m in gpu_rule.finditer(rules)}
+    assert on_gpu == asking == {"train", "sample", "reassemble", "study_run"}
+    monkeypatch.setenv("ALPHASTOMICS_SLURM_ACCOUNT", "")  # unset: SLURM's own variable is the account
+    with open(REPO / "workflow/profiles/slurm/config.yaml") as fh:
+        assert "slurm_account='other'" in ProfileConfigFileParser().parse(fh)["default-resources"]
 
 
 def test_multi_gpu_variant_runs_torchrun_and_asks_for_its_gpus(tmp_path):
@@ -171,6 +223,10 @@ def test_report_declares_what_it_reads_and_snapshots_the_configuration_as_run(tm
                      "model_config=config/model_cluster.yaml")
     block = out[out.index("rule report:"):].split("\n\n")[0]
     inputs = block.split("input: ")[1].split("\n")[0].split(", ")
+    assert "results/verdict.json" in inputs  # the verdict stage decides, the report renders
+    inputs.remove("results/verdict.json")
+    verdict_block = out[out.index("rule verdict:"):].split("\n\n")[0]
+    assert set(verdict_block.split("input: ")[1].split("\n")[0].split(", ")) == set(inputs)
     runs = ["results/synthetic/linear/seed0", "results/synthetic/gated_headwise/seed0",
             "results/synthetic/peer_knn/seed0"]
     expected = {"results/data/synthetic/processed"} | {f"{r}/{f}" for r in runs for f in (
@@ -245,6 +301,36 @@ def test_set_up_files_say_what_the_workflow_needs():
     profiles = {p: yaml.safe_load((REPO / "workflow/profiles" / p / "config.yaml").read_text())
                 for p in ("default", "slurm")}
     assert "keep-going" not in profiles["default"] and profiles["slurm"]["keep-going"] is True
+
+
+def test_every_conda_env_exists_and_the_model_env_is_slim():
+    """Every `conda:` of workflow/rules names a file that exists (the baseline's, one per peer method); the
+    rules that run a model share workflow/envs/model.yaml, which lists what their stages import and none of
+    environment.yml's tools (Snakemake, pytest, formatters, the peers), so that editing those reruns no model
+    job under --sdm conda; its PyTorch is the CUDA build of environment.yml."""
+    from alphastomics.evaluation.peers import METHODS
+
+    envs = {}
+    for smk in sorted((REPO / "workflow/rules").glob("*.smk")):
+        for rule, body in re.findall(r"^rule (\w+):\n((?:    .*\n|\n)*)", smk.read_text(), re.MULTILINE):
+            conda = re.search(r"^    conda:\n(?: *#.*\n)* *\"([^\"]+)\"", body, re.MULTILINE)
+            if conda:
+                envs[rule] = conda.group(1)
+                for method in METHODS if "{method}" in conda.group(1) else [None]:
+                    path = smk.parent / conda.group(1).format(method=method)
+                    assert path.is_file(), f"{smk.name}: rule {rule}: conda env {path} does not exist"
+    model_rules = {"train", "sample", "evaluate", "reassemble", "study_run", "study_peer", "learning_curve"}
+    assert {rule for rule, env in envs.items() if env == "../envs/model.yaml"} == model_rules
+    deps = yaml.safe_load((REPO / "workflow/envs/model.yaml").read_text())["dependencies"]
+    assert all(isinstance(d, str) for d in deps)  # conda packages only: no pip section
+    names = {re.split(r"[<>=\s]", d)[0] for d in deps}
+    assert names >= {"python", "cuda-version", "pytorch-gpu", "numpy", "scipy", "pandas", "pyarrow", "pyyaml",
+                     "scikit-learn", "threadpoolctl", "psutil", "anndata", "h5py", "scanpy", "matplotlib"}
+    assert not names & {"snakemake", "snakemake-executor-plugin-slurm", "snakefmt", "jsonschema", "pytest",
+                        "pytest-timeout", "tangram-sc", "novosparc", "celerypy", "pip", "pooch", "rdata"}
+    full = yaml.safe_load((REPO / "environment.yml").read_text())["dependencies"]
+    assert [d for d in deps if d.startswith(("cuda-version", "python="))] == [
+        d for d in full if isinstance(d, str) and d.startswith(("cuda-version", "python="))]
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ rule evaluate:
     benchmark:
         f"results/benchmarks/evaluate/{RUN_LAYOUT}.tsv"
     conda:
-        "../../environment.yml"
+        "../envs/model.yaml"
     threads: config["resources"]["evaluate"]["threads"]
     resources:
         mem_mb=cpu_mem("evaluate"),

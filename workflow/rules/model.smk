@@ -24,7 +24,7 @@ rule train:
         variant=MODEL_VARIANTS,
     retries: RETRIES
     conda:
-        "../../environment.yml"
+        "../envs/model.yaml"
     threads: gpu_threads("train", lambda wildcards: train_gpus(wildcards.variant))
     resources:
         gpu=lambda wildcards: train_gpus(wildcards.variant),
@@ -59,7 +59,7 @@ rule sample:
         variant=MODEL_VARIANTS,
     retries: RETRIES
     conda:
-        "../../environment.yml"
+        "../envs/model.yaml"
     threads: gpu_threads("sample")
     resources:
         gpu=config["resources"]["sample"]["gpus"],

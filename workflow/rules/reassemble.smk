@@ -18,7 +18,7 @@ rule reassemble:
     wildcard_constraints:
         name=r"[^/]+",
     conda:
-        "../../environment.yml"
+        "../envs/model.yaml"
     threads: gpu_threads("sample")
     resources:
         gpu=config["resources"]["sample"]["gpus"],

@@ -35,7 +35,7 @@ rule study_run:
         variant=MODEL_VARIANTS,
     retries: RETRIES
     conda:
-        "../../environment.yml"
+        "../envs/model.yaml"
     threads: gpu_threads("train")
     resources:
         gpu=config["resources"]["train"]["gpus"],
@@ -60,7 +60,7 @@ rule study_peer:
     log:
         "results/logs/study_peer/{dataset}.log",
     conda:
-        "../../environment.yml"
+        "../envs/model.yaml"
     threads: config["resources"]["cpu"]["threads"]
     resources:
         mem_mb=cpu_mem("cpu"),
@@ -90,7 +90,7 @@ rule learning_curve:
     benchmark:
         "results/benchmarks/learning_curve.tsv"
     conda:
-        "../../environment.yml"
+        "../envs/model.yaml"
     threads: config["resources"]["cpu"]["threads"]
     resources:
         mem_mb=cpu_mem("cpu"),
