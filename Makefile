@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 CORES  ?= 2
 
 .PHONY: run test test-slurm test-all setup clean chromium learning-curve powered tissues tissue-ablations \
-	stability claims
+	stability claims results-page
 
 # Locally, one thread per training/sampling/evaluate job and CORES jobs side by side (how the README's
 # timing of `make run` was measured); on a cluster, threads follow resources in config/config.yaml.
@@ -44,6 +44,12 @@ stability: $(STAMP)  ## divergence and convergence at larger learning rates; abo
 claims: stability  ## every claim of the design note, measured; about 75 minutes on 2 cores with make stability
 	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --set-threads train=1 sample=1 evaluate=1 \
 	  --configfile config/claims.yaml
+
+# docs/results.md, written whole in one command from the verdicts of make run, make tissues, make claims and
+# make powered, in this order (alphastomics/analysis/markdown.py); a target not run is a line of the page.
+results-page: $(STAMP)  ## docs/results.md from the verdicts of run, tissues, claims and powered (one command)
+	$(BIN)/python -m alphastomics report --markdown results/verdict.json results/tissues/verdict.json \
+	  results/claims/verdict.json results/powered/verdict.json --out docs/results.md
 
 learning-curve: $(STAMP)  ## quality against training steps (docs/training.md); about 20 minutes on 2 cores
 	$(BIN)/snakemake learning_curve --profile workflow/profiles/default --cores $(CORES) --set-threads study_run=1
