@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from report_helpers import build_report
 from scipy import stats as st
 
-from alphastomics.analysis import checks, markdown, report, tables
+from alphastomics.analysis import checks, markdown, tables
 from alphastomics.analysis import verdict as V
 from alphastomics.analysis.runs import load_run
+from alphastomics.evaluation.metrics import UndeclaredMetricError
 
 PRIMARY = ("knn_preservation", "distance_spearman", "procrustes_rmsd_scaled")
 RANDOM = {"knn_preservation": 0.1, "distance_spearman": 0.0, "procrustes_rmsd_scaled": 50.0}
@@ -74,7 +76,9 @@ def test_skill_is_the_way_from_random_to_perfect():
     assert checks.skill("knn_preservation", 0.55, 0.1) == pytest.approx(0.45 / 0.9)  # perfect 1
     assert checks.skill("procrustes_rmsd_scaled", 20.0, 50.0) == pytest.approx(0.6)  # perfect 0
     assert checks.skill("distance_spearman", -0.1, 0.0) == pytest.approx(-0.1)  # worse than random
-    assert math.isnan(checks.skill("mystery", 1.0, 0.5))  # no direction: no skill
+    assert math.isnan(checks.skill("morans_i_mean_pred", 1.0, 0.5))  # a description, no side better: no skill
+    with pytest.raises(UndeclaredMetricError, match="'mystery' has no declared direction"):
+        checks.skill("mystery", 1.0, 0.5)  # never guessed
     assert math.isnan(checks.skill("knn_preservation", 0.5, 1.0))  # random already perfect
 
 
@@ -120,12 +124,16 @@ def test_a_tissue_at_the_random_level_is_not_interpreted_anywhere(tmp_path):
     assert all(r["decision"] != checks.NOT_INTERPRETED for r in _dataset(verdict, "learned")["records"])
 
     md = markdown.markdown_summary(tmp_path / "verdict.json")
-    part = md[md.index("**at_random"):]
-    part = part[: part.index("**learned")] if "**learned" in part else part
-    assert part.startswith(f"**at_random: {checks.NOT_LEARNED}.**")
-    assert "not interpreted (difference " in part
+    part = md[md.index("### at_random\n"):]
+    part = part[: part.index("### learned")] if "### learned" in part else part
+    msg = checks.NOT_LEARNED
+    assert part.startswith(f"### at_random\n\n**{msg[:1].upper() + msg[1:]}.**")
+    row = next(line for line in part.splitlines() if line.startswith("| gated_headwise vs linear"))
+    assert row.rstrip(" |").endswith(checks.NOT_INTERPRETED) and "difference [95 % interval]" in part
     for word in ("smallest detectable", "no difference detected", "better", "worse", " %"):
-        assert word not in part.split("\n", 1)[1], word
+        assert word not in part.split("\n", 3)[3].replace("difference [95 % interval]", ""), word
+    # the answer counts no test of a tissue the models did not learn
+    assert "not learned, so not interpreted: at_random" in md[:md.index("## Every contrast")]
 
 
 def test_a_peer_that_beats_random_keeps_its_word_and_changes_the_message(tmp_path):
@@ -183,7 +191,7 @@ def test_warnings_few_seeds_and_early_best_validation(tmp_path):
 def test_page_says_it_first_and_shows_no_forest_plot(tmp_path):
     runs = [_run(tmp_path, "t", v, seed, vals)
             for v, seeds in AT_RANDOM.items() for seed, vals in enumerate(seeds)]
-    out = report.build_report(runs, tmp_path / "report.html", family=FAMILY)
+    out = build_report(runs, tmp_path / "report.html", family=FAMILY)
     html = out.read_text()
     section = html[html.index('id="verdict-t"'):html.index('id="expectations"')]
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", section))
@@ -202,7 +210,7 @@ def test_page_shows_the_notes_of_the_data_sets_manifest(tmp_path):
     data.mkdir(parents=True)
     note = "no cell-type column 'cell_type' (dataset.cell_type_key): cell-type metrics not measured"
     (data / "manifest.json").write_text(json.dumps({"dataset": "t", "notes": [note]}))
-    html = report.build_report(runs, tmp_path / "report.html", family=FAMILY).read_text()  # found beside the runs
+    html = build_report(runs, tmp_path / "report.html", family=FAMILY).read_text()  # found beside the runs
     section = html[html.index('id="verdict-t"'):html.index('id="expectations"')]
     assert f"Data note (preprocess, manifest.json): {note}." in unescape(re.sub(r"\s+", " ", section))
 
@@ -228,3 +236,52 @@ def test_with_an_expression_ceiling_the_margin_is_a_share_of_the_way_to_it(tmp_p
     assert "knn_preservation 0.19 (random 0.1), the best variant at 111% of its way from random" in gate["message"]
     cols, rows = tables.gate_table({"learning_gate": gate})
     assert [r["name"] for r in rows][-2:] == ["expression ceiling", "random placement"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Which code the runs come from
+
+
+def _with_code(run: Path, train: dict | None, sample: dict | None, evaluate: dict | None) -> Path:
+    m = json.loads((run / "eval" / "metrics.json").read_text())
+    m["code"] = {"sample": sample, "evaluate": evaluate}
+    (run / "eval" / "metrics.json").write_text(json.dumps(m))
+    if train is not None:
+        (run / "train").mkdir(exist_ok=True)
+        (run / "train" / "train_summary.json").write_text(json.dumps({"code": train}))
+    return run
+
+
+A, B = {"commit": "a" * 40, "dirty": False}, {"commit": "b" * 40, "dirty": False}
+
+
+def test_one_clean_commit_gives_no_code_warning(tmp_path):
+    runs = [_with_code(_run(tmp_path, "d", v, s, _values(0.2, 0.5, 40.0)), A, A, A)
+            for v in ("linear", "gated_headwise") for s in range(2)]
+    c = checks.code_versions([load_run(r) for r in runs])
+    assert c == {"commits": [{"commit": "a" * 40, "dirty": False, "outputs": 12}], "unrecorded": 0,
+                 "mixed": False, "message": None}
+
+
+def test_a_verdict_over_runs_of_two_commits_warns_on_the_first_screen(tmp_path):
+    runs = [_with_code(_run(tmp_path, "d", "linear", s, _values(0.2, 0.5, 40.0)), A, A, A) for s in range(3)]
+    runs += [_with_code(_run(tmp_path, "d", "gated_headwise", s, _values(0.2, 0.5, 40.0)), B, B, A)
+             for s in range(3)]
+    runs.append(_with_code(_run(tmp_path, "d", "peer_knn", 0, _values(0.3, 0.8, 20.0)), None, A, A))
+    out = build_report(runs, tmp_path / "report.html", family=FAMILY)
+    v = json.loads((tmp_path / "verdict.json").read_text())
+    assert v["code"]["mixed"] is True
+    assert {c["commit"]: c["outputs"] for c in v["code"]["commits"]} == {"a" * 40: 14, "b" * 40: 6}
+    assert "different code" in v["code"]["message"] and "aaaaaaaaaa (14 outputs)" in v["code"]["message"]
+    html = out.read_text()
+    warning = html.index('id="code-warning"')
+    assert warning < html.index('id="across"') and "different code" in unescape(html[warning:warning + 400])
+
+
+def test_uncommitted_changes_and_unrecorded_outputs_are_said(tmp_path):
+    dirty = {"commit": "a" * 40, "dirty": True}
+    runs = [_with_code(_run(tmp_path, "d", "linear", 0, _values(0.2, 0.5, 40.0)), dirty, A, A),
+            _run(tmp_path, "d", "gated_headwise", 0, _values(0.2, 0.5, 40.0))]  # records no code at all
+    c = checks.code_versions([load_run(r) for r in runs])
+    assert c["mixed"] and "with uncommitted changes (1 outputs)" in c["message"]
+    assert c["unrecorded"] == 3 and "3 train/sample/evaluate outputs record no commit" in c["message"]

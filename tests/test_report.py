@@ -13,9 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from report_helpers import build_report
 
 from alphastomics.__main__ import main as cli
 from alphastomics.analysis import markdown, report, screenshot, tables
+from alphastomics.analysis import verdict as V
+from alphastomics.analysis.claims import ClaimsError
 from alphastomics.analysis.runs import RunError, direction
 from alphastomics.layout import parse_run_path
 
@@ -168,7 +171,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 @pytest.fixture(scope="module")
 def page(runs: list[Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("page") / "report.html"
-    report.build_report(runs, out, baseline="linear")
+    build_report(runs, out, baseline="linear")
     return out, out.read_text()
 
 
@@ -301,7 +304,7 @@ def test_missing_pieces_say_not_measured(tmp_path):
     b = _write_run(tmp_path, "toy", "gated_headwise", 0, train=False, diagnostics=False)
     c = tmp_path / "toy" / "softmax" / "seed0"  # trained, never evaluated
     (c / "train").mkdir(parents=True)
-    out = report.build_report([a, b, c], tmp_path / "r.html")
+    out = build_report([a, b, c], tmp_path / "r.html")
     text = _text(out.read_text())
     assert "softmax" in text and "not measured" in text
     assert "Training and validation loss" in text
@@ -312,7 +315,7 @@ def test_bad_run_folder_errors_and_leaves_nothing(tmp_path):
     (run / "eval" / "metrics.json").write_text("{not json")
     out = tmp_path / "site" / "report.html"
     with pytest.raises(RunError, match=r"metrics\.json: not valid JSON"):
-        report.build_report([run], out)
+        build_report([run], out)
     assert not out.exists() and not list(out.parent.glob("*"))
     odd = tmp_path / "somewhere"
     (odd / "eval").mkdir(parents=True)
@@ -345,45 +348,53 @@ def test_path_layout_and_fields():
 
 
 def test_cli(runs, tmp_path, capsys):
-    out = tmp_path / "cli.html"
-    args = ["report", "--runs", *map(str, runs), "--out", str(out), "--verdict", str(tmp_path / "v.json"),
-            "--contrasts", "gated_headwise:gated_elementwise", "--primary-metrics", "knn_preservation"]
-    assert cli(args) == 0
-    v = json.loads((tmp_path / "v.json").read_text())
+    # the verdict stage decides (the declared family), the report stage renders what it wrote
+    out, verdict = tmp_path / "cli.html", tmp_path / "v.json"
+    assert cli(["verdict", "--runs", *map(str, runs), "--out", str(verdict),
+                "--contrasts", "gated_headwise:gated_elementwise", "--primary-metrics", "knn_preservation"]) == 0
+    v = json.loads(verdict.read_text())
     assert v["family"]["contrasts"] == [["gated_headwise", "gated_elementwise"]]
     assert [(r["variant"], r["reference"], r["metric"]) for r in v["datasets"][0]["records"]] == [
         ("gated_headwise", "gated_elementwise", "knn_preservation")
     ]
+    assert not out.exists()
+    assert cli(["report", "--verdict", str(verdict), "--runs", *map(str, runs), "--out", str(out)]) == 0
     assert "gated_headwise vs gated_elementwise" in _text(out.read_text())
-    assert cli(["report", "--runs", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert json.loads(verdict.read_text()) == v  # rendering changes no decision
+    capsys.readouterr()
+    assert cli(["verdict", "--runs", str(tmp_path / "nope"), "--out", str(verdict)]) == 2
     assert "run folder not found" in capsys.readouterr().err
-    assert cli(["report", "--runs", *map(str, runs), "--out", str(out), "--contrasts", "a-b"]) == 2
+    assert cli(["verdict", "--runs", *map(str, runs), "--out", str(verdict), "--contrasts", "a-b"]) == 2
     assert "not VARIANT:REFERENCE" in capsys.readouterr().err
-    assert cli(["report", "--out", str(out)]) == 2  # neither runs nor --markdown / --screenshot
-    assert "pass --runs" in capsys.readouterr().err
+    assert cli(["report", "--runs", *map(str, runs), "--out", str(out)]) == 2  # no verdict to render
+    assert "pass --verdict" in capsys.readouterr().err
 
 
 def test_markdown_prints_the_decisions_from_verdict_json(page, capsys):
+    """report --markdown RESULTS prints the page after its header (the whole page: tests/test_markdown.py)."""
     results = page[0].parent
     assert cli(["report", "--markdown", str(results)]) == 0
     text = capsys.readouterr().out
-    # first the learning gate and the contrasts across data sets, then each data set
-    assert text.startswith("Learning gate: toy learned.\n") and "*gated_headwise vs linear*" in text
-    across, text = text[:text.index("**toy**")], text[text.index("**toy**"):]
-    assert "| toy | kind not recorded | 3 seeds | +10.0 % [" in across
-    assert "| pooled | real sections, random effects |  | no real tissue to pool |" in across
-    decisions, plan = text.split("Power plan (seeds for a 5 % smallest detectable effect")
-    rows = {line.split(" | ")[0].strip("| "): line for line in decisions.splitlines() if line.startswith("| ")}
-    assert set(rows) == {"contrast", "gated_headwise vs linear", "gated_elementwise vs linear"}
-    # the power plan: one row per primary record, metric first
-    plan_rows = [line for line in plan.split("\n\n")[1].splitlines() if line.startswith("| ")][1:]
-    assert len(plan_rows) == len(_verdict(page)["datasets"][0]["records"])
-    assert all(line.split(" | ")[0].strip("| ") in tables.LABELS or "_" in line for line in plan_rows)
+    # first the answer, then every contrast on every data set, then each data set
+    assert text.startswith("## The answer\n\n**")
+    assert text.index("## Every contrast on every data set") < text.index("## Each data set")
+    across = text[text.index("### gated_headwise vs linear"):text.index("## Each data set")]
+    assert "| toy " in across and "| pooled" not in across  # no real tissue: nothing pooled
+    toy = text[text.index("### toy"):]
+    toy = toy[:toy.index("\n## ")]
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in toy.splitlines()
+            if line.startswith("| ")}
+    assert {k[0] for k in rows} == {"contrast", "gated_headwise vs linear", "gated_elementwise vs linear"}
     rec = next(r for r in _verdict(page)["datasets"][0]["records"]
                if (r["variant"], r["metric"]) == ("gated_headwise", "knn_preservation"))
-    ci = f"[{100 * rec['relative_ci_low']:+.1f}, {100 * rec['relative_ci_high']:+.1f} %]"
-    assert f"+10.0 % {ci}, p_Holm {tables.fmt_p(rec['holm_p'])}: better" in rows["gated_headwise vs linear"]
-    assert "**toy** (3 seeds per variant" in text and "too few sections to test (4 < 5)" in text
+    cells = [c.strip() for c in rows[("gated_headwise vs linear", "knn_preservation")].strip("|").split("|")]
+    assert cells[2:] == [tables.fmt_rel_ci(rec), tables.fmt_p(rec["holm_p"]), "better",
+                         tables.fmt_mde(rec["mde_relative"])]
+    # the power plan: one row per primary record of a gated variant against linear
+    plan = text[text.index("## Power plan of the question's contrasts"):]
+    plan_rows = [line for line in plan.splitlines() if line.startswith("| ")][1:]
+    assert len(plan_rows) == len(_verdict(page)["datasets"][0]["records"])  # every contrast here is one
+    assert text.count("too few sections to test (4 < 5)") == 1  # the untestable peers: one sentence
     assert cli(["report", "--markdown", str(results / "nothing-here")]) == 2
 
 
@@ -395,12 +406,12 @@ def test_markdown_out_writes_the_same_tables_as_a_page(page, capsys, tmp_path):
     assert cli(["report", "--markdown", str(results), "--out", str(out)]) == 0
     text = out.read_text()
     assert text.startswith("# Results\n") and f"--markdown {results.as_posix()} --out {out.as_posix()}`" in text
-    assert f"`{results.as_posix()}/verdict.json` of a run" in text
+    assert f"- `{results.as_posix()}/verdict.json` (" in text
     assert text.rstrip().endswith(printed.rstrip())
     # given the verdict file itself, the page names that file
     verdict = (results / "verdict.json").as_posix()
     assert cli(["report", "--markdown", verdict, "--out", str(out)]) == 0
-    assert f"`{verdict}` of a run" in out.read_text() and "verdict.json/verdict.json" not in out.read_text()
+    assert f"- `{verdict}` (" in out.read_text() and "verdict.json/verdict.json" not in out.read_text()
 
 
 @pytest.mark.skipif(
@@ -489,11 +500,13 @@ def tissue_page(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         data.mkdir(parents=True)
         (data / "manifest.json").write_text(json.dumps({"dataset": ds, **manifest}))
     out = root / "tissues" / "report.html"
-    args = ["report", "--runs", *map(str, runs), "--out", str(out), "--contrasts", "gated_headwise:linear",
+    verdict = out.with_name("verdict.json")
+    args = ["verdict", "--runs", *map(str, runs), "--out", str(verdict), "--contrasts", "gated_headwise:linear",
             "gated_elementwise:linear", "softmax:linear", "--primary-metrics", "knn_preservation",
             "distance_spearman", "neighborhood_ari",
             "--with-verdict", str(root / "verdict.json")]  # the default campaign, not run here
     assert cli(args) == 0
+    assert cli(["report", "--verdict", str(verdict), "--runs", *map(str, runs), "--out", str(out)]) == 0
     return out, out.read_text()
 
 
@@ -561,10 +574,10 @@ def test_a_data_set_without_cell_types_says_so_once_and_has_no_empty_column(tiss
     assert tables.not_computed_lines(mop_v, [note]) == [] and len(tables.not_computed_lines(mop_v, [])) == 1
     md = markdown.markdown_summary(tissue_page[0].with_name("verdict.json"))
     assert md.count("Not computed on mop: neighborhood_ari, neighborhood_nmi: the data set has no cell") == 1
-    rows = [line.split(" | ")[0] for line in md[:md.index("*gated_elementwise vs linear*")].splitlines()
-            if line.startswith("| ") and "---" not in line]
-    assert rows == ["| data set", "| bdtnp", "| synthetic", "| MOp", "| STARmap",
-                    f"| {tissue_page[0].parent.parent.as_posix()}/", "| pooled: MOp, STARmap"]
+    first = md[md.index("### gated_headwise vs linear"):md.index("### gated_elementwise vs linear")]
+    rows = [line.split("|")[1].strip() for line in first.splitlines() if line.startswith("| ")]
+    assert list(dict.fromkeys(rows)) == ["data set", "bdtnp", "synthetic", "MOp", "STARmap", "pooled: MOp, STARmap"]
+    assert f"Not tested: {V.NO_CELL_TYPES}: bdtnp (neighborhood_ari), MOp (neighborhood_ari)." in first
 
 
 def test_claims_read_the_sweep_and_show_its_figure(runs, tmp_path):
@@ -577,15 +590,15 @@ def test_claims_read_the_sweep_and_show_its_figure(runs, tmp_path):
          "variant_beyond_sweep": False, "reference_beyond_sweep": False}], "runs": [], "convergence": []}))
     fig = plt_png(sweep.with_name("stability.png"))
     out = tmp_path / "page" / "report.html"
-    report.build_report(runs, out, baseline="linear", stability=sweep)
+    build_report(runs, out, baseline="linear", stability=sweep)
     rows = json.loads(out.with_name("verdict.json").read_text())["claims"]
     lr = next(r for r in rows if r["claim"] == "stable at larger learning rates")
     assert (lr["measured"], lr["control"], lr["mark"]) == (0.03, 0.01, "met")
     assert fig in out.read_text() and 'alt="training loss per learning rate"' in out.read_text()
     # a sweep file without its claims is refused in one line naming the fix
     sweep.write_text("{}")
-    with pytest.raises(report.ReportError, match=r"stability.json: field 'claims' missing; rerun make stability"):
-        report.build_report(runs, out, baseline="linear", stability=sweep)
+    with pytest.raises(ClaimsError, match=r"stability.json: field 'claims' missing; rerun make stability"):
+        build_report(runs, out, baseline="linear", stability=sweep)
 
 
 def plt_png(path):

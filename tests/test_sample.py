@@ -194,3 +194,28 @@ def test_placement_mean_writes_one_placement_per_cell(checkpoints, tiny_processe
                                              pa.compute.equal(three["draw"], k)))
             draws.append(np.stack([d["x_pred"].to_numpy(), d["y_pred"].to_numpy()], 1))
         np.testing.assert_allclose(got - got.mean(0), mean_placement(draws), atol=1e-4)
+
+
+def test_train_sample_and_evaluate_record_the_commit_they_ran(checkpoints, tiny_processed, tmp_path):
+    # results know their code: the package's commit and whether its files differ from it, in every output
+    import subprocess
+
+    from alphastomics.artifacts import samples_code
+    from alphastomics.config import load_config
+    from alphastomics.evaluation.evaluate import evaluate
+    from alphastomics.provenance import code
+
+    repo = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    here = code()
+    assert here["commit"] == head.stdout.strip() and isinstance(here["dirty"], bool)
+    summary = json.loads((checkpoints["joint"].parent / "train_summary.json").read_text())
+    assert summary["code"] == here
+    out = tmp_path / "samples.parquet"
+    sample(checkpoints["joint"], tiny_processed, out)
+    assert samples_code(out) == here
+    result = evaluate(out, tiny_processed, tmp_path / "eval", load_config(overrides=TINY))
+    assert result["code"] == {"evaluate": here, "sample": here}
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["code"] == result["code"]

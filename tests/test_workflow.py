@@ -84,7 +84,7 @@ def test_rerun_one_target_file_with_forcerun(tiny_run):
     assert counts == {"evaluate": 1}
     counts, _ = dry_run(tiny_run, "--configfile", "config/test.yaml", "--forcerun", "sample")
     # the forced stage and everything downstream of it, nothing upstream, peers untouched
-    assert counts == {"sample": 2, "evaluate": 2, "report": 1, "all": 1}
+    assert counts == {"sample": 2, "evaluate": 2, "verdict": 1, "report": 1, "all": 1}
 
 
 def test_changing_one_variant_reruns_only_that_variant(tiny_run):
@@ -93,7 +93,7 @@ def test_changing_one_variant_reruns_only_that_variant(tiny_run):
 
     config = write_config(tiny_run, "edited.yaml", edit)
     counts, out = dry_run(tiny_run, "--configfile", config)
-    assert counts == {"train": 1, "sample": 1, "evaluate": 1, "report": 1, "all": 1}
+    assert counts == {"train": 1, "sample": 1, "evaluate": 1, "verdict": 1, "report": 1, "all": 1}
     jobs = [b for b in out.split("\n\n") if re.search(r"^rule (train|sample|evaluate):", b.strip(), re.M)]
     assert jobs and all("gated_headwise" in b and "/linear/" not in b for b in jobs)
 
@@ -146,15 +146,15 @@ def edited_model_yaml(tiny_run):
     [
         # an evaluation-only setting: evaluate (models and peers) and the report rerun, nothing upstream
         (lambda c: c["overrides"]["evaluation"].update(num_random_references=2),
-         {"evaluate": 3, "report": 1, "all": 1}),
+         {"evaluate": 3, "verdict": 1, "report": 1, "all": 1}),
         # a sampling-only setting: sample and what follows, no training
         (lambda c: c["overrides"]["diffusion"].update(sampling_steps=5),
-         {"sample": 2, "evaluate": 2, "report": 1, "all": 1}),
+         {"sample": 2, "evaluate": 2, "verdict": 1, "report": 1, "all": 1}),
         # a peer setting: the baseline and what follows
-        (lambda c: c["overrides"].update(peers={"knn_k": 3}), {"baseline": 1, "evaluate": 1, "report": 1, "all": 1}),
+        (lambda c: c["overrides"].update(peers={"knn_k": 3}), {"baseline": 1, "evaluate": 1, "verdict": 1, "report": 1, "all": 1}),
         # a training setting of every run: train again (the check that the trigger works at all)
         (lambda c: c["overrides"]["training"].update(learning_rate=1.0e-3),
-         {"train": 2, "sample": 2, "evaluate": 2, "report": 1, "all": 1}),
+         {"train": 2, "sample": 2, "evaluate": 2, "verdict": 1, "report": 1, "all": 1}),
     ],
     ids=["evaluation", "sampling", "peers", "training"],
 )
@@ -176,10 +176,10 @@ def test_model_yaml_edits_rerun_the_stages_that_read_them(tiny_run, edited_model
     original, edit = edited_model_yaml
     edit(original + "evaluation:\n  knn_k: 7\n")
     counts, _ = dry_run(tiny_run, "--configfile", "config/test.yaml")
-    assert counts == {"evaluate": 3, "report": 1, "all": 1}
+    assert counts == {"evaluate": 3, "verdict": 1, "report": 1, "all": 1}
     edit(original.replace("mask_fraction: 0.15", "mask_fraction: 0.2"))
     counts, _ = dry_run(tiny_run, "--configfile", "config/test.yaml")
-    assert counts == {"train": 2, "sample": 2, "evaluate": 2, "report": 1, "all": 1}
+    assert counts == {"train": 2, "sample": 2, "evaluate": 2, "verdict": 1, "report": 1, "all": 1}
 
 
 def test_deleted_samples_file_is_rebuilt_when_named(tiny_run, tmp_path):
@@ -219,9 +219,13 @@ def run_without(env_file: Path, argv: list[str], cwd: Path) -> subprocess.Comple
 
 def test_report_and_data_stages_run_in_their_small_environments(tiny_run, tmp_path):
     runs = [str(p.relative_to(tiny_run)) for p in sorted((tiny_run / "results/synthetic").glob("*/seed0"))]
+    verdict = run_without(REPO / "workflow/envs/report.yaml",
+                          ["verdict", "--config", "config/model.yaml", "--runs", *runs, "--out",
+                           str(tmp_path / "verdict.json")], tiny_run)
+    assert verdict.returncode == 0, verdict.stderr[-3000:]
     report = run_without(REPO / "workflow/envs/report.yaml",
-                         ["report", "--config", "config/model.yaml", "--runs", *runs, "--out",
-                          str(tmp_path / "report.html")], tiny_run)
+                         ["report", "--config", "config/model.yaml", "--verdict", str(tmp_path / "verdict.json"),
+                          "--runs", *runs, "--out", str(tmp_path / "report.html")], tiny_run)
     assert report.returncode == 0, report.stderr[-3000:]
     assert (tmp_path / "report.html").stat().st_size > 0
     data_env = REPO / "workflow/envs/data.yaml"

@@ -232,3 +232,50 @@ def best_val_step(run: Run) -> tuple[int | None, int | None]:
     if not val or not steps:
         return None, None
     return min(val)[1], max(steps)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Which code the compared runs come from
+
+STAGES_RECORDED = ("train", "sample", "evaluate")
+
+
+def _code_records(run: Run) -> dict[str, dict[str, Any] | None]:
+    """stage -> the ``provenance.code()`` record a run's outputs carry (None where an output records none)."""
+    evaluated = (run.metrics or {}).get("code") or {}
+    return {
+        "train": None if run.is_peer else (run.summary or {}).get("code"),
+        "sample": evaluated.get("sample"),
+        "evaluate": evaluated.get("evaluate"),
+    }
+
+
+def code_versions(runs: Sequence[Run]) -> dict[str, Any]:
+    """The commits the runs' train, sample and evaluate outputs record, and a warning when they are not
+    one clean commit: ``mixed`` (two or more commits, or uncommitted changes) or outputs recording none.
+
+    {"commits": [{"commit", "dirty", "outputs"}], "unrecorded": n, "mixed": bool, "message": str or None}"""
+    seen: dict[tuple[str, bool], int] = {}
+    unrecorded = 0
+    for run in runs:
+        for stage, rec in _code_records(run).items():
+            if stage == "train" and run.is_peer:
+                continue
+            if not rec or not rec.get("commit"):
+                unrecorded += 1
+                continue
+            key = (str(rec["commit"]), bool(rec.get("dirty")))
+            seen[key] = seen.get(key, 0) + 1
+    commits = [{"commit": c, "dirty": d, "outputs": n} for (c, d), n in sorted(seen.items(), key=lambda kv: -kv[1])]
+    mixed = len(seen) > 1 or any(d for _, d in seen)
+    parts = []
+    if mixed:
+        listed = ", ".join(f"{c['commit'][:10]}{' with uncommitted changes' if c['dirty'] else ''} "
+                           f"({c['outputs']} outputs)" for c in commits)
+        parts.append(f"the runs compared come from different code: {listed}; rerun them from one commit "
+                     "(snakemake --forcerun train) before reading the verdict")
+    if unrecorded:
+        parts.append(f"{unrecorded} train/sample/evaluate outputs record no commit (a package installed "
+                     "without its git checkout, or outputs of an older version); their code is unknown")
+    return {"commits": commits, "unrecorded": unrecorded, "mixed": mixed,
+            "message": "; ".join(parts) if parts else None}

@@ -27,15 +27,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from alphastomics import AlphaSTomicsError
 from alphastomics.analysis import stats
 from alphastomics.analysis.checks import NOT_INTERPRETED
-from alphastomics.analysis.runs import DatasetView, Run, group_runs
+from alphastomics.analysis.runs import DatasetView, Run, _read_json, group_runs
 from alphastomics.analysis.runs import finite as _finite
 from alphastomics.variants import VARIANTS
+
+
+class ClaimsError(AlphaSTomicsError, ValueError):
+    """An input of the claims table is unusable; the message names the file, the field and the fix."""
 
 MET, INCONCLUSIVE, NOT_MET, NOT_MEASURED = "met", "inconclusive", "not met", "not measured"
 BASELINE = "linear"
@@ -415,3 +421,29 @@ def table(datasets: list[dict[str, Any]], runs: Sequence[Run], family: dict[str,
     rows += parameter_rows(views, parameter_table)
     rows += time_rows(views)
     return rows
+
+
+# --------------------------------------------------------------------------------------------------------
+# What the table reads besides the runs
+
+
+def read_stability(path: Path | None) -> dict[str, Any] | None:
+    """The learning-rate sweep's stability.json (``make stability``), or None when not given or not written
+    yet (its claims rows then say how to measure them)."""
+    if path is None or not Path(path).is_file():
+        return None
+    data = _read_json(Path(path))
+    if not isinstance(data, dict) or "claims" not in data:
+        raise ClaimsError(f"{path}: field 'claims' missing; rerun make stability to rewrite it")
+    return data
+
+
+def note_parameters() -> list[dict[str, Any]]:
+    """Attention parameters per layer of every variant at the design note's size (the package's default
+    model: d_model 256, 8 heads), which the parameter claims are about, against linear."""
+    from alphastomics.config import ModelConfig
+
+    m = ModelConfig()
+    counts = {name: v.attention_parameters(m.d_model, m.num_heads) for name, v in VARIANTS.items()}
+    return [{"variant": name, "attention_per_layer": n, "attention_per_layer_vs_linear": n / counts["linear"] - 1}
+            for name, n in counts.items()]

@@ -23,11 +23,10 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from alphastomics.analysis import claims
 from alphastomics.analysis import verdict as V
 from alphastomics.analysis.markdown import markdown_document, markdown_summary
-from alphastomics.analysis.report_provenance import NOT_MEASURED, _manifests, provenance
-from alphastomics.analysis.runs import DatasetView, Run, _read_json, group_runs, load_run
+from alphastomics.analysis.report_provenance import NOT_MEASURED, provenance
+from alphastomics.analysis.runs import DatasetView, Run, group_runs, load_run
 from alphastomics.analysis.screenshot import _screenshot_png
 from alphastomics.analysis.tables import (
     BDTNP_REFERENCE,
@@ -48,7 +47,6 @@ from alphastomics.analysis.tables import (
     sentence,
 )
 from alphastomics.artifacts import atomic_write_text
-from alphastomics.variants import VARIANTS
 
 
 def _render(verdict: dict[str, Any], runs: list[Run], prov: dict[str, Any], sweep_png: str | None = None) -> str:
@@ -124,6 +122,7 @@ def _render(verdict: dict[str, Any], runs: list[Run], prov: dict[str, Any], swee
     )
     env.filters["capitalize_first"] = lambda text: text[:1].upper() + text[1:]
     return env.get_template("report.html.j2").render(
+        code_warning=(verdict.get("code") or {}).get("message"),
         across=across_tables(verdict),
         claims=[claim_cells(r) for r in verdict.get("claims") or []],
         sweep_png=sweep_png,
@@ -140,17 +139,6 @@ def _render(verdict: dict[str, Any], runs: list[Run], prov: dict[str, Any], swee
     )
 
 
-def read_stability(path: Path | None) -> dict[str, Any] | None:
-    """The learning-rate sweep's stability.json (``make stability``), or None when not given or not written
-    yet (its claims rows then say how to measure them)."""
-    if path is None or not Path(path).is_file():
-        return None
-    data = _read_json(Path(path))
-    if not isinstance(data, dict) or "claims" not in data:
-        raise ReportError(f"{path}: field 'claims' missing; rerun make stability to rewrite it")
-    return data
-
-
 def sweep_figure(stability: Path | None) -> str | None:
     """The sweep's loss curves per learning rate (stability.png beside stability.json), as a data URI."""
     png = Path(stability).with_name("stability.png") if stability else None
@@ -159,51 +147,30 @@ def sweep_figure(stability: Path | None) -> str | None:
     return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
 
 
-def note_parameters() -> list[dict[str, Any]]:
-    """Attention parameters per layer of every variant at the design note's size (the package's default
-    model: d_model 256, 8 heads), which the parameter claims are about, against linear."""
-    from alphastomics.config import ModelConfig
-
-    m = ModelConfig()
-    counts = {name: v.attention_parameters(m.d_model, m.num_heads) for name, v in VARIANTS.items()}
-    return [{"variant": name, "attention_per_layer": n, "attention_per_layer_vs_linear": n / counts["linear"] - 1}
-            for name, n in counts.items()]
-
-
-def build_report(
+def render_page(
+    verdict_path: Path,
     run_dirs: list[Path],
     out: Path,
     *,
-    baseline: str = V.BASELINE,
-    family: V.Family | None = None,
-    verdict_out: Path | None = None,
     config_snapshot: Path | None = None,
     cfg: Any = None,
-    compare_with: list[Path] | None = None,
     stability: Path | None = None,
 ) -> Path:
-    """Read every run folder, write the verdict (``verdict_out``, default next to ``out``) and then the
-    HTML page rendered from it; both atomically, the page only after the verdict. ``compare_with``: other
-    campaigns' verdict files, whose data sets join the comparison across tissues (a missing one is a row
-    saying so; this campaign's own verdict file is skipped)."""
+    """The report stage: the HTML page rendered from ``verdict_path`` (written by the verdict stage) and the
+    run folders it was decided on (descriptive tables, figures, provenance); written atomically."""
     if not run_dirs:
         raise ReportError(
             "report: no run folders given; pass --runs results/{dataset}/{variant}/seed{seed} ..."
         )
+    verdict = V.read(Path(verdict_path))
     runs = [load_run(Path(p)) for p in run_dirs]
-    verdict_out = Path(verdict_out) if verdict_out else Path(out).with_name("verdict.json")
-    others = V.read_others([p for p in compare_with or [] if Path(p).resolve() != verdict_out.resolve()])
-    verdict = V.build(runs, family, baseline=baseline, manifests=_manifests(runs), others=others)
-    verdict["claims"] = V._clean(claims.table(verdict["datasets"], runs, verdict["family"],
-                                              read_stability(stability), note_parameters(), baseline))
     html = _render(verdict, runs, provenance(runs, cfg, config_snapshot), sweep_figure(stability))
-    V.write(verdict, verdict_out)
     atomic_write_text(out, html)
     return Path(out)
 
 
 def main(args: argparse.Namespace, cfg: Any) -> int:
-    """``report --runs ... --out PAGE`` builds the verdict and the page; ``--markdown RESULTS`` prints the
+    """``report --verdict VERDICT --runs ... --out PAGE`` renders the page; ``--markdown RESULTS`` prints the
     verdict as Markdown (with ``--out FILE``: writes it as a whole page, docs/results.md); ``--screenshot PAGE
     PNG`` renders a page to PNG."""
     if getattr(args, "markdown", None) is not None:
@@ -216,20 +183,10 @@ def main(args: argparse.Namespace, cfg: Any) -> int:
     if getattr(args, "screenshot", None):
         return _screenshot_png(Path(args.screenshot[0]), Path(args.screenshot[1]), args.width, args.height,
                                args.scale)
-    if not args.runs or args.out is None:
-        raise ReportError("report: pass --runs RUN ... and --out PAGE.html (or --markdown / --screenshot)")
-    family = V.Family.parse(getattr(args, "contrasts", None), getattr(args, "primary_metrics", None))
-    out = build_report(
-        args.runs,
-        args.out,
-        baseline=getattr(args, "baseline", V.BASELINE),
-        family=family,
-        verdict_out=getattr(args, "verdict", None),
-        config_snapshot=getattr(args, "config_snapshot", None),
-        cfg=cfg,
-        compare_with=getattr(args, "with_verdict", None),
-        stability=getattr(args, "stability", None),
-    )
+    if not args.runs or args.out is None or getattr(args, "verdict", None) is None:
+        raise ReportError("report: pass --verdict VERDICT.json --runs RUN ... --out PAGE.html "
+                          "(or --markdown / --screenshot); the verdict stage writes VERDICT.json")
+    out = render_page(args.verdict, args.runs, args.out, config_snapshot=getattr(args, "config_snapshot", None),
+                      cfg=cfg, stability=getattr(args, "stability", None))
     print(f"report: wrote {out}")
     return 0
-

@@ -315,7 +315,10 @@ def main(args: Any, cfg: Any) -> int:
                          "pass config/config.yaml") from None
     model_config = str(args.config[0]) if args.config else plan.get("model_config", "config/model.yaml")
     datasets = args.datasets or list(plan["datasets"])
-    variants, seeds, budgets = list(args.variants), list(args.seeds), tuple(sorted(args.budgets))
+    variants = list(args.variants or DEFAULT_VARIANTS)
+    seeds = list(DEFAULT_SEEDS if args.seeds is None else args.seeds)
+    budgets = tuple(sorted(args.budgets or DEFAULT_BUDGETS))
+    patience = DEFAULT_PATIENCE if args.patience is None else args.patience
     for name, known, field in ((datasets, plan["datasets"], "datasets"),
                                (variants, plan["variants"], "variants")):
         unknown = [n for n in name if n not in known]
@@ -334,7 +337,7 @@ def main(args: Any, cfg: Any) -> int:
         futures = [] if only == "runs" else [pool.submit(peer_run, plan, model_config, data[ds], out, ds)
                                              for ds in datasets]
         futures += [] if only == "peers" else [
-            pool.submit(one_run, plan, model_config, data[ds], out, ds, v, s, budgets, args.patience,
+            pool.submit(one_run, plan, model_config, data[ds], out, ds, v, s, budgets, patience,
                         args.stop_after, not args.no_train, tuple(args.overrides)) for ds, v, s in jobs]
         errors = [f.exception() for f in futures if f.exception() is not None]
     if only:

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +40,18 @@ import numpy as np
 
 from alphastomics import AlphaSTomicsError
 from alphastomics.analysis import checks, stats
-from alphastomics.analysis.runs import DatasetView, Run, direction, group_runs, section_values, seed_values
+from alphastomics.analysis.runs import (
+    DatasetView,
+    Run,
+    direction,
+    group_runs,
+    section_values,
+    seed_values,
+)
+from alphastomics.artifacts import atomic_file, json_safe, read_json
 from alphastomics.layout import peer_method
 
-SCHEMA = "alphastomics.analysis.verdict/1"
+SCHEMA = "alphastomics.verdict/1"
 BASELINE = "linear"
 # The design note's rows (each gated variant vs linear), the gate's own effect (vs the ungated softmax
 # control), QK-norm (headwise with vs without) and the kernel (softmax vs linear).
@@ -102,19 +108,6 @@ class Family:
         return cls(tuple(pairs), tuple(primary) if primary else DEFAULT_PRIMARY)
 
 
-def _clean(x: Any) -> Any:
-    """NaN/inf -> None (JSON null), numpy scalars -> Python numbers."""
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
 def _div(a: float, b: float) -> float:
     return a / abs(b) if math.isfinite(a) and math.isfinite(b) and b != 0 else math.nan
 
@@ -125,8 +118,9 @@ def _pct(x: float) -> str:
 
 
 def _word(metric: str) -> str:
+    """Which way ``metric`` is better (``metrics.DIRECTIONS``): higher, lower, or neither (a description)."""
     d = direction(metric)
-    return "higher" if d == 1 else "lower" if d == -1 else "unknown"
+    return "higher" if d == 1 else "lower" if d == -1 else "neither"
 
 
 def compare(
@@ -359,7 +353,7 @@ def build(
     for ds in datasets:
         if ds["learning_gate"]["outcome"] == "not learned":
             checks.not_interpreted(ds)
-    return _clean(
+    return json_safe(
         {
             "schema": SCHEMA,
             "baseline": baseline,
@@ -383,6 +377,7 @@ def build(
                 "reference, per seed: mean of train_summary.json wall_time_s, folds summed)",
             },
             "runs": sorted(str(r.path) for r in runs),
+            "code": checks.code_versions(runs),
             "learning_gate": checks.RULE,
             "datasets": datasets,
             "across_tissues": across_tissues(datasets, family, others),
@@ -647,21 +642,10 @@ def across_tissues(
 
 
 def write(verdict: dict[str, Any], out: Path) -> Path:
-    """Write atomically (temp file + rename)."""
+    """Write atomically (``artifacts.atomic_file``: temp file + rename)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(verdict, f, indent=1, allow_nan=False)
-            f.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(out) as tmp:
+        tmp.write_text(json.dumps(verdict, indent=1, allow_nan=False) + "\n", encoding="utf-8")
     return out
 
 
@@ -673,10 +657,7 @@ def read(path: Path) -> dict[str, Any]:
         raise VerdictError(
             f"{path}: not found; run the workflow (make run) or the report stage with --verdict"
         )
-    try:
-        v = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise VerdictError(f"{path}: not valid JSON (line {err.lineno}); rerun the report stage") from None
+    v = read_json(path, "rerun the report stage", VerdictError)
     if not isinstance(v, dict) or v.get("schema") != SCHEMA:
         raise VerdictError(f"{path}: field 'schema' is not {SCHEMA}; rerun the report stage of this version")
     return v

@@ -52,7 +52,7 @@ from alphastomics.lifecycle import (
 from alphastomics.model.attention import Attention
 from alphastomics.model.denoiser import Denoiser, count_parameters
 from alphastomics.model.gates import gate_statistics
-from alphastomics.provenance import machine
+from alphastomics.provenance import code, machine
 from alphastomics.seeds import DIAG_STREAM, DROPOUT_STREAM, NOISE_STREAM, VAL_STREAM, step_seed
 from alphastomics.training.distributed import Dist, setup_distributed
 from alphastomics.training.runfolder import Paths, RunState, prepare_run_folder, resume, rng_state
@@ -460,6 +460,7 @@ def finish(s: Session, step: int) -> dict[str, Any]:
         "nonfinite_steps": state.nonfinite_total,
         "device": str(s.device) if not s.d.enabled else f"{s.device.type} x {s.d.world_size}",
         "machine": machine(),  # the report's provenance: this job's host, GPUs and torch
+        "code": code(),  # the commit this run trained with (the verdict warns when runs differ)
         "variant": variant_settings(s.cfg),
     }
     if s.d.is_main:
