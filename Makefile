@@ -52,7 +52,7 @@ results-page: $(STAMP)  ## docs/results.md from the verdicts of run, tissues, cl
 	  results/claims/verdict.json results/powered/verdict.json --out docs/results.md
 
 learning-curve: $(STAMP)  ## quality against training steps (docs/training.md); about 20 minutes on 2 cores
-	$(BIN)/snakemake learning_curve --profile workflow/profiles/default --cores $(CORES) --set-threads study_run=1
+	$(BIN)/snakemake learning_curve --profile workflow/profiles/default --cores $(CORES) --set-threads study_train=1 study_sample=1 study_evaluate=1
 
 test: $(STAMP) chromium  ## the fast test suite (what CI runs)
 	$(BIN)/pytest -n $(CORES) --dist loadfile

@@ -140,25 +140,13 @@ STAGES: dict[str, Stage] = {
         opt("--split", default="test", choices=["val", "test"]),
         opt("--seed", type=int, default=0),
     ]),
-    "learning-curve": Stage("alphastomics.analysis.study", "quality against training steps; picks the default "
-                            "budget", [
-        opt("--plan", type=Path, default=Path("config/config.yaml"), help="workflow config (data sets, variants)"),
-        opt("--data-root", dest="data_root", type=Path, default=Path("results/data"),
-            help="folder with {dataset}/processed"),
-        opt("--out", type=Path, default=Path("results/study")),
-        opt("--datasets", nargs="*", default=None, help="default: every data set of --plan"),
+    "learning-curve": Stage("alphastomics.analysis.study", "collect the learning-curve study's scores (make "
+                            "learning-curve runs its jobs): tables, the chosen budget, the figure", [
+        opt("--out", type=Path, default=Path("results/study"), help="the study's folder (runs/ below it)"),
+        opt("--datasets", nargs="+", help="default: every data set under --out/runs"),
         opt("--variants", nargs="+", help="default: alphastomics.analysis.study.DEFAULT_VARIANTS"),
         opt("--seeds", nargs="+", type=int, help="default: alphastomics.analysis.study.DEFAULT_SEEDS"),
         opt("--budgets", nargs="+", type=int, help="default: alphastomics.analysis.study.DEFAULT_BUDGETS"),
-        opt("--patience", type=int, help="validations without improvement before a run stops (default: "
-            "alphastomics.analysis.study.DEFAULT_PATIENCE)"),
-        opt("--jobs", type=int, default=2, help="runs at a time (one thread each)"),
-        opt("--stop-after", dest="stop_after", type=int, default=None, metavar="N",
-            help="end each run after step N, its schedule still that of max(--budgets)"),
-        opt("--no-train", dest="no_train", action="store_true",
-            help="train nothing; score the checkpoints the runs have kept so far, write the tables"),
-        opt("--only", choices=["runs", "peers"], default=None,
-            help="only the training runs (scored) or only the peer, no tables: one workflow job"),
     ]),
     "stability": Stage("alphastomics.analysis.stability", "a learning-rate sweep's divergence, spikes and "
                        "convergence (make stability; docs/training.md)", [

@@ -1,8 +1,8 @@
 """The plan of a campaign (``config/config.yaml``): which runs exist and the package overrides of each.
 
-One owner for "the overrides of a (data set, variant, seed) run": the workflow (``workflow/rules/common.smk``)
-and the learning-curve study (``alphastomics.analysis.study``) both call ``run_blocks`` and ``set_items``, so a study run
-of ``gated_headwise`` trains what the workflow's ``gated_headwise`` trains. Plain Python (json, shlex, yaml):
+One owner for "the overrides of a (data set, variant, seed) run": the workflow (``workflow/rules/common.smk``,
+whose stage arguments the learning-curve study's rules reuse) calls ``run_blocks`` and ``set_items``, so a
+study run of ``gated_headwise`` trains what the workflow's ``gated_headwise`` trains. Plain Python (json, shlex, yaml):
 Snakemake imports it outside the package's environment too.
 
 Priority, lowest first: the data set's ``dataset`` block (its ``name`` is the key, or the fold's name) < global

@@ -150,12 +150,12 @@ def _shipped_config(dataset: str, tmp_path: Path):
     """config/model.yaml + the data set block and overrides of config/config.yaml (the workflow's order)."""
     import yaml
 
-    from alphastomics.analysis.study import run_overrides
+    from alphastomics import plan as plan_module
     from alphastomics.config import load_config
 
     repo = Path(__file__).resolve().parents[1]
     plan = yaml.safe_load((repo / "config" / "config.yaml").read_text())
-    return load_config([repo / plan["model_config"]], run_overrides(plan, dataset, None))
+    return load_config([repo / plan["model_config"]], plan_module.set_items(*plan_module.run_blocks(plan, dataset, None)))
 
 
 def _assert_trains_on_whole_sections(proc: Path, cfg) -> None:

@@ -1,9 +1,10 @@
-"""The learning-curve study: budget choice by hand, the workflow's override order, a tiny study end to end
-(runs that stop early record where), and the Snakemake target (dry run)."""
+"""The learning-curve study: budget choice by hand, the workflow's override order, the tables collected from
+scored runs (runs that stop early or were cut record where), and the Snakemake target that runs its jobs."""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import shutil
@@ -14,9 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from alphastomics import plan as plan_module
 from alphastomics.__main__ import main as cli
 from alphastomics.analysis import study as STUDY
-from alphastomics.analysis.study import choose_budget, run_overrides
+from alphastomics.analysis.study import choose_budget
 from alphastomics.config import load_config
 from alphastomics.variants import VARIANTS
 
@@ -36,6 +38,11 @@ def test_chosen_budget_is_the_smallest_within_two_percent_of_the_top():
              for v, b, k in [("x", 100, 0.30), ("y", 100, 0.30), ("x", 300, 0.40), ("y", 300, 0.40),
                              ("x", 3000, 0.90)]]
     assert choose_budget(rows2, (100, 300, 3000)) == {"c": 300, "all": 300}
+
+
+def run_overrides(plan, dataset, variant, seed=None):
+    """The --set items of one run as the workflow gives them (common.smk stage_args -> alphastomics.plan)."""
+    return plan_module.set_items(*plan_module.run_blocks(plan, dataset, variant, seed))
 
 
 def test_run_overrides_follow_the_workflow_order():
@@ -62,68 +69,52 @@ def test_study_runs_of_the_shipped_config_train_the_variants_they_are_named_afte
     assert len(set(settings.values())) == len(settings)  # five variants, five different models
 
 
-TINY_MODEL = {
-    "TransformerLayer_setting": {"d_model": 16, "num_layers": 1, "num_heads": 2, "time_embed_dim": 16,
-                                 "num_position_frequencies": 2},
-    "data": {"max_cells": 32},
-    "diffusion": {"sampling_steps": 2},
-    # learning rate 0: the validation loss never improves, so with patience 1 every run stops at step 2
-    "training": {"batch_size": 1, "warmup_steps": 1, "learning_rate": 0.0, "val_every": 1, "val_batches": 1,
-                 "checkpoint_every": 100, "log_every": 1},
-    "evaluation": {"num_random_references": 1},
-}
+def _scored(run: Path, budget: int, knn: float) -> None:
+    ev = run / f"step{budget}" / "eval"
+    ev.mkdir(parents=True)
+    (ev / "metrics.json").write_text(json.dumps({"overall": {m: 0.5 for m in STUDY.METRICS} | {"knn_preservation": knn}}))
 
 
-def test_tiny_study_scores_every_budget_and_records_where_runs_stopped(tiny_processed, tmp_path, capsys):
-    (tmp_path / "data" / "tiny").mkdir(parents=True)
-    (tmp_path / "data" / "tiny" / "processed").symlink_to(tiny_processed)
-    model = tmp_path / "model.yaml"
-    model.write_text(yaml.safe_dump(TINY_MODEL))
-    plan = tmp_path / "plan.yaml"
-    plan.write_text(yaml.safe_dump({
-        "model_config": str(model),
-        "datasets": {"tiny": {"dataset": {"source": "synthetic"}}},
-        "variants": {"linear": {"overrides": {"TransformerLayer_setting": {"use_gated_attention": False}}}},
-    }))
+def test_tables_from_the_scored_runs_record_where_runs_stopped_or_were_cut(tmp_path, capsys):
     out = tmp_path / "study"
-    args = ["learning-curve", "--config", str(model), "--plan", str(plan), "--data-root",
-            str(tmp_path / "data"), "--out", str(out), "--variants", "linear", "--seeds", "0",
-            "--budgets", "1", "4", "--patience", "1", "--jobs", "1"]
-    # As the workflow runs it (workflow/rules/study.smk): the runs, the peer, then the tables alone.
-    assert cli(args + ["--only", "runs"]) == 0
-    assert (out / "runs/tiny/linear/seed0/step4/eval/metrics.json").exists()
-    assert not (out / "runs/tiny/peer_knn").exists() and not (out / "learning_curve.tsv").exists()
-    assert cli(args + ["--only", "peers"]) == 0
-    assert (out / "runs/tiny/peer_knn/seed0/eval/metrics.json").exists() and not (out / "learning_curve.tsv").exists()
-    assert cli(args + ["--no-train"]) == 0
+    stopped = out / "runs/tiny/linear/seed0"  # stopped early at step 2: budget 4 scored from its final weights
+    (stopped / "train").mkdir(parents=True)
+    (stopped / "train/train_summary.json").write_text(json.dumps({"steps": 2, "stopped_early": True,
+                                                                   "best_val_step": 1}))
+    log = [{"step": 1, "val_loss": 0.9, "elapsed_s": 1.0}, {"step": 2, "val_loss": 1.1, "elapsed_s": 2.0}]
+    (stopped / "train/metrics.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
+    cut = out / "runs/tiny/linear/seed1"  # cut (no summary): where it stopped and its best step from the log
+    (cut / "train/checkpoints").mkdir(parents=True)
+    (cut / "train/checkpoints/latest.pt").write_bytes(b"")
+    (cut / "train/metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"step": 1, "val_loss": 0.8, "elapsed_s": 1.0}, {"step": 3, "val_loss": 0.7, "elapsed_s": 3.0},
+        {"step": 4, "loss": 0.5, "elapsed_s": 4.0}]) + "\n")
+    for run, knn in ((stopped, 0.40), (cut, 0.44)):
+        _scored(run, 1, knn - 0.1)
+        _scored(run, 4, knn)
+    peer = out / "runs/tiny/peer_knn/seed0/eval"
+    peer.mkdir(parents=True)
+    (peer / "metrics.json").write_text(json.dumps({"overall": {m: 0.6 for m in STUDY.METRICS}}))
+    assert cli(["learning-curve", "--out", str(out), "--variants", "linear", "--seeds", "0", "1",
+                "--budgets", "1", "4"]) == 0
     rows = list(csv.DictReader((out / "learning_curve.tsv").open(), delimiter="\t"))
-    assert [(r["dataset"], r["variant"], r["budget"]) for r in rows] == [
-        ("tiny", "linear", "1"), ("tiny", "linear", "4")]
-    assert all(r["stopped_at"] == "2" and r["best_val_step"] == "1" for r in rows)
-    # Budget 4 lies past the stop: it is scored from the stopped run's final weights, budget 1 from step 1's.
-    run = out / "runs" / "tiny" / "linear" / "seed0"
-    assert (run / "train" / "checkpoints" / "step000001.pt").exists()
-    assert not (run / "train" / "checkpoints" / "step000004.pt").exists()
-    assert "step000001.pt" in (run / "study.log").read_text()
+    got = {(r["seed"], r["budget"]): (r["stopped_at"], r["best_val_step"], r["val_loss"]) for r in rows}
+    assert got == {("0", "1"): ("2", "1", "0.9"), ("0", "4"): ("2", "1", "1.1"),
+                   ("1", "1"): ("cut 4", "3", "0.8"), ("1", "4"): ("cut 4", "3", "0.7")}
     summary = (out / "learning_curve_summary.md").read_text()
     assert "kNN-regression peer" in summary and "chosen budget (tiny)" in summary
+    assert "| tiny | linear | 4 | 2 | 0.900 | 0.420 |" in summary  # (1.1 + 0.7) / 2, (0.40 + 0.44) / 2
     assert (out / "learning_curve.png").stat().st_size > 0
-    # A second call redoes nothing: every piece is there.
-    before = (run / "study.log").read_text()
-    assert cli(args) == 0
-    assert (run / "study.log").read_text() == before
 
 
-def test_unknown_variant_is_one_line_error(tmp_path, capsys):
-    rc = cli(["learning-curve", "--plan", str(REPO / "config" / "config.yaml"), "--variants", "nope",
-              "--out", str(tmp_path / "s")])
-    assert rc == 2
+def test_no_scored_runs_is_a_one_line_error(tmp_path, capsys):
+    assert cli(["learning-curve", "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "variants has no ['nope']" in err and "\n" not in err
+    assert err.startswith("error: ") and "no study runs; run make learning-curve" in err and "\n" not in err
 
 
 @pytest.mark.workflow
-def test_snakemake_learning_curve_target_dry_run(tmp_path):
+def test_snakemake_learning_curve_target_runs_every_job(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     for name in ("workflow", "config"):
@@ -131,34 +122,25 @@ def test_snakemake_learning_curve_target_dry_run(tmp_path):
     shutil.copy(REPO / "environment.yml", repo)
     if (REPO.parent / "shared").exists():
         (tmp_path / "shared").symlink_to(REPO.parent / "shared")
-    proc = subprocess.run([str(BIN / "snakemake"), "-n", "--cores", "2", "learning_curve"], cwd=repo,
+    proc = subprocess.run([str(BIN / "snakemake"), "-n", "-p", "--cores", "2", "learning_curve"], cwd=repo,
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    # one job per (data set, variant, seed) and per data set's peer, then the tables from what they scored
-    counts = dict(re.findall(r"^(study_run|study_peer|learning_curve)\s+(\d+)$", out, re.M))
-    assert counts == {"study_run": "12", "study_peer": "2", "learning_curve": "1"}  # 2 data sets x 3 x 2 seeds
-    assert "--only runs --datasets bdtnp --variants gated_headwise --seeds 1 --jobs 1" in out
-    assert "--only peers --datasets synthetic --jobs 1" in out
-    assert "--variants linear softmax gated_headwise --seeds 0 1 --no-train" in out
-
-
-def test_stop_after_ends_a_stage_once_its_checkpoint_exists(tmp_path):
-    # --stop-after: the stage is sent SIGTERM once the file appears; train answers by checkpointing and
-    # exiting 143, which counts as done. Here a stand-in process writes the file, then waits to be stopped.
-    from alphastomics.analysis.study import StudyError, _run
-
-    flag = tmp_path / "step000002.pt"
-    body = ("import pathlib, signal, sys, time; "
-            "signal.signal(signal.SIGTERM, lambda *a: sys.exit(143)); "
-            f"pathlib.Path({str(flag)!r}).write_text('x'); time.sleep(60)")
-    _run([sys.executable, "-c", body], tmp_path / "log", stop_when=flag)  # returns, no error
-    assert flag.exists()
-    # Without the file, a 143 is a failure like any other exit status.
-    with pytest.raises(StudyError, match="exited 143"):
-        _run([sys.executable, "-c", "import sys; sys.exit(143)"], tmp_path / "log2",
-             stop_when=tmp_path / "none")
+    # the workflow runs the jobs: per (data set, variant, seed) one training run, per kept checkpoint one
+    # sample and one evaluate, the peer per data set, then the tables from what they scored
+    counts = dict(re.findall(r"^(study_\w+|learning_curve)\s+(\d+)$", out, re.M))
+    runs, budgets = 2 * 3 * 2, len(STUDY.DEFAULT_BUDGETS)
+    assert counts == {"study_train": str(runs), "study_sample": str(runs * budgets),
+                      "study_evaluate": str(runs * budgets), "study_peer": "2", "learning_curve": "1"}
+    top = max(STUDY.DEFAULT_BUDGETS)
+    kept = ",".join(map(str, sorted(STUDY.DEFAULT_BUDGETS)))
+    assert f"--set training.max_steps={top}" in out and f"'training.keep_checkpoints=[{kept}]'" in out
+    assert "--set TransformerLayer_setting.attention=linear" in out  # the workflow's own run overrides
+    # a budget a run stopped before: sampled from the run's final weights
+    assert "results/study/runs/bdtnp/softmax/seed1/train/checkpoints/step000250.pt" in out
+    assert '[ -f "$ckpt" ] || ckpt=results/study/runs/bdtnp/softmax/seed1/train/final.pt' in out
+    assert "--variants linear softmax gated_headwise --seeds 0 1" in out
 
 
 def test_summary_rows_of_all_variants_are_the_means_the_budget_is_chosen_from(tmp_path):

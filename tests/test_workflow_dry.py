@@ -78,7 +78,7 @@ def test_make_powered_and_learning_curve_plan_their_designs(tmp_path):
     counts, _ = make_dry_run(repo, "powered")
     assert (counts["train"], counts["evaluate"]) == (runs, runs + folds)
     counts, _ = make_dry_run(repo, "learning-curve")
-    assert counts["study_run"] == 2 * 3 * 2
+    assert counts["study_train"] == 2 * 3 * 2
 
 
 def test_make_claims_plans_each_task_with_its_variants(tmp_path):
@@ -167,7 +167,7 @@ def test_slurm_profile_names_no_site_and_takes_it_from_the_environment(tmp_path,
     rules = "".join(p.read_text() for p in (REPO / "workflow/rules").glob("*.smk"))
     gpu_rule = re.compile(r"^rule (\w+):\n(?:    .*\n|\n)*?        gpu=", re.MULTILINE)
     asking = {m.group(1) for m in gpu_rule.finditer(rules)}
-    assert on_gpu == asking == {"train", "sample", "reassemble", "study_run"}
+    assert on_gpu == asking == {"train", "sample", "reassemble", "study_train", "study_sample"}
     monkeypatch.setenv("ALPHASTOMICS_SLURM_ACCOUNT", "")  # unset: SLURM's own variable is the account
     with open(REPO / "workflow/profiles/slurm/config.yaml") as fh:
         assert "slurm_account='other'" in ProfileConfigFileParser().parse(fh)["default-resources"]
@@ -319,7 +319,8 @@ def test_every_conda_env_exists_and_the_model_env_is_slim():
                 for method in METHODS if "{method}" in conda.group(1) else [None]:
                     path = smk.parent / conda.group(1).format(method=method)
                     assert path.is_file(), f"{smk.name}: rule {rule}: conda env {path} does not exist"
-    model_rules = {"train", "sample", "evaluate", "reassemble", "study_run", "study_peer", "learning_curve"}
+    model_rules = {"train", "sample", "evaluate", "reassemble", "study_train", "study_sample", "study_evaluate",
+                   "study_peer", "learning_curve"}
     assert {rule for rule, env in envs.items() if env == "../envs/model.yaml"} == model_rules
     deps = yaml.safe_load((REPO / "workflow/envs/model.yaml").read_text())["dependencies"]
     assert all(isinstance(d, str) for d in deps)  # conda packages only: no pip section

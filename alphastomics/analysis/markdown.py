@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,19 +29,19 @@ import numpy as np
 import pandas as pd
 
 from alphastomics.analysis import verdict as V
-from alphastomics.analysis.checks import NOT_INTERPRETED
+from alphastomics.analysis.checks import MIN_SEEDS, NOT_INTERPRETED
 from alphastomics.analysis.report_provenance import NOT_MEASURED
 from alphastomics.analysis.tables import (
     ReportError,
     claim_cells,
     contrast_name,
     dataset_label,
+    fmt,
     fmt_abs_ci,
     fmt_mde,
     fmt_p,
     fmt_pct,
     fmt_rel_ci,
-    not_computed_lines,
     plan_rows,
     short_decision,
 )
@@ -52,6 +53,8 @@ QUESTION = ("Does gated softmax attention (gated_headwise and the other gated va
             "attention on held-out tissue, by how much, and at what cost?")
 # The claims table's rows that say what the gate costs (alphastomics.analysis.claims)
 TRAINING_TIME, PARAMETERS = "training time", "parameter overhead per attention layer"
+# The design note's main comparison: its power plan and claims rows are the page's (the others: verdict.json)
+MAIN = "gated_headwise"
 
 
 @dataclass
@@ -121,6 +124,11 @@ def load(verdicts: Sequence[str | Path] | str | Path) -> list[Source]:
     return sources
 
 
+def _ditto(rows: list[dict[str, Any]], column: str) -> list[dict[str, Any]]:
+    """A column's cell left blank where it repeats the row above (rows grouped by it)."""
+    return [r | ({column: ""} if i and r[column] == rows[i - 1][column] else {}) for i, r in enumerate(rows)]
+
+
 def table(rows: list[dict[str, str]], columns: list[str]) -> list[str]:
     """Rows as a Markdown table (pandas + tabulate), cells as given ('|' would split a cell: '/')."""
     if not rows:
@@ -174,17 +182,16 @@ def commits(src: Source) -> list[str]:
 
 def header(sources: list[Source], command: str) -> list[str]:
     out = [TITLE, "",
-           f"Written whole by `{command}` from the verdicts below, in this order; rerun it after any of their "
-           "targets instead of editing this file. Held-out sections only, one value per seed (the "
-           "cell-weighted mean over the test sections); how to read the tables: docs/metrics.md, \"The "
-           "verdict\".", ""]
+           f"Written whole by `{command}` from the verdicts below, in this order; rerun it after their targets "
+           "rather than edit this file. Held-out sections only, one value per seed (the cell-weighted mean over "
+           "the test sections); how to read it: docs/metrics.md, \"The verdict\".", ""]
     for s in sources:
         if s.verdict is None:
             out.append(f"- `{s.path}` ({s.target}): not run for this page: run `{s.target}`")
             continue
         c = commits(s)
         where = (f"commit {c[0]}" if len(c) == 1 else f"commits {', '.join(c)} (its runs differ)" if c
-                 else "commit not recorded (neither the verdict nor its runs record one)")
+                 else "commit not recorded")
         unrecorded = ((s.verdict or {}).get("code") or {}).get("unrecorded") if c else None
         if unrecorded:
             where += f"; {unrecorded} outputs of its runs record none"
@@ -323,81 +330,39 @@ def _missing_sentence(sources: list[Source]) -> str:
 # The tables
 
 
+def _pct(x: Any) -> str:
+    return fmt_pct(x).removesuffix(" %")
+
+
 def _effect_cells(r: dict[str, Any]) -> dict[str, str]:
+    """Effect, decision and smallest detectable effect in columns of their own, the percent in the header."""
     if r.get("decision") == NOT_INTERPRETED:
-        return {"effect [95 % interval]": "", "decision": NOT_INTERPRETED, "smallest detectable": ""}
-    return {"effect [95 % interval]": fmt_rel_ci(r), "decision": short_decision(r.get("decision")),
-            "smallest detectable": fmt_mde(r.get("mde_relative"))}
+        return {EFFECT: "", "decision": NOT_INTERPRETED, DETECTABLE: ""}
+    effect = _pct(r.get("relative_change")) + (
+        f" [{_pct(r['relative_ci_low'])}, {_pct(r['relative_ci_high'])}]" if _finite(r.get("relative_ci_low"))
+        else "")
+    return {EFFECT: effect, "decision": short_decision(r.get("decision")),
+            DETECTABLE: fmt_mde(r.get("mde_relative")).removesuffix(" %")}
 
 
-def _contrasts(sources: list[Source]) -> list[tuple[str, str]]:
-    """Every declared contrast of the verdicts, the question's first, each in order of first appearance."""
-    pairs = list(dict.fromkeys(tuple(c) for s in sources if s.verdict
-                               for c in s.verdict["family"]["contrasts"]))
-    q = [p for p in pairs if any(s.question(*p) for s in sources if s.verdict)]
-    return q + [p for p in pairs if p not in q]
+EFFECT, DETECTABLE = "effect % [95 % interval]", "smallest detectable %"
+EFFECT_COLUMNS = [EFFECT, "decision", DETECTABLE]
 
 
-def across(sources: list[Source]) -> list[str]:
-    """Each declared contrast on every data set: rows = data set x primary metric (effect [95 % interval],
-    decision and smallest detectable effect in columns of their own), then the pooled estimates; what could
-    not be tested, in one line per contrast."""
+def pooled_table(sources: list[Source]) -> list[str]:
+    """The pooled estimates over 2 or more real tissues (what the comparison across tissues adds to the tables
+    of each data set), one row per contrast and metric, the question's contrasts first."""
     present = [s for s in sources if s.verdict]
-    cols = ["data set", "kind", "seeds", "metric", "effect [95 % interval]", "decision", "smallest detectable"]
-    out = ["## Every contrast on every data set", "",
-           "Relative change of the mean paired difference over seeds [95 % t interval]; the decision and the "
-           "smallest detectable effect of the data set's family (Holm, 80 % power). Pooled rows: "
-           "DerSimonian-Laird random effects over the real tissues, the interval and decision from the "
-           "Hartung-Knapp-Sidik-Jonkman t interval with its scale floored at 1 (docs/metrics.md, \"Across "
-           "tissues\").", ""]
-    pooled = _pooled(present)
-    for variant, reference in _contrasts(present):
-        rows, not_tested = [], {}
-        for s in present:
-            entries = [e for e in (s.verdict.get("across_tissues") or {}).get("contrasts", [])
-                       if (e["variant"], e["reference"]) == (variant, reference)]
-            declared = [variant, reference] in s.verdict["family"]["contrasts"]
-            if not declared or not entries:  # not declared there, or measured on none of its data sets
-                why = f"not declared by {s.target}" if not declared else next(
-                    (u["reason"] for u in (s.verdict.get("across_tissues") or {}).get("untested", [])
-                     if (u["variant"], u["reference"]) == (variant, reference)), "not tested")
-                not_tested.setdefault(why, {}).update({label: [] for label in s.labels.values()})
-                continue
-            for ds in s.datasets:
-                label = s.labels[ds["dataset"]]
-                for e in entries:
-                    r = next((x for x in e["rows"] if x["dataset"] == ds["dataset"]
-                              and x["from"] == V.THIS_CAMPAIGN), None)
-                    if r is None:
-                        continue
-                    if r["status"] != "tested":
-                        not_tested.setdefault(r["status"], {}).setdefault(label, []).append(e["metric"])
-                        continue
-                    rows.append({"data set": label, "kind": r["kind"] or "not recorded", "seeds": str(r["n"]),
-                                 "metric": e["metric"]} | _effect_cells(r))
-        notes = []
-        for s, e in pooled:
-            if (e["variant"], e["reference"]) != (variant, reference):
-                continue
-            p = e["pooled"]
-            rows.append({"data set": "pooled: " + ", ".join(map(dataset_label, p["tissues"])),
-                         "kind": "real sections, random effects", "seeds": f"{p['k']} tissues",
-                         "metric": e["metric"]} | _effect_cells(p))
-            tau = f"{100 * math.sqrt(p['tau2']):.1f} %" if _finite(p.get("tau2")) else NOT_MEASURED
-            dl = f"[{fmt_pct(p.get('dl_ci_low')).removesuffix(' %')}, {fmt_pct(p.get('dl_ci_high'))}]"
-            notes.append(f"{e['metric']} {dl}, \u03c4 {tau}, I\u00b2 {100 * (p.get('i2') or 0):.0f} %")
-        out += [f"### {contrast_name(variant, reference)}", ""] + table(rows, cols)
-        if not rows:
-            out += ["Tested on no data set.", ""]
-        if notes:
-            out += ["Pooled, the DerSimonian-Laird normal interval, the between-tissue sd \u03c4 and I\u00b2: "
-                    + "; ".join(notes) + ".", ""]
-        if not_tested:
-            out += ["Not tested: " + "; ".join(
-                f"{why}: " + ", ".join(label + (f" ({', '.join(ms)})" if ms else "")
-                                       for label, ms in where.items())
-                for why, where in not_tested.items()) + ".", ""]
-    return out
+    pooled = sorted(_pooled(present), key=lambda se: not se[0].question(se[1]["variant"], se[1]["reference"]))
+    if not pooled:
+        return []
+    rows = [{"contrast": contrast_name(e["variant"], e["reference"]), "metric": e["metric"]}
+            | _effect_cells(e["pooled"]) | {"tissues pooled": ", ".join(map(dataset_label, e["pooled"]["tissues"]))}
+            for _, e in pooled]
+    return ["## Pooled over the real tissues", "",
+            "DerSimonian-Laird random effects over the real tissues; the interval and decision from the "
+            "Hartung-Knapp-Sidik-Jonkman t interval, its scale floored at 1 (docs/metrics.md, \"Across "
+            "tissues\").", ""] + table(_ditto(rows, "contrast"), ["contrast", "metric"] + EFFECT_COLUMNS + ["tissues pooled"])
 
 
 def declared_order(records: list[dict[str, Any]], family: dict[str, Any]) -> list[dict[str, Any]]:
@@ -412,49 +377,76 @@ def declared_order(records: list[dict[str, Any]], family: dict[str, Any]) -> lis
     return sorted(records, key=rank)
 
 
-def dataset_section(src: Source, ds: dict[str, Any]) -> list[str]:
-    """One data set: its seeds, learning gate, warnings, then rows = contrast x primary metric, columns =
-    effect [95 % interval], p_Holm, decision, smallest detectable effect."""
+def _warning(w: dict[str, Any]) -> str:
+    """A data set's warning in a few words (the whole message is in verdict.json, 'warnings')."""
+    if w.get("kind") == "few seeds":
+        n = re.match(r"[\d or]+", w["message"])
+        return f"{n.group(0).strip() if n else 'few'} seeds, fewer than {MIN_SEEDS}"
+    if w.get("kind") == "early best validation":
+        runs = w.get("runs") or []
+        total = re.search(r" of (\d+) runs", w["message"])
+        return (f"{len(runs)}{' of ' + total.group(1) if total else ''} runs best on validation early in "
+                "training (docs/training.md)")
+    return w["message"]
+
+
+def _not_computed(ds: dict[str, Any]) -> str:
+    return "; ".join(f"{', '.join(e['metrics'])} ({'no cell-type labels' if e['reason'] == V.NO_CELL_TYPES_WHY else e['reason']})"
+                     for e in ds.get("not_computed") or [])
+
+
+def dataset_line(src: Source, ds: dict[str, Any]) -> str:
+    """One line: the data set, its target, seeds, learning gate, tests, warnings, what was not computed."""
     gate = ds.get("learning_gate") or {}
-    seeds = "/".join(map(str, sorted({len(x) for x in ds["seeds"].values()})))
-    out = [f"### {src.labels[ds['dataset']]}", ""]
+    label = src.labels[ds["dataset"]]
+    seeds = "/".join(map(str, sorted({len(x) for x in ds["seeds"].values()}))) or "0"
+    known = src.target.startswith("make ") and not label.endswith(f"({src.target})")
+    head = f"**{label}**" + (f" ({src.target})" if known else "") + f": {seeds} seeds"
     if gate.get("outcome") == "not learned":
-        msg = gate["message"]
-        out += [f"**{msg[:1].upper() + msg[1:]}.** {seeds} seeds per variant; every contrast is not "
-                "interpreted: the mean paired difference in the metric's units [95 % t interval over seeds], "
-                "no decision (verdict.json, 'learning_gate').", ""]
+        msg = gate["message"].removeprefix("the models did not learn this tissue: ")
+        head += (f"; **the models did not learn it** ({msg}): every contrast is not interpreted, the mean paired "
+                 "difference in the metric's units [95 % t interval over seeds]")
     else:
-        alpha = src.verdict["family"].get("alpha", 0.05)
-        out += [f"{seeds} seeds per variant; {len(ds['records'])} tests, Holm-adjusted over the data set's "
-                f"family; better or worse only when p_Holm < {alpha:g}."
-                + (f" Learning gate: {gate['message']}." if gate else ""), ""]
-    for line in [f"Warning: {w['message']}." for w in ds.get("warnings", [])] + [
-            f"Not computed on {ds['dataset']}: {n}." for n in not_computed_lines(ds)]:
-        out += [line, ""]
+        learned = [e["metric"] for e in gate.get("metrics") or [] if e.get("outcome") == "learned"]
+        outcome = gate.get("message") if gate.get("outcome") == "not assessed" else gate.get("outcome")
+        head += (f"; learning gate: {outcome}" + (f" ({', '.join(learned)})" if learned else "") if gate else "")
+        head += f"; {len(ds['records'])} tests, Holm over the data set"
+    out = [head + "."]
+    out += [f"Warning: {_warning(w)}." for w in ds.get("warnings", [])]
+    if _not_computed(ds):
+        out.append(f"Not computed: {_not_computed(ds)}.")
+    return " ".join(out)
+
+
+def dataset_section(src: Source, ds: dict[str, Any]) -> list[str]:
+    """One data set: its line, then rows = contrast x primary metric, columns = effect [95 % interval],
+    decision, smallest detectable effect (a data set the models did not learn: the differences, not
+    interpreted)."""
+    out = [dataset_line(src, ds), ""]
     if not ds["records"]:
-        return out + ["No declared contrast could be tested here (see verdict.json, 'skipped').", ""]
+        return out + ["No declared contrast could be tested here (verdict.json, 'skipped').", ""]
     records = declared_order(ds["records"], src.verdict["family"])
-    if gate.get("outcome") == "not learned":
+    if (ds.get("learning_gate") or {}).get("outcome") == "not learned":
         rows = [{"contrast": contrast_name(r["variant"], r["reference"]), "metric": r["metric"],
                  "difference [95 % interval] (metric's units)": fmt_abs_ci(r).removeprefix("difference "),
                  "decision": r["decision"]} for r in records]
-        return out + table(rows, ["contrast", "metric", "difference [95 % interval] (metric's units)",
-                                  "decision"])
+        return out + table(_ditto(rows, "contrast"), ["contrast", "metric",
+                                                      "difference [95 % interval] (metric's units)", "decision"])
     rows = []
     for r in records:
-        row = {"contrast": contrast_name(r["variant"], r["reference"]), "metric": r["metric"],
-               "p_Holm": fmt_p(r.get("holm_p")) if r["decision"] != NOT_INTERPRETED else ""} | _effect_cells(r)
+        row = {"contrast": contrast_name(r["variant"], r["reference"]), "metric": r["metric"]} | _effect_cells(r)
         if r["decision"] == NOT_INTERPRETED:
-            row["effect [95 % interval]"] = fmt_abs_ci(r)
+            row[EFFECT] = fmt_abs_ci(r)
         rows.append(row)
-    return out + table(rows, ["contrast", "metric", "effect [95 % interval]", "p_Holm", "decision",
-                              "smallest detectable"])
+    return out + table(_ditto(rows, "contrast"), ["contrast", "metric"] + EFFECT_COLUMNS)
 
 
 def per_dataset(sources: list[Source]) -> list[str]:
+    alpha = next((s.verdict["family"].get("alpha", 0.05) for s in sources if s.verdict), 0.05)
     out = ["## Each data set", "",
            "Rows: the declared contrasts x the primary metrics; relative change of the mean paired difference "
-           "[95 % t interval over seeds], Holm-adjusted p over the data set's family.", ""]
+           f"[95 % t interval over seeds]; better or worse only when p_Holm < {alpha:g} (Holm over the data "
+           "set's family); smallest detectable at 80 % power.", ""]
     for s in sources:
         for ds in s.datasets:
             out += dataset_section(s, ds)
@@ -462,41 +454,41 @@ def per_dataset(sources: list[Source]) -> list[str]:
 
 
 def peers(sources: list[Source]) -> list[str]:
-    """The peers of all data sets in one table (per held-out section, the model's mean over seeds against the
-    peer); the comparisons that could not be tested in one sentence per data set."""
-    rows, untested = [], []
+    """The tested peer comparisons of all data sets in one table (per held-out section, the model's mean over
+    seeds against the peer); every untested one in one sentence for the page: counts per data set and why."""
+    rows, untested = [], {}
     for s in sources:
         for ds in s.datasets:
-            label, skipped = s.labels[ds["dataset"]], {}
+            label = s.labels[ds["dataset"]]
             for r in ds["peers"]:
                 if r["decision"] == NOT_INTERPRETED or not _finite(r.get("p_value")):
-                    skipped.setdefault(r["decision"], []).append(r)
+                    few = re.fullmatch(r"too few sections to test \((\d+) < (\d+)\)", r["decision"])
+                    why = f"too few held-out sections to test (fewer than {few[2]})" if few else r["decision"]
+                    count, _ = untested.setdefault(why, {}).get(label, (0, ""))
+                    untested[why][label] = (count + 1, f" ({few[1]} section{'s' * (few[1] != '1')})" if few else "")
                     continue
                 rows.append({"data set": label, "variant": r["variant"], "peer": r["peer"],
                              "metric": r["metric"], "sections": str(r["n"])} | _effect_cells(r))
-            if skipped:
-                clauses = []
-                for why, rs in skipped.items():
-                    names = [", ".join(dict.fromkeys(r[k] for r in rs)) for k in ("variant", "peer", "metric")]
-                    clauses.append(f"{len(rs)} comparisons ({names[0]} against {names[1]}; {names[2]}): {why}")
-                untested.append(f"{label}: " + "; ".join(clauses) + ".")
     if not rows and not untested:
         return []
-    out = ["## Peers", "",
-           "Per held-out section: the model's mean over seeds against the peer's value, relative change [95 % t "
-           "interval over sections], Holm over the data set's peer tests.", ""]
-    out += table(rows, ["data set", "variant", "peer", "metric", "sections", "effect [95 % interval]",
-                        "decision", "smallest detectable"]) or ["No peer comparison could be tested.", ""]
+    out = ["## Peers", ""]
+    if rows:
+        out += ["Per held-out section: the model's mean over seeds against the peer's value, relative change "
+                "[95 % t interval over sections], Holm over the data set's peer tests.", ""]
+        out += table(rows, ["data set", "variant", "peer", "metric", "sections"] + EFFECT_COLUMNS)
     if untested:
-        out += ["Not tested (each one's per-section differences are in its verdict.json, 'peers'): "
-                + " ".join(untested), ""]
+        n = sum(c for where in untested.values() for c, _ in where.values())
+        out += [f"{'Not tested' if rows else 'No peer comparison could be tested'}: {n} comparisons, "
+                + "; ".join(f"{why}: " + ", ".join(f"{label} {c}{note}" for label, (c, note) in where.items())
+                            for why, where in untested.items())
+                + " (the per-section differences: verdict.json, 'peers').", ""]
     return out
 
 
 def claims_rows(sources: list[Source]) -> tuple[list[dict[str, Any]], list[Source]]:
     """The claims table: all rows of the claims campaign's verdict (make claims; else the verdict with the most
     measured rows), then the measured rows of the other verdicts that it lacks; a claim measured somewhere
-    loses its 'not measured' rows. Also the verdicts the rows came from."""
+    loses its 'not measured' rows. Also the verdicts the rows came from, the first one first."""
     have = [s for s in sources if (s.verdict or {}).get("claims")]
     if not have:
         return [], []
@@ -516,45 +508,149 @@ def claims_rows(sources: list[Source]) -> tuple[list[dict[str, Any]], list[Sourc
             keys |= {key(r) for r in more}
     measured = {r["claim"] for r in rows if r["mark"] != NOT_MEASURED}
     rows = [r for r in rows if r["mark"] != NOT_MEASURED or r["claim"] not in measured]
-    return rows, [s for s in have if any(r["_from"] == s.target for r in rows)]
+    return rows, [first] + [s for s in have if s is not first and any(r["_from"] == s.target for r in rows)]
 
 
-def claims(rows: list[dict[str, Any]], used: list[Source]) -> list[str]:
+GATE_UNITS = ("gate range over t", "gate mean")
+
+
+def _measured(r: dict[str, Any]) -> str:
+    """A claims row's measurement, compact: what every row of its kind shares is said once under the table."""
+    unit = r.get("unit")
+    if r["mark"] == NOT_MEASURED and r.get("measured") is None:
+        return r.get("why") or NOT_MEASURED
+    if unit == "relative":
+        return claim_cells(r | {"n": None, "why": None})["measured"]
+    if unit == "share":
+        lo, hi = (f"{100 * r[k]:.1f}" if _finite(r.get(k)) else "?" for k in ("ci_low", "ci_high"))
+        return (f"{100 * r['measured']:.1f} % (seeds {lo}-{hi} %)"
+                + (f"; softmax {100 * r['control']:.1f} %" if _finite(r.get("control")) else ""))
+    if unit == "gate range over t":
+        return (f"range {fmt(r.get('measured'))} (seed sd {fmt(r.get('seed_sd'))}), F {fmt(r.get('f'))}, "
+                f"p_Holm {fmt_p(r.get('holm_p'))}")
+    if unit == "gate mean":
+        below = f", {100 * r['share_below']:.1f} % below 0.1" if _finite(r.get("share_below")) else ""
+        return f"mean {fmt(r.get('measured'))} [{fmt(r.get('ci_low'))}, {fmt(r.get('ci_high'))}], std {fmt(r.get('std'))}{below}"
+    return claim_cells(r | {"why": None})["measured"]
+
+
+def _merge_layers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The gate's rows of one claim, data set and variant, one per layer, as one row: 'layer 0: ...; layer 1:
+    ...' (and the marks, unless they agree)."""
+    out: list[dict[str, Any]] = []
+    groups: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        cell = {"r": r, "measured": _measured(r), "mark": r["mark"]}
+        if r.get("unit") not in GATE_UNITS or r.get("layer") is None:
+            out.append(cell)
+            continue
+        k = (r["claim"], r.get("dataset"), r.get("task"), r.get("variant"), r["_from"])
+        if k not in groups:
+            groups[k] = cell | {"layers": []}
+            out.append(groups[k])
+        groups[k]["layers"].append((r["layer"], cell["measured"], r["mark"]))
+    for g in groups.values():
+        layers = g.pop("layers")
+        g["measured"] = "; ".join(f"layer {la}: {m}" for la, m, _ in layers)
+        marks = list(dict.fromkeys(m for _, _, m in layers))
+        g["mark"] = marks[0] if len(marks) == 1 else ", ".join(f"layer {la} {m}" for la, _, m in layers)
+    return out
+
+
+def _mark(mark: str) -> str:
+    """A mark's first words, for a tally ('met, but so does the ungated control' counts as met)."""
+    return next((w for w in ("not met", "not measured", "not detected", "inconclusive", "met", "measured")
+                 if mark.startswith(w)), mark)
+
+
+def claims(rows: list[dict[str, Any]], used: list[Source], baseline: str) -> list[str]:
+    """The claims of gated_headwise (the design note's main variant) and those of no variant: one row per claim
+    and data set (the gate's layers in one row), in the note's order; a claim or expectation said once for
+    the rows under it; what the rows of a kind share, said once under the table. The other variants' rows and
+    those not interpreted: counted in one sentence."""
     if not rows:
         return []
-    cols = ["claim", "data set (task)", "variant", "expected", "measured [95 % interval]", "detectable", "result"]
-    cells = []
-    for r in rows:
-        c = claim_cells(r)
-        cells.append({"claim": c["claim"], "data set (task)": c["where"], "variant": c["who"],
-                      "expected": c["expected"], "measured [95 % interval]": c["measured"],
-                      "detectable": c["detectable"], "result": c["mark"], "from": r["_from"]})
-    if len(used) > 1:
-        cols.append("from")
-    return ["## The design note's claims", "",
-            f"From {', '.join(f'`{s.path}`' for s in used)}: one row per claim, data set and variant; relative "
-            "changes against linear with their 95 % interval over seeds and the smallest effect the seeds detect "
-            "(docs/metrics.md, \"The claims table\").", ""] + table(cells, cols)
+    order = list(dict.fromkeys(r["claim"] for r in rows))
+    shown = sorted((r for r in rows if r.get("variant") in (None, "", MAIN) and r["mark"] != NOT_INTERPRETED),
+                   key=lambda r: order.index(r["claim"]))
+    others = [r for r in rows if r.get("variant") not in (None, "", MAIN) or r["mark"] == NOT_INTERPRETED]
+    sources: dict[str, set[str]] = {}
+    tasks: dict[str, set[str]] = {}
+    for r in shown:
+        if r.get("dataset"):
+            sources.setdefault(r["dataset"], set()).add(r["_from"])
+            tasks.setdefault(r["dataset"], set()).add(r.get("task") or "")
+    cells, prev = [], ("", "")
+    for c in _merge_layers(shown):
+        r = c["r"]
+        ds = r.get("dataset")
+        where = (dataset_label(ds) + (f" ({r['task']})" if r.get("task") and len(tasks[ds]) > 1 else "")
+                 + (f" ({r['_from']})" if len(sources[ds]) > 1 and r["_from"] != used[0].target else "")
+                 if ds else "the note's size" if _finite(r.get("measured")) else "")
+        expected = r.get("expected") or ""
+        cells.append({"claim": "" if r["claim"] == prev[0] else r["claim"], "data set": where,
+                      "expected": "" if (r["claim"], expected) == prev else expected,
+                      "measured [95 % interval]": c["measured"], "result": c["mark"]})
+        prev = (r["claim"], expected)
+    whys: dict[str, dict[str, None]] = {}
+    for r in shown:
+        if r.get("why") and r["mark"] != NOT_MEASURED:
+            whys.setdefault(r["claim"], {})[r["why"]] = None
+    notes = [f"{claim}: {'; '.join(w)}" for claim, w in whys.items()]
+    if any(r.get("unit") == "share" for r in shown):
+        notes.append("no attention sink: the worst head's largest share of attention on one cell (its range over "
+                     "seeds), beside the softmax control's worst head")
+    times = next((r.get("times") for r in shown if r.get("unit") == "gate range over t" and r.get("times")), None)
+    if times:
+        notes.append(f"the gate over t: the range of its mean over t = {', '.join(f'{t:g}' for t in times)}, "
+                     "against its seed-to-seed sd")
+    out = ["## The design note's claims", "",
+           f"From {', '.join(f'`{s.path}`' for s in used)}: {MAIN} against {baseline} (unless the expected cell "
+           "names another), relative changes with their 95 % interval over seeds; a blank claim or expected cell "
+           "repeats the row above (docs/metrics.md, \"The claims table\").", ""] + table(
+        cells, ["claim", "data set", "expected", "measured [95 % interval]", "result"])
+    if notes:
+        out += ["Measured: " + "; ".join(notes) + ".", ""]
+    if others:
+        by: dict[str, list[dict[str, Any]]] = {}
+        for r in others:
+            by.setdefault(NOT_INTERPRETED if r["mark"] == NOT_INTERPRETED else r.get("variant"), []).append(r)
+        parts = []
+        for k, rs in by.items():
+            marks = list(dict.fromkeys(_mark(r["mark"]) for r in rs))
+            tally = ", ".join(f"{sum(_mark(r['mark']) == m for r in rs)} {m}" for m in marks)
+            where = ", ".join(dict.fromkeys(dataset_label(r["dataset"]) for r in rs if r.get("dataset")))
+            parts.append(f"{len(rs)} not interpreted (the models did not learn {where})" if k == NOT_INTERPRETED
+                         else f"{len(rs)} of {k} ({tally})")
+        out += [f"Not shown: {'; '.join(parts)}; every row is in its verdict.json, 'claims'.", ""]
+    return out
 
 
 def power_plan(sources: list[Source]) -> list[str]:
-    """The power plan of the question's contrasts only (each gated variant against the baseline)."""
+    """The power plan of the question's contrast only: gated_headwise against the baseline."""
     rows, target = [], None
     for s in sources:
         for ds in s.datasets:
-            plan = [r for r in ds.get("power_plan") or [] if s.question(r["variant"], r["reference"])]
+            plan = [r for r in ds.get("power_plan") or [] if (r["variant"], r["reference"]) == (MAIN, s.baseline)]
             plan = declared_order(plan, s.verdict["family"])
             target = target or next((r.get("target") for r in plan), None)
-            rows += [{"data set": s.labels[ds["dataset"]]} | r for r in plan_rows({"power_plan": plan})]
+            for r, cells in zip(plan, plan_rows({"power_plan": plan})):
+                minutes = r.get("train_minutes")
+                rows.append({
+                    "data set": s.labels[ds["dataset"]], "metric": r["metric"],
+                    "smallest detectable now": (f"{fmt_mde(r['mde_relative'])} ({r['n']} seeds)"
+                                                if _finite(r.get("mde_relative")) else cells["now"]),
+                    "seeds needed": cells["needed"],
+                    "train-job minutes (per seed)": (f"{minutes:,.0f} ({fmt(r['train_minutes_per_seed'])})"
+                                                     if _finite(minutes) else cells["cost"])})
     if not rows:
         return []
+    baseline = next(s.baseline for s in sources if s.verdict)
     goal = f"{100 * target:.0f} %" if _finite(target) else "the target"
-    return ["## Power plan of the question's contrasts", "",
-            f"Seeds for a {goal} smallest detectable effect at the observed spread, each gated variant against "
-            "the baseline (the other contrasts' plans are in their verdict.json, 'power_plan').", ""] + table(
-        [r | {"smallest detectable now": r["now"], "seeds needed": r["needed"], "training cost": r["cost"]}
-         for r in rows],
-        ["data set", "contrast", "metric", "smallest detectable now", "seeds needed", "training cost"])
+    return [f"## Power plan: {contrast_name(MAIN, baseline)}", "",
+            f"Seeds for a {goal} smallest detectable effect at the observed spread (the other contrasts' plans: "
+            "verdict.json, 'power_plan').", ""] + table(
+        rows, ["data set", "metric", "smallest detectable now", "seeds needed", "train-job minutes (per seed)"])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -569,8 +665,10 @@ def markdown_summary(verdicts: Sequence[str | Path] | str | Path) -> str:
 
 def _body(sources: list[Source]) -> str:
     rows, used = claims_rows(sources)
+    baseline = next(s.baseline for s in sources if s.verdict)
     out = ["## The answer", "", answer(sources, rows), ""]
-    out += across(sources) + per_dataset(sources) + peers(sources) + claims(rows, used) + power_plan(sources)
+    out += (per_dataset(sources) + pooled_table(sources) + peers(sources) + claims(rows, used, baseline)
+            + power_plan(sources))
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -1,25 +1,19 @@
 """The learning-curve study (docs/training.md, "How long to train"): quality against training steps.
 
-``python -m alphastomics learning-curve --plan config/config.yaml --data-root results/data``
-``--out results/study`` (= ``make learning-curve``)
+``make learning-curve`` (= ``snakemake learning_curve``, workflow/rules/study.smk) runs the jobs: for every
+(data set, variant, seed) one training run of ``max(budgets)`` steps keeps its checkpoint (EMA weights) at each
+budget (``training.keep_checkpoints``) and stops early when the validation loss has not improved for
+``DEFAULT_PATIENCE`` validations; every kept checkpoint is sampled on the test sections and scored by
+``evaluate``, like a run of the main workflow, and the kNN-regression peer is scored once per data set. One
+run per seed, not one per budget (a quarter of the compute): the learning rate at step s of a long run has not
+decayed as it has at the end of a run with max_steps = s (cosine schedule), so a budget's point is the quality
+of weights trained at a still-high learning rate, not that of a run of that length. A budget past the step
+where a run stopped early is scored from the stopped run's final weights.
 
-For every (data set, variant, seed) one training run of ``max(budgets)`` steps keeps its checkpoint (EMA
-weights) at each budget (``training.keep_checkpoints``) and stops early when the validation loss has not
-improved for ``--patience`` validations; every kept checkpoint is sampled on the test sections and scored by
-``evaluate``, like a run of the main workflow. One run per seed, not one per budget (a quarter of the
-compute): the learning rate at step s of a long run has not decayed as it has at the end of a run with
-max_steps = s (cosine schedule), so a budget's point is the quality of weights trained at a still-high
-learning rate, not that of a run of that length; docs/training.md compares the two where measured. A
-budget past the step where a run stopped early is scored from the stopped run's final weights. The
-kNN-regression peer is scored once per data set for reference.
-``--stop-after N`` cuts every run after step N (SIGTERM; train checkpoints and exits), keeping the schedule
-of max(budgets): the budgets up to N are scored as if the run had gone on, for a study cut for time.
-``--no-train`` trains nothing: it scores what the runs have kept so far and writes the tables. ``--set
-key=value`` applies to every training run (after the plan's overrides; the study's own keys win).
-
-Outputs under --out: runs/{dataset}/{variant}/seed{seed}/ (train folder, step{N}/metrics.json),
-learning_curve.tsv (one row per data set x variant x seed x budget), learning_curve_summary.md (means over
-seeds, where runs stopped, the chosen budget) and learning_curve.png. Finished pieces are not redone.
+This module collects and plots: ``python -m alphastomics learning-curve --out results/study`` reads the scores
+under ``--out``/runs/{dataset}/{variant}/seed{seed}/step{N}/eval/metrics.json and writes learning_curve.tsv (one
+row per data set x variant x seed x budget), learning_curve_summary.md (means over seeds, where runs stopped,
+the chosen budget) and learning_curve.png.
 """
 
 from __future__ import annotations
@@ -27,18 +21,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from alphastomics import AlphaSTomicsError
-from alphastomics import plan as plan_module
 from alphastomics.layout import peer_variant, run_folder
 
 DEFAULT_VARIANTS = ("linear", "softmax", "gated_headwise")
@@ -52,88 +39,6 @@ ALL_VARIANTS = "all variants"  # the summary's rows of means over variants and s
 
 class StudyError(AlphaSTomicsError):
     pass
-
-
-def run_overrides(plan: dict[str, Any], dataset: str, variant: str | None, seed: int | None = None) -> list[str]:
-    """``--set`` items of one study run: the workflow's own (``alphastomics.plan.run_blocks``: the named
-    variant's attention settings included), so a study run trains what the workflow's run of that name
-    trains; ``variant`` None: the peer's."""
-    return plan_module.set_items(*plan_module.run_blocks(plan, dataset, variant, seed))
-
-
-def _sets(items: list[str]) -> list[str]:
-    return [a for item in items for a in ("--set", item)]
-
-
-def _run(cmd: list[str], log: Path, stop_when: Path | None = None) -> None:
-    """Run one stage, output to ``log``; with ``stop_when``, SIGTERM it once that file exists (train then
-    saves checkpoints/latest.pt and exits 143, which counts as done here)."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    with log.open("a") as fh:
-        fh.write("$ " + " ".join(cmd) + "\n")
-        fh.flush()
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-        while stop_when is not None and proc.poll() is None and not stop_when.exists():
-            time.sleep(2)
-        if stop_when is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        rc = proc.wait()
-    if rc == 128 + signal.SIGTERM and stop_when is not None and stop_when.exists():
-        return
-    if rc != 0:
-        raise StudyError(f"{log}: '{' '.join(cmd[:4])} ...' exited {rc}; see the log, fix, rerun "
-                         "(finished parts are kept)")
-
-
-def _score(model_config: str, sets: list[str], samples_cmd: list[str], samples: Path, data: Path,
-           out: Path, log: Path) -> None:
-    if (out / "metrics.json").exists():
-        return
-    if not samples.exists():
-        _run(samples_cmd, log)
-    _run([sys.executable, "-m", "alphastomics", "evaluate", "--config", model_config, *_sets(sets),
-          "--samples", str(samples), "--data_dir", str(data), "--out", str(out)], log)
-
-
-def one_run(plan: dict[str, Any], model_config: str, data: Path, out: Path, dataset: str, variant: str,
-            seed: int, budgets: tuple[int, ...], patience: int, stop_after: int | None = None,
-            train: bool = True, extra: tuple[str, ...] = ()) -> None:
-    """Train one (data set, variant, seed) to max(budgets) (or cut after step ``stop_after``, the schedule
-    unchanged), then score each kept checkpoint."""
-    run = run_folder(out / "runs", dataset, variant, seed)
-    top = max(budgets)
-    sets = run_overrides(plan, dataset, variant, seed) + list(extra) + [
-        f"training.max_steps={top}", f"training.early_stopping_patience={patience}",
-        f"training.keep_checkpoints=[{','.join(str(b) for b in budgets)}]"]
-    log = run / "study.log"
-    cut = run / "train" / "checkpoints" / f"step{stop_after:06d}.pt" if stop_after else None
-    finished = (run / "train" / "final.pt").exists() or (cut is not None and cut.exists())
-    if not finished and train:
-        _run([sys.executable, "-m", "alphastomics", "train", "--config", model_config, *_sets(sets),
-              "--restart-if-config-changed", "--data_dir", str(data), "--out", str(run / "train")], log,
-             stop_when=cut)
-    for b in budgets:
-        if stop_after and b > stop_after and not (run / "train" / "final.pt").exists():
-            continue  # cut before this budget
-        if not finished and not train and not (run / "train" / "checkpoints" / f"step{b:06d}.pt").exists():
-            continue  # --no-train: only what an unfinished run has kept
-        ckpt = run / "train" / "checkpoints" / f"step{b:06d}.pt"
-        if not ckpt.exists():  # stopped early before b: the final weights stand for every later budget
-            ckpt = run / "train" / "final.pt"
-        samples = run / f"step{b}" / "samples.parquet"
-        cmd = [sys.executable, "-m", "alphastomics", "sample", "--config", model_config, *_sets(sets),
-               "--checkpoint", str(ckpt), "--data_dir", str(data), "--out", str(samples)]
-        _score(model_config, sets, cmd, samples, data, run / f"step{b}" / "eval", log)
-
-
-def peer_run(plan: dict[str, Any], model_config: str, data: Path, out: Path, dataset: str) -> None:
-    run = run_folder(out / "runs", dataset, peer_variant("knn"), 0)
-    sets = run_overrides(plan, dataset, None)
-    samples = run / "samples.parquet"
-    cmd = [sys.executable, "-m", "alphastomics", "baseline", "--config", model_config, *_sets(sets),
-           "--method", "knn", "--seed", "0", "--data_dir", str(data), "--out", str(samples)]
-    _score(model_config, sets, cmd, samples, data, run / "eval", run / "study.log")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -307,51 +212,22 @@ def plot(out: Path, rows: list[dict[str, Any]], budgets: tuple[int, ...],
 
 
 def main(args: Any, cfg: Any) -> int:
-    plan_path = Path(args.plan)
-    try:
-        plan = yaml.safe_load(plan_path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise StudyError(f"{plan_path}: not a readable workflow config ({type(err).__name__}); "
-                         "pass config/config.yaml") from None
-    model_config = str(args.config[0]) if args.config else plan.get("model_config", "config/model.yaml")
-    datasets = args.datasets or list(plan["datasets"])
+    """Collect what the workflow's study jobs scored under ``--out`` and write the tables and the figure."""
+    out = Path(args.out)
+    datasets = list(args.datasets or [])
+    if not datasets:
+        datasets = sorted(p.name for p in (out / "runs").iterdir() if p.is_dir()) if (out / "runs").is_dir() else []
+    if not datasets:
+        raise StudyError(f"{out / 'runs'}: no study runs; run make learning-curve (snakemake learning_curve)")
     variants = list(args.variants or DEFAULT_VARIANTS)
     seeds = list(DEFAULT_SEEDS if args.seeds is None else args.seeds)
     budgets = tuple(sorted(args.budgets or DEFAULT_BUDGETS))
-    patience = DEFAULT_PATIENCE if args.patience is None else args.patience
-    for name, known, field in ((datasets, plan["datasets"], "datasets"),
-                               (variants, plan["variants"], "variants")):
-        unknown = [n for n in name if n not in known]
-        if unknown:
-            raise StudyError(f"{plan_path}: {field} has no {unknown}; use some of {list(known)}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = {ds: Path(args.data_root) / ds / "processed" for ds in datasets}
-    for ds, path in data.items():
-        if not (path / "manifest.json").exists():
-            raise StudyError(f"{path}: no processed data; run `snakemake {path}` (or make run) first")
-    # seed-major order: if the study is cut short, every (data set, variant) has its first seed.
-    jobs = [(ds, v, s) for s in seeds for v in variants for ds in datasets]
-    only = getattr(args, "only", None)  # one piece for a workflow job (workflow/rules/study.smk), no tables
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [] if only == "runs" else [pool.submit(peer_run, plan, model_config, data[ds], out, ds)
-                                             for ds in datasets]
-        futures += [] if only == "peers" else [
-            pool.submit(one_run, plan, model_config, data[ds], out, ds, v, s, budgets, patience,
-                        args.stop_after, not args.no_train, tuple(args.overrides)) for ds, v, s in jobs]
-        errors = [f.exception() for f in futures if f.exception() is not None]
-    if only:
-        if errors:
-            raise StudyError("; ".join(str(e) for e in errors))
-        return 0
     rows = collect(out, datasets, variants, seeds, budgets)
     peers = peer_scores(out, datasets)
     chosen = write_tables(out, rows, budgets, peers)
     if rows:
         plot(out, rows, budgets, peers)
     print((out / "learning_curve_summary.md").read_text(), file=sys.stderr)
-    if errors:
-        raise StudyError("; ".join(str(e) for e in errors))
     print(f"learning-curve: {len(rows)} scored checkpoints, chosen budget {chosen.get('all')} -> {out}",
           file=sys.stderr)
     return 0
