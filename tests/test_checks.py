@@ -124,16 +124,17 @@ def test_a_tissue_at_the_random_level_is_not_interpreted_anywhere(tmp_path):
     assert all(r["decision"] != checks.NOT_INTERPRETED for r in _dataset(verdict, "learned")["records"])
 
     md = markdown.markdown_summary(tmp_path / "verdict.json")
-    part = md[md.index("### at_random\n"):]
-    part = part[: part.index("### learned")] if "### learned" in part else part
-    msg = checks.NOT_LEARNED
-    assert part.startswith(f"### at_random\n\n**{msg[:1].upper() + msg[1:]}.**")
+    part = md[md.index("**at_random**"):]
+    part = part[: part.index("\n**learned**")] if "\n**learned**" in part else part
+    msg = checks.NOT_LEARNED.removeprefix("the models did not learn this tissue: ")
+    assert part.startswith(f"**at_random**: 3 seeds; **the models did not learn it** ({msg}): every contrast is not "
+                           "interpreted")
     row = next(line for line in part.splitlines() if line.startswith("| gated_headwise vs linear"))
     assert row.rstrip(" |").endswith(checks.NOT_INTERPRETED) and "difference [95 % interval]" in part
     for word in ("smallest detectable", "no difference detected", "better", "worse", " %"):
-        assert word not in part.split("\n", 3)[3].replace("difference [95 % interval]", ""), word
+        assert word not in part.split("\n", 2)[2].replace("difference [95 % interval]", ""), word
     # the answer counts no test of a tissue the models did not learn
-    assert "not learned, so not interpreted: at_random" in md[:md.index("## Every contrast")]
+    assert "not learned, so not interpreted: at_random" in md[:md.index("## Each data set")]
 
 
 def test_a_peer_that_beats_random_keeps_its_word_and_changes_the_message(tmp_path):

@@ -1,8 +1,11 @@
 """docs/results.md written whole from several targets' verdicts (alphastomics/analysis/markdown.py): the page
-opens with the title, the command and the answer, whose numbers are the verdicts'; effect, decision and
-smallest detectable effect in columns of their own; the peers of all data sets in one table; what could not be
-tested in one sentence per data set; the power plan of the question's contrasts only; a target not run is a
-line of the page; the same verdicts give the same bytes, written atomically."""
+opens with the title, the command and the answer, whose numbers are the verdicts'; one line and one table per
+data set, effect, decision and smallest detectable effect in columns of their own; the pooled estimates in one
+small table; the tested peers of all data sets in one table, the untested in one sentence for the page; the
+claims of gated_headwise in compact columns (the other variants, make claims' replicates and generated tissue
+counted in one sentence); the power plan of gated_headwise against linear only; a target not run is a line of
+the page; the page stays within a word bound of its records; the same verdicts give the same bytes, written
+atomically."""
 
 from __future__ import annotations
 
@@ -90,12 +93,27 @@ CLAIMS = [
     {"claim": "kNN preservation", "expected": "+5 .. +10 %", "dataset": "toy", "task": "expr_to_pos",
      "variant": "gated_headwise", "reference": "linear", "measured": 0.1, "ci_low": 0.09, "ci_high": 0.11,
      "mde_relative": 0.02, "n": 3, "unit": "relative", "mark": "met"},
+    {"claim": "healthy gate range", "expected": "mean ~0.5, std ~0.2 (note); paper: sparse, mean ~0.1",
+     "dataset": "toy", "task": "expr_to_pos", "variant": "gated_headwise", "reference": None, "layer": 0,
+     "measured": 0.48, "ci_low": 0.4, "ci_high": 0.56, "std": 0.3, "share_below": 0.145, "unit": "gate mean",
+     "mark": "not met"},
+    {"claim": "healthy gate range", "expected": "mean ~0.5, std ~0.2 (note); paper: sparse, mean ~0.1",
+     "dataset": "toy", "task": "expr_to_pos", "variant": "gated_headwise", "reference": None, "layer": 1,
+     "measured": 0.68, "ci_low": 0.55, "ci_high": 0.81, "std": 0.27, "share_below": 0.028, "unit": "gate mean",
+     "mark": "met"},
     {"claim": "parameter overhead per attention layer", "expected": "+4%", "dataset": None, "task": None,
      "variant": "gated_headwise", "reference": "linear", "measured": 0.008, "unit": "relative", "mark": "not met"},
+    {"claim": "parameter overhead per attention layer", "expected": "+50%", "dataset": None, "task": None,
+     "variant": "gated_elementwise", "reference": "linear", "measured": 0.25, "unit": "relative", "mark": "not met"},
     {"claim": "training time", "expected": "the cost (no number in the note)", "dataset": "toy",
      "task": "expr_to_pos", "variant": "gated_headwise", "reference": "linear", "measured": 0.5, "ci_low": 0.45,
-     "ci_high": 0.55, "n": 3, "unit": "relative", "mark": "measured"},
+     "ci_high": 0.55, "n": 3, "unit": "relative", "mark": "measured", "why": "trained size d_model 64"},
 ]
+# make tissues' rows: kNN preservation on mop; training time not measured there (make claims measures it)
+TISSUE_CLAIMS = [CLAIMS[0], CLAIMS[1] | {"dataset": "mop", "measured": 0.05, "ci_low": 0.04, "ci_high": 0.06},
+                 {"claim": "training time", "expected": "the cost (no number in the note)", "dataset": None,
+                  "task": None, "variant": None, "reference": None, "measured": None, "mark": "not measured",
+                  "why": "no train_summary.json here: make claims"}]
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +132,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "manifest": {"dataset": "mop"} | real},
         "starmap": {"variants": ["linear", "gated_headwise", "softmax", "peer_knn"], "sections": 6, "code": True,
                     "manifest": {"dataset": "starmap"} | real}},
-        claims=[CLAIMS[0], CLAIMS[1] | {"dataset": "mop", "measured": 0.05, "ci_low": 0.04, "ci_high": 0.06}],
+        claims=TISSUE_CLAIMS,
         family=V.Family(tuple(c for c in FAMILY.contrasts if c[0] != "gated_elementwise"), FAMILY.primary_metrics))
     _campaign(root, "results/claims/verdict.json", {"toy_claims": {"variants": every, "sections": 3}},
               claims=CLAIMS)
@@ -152,8 +170,26 @@ def _tables(text: str) -> list[list[list[str]]]:
     return out
 
 
+def _dataset(page: str, label: str) -> tuple[str, list[list[str]]]:
+    """A data set's line and its table."""
+    part = _section(page, "## Each data set")
+    part = part[part.index(f"\n**{label}**") + 1:]
+    line, rest = part.split("\n", 1)
+    return line, _tables(rest)[0]
+
+
 def _answer(page: str) -> str:
     return _section(page, "## The answer").split("\n\n")[1]
+
+
+def _effect(r: dict) -> str:
+    """The effect cell: the relative change and its 95 % interval, in percent (the unit in the header)."""
+    pct = [fmt_pct(r[k]).removesuffix(" %") for k in ("relative_change", "relative_ci_low", "relative_ci_high")]
+    return f"{pct[0]} [{pct[1]}, {pct[2]}]"
+
+
+EFFECT_HEADER = ["effect % [95 % interval]", "decision", "smallest detectable %"]
+DECISIONS = ("better", "worse", "none", checks.NOT_INTERPRETED)  # none: no difference detected
 
 
 def test_the_page_opens_with_title_command_then_the_answer_before_any_table(project):
@@ -171,10 +207,15 @@ def test_the_page_opens_with_title_command_then_the_answer_before_any_table(proj
     assert "- `" + (project / "results/tissues/verdict.json").as_posix() + "` (make tissues): MOp, STARmap; commit aaaaaaa" \
         in head
     assert "(make run): toy, flat; commit not recorded" in head or "(make run): flat, toy; commit not recorded" in head
+    # then the sections, in this order; no section repeats the tables of each data set
+    heads = [line for line in lines if line.startswith("## ")]
+    assert heads == ["## The answer", "## Each data set", "## Pooled over the real tissues", "## Peers",
+                     "## The design note's claims", "## Power plan: gated_headwise vs linear"]
 
 
 def test_the_answer_is_the_verdicts_numbers(project):
     answer = _answer(_page(project))
+    assert len(answer.split()) <= 300
     sets = [ds for v in _verdicts(project) for ds in v["datasets"]]
     learned = [ds for ds in sets if ds["learning_gate"]["outcome"] != "not learned"]
     tests = [r for ds in learned for r in ds["records"] if r["reference"] == "linear" and r["variant"].startswith("gated")]
@@ -201,89 +242,144 @@ def test_the_answer_is_the_verdicts_numbers(project):
         f"{len(pooled)} estimates are better" in answer
     assert f"training time against linear over the data sets measured, at the trained size: gated_headwise " \
         f"{fmt_pct(0.5)}" in answer and f"gated_headwise {fmt_pct(0.008)}" in answer
+    assert f"gated_elementwise {fmt_pct(0.25)}" in answer  # the cost of every gated variant, not only the table's
     assert "Not run for this page: `make powered`" in answer
 
 
-def test_effect_decision_and_detectable_are_columns_of_their_own(project):
+def test_each_data_set_is_one_line_then_effect_decision_and_detectable_in_columns_of_their_own(project):
     page = _page(project)
+    assert "## Every contrast on every data set" not in page and "p_Holm |" not in page
     toy = json.loads((project / "results/verdict.json").read_text())
-    rec = next(r for ds in toy["datasets"] if ds["dataset"] == "toy" for r in ds["records"]
+    ds = next(d for d in toy["datasets"] if d["dataset"] == "toy")
+    rec = next(r for r in ds["records"]
                if (r["variant"], r["reference"], r["metric"]) == ("gated_headwise", "linear", "knn_preservation"))
-    section = _section(page, "## Each data set")
-    toy_table = _tables(section[section.index("### toy"):])[0]
-    assert toy_table[0] == ["contrast", "metric", "effect [95 % interval]", "p_Holm", "decision",
-                            "smallest detectable"]
-    row = next(r for r in toy_table if r[:2] == ["gated_headwise vs linear", "knn_preservation"])
-    assert row[2:] == [fmt_rel_ci(rec), fmt_p(rec["holm_p"]), "better", fmt_mde(rec["mde_relative"])]
-    # rows in the declared order: contrasts, then primary metrics
-    assert [r[:2] for r in toy_table[1:3]] == [["gated_headwise vs linear", "knn_preservation"],
-                                               ["gated_headwise vs linear", "distance_spearman"]]
-    across = _section(page, "## Every contrast on every data set")
-    for t in _tables(across):
-        assert t[0] == ["data set", "kind", "seeds", "metric", "effect [95 % interval]", "decision",
-                        "smallest detectable"]
-        for r in t[1:]:
-            assert "detected" not in r[4] and "%" not in r[5] and r[5] in ("better", "worse", "none detected",
-                                                                             checks.NOT_INTERPRETED)
-    # the question's contrasts come first, each gated variant against linear
-    heads = re.findall(r"^### (.+)$", across, re.M)
-    assert heads[:2] == ["gated_headwise vs linear", "gated_elementwise vs linear"]
-    first = _tables(across)[0]
-    assert [r[0] for r in first[1:]].count("toy") == 2 and "pooled: MOp, STARmap" in [r[0] for r in first]
-    assert "not declared by make tissues: MOp, STARmap." in across  # make tissues declares no elementwise
+    line, t = _dataset(page, "toy")
+    assert line == (f"**toy** (make run): 3 seeds; learning gate: learned (knn_preservation, distance_spearman); "
+                    f"{len(ds['records'])} tests, Holm over the data set. Warning: 3 seeds, fewer than 5.")
+    assert t[0] == ["contrast", "metric"] + EFFECT_HEADER
+    row = next(r for r in t if r[:2] == ["gated_headwise vs linear", "knn_preservation"])
+    assert row[2:] == [_effect(rec), "better", fmt_mde(rec["mde_relative"]).removesuffix(" %")]
+    # rows in the declared order (contrasts, then primary metrics), a contrast named once for its rows
+    assert [r[:2] for r in t[1:4]] == [["gated_headwise vs linear", "knn_preservation"], ["", "distance_spearman"],
+                                       ["gated_elementwise vs linear", "knn_preservation"]]
+    assert len(t) - 1 == len(ds["records"]) and all(r[3] in DECISIONS for r in t[1:])
+    # what was not computed, in a few words, on the data set's line
+    line, _ = _dataset(page, "MOp")
+    assert line.startswith("**MOp** (make tissues): 3 seeds; learning gate: learned")
+    assert line.endswith("Not computed: neighborhood_ari, neighborhood_nmi (no cell-type labels).")
+
+
+def test_the_pooled_estimates_are_one_small_table(project):
+    part = _section(_page(project), "## Pooled over the real tissues")
+    (t,) = _tables(part)
+    assert t[0] == ["contrast", "metric"] + EFFECT_HEADER + ["tissues pooled"]
+    pooled = [e for e in _verdicts(project)[1]["across_tissues"]["contrasts"] if e["pooled"]["k"] >= 2]
+    assert len(t) - 1 == len(pooled) and {r[-1] for r in t[1:]} == {"MOp, STARmap"}
+    e = next(e for e in pooled if (e["variant"], e["metric"]) == ("gated_headwise", "knn_preservation")
+             and e["reference"] == "linear")
+    assert t[1][:4] == ["gated_headwise vs linear", "knn_preservation", _effect(e["pooled"]),
+                        "better" if e["pooled"]["decision"] == "better" else "none"]
+    assert part.count("DerSimonian-Laird") == 1 and "Hartung-Knapp-Sidik-Jonkman" in part
 
 
 def test_a_tissue_the_models_did_not_learn_shows_differences_without_words(project):
-    section = _section(_page(project), "## Each data set")
-    flat = section[section.index("### flat"):]
-    flat = flat[:flat.index("\n### ")]
-    msg = checks.NOT_LEARNED
-    assert f"**{msg[:1].upper() + msg[1:]}.**" in flat
-    (t,) = _tables(flat)
+    page = _page(project)
+    line, t = _dataset(page, "flat")
+    assert line.startswith("**flat** (make run): 3 seeds; **the models did not learn it** (every method is at the "
+                           "random level): every contrast is not interpreted")
     assert t[0] == ["contrast", "metric", "difference [95 % interval] (metric's units)", "decision"]
     assert {r[3] for r in t[1:]} == {checks.NOT_INTERPRETED}
-    for word in ("smallest detectable", "better", "worse", " %"):
-        assert word not in flat.split("\n", 3)[3].replace("difference [95 % interval]", ""), word
+    for row in t[1:]:
+        for word in ("better", "worse", "%"):
+            assert word not in " ".join(row), word
 
 
-def test_peers_of_every_data_set_in_one_table_and_the_untestable_in_one_sentence_each(project):
+def test_peers_of_every_data_set_in_one_table_and_the_untested_in_one_sentence(project):
     page = _page(project)
     peers = _section(page, "## Peers")
     (t,) = _tables(peers)
-    assert t[0] == ["data set", "variant", "peer", "metric", "sections", "effect [95 % interval]", "decision",
-                    "smallest detectable"]
+    assert t[0] == ["data set", "variant", "peer", "metric", "sections"] + EFFECT_HEADER
     verdicts = _verdicts(project)
     tested = [r for v in verdicts for ds in v["datasets"] for r in ds["peers"] if r["p_value"] is not None]
     assert len(t) - 1 == len(tested) and {r[0] for r in t[1:]} == {"MOp", "STARmap"}
     untested = [r for v in verdicts for ds in v["datasets"] for r in ds["peers"] if r["p_value"] is None]
     assert untested and {r["decision"] for r in untested} == {"too few sections to test (2 < 5)"}
-    # one sentence for toy (the only data set with untestable peers), not one line per comparison
-    assert page.count("too few sections to test") == 1
-    line = next(x for x in peers.splitlines() if x.startswith("Not tested"))
-    assert f"toy: {len(untested)} comparisons (" in line and line.count(" comparisons (") == 1
+    # one sentence for the whole page: how many per data set and why
+    assert page.count("too few") == 1
+    (line,) = [x for x in peers.splitlines() if x.startswith("Not tested")]
+    assert line.startswith(f"Not tested: {len(untested)} comparisons, too few held-out sections to test (fewer "
+                           f"than 5): toy {len(untested)} (2 sections)")
 
 
-def test_the_power_plan_shows_only_each_gated_variant_against_linear(project):
-    plan = _section(_page(project), "## Power plan of the question's contrasts")
+def test_the_power_plan_shows_only_gated_headwise_against_linear(project):
+    plan = _section(_page(project), "## Power plan: gated_headwise vs linear")
     (t,) = _tables(plan)
-    contrasts = [r[1] for r in t[1:]]
-    assert contrasts and all(c.endswith(" vs linear") and c.startswith("gated_") for c in contrasts)
-    expected = [r for v in _verdicts(project) for ds in v["datasets"] for r in ds["power_plan"]
-                if r["reference"] == "linear" and r["variant"].startswith("gated")]
-    assert len(contrasts) == len(expected)
+    assert t[0] == ["data set", "metric", "seeds needed", "train-job minutes"]
+    expected = [(ds["dataset"], r) for v in _verdicts(project) for ds in v["datasets"] for r in ds["power_plan"]
+                if (r["variant"], r["reference"]) == ("gated_headwise", "linear")]
+    assert len(t) - 1 == len(expected)
+    labels = {"mop": "MOp", "starmap": "STARmap"}
+    for i, (row, (ds, r)) in enumerate(zip(t[1:], expected)):
+        same = i and expected[i - 1][0] == ds  # a data set named once for its rows
+        assert row == ["" if same else labels.get(ds, ds), r["metric"], str(r["seeds_needed"]),
+                       f"{r['train_minutes']:,.0f}"]
     everything = sum(len(ds["power_plan"]) for v in _verdicts(project) for ds in v["datasets"])
-    assert everything > len(expected)  # softmax vs linear and the contrasts against softmax are left out
+    assert everything > len(expected)  # gated_elementwise, softmax vs linear and those against softmax: left out
+    assert "gated_elementwise" not in plan
 
 
-def test_claims_from_the_claims_verdict_with_measured_rows_of_the_others(project):
+def test_claims_of_gated_headwise_in_compact_columns(project):
     claims = _section(_page(project), "## The design note's claims")
     (t,) = _tables(claims)
-    assert t[0][-1] == "from"
-    rows = {(r[0], r[1]): r for r in t[1:]}
-    assert ("kNN preservation", "toy (expr_to_pos)") in rows and rows[("kNN preservation", "mop (expr_to_pos)")][-1] \
-        == "make tissues"
-    # a claim measured somewhere loses its "not measured" rows only then: expression MSE is measured nowhere
-    assert [r[0] for r in t[1:]].count("expression MSE") == 1
+    assert t[0] == ["claim", "data set", "expected", "measured [95 % interval]", "result"]  # no "from" column
+    rows = t[1:]
+    # a claim and its expectation said once for the rows under it; make tissues' row (MOp) beside make claims'
+    knn = next(i for i, r in enumerate(rows) if r[0] == "kNN preservation")
+    assert rows[knn][1:] == ["toy", "+5 .. +10 %", "+10.0 [+9.0, +11.0] %", "met"]
+    assert rows[knn + 1] == ["", "MOp", "", "+5.0 [+4.0, +6.0] %", "met"]
+    # expression MSE is measured nowhere: one row saying why; training time is measured (make claims): make
+    # tissues' "not measured" row for it is left out
+    assert [r[0] for r in rows].count("expression MSE") == 1
+    assert [r for r in rows if r[0] == "training time"] == [
+        ["training time", "toy", "the cost (no number in the note)", "+50.0 [+45.0, +55.0] %", "measured"]]
+    assert "no train_summary.json here" not in claims
+    # the gate's layers in one row, the marks of each layer when they differ
+    (gate,) = [r for r in rows if r[0] == "healthy gate range"]
+    assert gate[3] == "L0 0.480 [0.400, 0.560], std 0.300, 14.5 %; L1 0.680 [0.550, 0.810], std 0.270, 2.8 %"
+    assert gate[4] == "L0 not met, L1 met"
+    assert "healthy gate range: per layer, the mean gate score [95 % interval], its std and the share of scores " \
+        "below 0.1" in claims
+    # what the rows of a kind share is said once under the table; the other variants' rows, counted
+    assert claims.count("trained size d_model 64") == 1 and "training time: trained size d_model 64" in claims
+    assert "Not shown: 1 row of gated_elementwise (1 not met); every row is in its verdict.json, 'claims'." in claims
+    assert "gated_elementwise" not in "".join(" ".join(r) for r in rows)
+
+
+def test_replicates_of_the_claims_verdicts_rows_and_generated_tissue_are_counted_not_shown(tmp_path):
+    """make run's bdtnp beside make claims' bdtnp_position: the same tissue (source) and task, so make run's rows
+    are replicates; generated tissue is a check of the method: both counted in the sentence, not rows; a tissue
+    make claims does not measure keeps its rows."""
+    knn = CLAIMS[1]
+    bdtnp = {"source": "bdtnp", "cell_types": None}
+    _campaign(tmp_path, "results/verdict.json", {
+        "bdtnp": {"variants": ["linear", "gated_headwise"], "sections": 3, "manifest": {"dataset": "bdtnp"} | bdtnp},
+        "cortex": {"variants": ["linear", "gated_headwise"], "sections": 3,
+                   "manifest": {"dataset": "cortex", "source": "csv", "cell_types": None}},
+        "gen": {"variants": ["linear", "gated_headwise"], "sections": 3,
+                "manifest": {"dataset": "gen", "source": "synthetic", "cell_types": None}}},
+        claims=[knn | {"dataset": "bdtnp", "measured": 0.02}, knn | {"dataset": "cortex", "measured": 0.03},
+                knn | {"dataset": "gen", "measured": 0.04}])
+    _campaign(tmp_path, "results/claims/verdict.json", {
+        "bdtnp_position": {"variants": ["linear", "gated_headwise"], "sections": 3,
+                           "manifest": {"dataset": "bdtnp_position"} | bdtnp}},
+        claims=[knn | {"dataset": "bdtnp_position"}])
+    page = markdown.markdown_document([tmp_path / "results", tmp_path / "results/claims"], tmp_path / "r.md")
+    claims = _section(page, "## The design note's claims")
+    (t,) = _tables(claims)
+    assert [r[1] for r in t[1:]] == ["bdtnp_position", "cortex"]
+    assert ("Not shown: 1 row on bdtnp (make run), replicates of bdtnp_position (make claims): the same tissue "
+            "and task; 1 row on gen (make run), generated tissue, a check of the method; every row is in its "
+            "verdict.json, 'claims'.") in claims
 
 
 def test_a_missing_verdict_is_a_line_of_the_page_and_none_found_writes_nothing(project, tmp_path, capsys):
@@ -299,6 +395,24 @@ def test_a_missing_verdict_is_a_line_of_the_page_and_none_found_writes_nothing(p
     assert not out.exists()
     with pytest.raises(ReportError, match="not found; run make tissues"):
         markdown.markdown_summary([missing[0]])
+
+
+def test_the_page_stays_short(project):
+    """The page grows with what the verdicts hold, and only so: at most WORDS_FIXED + WORDS_PER_ROW words per
+    record (contrast x metric per data set), tested peer comparison and claims row, counted as `wc -w` counts (a
+    table's '|' is a word). The tables each record once; a second table of the same records breaks this."""
+    page = _page(project)
+    verdicts = _verdicts(project)
+    rows = sum(len(ds["records"]) + sum(r["p_value"] is not None for r in ds["peers"])
+               for v in verdicts for ds in v["datasets"])
+    rows += sum(len(v.get("claims") or []) for v in verdicts)
+    assert len(page.split()) <= WORDS_FIXED + WORDS_PER_ROW * rows, (len(page.split()), rows)
+
+
+# The word bound of the page (test_the_page_stays_short): the fixed lines (title, command, the verdicts, the
+# answer, the notes around the tables) and the words per record shown. The page on make run, make tissues and
+# make claims (docs/results.md) holds about 300 records and claims rows in under 4,000 words: 13 a row.
+WORDS_FIXED, WORDS_PER_ROW = 1250, 14
 
 
 def test_the_cli_writes_the_same_bytes_twice_atomically(project, tmp_path, monkeypatch):

@@ -17,7 +17,6 @@ from report_helpers import build_report
 
 from alphastomics.__main__ import main as cli
 from alphastomics.analysis import markdown, report, screenshot, tables
-from alphastomics.analysis import verdict as V
 from alphastomics.analysis.claims import ClaimsError
 from alphastomics.analysis.runs import RunError, direction
 from alphastomics.layout import parse_run_path
@@ -375,26 +374,25 @@ def test_markdown_prints_the_decisions_from_verdict_json(page, capsys):
     results = page[0].parent
     assert cli(["report", "--markdown", str(results)]) == 0
     text = capsys.readouterr().out
-    # first the answer, then every contrast on every data set, then each data set
+    # first the answer, then each data set: one line, one table (nothing pooled: no real tissue)
     assert text.startswith("## The answer\n\n**")
-    assert text.index("## Every contrast on every data set") < text.index("## Each data set")
-    across = text[text.index("### gated_headwise vs linear"):text.index("## Each data set")]
-    assert "| toy " in across and "| pooled" not in across  # no real tissue: nothing pooled
-    toy = text[text.index("### toy"):]
+    assert text.index("## The answer") < text.index("## Each data set") and "## Pooled" not in text
+    assert "## Every contrast on every data set" not in text
+    toy = text[text.index("\n**toy**"):]
     toy = toy[:toy.index("\n## ")]
-    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in toy.splitlines()
-            if line.startswith("| ")}
-    assert {k[0] for k in rows} == {"contrast", "gated_headwise vs linear", "gated_elementwise vs linear"}
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in toy.splitlines() if line.startswith("| ")]
+    assert [r[0] for r in rows if r[0]] == ["contrast", "gated_headwise vs linear", "gated_elementwise vs linear"]
     rec = next(r for r in _verdict(page)["datasets"][0]["records"]
                if (r["variant"], r["metric"]) == ("gated_headwise", "knn_preservation"))
-    cells = [c.strip() for c in rows[("gated_headwise vs linear", "knn_preservation")].strip("|").split("|")]
-    assert cells[2:] == [tables.fmt_rel_ci(rec), tables.fmt_p(rec["holm_p"]), "better",
-                         tables.fmt_mde(rec["mde_relative"])]
-    # the power plan: one row per primary record of a gated variant against linear
-    plan = text[text.index("## Power plan of the question's contrasts"):]
+    cells = next(r for r in rows if r[:2] == ["gated_headwise vs linear", "knn_preservation"])
+    pct = [tables.fmt_pct(rec[k]).removesuffix(" %") for k in ("relative_change", "relative_ci_low", "relative_ci_high")]
+    assert cells[2:] == [f"{pct[0]} [{pct[1]}, {pct[2]}]", "better",
+                         tables.fmt_mde(rec["mde_relative"]).removesuffix(" %")]
+    # the power plan: one row per primary record of gated_headwise against linear
+    plan = text[text.index("## Power plan: gated_headwise vs linear"):]
     plan_rows = [line for line in plan.splitlines() if line.startswith("| ")][1:]
-    assert len(plan_rows) == len(_verdict(page)["datasets"][0]["records"])  # every contrast here is one
-    assert text.count("too few sections to test (4 < 5)") == 1  # the untestable peers: one sentence
+    assert len(plan_rows) == sum(r["variant"] == "gated_headwise" for r in _verdict(page)["datasets"][0]["records"])
+    assert text.count("too few held-out sections to test") == 1  # the untestable peers: one sentence
     assert cli(["report", "--markdown", str(results / "nothing-here")]) == 2
 
 
@@ -573,11 +571,18 @@ def test_a_data_set_without_cell_types_says_so_once_and_has_no_empty_column(tiss
     note = "no cell-type column 'cell_type': the cell-type metrics (neighborhood_ari, neighborhood_nmi) are"
     assert tables.not_computed_lines(mop_v, [note]) == [] and len(tables.not_computed_lines(mop_v, [])) == 1
     md = markdown.markdown_summary(tissue_page[0].with_name("verdict.json"))
-    assert md.count("Not computed on mop: neighborhood_ari, neighborhood_nmi: the data set has no cell") == 1
-    first = md[md.index("### gated_headwise vs linear"):md.index("### gated_elementwise vs linear")]
-    rows = [line.split("|")[1].strip() for line in first.splitlines() if line.startswith("| ")]
-    assert list(dict.fromkeys(rows)) == ["data set", "bdtnp", "synthetic", "MOp", "STARmap", "pooled: MOp, STARmap"]
-    assert f"Not tested: {V.NO_CELL_TYPES}: bdtnp (neighborhood_ari), MOp (neighborhood_ari)." in first
+    each = md[md.index("## Each data set"):]
+    lines = {line[2:line.index("**", 2)]: line for line in each.splitlines() if line.startswith("**")}
+    assert list(lines) == ["bdtnp", "synthetic", "MOp", "STARmap"]  # in the order of their kinds
+    gone = "Not computed: neighborhood_ari, neighborhood_nmi (no cell-type labels)."
+    assert [k for k, line in lines.items() if line.endswith(gone)] == ["bdtnp", "MOp"] and md.count(gone) == 2
+    # the pooled estimates: over 2 or more real tissues only (neighbourhood ARI has one: not a row)
+    pooled_md = md[md.index("## Pooled over the real tissues"):]
+    pooled_md = pooled_md[:pooled_md.index("\n## ")]
+    pooled_rows = [[c.strip() for c in line.strip("|").split("|")] for line in pooled_md.splitlines()
+                   if line.startswith("| ")][1:]
+    assert pooled_rows and {r[-1] for r in pooled_rows} == {"MOp, STARmap"}
+    assert "neighborhood_ari" not in {r[1] for r in pooled_rows}
 
 
 def test_claims_read_the_sweep_and_show_its_figure(runs, tmp_path):

@@ -82,8 +82,9 @@ def test_negative_control_is_not_interpreted_and_bdtnp_is(tmp_path, bdtnp_dir):
     assert checks.NOT_INTERPRETED not in {r["decision"] for r in records["bdtnp"]}
 
     md = markdown_summary(repo / "results")
-    msg = checks.NOT_LEARNED
-    assert f"### no_signal\n\n**{msg[:1].upper() + msg[1:]}.**" in md and "### bdtnp\n\n3 seeds per variant" in md
+    msg = checks.NOT_LEARNED.removeprefix("the models did not learn this tissue: ")
+    assert f"**no_signal** (make run): 3 seeds; **the models did not learn it** ({msg})" in md
+    assert "**bdtnp** (make run): 3 seeds; learning gate: learned" in md
     page = (repo / "results/report.html").read_text()
     assert page.index("The models did not learn this tissue") < page.index('id="expectations"')
     # a lab's file without the optional cell-type column: noted in the log and on the page

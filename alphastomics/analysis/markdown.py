@@ -6,10 +6,14 @@ Each VERDICT is a verdict.json or a results folder holding one; the order given 
 page reads as an answer: the title, the command and the verdicts it read (with their commits), then the answer
 to the question in one paragraph, a template filled with the verdicts' numbers (each data set's learning gate,
 the declared contrasts of each gated variant against the baseline on the primary metrics, their decisions and
-smallest detectable effects, the pooled estimates, the cost from the claims table), then the tables: each
-contrast on every data set, one table per data set, the peers of all data sets, the claims, and the power plan
-of the question's contrasts. A verdict file that does not exist is a line of the page ("not run for this page:
-run `make powered`"); only when none of them exists is nothing written.
+smallest detectable effects, the pooled estimates, the cost from the claims table), then the tables: one per
+data set (a line, then effect [interval], decision and smallest detectable effect in columns of their own), the
+pooled estimates over the real tissues, the tested peers of all data sets (every untested one in one
+sentence), the design note's claims for gated_headwise (the other variants' rows, the replicates of make
+claims' rows and those on generated tissue counted in one sentence), and the power plan of the question's
+contrast, gated_headwise against the baseline. A verdict file that does not exist is a line of the page ("not
+run for this page: run `make powered`"); only when none of them exists is nothing written. The page is short
+(docs/ has a word budget): what a verdict.json holds beyond these tables is named, not repeated.
 
 Long because the page is one document: the answer, five tables and the lines around them, each from the
 verdicts alone (the cells come from ``alphastomics.analysis.tables``).
@@ -182,9 +186,9 @@ def commits(src: Source) -> list[str]:
 
 def header(sources: list[Source], command: str) -> list[str]:
     out = [TITLE, "",
-           f"Written whole by `{command}` from the verdicts below, in this order; rerun it after their targets "
-           "rather than edit this file. Held-out sections only, one value per seed (the cell-weighted mean over "
-           "the test sections); how to read it: docs/metrics.md, \"The verdict\".", ""]
+           f"Written whole by `{command}` from the verdicts below; rerun it rather than edit this file. Held-out "
+           "sections only, one value per seed (the cell-weighted mean over the test sections); how to read it: "
+           "docs/metrics.md, \"The verdict\".", ""]
     for s in sources:
         if s.verdict is None:
             out.append(f"- `{s.path}` ({s.target}): not run for this page: run `{s.target}`")
@@ -257,8 +261,9 @@ def answer(sources: list[Source], claims_rows: list[dict[str, Any]]) -> str:
             else f"Worse in {w} of {n} tests" if b == 0
             else f"Mixed: better in {b}, worse in {w} of {n} tests")
     unlearned = [s.labels[ds["dataset"]] for s, ds in sets if not any(ds is d for _, d in learned)]
-    out = [f"**{lead}.** {QUESTION} The models learned {len(learned)} of {len(sets)} data sets"
-           + (f" ({', '.join(s.labels[ds['dataset']] for s, ds in learned)})" if learned else "")
+    out = [f"**{lead}.** {QUESTION} The models learned "
+           + (f"all {len(sets)} data sets" if len(learned) == len(sets) > 1 else f"{len(learned)} of {len(sets)} "
+              "data sets" + (f" ({', '.join(s.labels[ds['dataset']] for s, ds in learned)})" if learned else ""))
            + (f"; not learned, so not interpreted: {', '.join(unlearned)}" if unlearned else "") + "."]
     tested_sets = len({(id(s), ds["dataset"]) for s, ds, _ in ok})
     out.append(
@@ -341,7 +346,8 @@ def _effect_cells(r: dict[str, Any]) -> dict[str, str]:
     effect = _pct(r.get("relative_change")) + (
         f" [{_pct(r['relative_ci_low'])}, {_pct(r['relative_ci_high'])}]" if _finite(r.get("relative_ci_low"))
         else "")
-    return {EFFECT: effect, "decision": short_decision(r.get("decision")),
+    decision = short_decision(r.get("decision"))
+    return {EFFECT: effect, "decision": "none" if decision == "none detected" else decision,
             DETECTABLE: fmt_mde(r.get("mde_relative")).removesuffix(" %")}
 
 
@@ -357,12 +363,13 @@ def pooled_table(sources: list[Source]) -> list[str]:
     if not pooled:
         return []
     rows = [{"contrast": contrast_name(e["variant"], e["reference"]), "metric": e["metric"]}
-            | _effect_cells(e["pooled"]) | {"tissues pooled": ", ".join(map(dataset_label, e["pooled"]["tissues"]))}
-            for _, e in pooled]
+            | _effect_cells(e["pooled"])
+            | {"tissues pooled": ", ".join(map(dataset_label, e["pooled"]["tissues"]))} for _, e in pooled]
     return ["## Pooled over the real tissues", "",
             "DerSimonian-Laird random effects over the real tissues; the interval and decision from the "
             "Hartung-Knapp-Sidik-Jonkman t interval, its scale floored at 1 (docs/metrics.md, \"Across "
-            "tissues\").", ""] + table(_ditto(rows, "contrast"), ["contrast", "metric"] + EFFECT_COLUMNS + ["tissues pooled"])
+            "tissues\").", ""] + table(_ditto(rows, "contrast"),
+                                       ["contrast", "metric"] + EFFECT_COLUMNS + ["tissues pooled"])
 
 
 def declared_order(records: list[dict[str, Any]], family: dict[str, Any]) -> list[dict[str, Any]]:
@@ -391,7 +398,9 @@ def _warning(w: dict[str, Any]) -> str:
 
 
 def _not_computed(ds: dict[str, Any]) -> str:
-    return "; ".join(f"{', '.join(e['metrics'])} ({'no cell-type labels' if e['reason'] == V.NO_CELL_TYPES_WHY else e['reason']})"
+    """A data set's metrics not computed, and why, in a few words."""
+    return "; ".join(f"{', '.join(e['metrics'])} ("
+                     + ("no cell-type labels" if e["reason"] == V.NO_CELL_TYPES_WHY else e["reason"]) + ")"
                      for e in ds.get("not_computed") or [])
 
 
@@ -445,8 +454,8 @@ def per_dataset(sources: list[Source]) -> list[str]:
     alpha = next((s.verdict["family"].get("alpha", 0.05) for s in sources if s.verdict), 0.05)
     out = ["## Each data set", "",
            "Rows: the declared contrasts x the primary metrics; relative change of the mean paired difference "
-           f"[95 % t interval over seeds]; better or worse only when p_Holm < {alpha:g} (Holm over the data "
-           "set's family); smallest detectable at 80 % power.", ""]
+           f"[95 % t interval over seeds]; decision better or worse only when p_Holm < {alpha:g} (Holm over the "
+           "data set's family), else none (no difference detected); smallest detectable at 80 % power.", ""]
     for s in sources:
         for ds in s.datasets:
             out += dataset_section(s, ds)
@@ -465,7 +474,8 @@ def peers(sources: list[Source]) -> list[str]:
                     few = re.fullmatch(r"too few sections to test \((\d+) < (\d+)\)", r["decision"])
                     why = f"too few held-out sections to test (fewer than {few[2]})" if few else r["decision"]
                     count, _ = untested.setdefault(why, {}).get(label, (0, ""))
-                    untested[why][label] = (count + 1, f" ({few[1]} section{'s' * (few[1] != '1')})" if few else "")
+                    sections = f" ({few[1]} section{'s' * (few[1] != '1')})" if few else ""
+                    untested[why][label] = (count + 1, sections)
                     continue
                 rows.append({"data set": label, "variant": r["variant"], "peer": r["peer"],
                              "metric": r["metric"], "sections": str(r["n"])} | _effect_cells(r))
@@ -514,29 +524,55 @@ def claims_rows(sources: list[Source]) -> tuple[list[dict[str, Any]], list[Sourc
 GATE_UNITS = ("gate range over t", "gate mean")
 
 
+def _dataset_of(used: list[Source], r: dict[str, Any]) -> dict[str, Any] | None:
+    """A claims row's data set entry, in the verdict the row came from."""
+    src = next((s for s in used if s.target == r["_from"]), None)
+    return next((d for d in (src.datasets if src else []) if d["dataset"] == r.get("dataset")), None)
+
+
+def _tissue_task(used: list[Source], r: dict[str, Any]) -> tuple[str, str] | None:
+    """A claims row's tissue (its data set's source) and task."""
+    ds = _dataset_of(used, r)
+    return (ds.get("source"), r.get("task")) if ds and ds.get("source") else None
+
+
+def _replicates(rows: list[dict[str, Any]], used: list[Source]) -> dict[int, list[str]]:
+    """The rows of the other verdicts on a tissue and task that the claims verdict (the first) measures too
+    (make run's bdtnp beside make claims' bdtnp_position): replicates of its rows, counted, not shown. By row:
+    the claims verdict's data sets of that tissue and task."""
+    covered: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        key = _tissue_task(used, r) if r["_from"] == used[0].target else None
+        if key and r["dataset"] not in covered.setdefault(key, []):
+            covered[key].append(r["dataset"])
+    return {id(r): covered[key] for r in rows if r["_from"] != used[0].target
+            and (key := _tissue_task(used, r)) in covered}
+
+
 def _measured(r: dict[str, Any]) -> str:
     """A claims row's measurement, compact: what every row of its kind shares is said once under the table."""
     unit = r.get("unit")
     if r["mark"] == NOT_MEASURED and r.get("measured") is None:
         return r.get("why") or NOT_MEASURED
-    if unit == "relative":
-        return claim_cells(r | {"n": None, "why": None})["measured"]
+    if unit == "relative" and _finite(r.get("measured")):
+        return _pct(r["measured"]) + (f" [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]"
+                                      if _finite(r.get("ci_low")) else "") + " %"
     if unit == "share":
         lo, hi = (f"{100 * r[k]:.1f}" if _finite(r.get(k)) else "?" for k in ("ci_low", "ci_high"))
         return (f"{100 * r['measured']:.1f} % (seeds {lo}-{hi} %)"
                 + (f"; softmax {100 * r['control']:.1f} %" if _finite(r.get("control")) else ""))
     if unit == "gate range over t":
-        return (f"range {fmt(r.get('measured'))} (seed sd {fmt(r.get('seed_sd'))}), F {fmt(r.get('f'))}, "
-                f"p_Holm {fmt_p(r.get('holm_p'))}")
+        return f"{fmt(r.get('measured'))} (sd {fmt(r.get('seed_sd'))}, p_Holm {fmt_p(r.get('holm_p'))})"
     if unit == "gate mean":
-        below = f", {100 * r['share_below']:.1f} % below 0.1" if _finite(r.get("share_below")) else ""
-        return f"mean {fmt(r.get('measured'))} [{fmt(r.get('ci_low'))}, {fmt(r.get('ci_high'))}], std {fmt(r.get('std'))}{below}"
+        below = f", {100 * r['share_below']:.1f} %" if _finite(r.get("share_below")) else ""
+        return (f"{fmt(r.get('measured'))} [{fmt(r.get('ci_low'))}, {fmt(r.get('ci_high'))}], "
+                f"std {fmt(r.get('std'))}{below}")
     return claim_cells(r | {"why": None})["measured"]
 
 
 def _merge_layers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The gate's rows of one claim, data set and variant, one per layer, as one row: 'layer 0: ...; layer 1:
-    ...' (and the marks, unless they agree)."""
+    """The gate's rows of one claim, data set and variant, one per layer, as one row: 'L0 ...; L1 ...' (and the
+    marks, unless they agree)."""
     out: list[dict[str, Any]] = []
     groups: dict[tuple, dict[str, Any]] = {}
     for r in rows:
@@ -551,10 +587,14 @@ def _merge_layers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups[k]["layers"].append((r["layer"], cell["measured"], r["mark"]))
     for g in groups.values():
         layers = g.pop("layers")
-        g["measured"] = "; ".join(f"layer {la}: {m}" for la, m, _ in layers)
+        g["measured"] = "; ".join(f"L{la} {m}" for la, m, _ in layers)
         marks = list(dict.fromkeys(m for _, _, m in layers))
-        g["mark"] = marks[0] if len(marks) == 1 else ", ".join(f"layer {la} {m}" for la, _, m in layers)
+        g["mark"] = marks[0] if len(marks) == 1 else ", ".join(f"L{la} {m}" for la, _, m in layers)
     return out
+
+
+def _rows(rs: list[Any]) -> str:
+    return f"{len(rs)} row{'s' * (len(rs) != 1)}"
 
 
 def _mark(mark: str) -> str:
@@ -566,14 +606,17 @@ def _mark(mark: str) -> str:
 def claims(rows: list[dict[str, Any]], used: list[Source], baseline: str) -> list[str]:
     """The claims of gated_headwise (the design note's main variant) and those of no variant: one row per claim
     and data set (the gate's layers in one row), in the note's order; a claim or expectation said once for
-    the rows under it; what the rows of a kind share, said once under the table. The other variants' rows and
-    those not interpreted: counted in one sentence."""
+    the rows under it; what the rows of a kind share, said once under the table. The other variants' rows,
+    those not interpreted, the other verdicts' replicates of the claims verdict's rows and the rows on generated
+    tissue (a check of the method, not a tissue): counted in one sentence."""
     if not rows:
         return []
     order = list(dict.fromkeys(r["claim"] for r in rows))
-    shown = sorted((r for r in rows if r.get("variant") in (None, "", MAIN) and r["mark"] != NOT_INTERPRETED),
-                   key=lambda r: order.index(r["claim"]))
-    others = [r for r in rows if r.get("variant") not in (None, "", MAIN) or r["mark"] == NOT_INTERPRETED]
+    again = _replicates(rows, used)
+    other = {id(r) for r in rows if r.get("variant") not in (None, "", MAIN) or r["mark"] == NOT_INTERPRETED}
+    generated = {id(r) for r in rows if (_dataset_of(used, r) or {}).get("kind") == V.SYNTHETIC} - other
+    hidden = other | generated | set(again)
+    shown = sorted((r for r in rows if id(r) not in hidden), key=lambda r: order.index(r["claim"]))
     sources: dict[str, set[str]] = {}
     tasks: dict[str, set[str]] = {}
     for r in shown:
@@ -602,8 +645,11 @@ def claims(rows: list[dict[str, Any]], used: list[Source], baseline: str) -> lis
                      "seeds), beside the softmax control's worst head")
     times = next((r.get("times") for r in shown if r.get("unit") == "gate range over t" and r.get("times")), None)
     if times:
-        notes.append(f"the gate over t: the range of its mean over t = {', '.join(f'{t:g}' for t in times)}, "
-                     "against its seed-to-seed sd")
+        notes.append(f"the gate over t: per layer (L0, L1, ...), the range of its mean over t = "
+                     f"{', '.join(f'{t:g}' for t in times)} (sd: seed-to-seed)")
+    if any(r.get("unit") == "gate mean" for r in shown):
+        notes.append("healthy gate range: per layer, the mean gate score [95 % interval], its std and the share "
+                     "of scores below 0.1")
     out = ["## The design note's claims", "",
            f"From {', '.join(f'`{s.path}`' for s in used)}: {MAIN} against {baseline} (unless the expected cell "
            "names another), relative changes with their 95 % interval over seeds; a blank claim or expected cell "
@@ -611,17 +657,27 @@ def claims(rows: list[dict[str, Any]], used: list[Source], baseline: str) -> lis
         cells, ["claim", "data set", "expected", "measured [95 % interval]", "result"])
     if notes:
         out += ["Measured: " + "; ".join(notes) + ".", ""]
-    if others:
-        by: dict[str, list[dict[str, Any]]] = {}
-        for r in others:
-            by.setdefault(NOT_INTERPRETED if r["mark"] == NOT_INTERPRETED else r.get("variant"), []).append(r)
-        parts = []
-        for k, rs in by.items():
-            marks = list(dict.fromkeys(_mark(r["mark"]) for r in rs))
-            tally = ", ".join(f"{sum(_mark(r['mark']) == m for r in rs)} {m}" for m in marks)
-            where = ", ".join(dict.fromkeys(dataset_label(r["dataset"]) for r in rs if r.get("dataset")))
-            parts.append(f"{len(rs)} not interpreted (the models did not learn {where})" if k == NOT_INTERPRETED
-                         else f"{len(rs)} of {k} ({tally})")
+    parts = []
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if id(r) in other:
+            by.setdefault(NOT_INTERPRETED if r["mark"] == NOT_INTERPRETED else r["variant"], []).append(r)
+    for k, rs in by.items():
+        marks = list(dict.fromkeys(_mark(r["mark"]) for r in rs))
+        tally = ", ".join(f"{sum(_mark(r['mark']) == m for r in rs)} {m}" for m in marks)
+        where = ", ".join(dict.fromkeys(dataset_label(r["dataset"]) for r in rs if r.get("dataset")))
+        parts.append(f"{len(rs)} not interpreted (the models did not learn {where})" if k == NOT_INTERPRETED
+                     else f"{_rows(rs)} of {k} ({tally})")
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if id(r) in hidden - other:
+            groups.setdefault((r["_from"], r["dataset"]), []).append(r)
+    for (target, ds), rs in groups.items():
+        parts.append(f"{_rows(rs)} on {dataset_label(ds)} ({target}), " + (
+            "generated tissue, a check of the method" if id(rs[0]) in generated else
+            f"replicates of {', '.join(map(dataset_label, again[id(rs[0])]))} ({used[0].target}): the same "
+            "tissue and task"))
+    if parts:
         out += [f"Not shown: {'; '.join(parts)}; every row is in its verdict.json, 'claims'.", ""]
     return out
 
@@ -635,22 +691,19 @@ def power_plan(sources: list[Source]) -> list[str]:
             plan = declared_order(plan, s.verdict["family"])
             target = target or next((r.get("target") for r in plan), None)
             for r, cells in zip(plan, plan_rows({"power_plan": plan})):
-                minutes = r.get("train_minutes")
-                rows.append({
-                    "data set": s.labels[ds["dataset"]], "metric": r["metric"],
-                    "smallest detectable now": (f"{fmt_mde(r['mde_relative'])} ({r['n']} seeds)"
-                                                if _finite(r.get("mde_relative")) else cells["now"]),
-                    "seeds needed": cells["needed"],
-                    "train-job minutes (per seed)": (f"{minutes:,.0f} ({fmt(r['train_minutes_per_seed'])})"
-                                                     if _finite(minutes) else cells["cost"])})
+                rows.append({"data set": s.labels[ds["dataset"]], "metric": r["metric"],
+                             "seeds needed": cells["needed"],
+                             "train-job minutes": (f"{r['train_minutes']:,.0f}" if _finite(r.get("train_minutes"))
+                                                   else NOT_MEASURED)})
     if not rows:
         return []
     baseline = next(s.baseline for s in sources if s.verdict)
     goal = f"{100 * target:.0f} %" if _finite(target) else "the target"
     return [f"## Power plan: {contrast_name(MAIN, baseline)}", "",
-            f"Seeds for a {goal} smallest detectable effect at the observed spread (the other contrasts' plans: "
-            "verdict.json, 'power_plan').", ""] + table(
-        rows, ["data set", "metric", "smallest detectable now", "seeds needed", "train-job minutes (per seed)"])
+            f"Seeds for a {goal} smallest detectable effect at the observed spread (today's seeds and smallest "
+            "detectable effect: the data set's line and table above), and their training-job minutes; the other "
+            "contrasts' plans: verdict.json, 'power_plan'.", ""] + table(
+        _ditto(rows, "data set"), ["data set", "metric", "seeds needed", "train-job minutes"])
 
 
 # ----------------------------------------------------------------------------------------------------------
