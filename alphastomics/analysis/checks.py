@@ -237,17 +237,12 @@ def best_val_step(run: Run) -> tuple[int | None, int | None]:
 # --------------------------------------------------------------------------------------------------------
 # Which code the compared runs come from
 
-STAGES_RECORDED = ("train", "sample", "evaluate")
-
-
 def _code_records(run: Run) -> dict[str, dict[str, Any] | None]:
-    """stage -> the ``provenance.code()`` record a run's outputs carry (None where an output records none)."""
+    """stage -> the ``provenance.code()`` record a run's outputs carry (None where an output records none);
+    a peer has no training output."""
     evaluated = (run.metrics or {}).get("code") or {}
-    return {
-        "train": None if run.is_peer else (run.summary or {}).get("code"),
-        "sample": evaluated.get("sample"),
-        "evaluate": evaluated.get("evaluate"),
-    }
+    records = {"sample": evaluated.get("sample"), "evaluate": evaluated.get("evaluate")}
+    return records if run.is_peer else {"train": (run.summary or {}).get("code"), **records}
 
 
 def code_versions(runs: Sequence[Run]) -> dict[str, Any]:
@@ -258,9 +253,7 @@ def code_versions(runs: Sequence[Run]) -> dict[str, Any]:
     seen: dict[tuple[str, bool], int] = {}
     unrecorded = 0
     for run in runs:
-        for stage, rec in _code_records(run).items():
-            if stage == "train" and run.is_peer:
-                continue
+        for rec in _code_records(run).values():
             if not rec or not rec.get("commit"):
                 unrecorded += 1
                 continue
