@@ -277,6 +277,16 @@ def test_a_verdict_over_runs_of_two_commits_warns_on_the_first_screen(tmp_path):
     html = out.read_text()
     warning = html.index('id="code-warning"')
     assert warning < html.index('id="across"') and "different code" in unescape(html[warning:warning + 400])
+    provenance = unescape(html[html.index('id="provenance"'):])
+    runs_row = provenance[provenance.index("code of the runs"):provenance.index("report rendered by")]
+    assert "aaaaaaaaaa</code> (14 outputs)" in runs_row and "bbbbbbbbbb</code> (6 outputs)" in runs_row
+
+
+def test_the_provenance_block_says_when_the_runs_record_no_commit(tmp_path):
+    runs = [_run(tmp_path, "d", v, 0, _values(0.2, 0.5, 40.0)) for v in ("linear", "gated_headwise")]
+    html = unescape(build_report(runs, tmp_path / "report.html", family=FAMILY).read_text())
+    provenance = html[html.index('id="provenance"'):]
+    assert "not recorded" in provenance[provenance.index("code of the runs"):provenance.index("report rendered by")]
 
 
 def test_uncommitted_changes_and_unrecorded_outputs_are_said(tmp_path):

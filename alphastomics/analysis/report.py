@@ -123,6 +123,7 @@ def _render(verdict: dict[str, Any], runs: list[Run], prov: dict[str, Any], swee
     env.filters["capitalize_first"] = lambda text: text[:1].upper() + text[1:]
     return env.get_template("report.html.j2").render(
         code_warning=(verdict.get("code") or {}).get("message"),
+        run_commits=(verdict.get("code") or {}).get("commits") or [],
         across=across_tables(verdict),
         claims=[claim_cells(r) for r in verdict.get("claims") or []],
         sweep_png=sweep_png,
