@@ -5,6 +5,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= 2
+# When make started and whether it builds .venv first: each campaign target records its wall time, set-up
+# included, beside the verdict it wrote (make_time.json; docs/results.md shows it).
+STARTED := $(shell date +%s)
+SET_UP  := $(if $(wildcard $(STAMP)),false,true)
+TIMING   = $(BIN)/python -m alphastomics timing --target "make $@" --started $(STARTED) --set-up $(SET_UP) \
+	  --cores $(CORES) --verdict
 
 .PHONY: run test test-slurm test-all setup clean chromium learning-curve powered tissues tissue-ablations \
 	stability claims results-page
@@ -13,18 +19,21 @@ CORES  ?= 2
 # timing of `make run` was measured); on a cluster, threads follow resources in config/config.yaml.
 run: $(STAMP)  ## the full pipeline on the bundled data, ending in results/report.html
 	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --set-threads train=1 sample=1 evaluate=1
+	$(TIMING) results/verdict.json
 
 # The powered design on bdtnp (config/powered.yaml; docs/results.md): 4-fold cross-validation over the slabs,
 # 4 sampling draws, 3 variants; its report and verdict go to results/powered/.
 powered: $(STAMP)  ## the design that resolves the question's contrasts on bdtnp (docs/results.md)
 	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --set-threads train=1 sample=1 evaluate=1 \
 	  --configfile config/powered.yaml
+	$(TIMING) results/powered/verdict.json
 
 # The question on two real cortices (config/tissues.yaml; docs/results.md, "Real tissues"): MERFISH MOp and
 # STARmap mPFC, leave-one-section-out; report and verdict in results/tissues/ (beside make run's, if run).
 tissues: $(STAMP)  ## the question on real tissue sections (docs/results.md, "Real tissues")
 	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --set-threads train=1 sample=1 evaluate=1 \
 	  --configfile config/tissues.yaml
+	$(TIMING) results/tissues/verdict.json
 
 # What the real-tissue design changes, one change at a time (config/tissues_ablation.yaml); after make tissues.
 tissue-ablations: $(STAMP)  ## rotation and the scored placement, ablated on the real tissues
@@ -44,6 +53,7 @@ stability: $(STAMP)  ## divergence and convergence at larger learning rates; abo
 claims: stability  ## every claim of the design note, measured; about 75 minutes on 2 cores with make stability
 	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --set-threads train=1 sample=1 evaluate=1 \
 	  --configfile config/claims.yaml
+	$(TIMING) results/claims/verdict.json
 
 # docs/results.md, written whole in one command from the verdicts of make run, make tissues, make claims and
 # make powered, in this order (alphastomics/analysis/markdown.py); a target not run is a line of the page.

@@ -169,6 +169,15 @@ STAGES: dict[str, Stage] = {
             help="also decompose these paired differences, e.g. gated_headwise:softmax"),
         opt("--datasets", nargs="+", metavar="NAME", help="only these data sets (folds pooled)"),
     ]),
+    "timing": Stage("alphastomics.analysis.timing", "record how long a make target took, beside the verdict it "
+                    "wrote (the Makefile calls it; docs/results.md shows it)", [
+        opt("--verdict", required=True, type=Path, help="the verdict.json the target writes"),
+        opt("--target", required=True, help='e.g. "make tissues"'),
+        opt("--started", required=True, type=float, help="unix time make started"),
+        opt("--set-up", dest="set_up", choices=["true", "false"], required=True,
+            help="whether make built the virtual environment first (its time is included)"),
+        opt("--cores", type=int, default=2),
+    ]),
     "params": Stage("alphastomics.model.params", "parameter table of every attention variant", [
         opt("--data_dir", "--data-dir", dest="data_dir", type=Path,
             help="processed data set whose genes and dims size the heads (default: from the config)"),

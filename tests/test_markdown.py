@@ -436,3 +436,25 @@ def test_the_cli_writes_the_same_bytes_twice_atomically(project, tmp_path, monke
     assert out.read_bytes() == first and sorted(p.name for p in out.parent.iterdir()) == ["results.md"]
     # printed without --out: the page after its header
     assert markdown.markdown_summary(folders) == first.decode()[first.decode().index("## The answer"):]
+
+
+def test_each_verdict_line_gives_the_wall_time_of_the_target_that_wrote_it(project, tmp_path):
+    import shutil
+
+    from alphastomics.analysis import timing
+    from alphastomics.provenance import _cpu_name
+
+    root = tmp_path / "copy"
+    shutil.copytree(project, root)
+    tissues = root / "results/tissues/verdict.json"
+    log = tmp_path / "log"
+    log.mkdir()
+    (log / "x.snakemake.log").write_text("256 of 256 steps (100%) done\n")
+    started = tissues.stat().st_mtime - 10
+    timing.record_time(tissues, "make tissues", started, set_up=True, cores=2, log_dir=log, now=started + 3492)
+    head = _page(root).split("## The answer")[0]
+    line = next(x for x in head.splitlines() if "(make tissues)" in x)
+    assert line.endswith(f"`make tissues` took 58 min 12 s (set-up included, 256 Snakemake jobs; 2 cores, "
+                         f"{_cpu_name()})")
+    assert "(make run): " in head and next(x for x in head.splitlines() if "(make run)" in x).endswith(
+        "wall time not recorded")

@@ -3,6 +3,8 @@ configuration, gene selection, the workflow's overrides for it, and the user's s
 
 from __future__ import annotations
 
+import hashlib
+import time
 from pathlib import Path
 
 import anndata as ad
@@ -67,3 +69,50 @@ def test_training_devices_and_torch_come_from_the_training_jobs(tmp_path: Path) 
 
     here = machine()
     assert here["torch"] == torch.__version__ and here["host"] and isinstance(here["gpus"], list)
+
+
+# --------------------------------------------------------------------------------------------------------
+# How long a make target took (stage timing; docs/results.md shows it beside the verdict it belongs to)
+
+
+def _snakemake_log(folder: Path, text: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "2026-12-06T102451.snakemake.log").write_text(text)
+
+
+def test_the_time_of_a_target_is_recorded_beside_the_verdict_it_wrote(tmp_path: Path, monkeypatch) -> None:
+    from alphastomics.__main__ import main as cli
+    from alphastomics.analysis import timing as P
+
+    verdict = tmp_path / "results" / "tissues" / "verdict.json"
+    verdict.parent.mkdir(parents=True)
+    started = time.time() - 5
+    verdict.write_text('{"schema": "alphastomics.verdict/1"}')
+    _snakemake_log(tmp_path / ".snakemake" / "log", "Job 3\n1 of 256 steps (0.4%) done\n...\n256 of 256 steps (100%) done\n")
+    r = P.record_time(verdict, "make tissues", started, set_up=True, cores=2, log_dir=tmp_path / ".snakemake" / "log",
+                      now=started + 3492.4)
+    assert r["seconds"] == 3492 and r["set_up_included"] and r["snakemake_jobs"] == 256 and r["cores"] == 2
+    assert r["verdict_sha256"] == hashlib.sha256(verdict.read_bytes()).hexdigest()
+    assert P.read_time(verdict) == r
+    # the verdict rewritten since: the record no longer times it
+    verdict.write_text('{"schema": "alphastomics.verdict/1", "baseline": "linear"}')
+    assert P.read_time(verdict) is None
+    # the CLI stage (what the Makefile calls), in the project folder
+    monkeypatch.chdir(tmp_path)
+    assert cli(["timing", "--verdict", str(verdict), "--target", "make tissues", "--started", str(started),
+                "--set-up", "false"]) == 0
+    again = P.read_time(verdict)
+    assert again["target"] == "make tissues" and not again["set_up_included"] and again["snakemake_jobs"] == 256
+
+
+def test_a_target_with_nothing_to_do_leaves_the_earlier_time_as_it_is(tmp_path: Path) -> None:
+    from alphastomics.analysis import timing as P
+
+    verdict = tmp_path / "verdict.json"
+    verdict.write_text("{}")
+    first = P.record_time(verdict, "make run", verdict.stat().st_mtime - 60, set_up=False, cores=2,
+                          log_dir=tmp_path, now=verdict.stat().st_mtime + 1)
+    assert first["snakemake_jobs"] is None  # no Snakemake log: the job count is not claimed
+    # make run again later: Snakemake had nothing to do, so the verdict predates this invocation
+    assert P.record_time(verdict, "make run", time.time() + 10, set_up=False, cores=2, log_dir=tmp_path) is None
+    assert P.read_time(verdict) == first

@@ -49,6 +49,7 @@ from alphastomics.analysis.tables import (
     plan_rows,
     short_decision,
 )
+from alphastomics.analysis.timing import read_time
 from alphastomics.provenance import describe
 from alphastomics.variants import VARIANTS
 
@@ -184,6 +185,17 @@ def commits(src: Source) -> list[str]:
     return sorted(found)
 
 
+def wall_time(s: Source) -> str:
+    """How long the target that wrote this verdict took (its make_time.json, when it times this verdict)."""
+    t = read_time(Path(s.path))
+    if t is None:
+        return "wall time not recorded"
+    minutes, seconds = divmod(int(t["seconds"]), 60)
+    jobs = f", {t['snakemake_jobs']} Snakemake jobs" if t.get("snakemake_jobs") else ""
+    setup = "set-up included" if t.get("set_up_included") else "set-up already done"
+    return f"`{t['target']}` took {minutes} min {seconds:02d} s ({setup}{jobs}; {t['cores']} cores, {t['cpu']})"
+
+
 def header(sources: list[Source], command: str) -> list[str]:
     out = [TITLE, "",
            f"Written whole by `{command}` from the verdicts below; rerun it rather than edit this file. Held-out "
@@ -199,7 +211,8 @@ def header(sources: list[Source], command: str) -> list[str]:
         unrecorded = ((s.verdict or {}).get("code") or {}).get("unrecorded") if c else None
         if unrecorded:
             where += f"; {unrecorded} outputs of its runs record none"
-        out.append(f"- `{s.path}` ({s.target}): {', '.join(s.labels.values()) or 'no data set'}; {where}")
+        out.append(f"- `{s.path}` ({s.target}): {', '.join(s.labels.values()) or 'no data set'}; {where}; "
+                   f"{wall_time(s)}")
     return out + [""]
 
 
