@@ -18,6 +18,7 @@ A stage imports this module and libraries, never another stage.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -45,6 +46,15 @@ class DataError(AlphaSTomicsError, ValueError):
 
 # --------------------------------------------------------------------------------------------------------
 # Atomic writes
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @contextlib.contextmanager

@@ -8,13 +8,13 @@ beside the verdict it belongs to, and a rerun that had nothing to do leaves the 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import re
 import time
 from pathlib import Path
 from typing import Any
 
+from alphastomics.artifacts import atomic_write_text, sha256_file
 from alphastomics.provenance import _cpu_name, code
 
 TIMING_SCHEMA = "alphastomics.make_time/1"
@@ -51,12 +51,9 @@ def record_time(verdict: Path, target: str, started: float, set_up: bool, cores:
         "cores": int(cores),
         "cpu": _cpu_name(),
         "code": code(),
-        "verdict_sha256": hashlib.sha256(verdict.read_bytes()).hexdigest(),
+        "verdict_sha256": sha256_file(verdict),
     }
-    out = verdict.with_name(TIMING_FILE)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(out)
+    atomic_write_text(verdict.with_name(TIMING_FILE), json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -65,7 +62,7 @@ def read_time(verdict: Path) -> dict[str, Any] | None:
     verdict, path = Path(verdict), Path(verdict).with_name(TIMING_FILE)
     try:
         record = json.loads(path.read_text())
-        same = record.get("verdict_sha256") == hashlib.sha256(verdict.read_bytes()).hexdigest()
+        same = record.get("verdict_sha256") == sha256_file(verdict)
     except (OSError, ValueError, AttributeError):
         return None
     return record if same and record.get("schema") == TIMING_SCHEMA else None

@@ -24,7 +24,6 @@ share ``RawData`` and its checks.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from collections.abc import Callable
@@ -36,19 +35,11 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from alphastomics.artifacts import DataError
+from alphastomics.artifacts import DataError, sha256_file
 from alphastomics.config import DatasetConfig
 
 FETCH_JSON = "fetch.json"  # by fetch-data: {source, origin, files: {name: sha256}[, paths, urls, mirror]}
 READ_CHUNK_ROWS = 65536  # rows per h5 read when a section's rows are not contiguous
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_sha256(path: Path, expected: str, what: str, fix: str) -> str:

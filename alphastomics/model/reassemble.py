@@ -363,7 +363,7 @@ def _provenance(candidates: list[Path], picked: Path, picked_by: str, ckpt: dict
                 run_cfg: Config, cells: Cells, draws: int, group_key: str | None) -> dict[str, Any]:
     """uns["alphastomics_reassemble"]: what placed these cells, enough to make the same placement again.
     Strings and numbers only (h5ad stores no None)."""
-    from alphastomics.data.raw import sha256_file
+    from alphastomics.artifacts import sha256_file
     from alphastomics.variants import variant_name
 
     m, coords = ckpt_cfg.model, ckpt["manifest"]["coordinates"]
