@@ -28,9 +28,9 @@ powered: $(STAMP)  ## the design that resolves the question's contrasts on bdtnp
 	  --configfile config/powered.yaml
 	$(TIMING) results/powered/verdict.json
 
-# The question on two real cortices (config/tissues.yaml; docs/results.md, "Real tissues"): MERFISH MOp and
+# The question on two real cortices (config/tissues.yaml; docs/results.md, "Each data set"): MERFISH MOp and
 # STARmap mPFC, leave-one-section-out; report and verdict in results/tissues/ (beside make run's, if run).
-tissues: $(STAMP)  ## the question on real tissue sections (docs/results.md, "Real tissues")
+tissues: $(STAMP)  ## the question on real tissue sections (docs/results.md)
 	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --set-threads train=1 sample=1 evaluate=1 \
 	  --configfile config/tissues.yaml
 	$(TIMING) results/tissues/verdict.json

@@ -1,6 +1,6 @@
 """Markdown table of a campaign's variants per data set and primary metric (the means over seeds that the
 learning gate in verdict.json holds) beside the best peer, the expression ceiling and random placement: the
-method tables of docs/results.md, "Real tissues".
+learning gate's numbers behind docs/results.md's line for each real tissue (the page gives the outcome).
 
     python benchmarks/method_table.py results/tissues/verdict.json
 """
